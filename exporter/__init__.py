@@ -1,0 +1,1 @@
+"""spendwatch.exporter: usage records into a durable ledger, budgets and Prometheus metrics."""

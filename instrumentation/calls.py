@@ -1,0 +1,255 @@
+"""One LLM call, from request to span, cost, semantic-convention metrics and usage record.
+
+Every instrumentor (and ``spendwatch.track``) records calls through a :class:`CallRecorder`, so a call looks the same
+wherever it came from. This is the hot path: it does the least it can per call (one span, one dict of attributes,
+a cached price multiplied out, one record handed to the sinks) and never raises into the caller's code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from opentelemetry import baggage, context, trace
+from opentelemetry.metrics import Meter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from spendwatch.instrumentation import records
+from spendwatch.instrumentation.pricing import PriceTable
+
+__all__ = ["Usage", "CallRecorder", "Call", "safe_instrumentation", "CATEGORY_BAGGAGE_KEY", "NOT_BILLED"]
+
+_logger = logging.getLogger(__name__)
+
+CATEGORY_BAGGAGE_KEY = "spendwatch.category"
+NOT_BILLED = "not billed"
+_MAX_CATEGORY_LENGTH = 100
+
+# Explicit bucket boundaries from the GenAI semantic conventions (gen-ai-metrics.md).
+TOKEN_USAGE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+
+@contextmanager
+def safe_instrumentation(what: str) -> Iterator[None]:
+    """Contain spendwatch's own failures: log at debug and carry on, so the user's call is never affected."""
+    try:
+        yield
+    except Exception:  # noqa: BLE001
+        _logger.debug("spendwatch: %s failed", what, exc_info=True)
+
+
+@dataclass(slots=True)
+class Usage:
+    """What a finished call used, as read from the provider's response (or estimated, then flagged)."""
+
+    input_tokens: int = 0  # includes cache_read_tokens
+    output_tokens: int = 0  # includes reasoning_tokens
+    cache_read_tokens: int = 0
+    reasoning_tokens: int = 0
+    response_model: str | None = None
+    response_id: str | None = None
+    service_tier: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+    estimated: bool = False
+
+
+class CallRecorder:
+    """Starts :class:`Call` objects for one instrumentor; holds its tracer, histograms and price table."""
+
+    def __init__(self, tracer: trace.Tracer, meter: Meter, prices: PriceTable) -> None:
+        self.tracer = tracer
+        self.prices = prices
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=TOKEN_USAGE_BUCKETS,
+        )
+        self.operation_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+
+    def start(self, operation: str, provider: str, request_model: str, attributes: dict | None = None) -> Call:
+        """Open the CLIENT span ``"{operation} {model}"`` and make it current for the wrapped call."""
+        span_attributes = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": provider,
+            "gen_ai.system": provider,
+            "gen_ai.request.model": request_model,
+        }
+        category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY)
+        if category is not None:
+            category = str(category)[:_MAX_CATEGORY_LENGTH]
+            span_attributes["spendwatch.category"] = category
+        if attributes:
+            span_attributes.update(attributes)
+        span = self.tracer.start_span(f"{operation} {request_model}", kind=SpanKind.CLIENT, attributes=span_attributes)
+        return Call(self, span, operation, provider, request_model, category)
+
+
+class Call:
+    """An LLM call in flight. ``succeed`` or ``fail`` ends it; the first one wins, later calls do nothing."""
+
+    __slots__ = (
+        "recorder",
+        "span",
+        "operation",
+        "provider",
+        "request_model",
+        "category",
+        "start_time",
+        "_start_perf",
+        "_context_token",
+        "_ended",
+    )
+
+    def __init__(
+        self, recorder: CallRecorder, span: trace.Span, operation: str, provider: str, model: str, category: str | None
+    ) -> None:
+        self.recorder = recorder
+        self.span = span
+        self.operation = operation
+        self.provider = provider
+        self.request_model = model
+        self.category = category
+        self.start_time = time.time()
+        self._start_perf = time.perf_counter()
+        self._context_token = None
+        self._ended = False
+
+    def activate(self) -> None:
+        """Make the span current, so spans the library makes inside the call (HTTP, retries) are its children."""
+        self._context_token = context.attach(trace.set_span_in_context(self.span))
+
+    def deactivate(self) -> None:
+        if self._context_token is not None:
+            context.detach(self._context_token)
+            self._context_token = None
+
+    def succeed(self, usage: Usage, extra_attributes: dict | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._finish(usage, None, extra_attributes)
+
+    def fail(self, error: BaseException, usage: Usage | None = None) -> None:
+        """End the call as failed. Tokens a broken stream already produced (``usage``) are still counted."""
+        if self._ended:
+            return
+        self._ended = True
+        self._finish(usage, error, None)
+
+    def _finish(self, usage: Usage | None, error: BaseException | None, extra_attributes: dict | None) -> None:
+        duration = time.perf_counter() - self._start_perf
+        recorder = self.recorder
+        record = records.UsageRecord(
+            provider=self.provider,
+            operation=self.operation,
+            request_model=self.request_model,
+            duration_s=duration,
+            start_time=self.start_time,
+            category=self.category,
+        )
+        attributes: dict = {}
+        if usage is not None:
+            _apply_usage(record, usage, recorder.prices, attributes)
+        elif error is not None:
+            # A request the provider refused produced nothing to bill: known to cost nothing, not unpriced.
+            record.cost_usd = 0.0
+            record.pricing = NOT_BILLED
+        if error is not None:
+            record.outcome = "error"
+            record.error_type = _error_type(error)
+            attributes["error.type"] = record.error_type
+        span = self.span
+        if span.is_recording():
+            if extra_attributes:
+                attributes.update(extra_attributes)
+            span.set_attributes(attributes)
+            if error is not None:
+                # The type only: provider error messages can quote a (masked) API key or the prompt.
+                span.set_status(Status(StatusCode.ERROR, record.error_type))
+        span_context = span.get_span_context()
+        record.trace_id = span_context.trace_id
+        record.span_id = span_context.span_id
+        span.end()
+        self._record_metrics(record)
+        records.emit(record)
+
+    def _record_metrics(self, record: records.UsageRecord) -> None:
+        recorder = self.recorder
+        metric_attributes = {
+            "gen_ai.operation.name": record.operation,
+            "gen_ai.provider.name": record.provider,
+            "gen_ai.request.model": record.request_model,
+        }
+        if record.response_model:
+            metric_attributes["gen_ai.response.model"] = record.response_model
+        if record.error_type:
+            metric_attributes["error.type"] = record.error_type
+        recorder.operation_duration.record(record.duration_s, metric_attributes)
+        if record.error_type is None or record.input_tokens or record.output_tokens:
+            recorder.token_usage.record(record.input_tokens, {**metric_attributes, "gen_ai.token.type": "input"})
+            if record.operation != "embeddings":
+                recorder.token_usage.record(record.output_tokens, {**metric_attributes, "gen_ai.token.type": "output"})
+
+
+def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, attributes: dict) -> None:
+    """Copy ``usage`` into the record and the span attributes, and price it."""
+    record.response_model = usage.response_model
+    record.input_tokens = usage.input_tokens
+    record.output_tokens = usage.output_tokens
+    record.cache_read_tokens = usage.cache_read_tokens
+    record.reasoning_tokens = usage.reasoning_tokens
+    record.estimated = usage.estimated
+    attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+    attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+    if usage.cache_read_tokens:
+        attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
+    if usage.reasoning_tokens:
+        attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+    if usage.response_model:
+        attributes["gen_ai.response.model"] = usage.response_model
+    if usage.response_id:
+        attributes["gen_ai.response.id"] = usage.response_id
+    if usage.finish_reasons:
+        attributes["gen_ai.response.finish_reasons"] = usage.finish_reasons
+    if usage.service_tier:
+        attributes["openai.response.service_tier"] = usage.service_tier
+    attributes["spendwatch.cost.estimated"] = usage.estimated
+    price = _find_price(prices, record.provider, usage.response_model, record.request_model, usage.service_tier)
+    if price is None:
+        attributes["spendwatch.pricing"] = "unpriced"
+        return
+    cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens)
+    record.cost_usd = cost
+    record.pricing = price.source
+    attributes["gen_ai.usage.cost"] = cost
+    attributes["gen_ai.usage.cost.amount"] = cost
+    attributes["gen_ai.usage.cost.currency"] = "USD"
+    attributes["gen_ai.usage.cost.source"] = "local"
+    attributes["spendwatch.pricing"] = price.source
+
+
+def _find_price(prices: PriceTable, provider: str, response_model: str | None, request_model: str, tier: str | None):
+    """The response model names what was billed (a dated snapshot, an Azure deployment's model); the request
+    model is the fallback when the response does not say or names something the data does not know."""
+    if tier == "default":
+        tier = None
+    if response_model:
+        price = prices.lookup(response_model, provider=provider, service_tier=tier)
+        if price is not None:
+            return price
+    return prices.lookup(request_model, provider=provider, service_tier=tier)
+
+
+def _error_type(error: BaseException) -> str:
+    return type(error).__qualname__
+

@@ -1,0 +1,75 @@
+"""OpenTelemetry instrumentation for the official ``openai`` SDK with token usage and USD cost on every span.
+
+Usage::
+
+    from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
+
+    OpenAIInstrumentor().instrument()  # or: opentelemetry-instrument python app.py
+
+Covers chat completions (``create``/``parse``, streaming), the Responses API, embeddings and legacy completions,
+sync and async, ``with_raw_response`` and Azure clients. Prompts and completions are recorded only with
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``. Prices come from bundled data plus
+``SPENDWATCH_PRICES_FILE``; a model without a price is marked ``spendwatch.pricing="unpriced"``, never costed at $0.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Collection
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.metrics import get_meter
+from opentelemetry.trace import get_tracer
+from wrapt import wrap_function_wrapper
+
+from spendwatch.instrumentation.calls import CallRecorder
+from spendwatch.instrumentation.openai_sdk.package import _instruments
+from spendwatch.instrumentation.pricing import price_table_from_env
+
+__all__ = ["OpenAIInstrumentor"]
+
+_SCHEMA_URL = "https://opentelemetry.io/schemas/1.37.0"
+CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+
+def content_capture_enabled() -> bool:
+    return os.environ.get(CAPTURE_CONTENT_ENV, "false").strip().lower() == "true"
+
+
+class OpenAIInstrumentor(BaseInstrumentor):
+    """Instruments ``openai``. ``instrument()`` takes the usual ``tracer_provider`` / ``meter_provider`` and an
+    optional ``price_table`` (a :class:`~spendwatch.instrumentation.pricing.PriceTable`)."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs):
+        from spendwatch.instrumentation.openai_sdk import patch
+
+        prices = kwargs.get("price_table") or price_table_from_env()
+        tracer = get_tracer(__name__, "", kwargs.get("tracer_provider"), schema_url=_SCHEMA_URL)
+        meter = get_meter(__name__, "", kwargs.get("meter_provider"), schema_url=_SCHEMA_URL)
+        recorder = CallRecorder(tracer, meter, prices)
+        capture = content_capture_enabled()
+        self._wrapped_targets = []
+        for module_name, class_name, method, kind, operation, is_async in patch.TARGETS:
+            owner = getattr(_import_or_none(module_name), class_name, None)
+            if owner is None or not hasattr(owner, method):
+                continue  # an older SDK without this API
+            factory = patch.async_wrapper if is_async else patch.sync_wrapper
+            wrap_function_wrapper(module_name, f"{class_name}.{method}", factory(recorder, kind, operation, capture))
+            self._wrapped_targets.append((owner, method))
+
+    def _uninstrument(self, **kwargs):
+        for owner, method in getattr(self, "_wrapped_targets", ()):
+            unwrap(owner, method)
+        self._wrapped_targets = []
+
+
+def _import_or_none(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ImportError:
+        return None

@@ -1,0 +1,201 @@
+"""Wrapper factories for the OpenAI SDK's resource methods, in sync and async twins.
+
+Each wrapper opens a :class:`~spendwatch.instrumentation.calls.Call` before the request, lets the SDK do exactly
+what it would have done, and ends the call from the result: a parsed response, a stream (handed back behind a
+transparent proxy) or a raw response (``with_raw_response``). The SDK's result and exceptions reach the caller
+untouched; everything spendwatch does around them is contained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from openai import AsyncStream, Stream
+from openai._legacy_response import LegacyAPIResponse
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from wrapt import ObjectProxy
+
+from spendwatch.instrumentation.calls import Call, CallRecorder, Usage
+from spendwatch.instrumentation.openai_sdk.streams import AsyncStreamProxy, SyncStreamProxy, new_stream_state
+from spendwatch.instrumentation.openai_sdk.usage import (
+    CHAT,
+    COMPLETION,
+    EMBEDDINGS,
+    RESPONSES,
+    estimate_tokens,
+    request_text_length,
+    text,
+    usage_from_result,
+)
+
+__all__ = ["TARGETS", "sync_wrapper", "async_wrapper"]
+
+_logger = logging.getLogger(__name__)
+
+# (module, class, method, kind, gen_ai.operation.name, is_async). The Responses API reports as a chat operation,
+# as the GenAI conventions have no operation of its own for it.
+TARGETS = (
+    ("openai.resources.chat.completions", "Completions", "create", CHAT, "chat", False),
+    ("openai.resources.chat.completions", "Completions", "parse", CHAT, "chat", False),
+    ("openai.resources.chat.completions", "AsyncCompletions", "create", CHAT, "chat", True),
+    ("openai.resources.chat.completions", "AsyncCompletions", "parse", CHAT, "chat", True),
+    ("openai.resources.completions", "Completions", "create", COMPLETION, "text_completion", False),
+    ("openai.resources.completions", "AsyncCompletions", "create", COMPLETION, "text_completion", True),
+    ("openai.resources.embeddings", "Embeddings", "create", EMBEDDINGS, "embeddings", False),
+    ("openai.resources.embeddings", "AsyncEmbeddings", "create", EMBEDDINGS, "embeddings", True),
+    ("openai.resources.responses", "Responses", "create", RESPONSES, "chat", False),
+    ("openai.resources.responses", "Responses", "parse", RESPONSES, "chat", False),
+    ("openai.resources.responses", "AsyncResponses", "create", RESPONSES, "chat", True),
+    ("openai.resources.responses", "AsyncResponses", "parse", RESPONSES, "chat", True),
+)
+
+_REQUEST_ATTRIBUTES = (
+    ("max_tokens", "gen_ai.request.max_tokens"),
+    ("max_completion_tokens", "gen_ai.request.max_tokens"),
+    ("max_output_tokens", "gen_ai.request.max_tokens"),
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+    ("seed", "gen_ai.request.seed"),
+)
+
+_provider_by_client_type: dict[type, str] = {}
+
+
+def _provider(resource: Any) -> str:
+    client_type = type(getattr(resource, "_client", None))
+    provider = _provider_by_client_type.get(client_type)
+    if provider is None:
+        is_azure = any(base.__name__ in ("AzureOpenAI", "AsyncAzureOpenAI") for base in client_type.__mro__)
+        provider = _provider_by_client_type[client_type] = "azure.ai.openai" if is_azure else "openai"
+    return provider
+
+
+def _request_attributes(kwargs: dict, capture_content: bool) -> dict:
+    attributes = {}
+    for argument, attribute in _REQUEST_ATTRIBUTES:
+        value = kwargs.get(argument)
+        if type(value) in (int, float):
+            attributes[attribute] = value
+    if capture_content:
+        content = {key: kwargs[key] for key in ("messages", "input", "prompt", "instructions") if key in kwargs}
+        attributes["gen_ai.input.messages"] = json.dumps(content, default=str)
+    return attributes
+
+
+def _start(recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, capture: bool) -> Call | None:
+    try:
+        model = text(kwargs.get("model")) or "unknown"
+        call = recorder.start(operation, _provider(resource), model, _request_attributes(kwargs, capture))
+        call.activate()
+        return call
+    except Exception:  # noqa: BLE001
+        _logger.debug("spendwatch: could not start a call span", exc_info=True)
+        return None
+
+
+def _fail(call: Call, error: BaseException) -> None:
+    try:
+        call.deactivate()
+        call.fail(error)
+    except Exception:  # noqa: BLE001
+        _logger.debug("spendwatch: could not record a failed call", exc_info=True)
+
+
+def _output_content(result: Any) -> dict:
+    try:
+        return {"output": json.dumps(result.model_dump(include={"choices", "output", "data"}), default=str)}
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> Any:
+    """End ``call`` from ``result`` and return what the caller gets: ``result`` itself or a proxy over a stream."""
+    try:
+        call.deactivate()
+        if isinstance(result, Stream):
+            return SyncStreamProxy(result, call, new_stream_state(kind, kwargs))
+        if isinstance(result, AsyncStream):
+            return AsyncStreamProxy(result, call, new_stream_state(kind, kwargs))
+        if isinstance(result, LegacyAPIResponse):
+            return _finish_raw(call, kind, result, kwargs)
+        extra = {"gen_ai.output.messages": _output_content(result).get("output")} if capture else None
+        call.succeed(usage_from_result(kind, result, kwargs), extra)
+    except Exception:  # noqa: BLE001
+        _logger.debug("spendwatch: could not record a call", exc_info=True)
+    return result
+
+
+def _finish_raw(call: Call, kind: str, raw: LegacyAPIResponse, kwargs: dict) -> Any:
+    """``with_raw_response``: a plain response is parsed now (the SDK caches the parse, so the caller's own
+    ``parse()`` returns the very same object); a stream is only reachable through ``parse()``, so the caller gets
+    a proxy whose ``parse()`` hands out the stream behind our stream proxy."""
+    if kwargs.get("stream") is True:
+        return RawStreamResponseProxy(raw, call, kind, kwargs)
+    call.succeed(usage_from_result(kind, raw.parse(), kwargs))
+    return raw
+
+
+class RawStreamResponseProxy(ObjectProxy):
+    def __init__(self, raw: LegacyAPIResponse, call: Call, kind: str, kwargs: dict) -> None:
+        super().__init__(raw)
+        self._self_call = call
+        self._self_kind = kind
+        self._self_kwargs = kwargs
+        self._self_stream = None
+
+    def parse(self, *args, **kwargs):
+        parsed = self.__wrapped__.parse(*args, **kwargs)
+        if self._self_stream is None and self._self_call is not None:
+            try:
+                state = new_stream_state(self._self_kind, self._self_kwargs)
+                proxy_type = AsyncStreamProxy if isinstance(parsed, AsyncStream) else SyncStreamProxy
+                if isinstance(parsed, Stream | AsyncStream):
+                    self._self_stream, self._self_call = proxy_type(parsed, self._self_call, state), None
+            except Exception:  # noqa: BLE001
+                _logger.debug("spendwatch: could not proxy a raw stream", exc_info=True)
+        return self._self_stream if self._self_stream is not None else parsed
+
+    def __del__(self) -> None:
+        # The stream was never parsed, so never read: all we know is what the request carried.
+        try:
+            call, self._self_call = self._self_call, None
+            if call is not None:
+                call.succeed(Usage(input_tokens=estimate_tokens(request_text_length(self._self_kwargs)), estimated=True))
+        except Exception:  # noqa: BLE001 - a finaliser must stay silent
+            pass
+
+
+def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bool):
+    def traced(wrapped, instance, args, kwargs):
+        if not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        call = _start(recorder, operation, instance, kwargs, capture)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            _fail(call, error)
+            raise
+        return _finish(call, kind, result, kwargs, capture)
+
+    return traced
+
+
+def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bool):
+    async def traced(wrapped, instance, args, kwargs):
+        if not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
+        call = _start(recorder, operation, instance, kwargs, capture)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            _fail(call, error)
+            raise
+        return _finish(call, kind, result, kwargs, capture)
+
+    return traced

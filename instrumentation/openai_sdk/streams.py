@@ -1,0 +1,222 @@
+"""Transparent proxies over the SDK's ``Stream`` / ``AsyncStream`` that end the call's span exactly once.
+
+The caller sees the same chunks, the same exceptions and the same object (``isinstance`` still holds: these are
+``wrapt.ObjectProxy``). The call ends when the stream is exhausted, fails, is closed, leaves its ``with`` block, or
+is garbage-collected half-read. Per chunk we only look: one attribute read for usage, a counter for the estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from wrapt import ObjectProxy
+
+from spendwatch.instrumentation.calls import Call, Usage
+from spendwatch.instrumentation.openai_sdk.usage import (
+    RESPONSES,
+    count,
+    estimate_tokens,
+    request_text_length,
+    responses_usage,
+    text,
+)
+
+__all__ = ["SyncStreamProxy", "AsyncStreamProxy", "new_stream_state"]
+
+_logger = logging.getLogger(__name__)
+
+_RESPONSE_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+class ChatStreamState:
+    """Chat and legacy completion chunks: usage arrives in a last chunk only with ``include_usage``."""
+
+    __slots__ = ("kwargs", "usage", "model", "response_id", "deltas", "finish_reasons", "service_tier")
+
+    def __init__(self, kwargs: dict) -> None:
+        self.kwargs = kwargs
+        self.usage = None
+        self.model = None
+        self.response_id = None
+        self.service_tier = None
+        self.deltas = 0
+        self.finish_reasons: list[str] = []
+
+    def observe(self, chunk: Any) -> None:
+        if self.model is None:
+            self.model = text(getattr(chunk, "model", None))
+            self.response_id = text(getattr(chunk, "id", None))
+            self.service_tier = text(getattr(chunk, "service_tier", None))
+        usage = chunk.usage
+        if usage is not None:
+            self.usage = usage
+        for choice in chunk.choices:
+            # One delta carries about one token: the cheapest honest estimate when no usage comes.
+            delta = getattr(choice, "delta", None)
+            if delta is None:
+                if choice.text:
+                    self.deltas += 1
+            elif delta.content or delta.tool_calls:
+                self.deltas += 1
+            if choice.finish_reason:
+                self.finish_reasons.append(choice.finish_reason)
+
+    def to_usage(self) -> Usage:
+        usage = Usage(
+            response_model=self.model,
+            response_id=self.response_id,
+            service_tier=self.service_tier,
+            finish_reasons=tuple(self.finish_reasons),
+        )
+        raw = self.usage
+        prompt_tokens = count(getattr(raw, "prompt_tokens", None))
+        completion_tokens = count(getattr(raw, "completion_tokens", None))
+        if prompt_tokens is None or completion_tokens is None:
+            usage.estimated = True
+            usage.input_tokens = estimate_tokens(request_text_length(self.kwargs))
+            usage.output_tokens = self.deltas
+            return usage
+        usage.input_tokens = prompt_tokens
+        usage.output_tokens = completion_tokens
+        details = getattr(raw, "prompt_tokens_details", None)
+        usage.cache_read_tokens = count(getattr(details, "cached_tokens", None)) or 0
+        details = getattr(raw, "completion_tokens_details", None)
+        usage.reasoning_tokens = count(getattr(details, "reasoning_tokens", None)) or 0
+        return usage
+
+
+class ResponsesStreamState:
+    """Responses API events: the final ``response.completed`` event carries the whole response with usage."""
+
+    __slots__ = ("kwargs", "response", "deltas", "model")
+
+    def __init__(self, kwargs: dict) -> None:
+        self.kwargs = kwargs
+        self.response = None
+        self.model = None
+        self.deltas = 0
+
+    def observe(self, event: Any) -> None:
+        kind = event.type
+        if kind == "response.output_text.delta":
+            self.deltas += 1
+        elif kind in _RESPONSE_FINAL_EVENTS:
+            self.response = event.response
+        elif kind == "response.created":
+            self.model = text(getattr(event.response, "model", None))
+
+    def to_usage(self) -> Usage:
+        if self.response is not None:
+            return responses_usage(self.response, self.kwargs)
+        return Usage(
+            response_model=self.model,
+            input_tokens=estimate_tokens(request_text_length(self.kwargs)),
+            output_tokens=self.deltas,
+            estimated=True,
+        )
+
+
+def new_stream_state(kind: str, kwargs: dict) -> ChatStreamState | ResponsesStreamState:
+    return ResponsesStreamState(kwargs) if kind == RESPONSES else ChatStreamState(kwargs)
+
+
+class _StreamProxyBase(ObjectProxy):
+    def __init__(self, stream: Any, call: Call, state: ChatStreamState | ResponsesStreamState) -> None:
+        super().__init__(stream)
+        self._self_call = call
+        self._self_state = state
+
+    def _self_observe(self, item: Any) -> None:
+        try:
+            self._self_state.observe(item)
+        except Exception:  # noqa: BLE001 - a malformed chunk must not break the caller's stream
+            _logger.debug("spendwatch: could not read a stream chunk", exc_info=True)
+
+    def _self_end(self, error: BaseException | None = None) -> None:
+        call = self._self_call
+        if call is None:
+            return
+        self._self_call = None
+        try:
+            usage = self._self_state.to_usage()
+            if error is None:
+                call.succeed(usage)
+            else:
+                call.fail(error, usage)
+        except Exception:  # noqa: BLE001
+            _logger.debug("spendwatch: could not end a stream's span", exc_info=True)
+
+    def __del__(self) -> None:
+        # Abandoned half-read: count what was seen so far rather than lose the call.
+        try:
+            self._self_end()
+        except Exception:  # noqa: BLE001 - a finaliser must stay silent (half-built proxy, interpreter exit)
+            pass
+
+
+class SyncStreamProxy(_StreamProxyBase):
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            item = self.__wrapped__.__next__()
+        except StopIteration:
+            self._self_end()
+            raise
+        except BaseException as error:
+            self._self_end(error)
+            raise
+        self._self_observe(item)
+        return item
+
+    def __enter__(self):
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, traceback)
+        finally:
+            self._self_end(exc)
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_end()
+
+
+class AsyncStreamProxy(_StreamProxyBase):
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            item = await self.__wrapped__.__anext__()
+        except StopAsyncIteration:
+            self._self_end()
+            raise
+        except BaseException as error:
+            self._self_end(error)
+            raise
+        self._self_observe(item)
+        return item
+
+    async def __aenter__(self):
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(self, exc_type, exc, traceback):
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, traceback)
+        finally:
+            self._self_end(exc)
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_end()
+

@@ -1,0 +1,160 @@
+"""Reading token usage out of OpenAI SDK results, and estimating it when the response has none.
+
+Everything here reads defensively: a malformed response (a ``usage`` of the wrong shape, a string where a count
+belongs) yields an estimate flagged as such, never an exception. The SDK builds its models without validation, so
+any field may hold anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from spendwatch.instrumentation.calls import Usage
+
+__all__ = [
+    "CHAT",
+    "COMPLETION",
+    "EMBEDDINGS",
+    "RESPONSES",
+    "estimate_tokens",
+    "request_text_length",
+    "usage_from_result",
+]
+
+CHAT = "chat"
+COMPLETION = "text_completion"
+EMBEDDINGS = "embeddings"
+RESPONSES = "responses"
+
+_CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text; only used where the provider reported nothing
+
+
+def count(value: Any) -> int | None:
+    """A token count as reported, or None when it is missing or not a non-negative integer."""
+    return value if type(value) is int and value >= 0 else None
+
+
+def text(value: Any) -> str | None:
+    return value if type(value) is str else None
+
+
+def estimate_tokens(characters: int) -> int:
+    return -(-characters // _CHARS_PER_TOKEN) if characters > 0 else 0
+
+
+def _content_length(content: Any) -> int:
+    """Characters of text in a message content, a prompt, or a Responses input (str, parts, items, nested)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, dict):
+        return sum(_content_length(content.get(key)) for key in ("content", "text", "arguments", "output"))
+    if isinstance(content, list | tuple):
+        if content and all(type(item) is int for item in content):
+            return len(content) * _CHARS_PER_TOKEN  # already token ids (embeddings, completions)
+        return sum(_content_length(item) for item in content)
+    return 0
+
+
+def request_text_length(kwargs: dict) -> int:
+    """Characters of input text a request carries: messages, input, prompt and instructions."""
+    return sum(_content_length(kwargs.get(key)) for key in ("messages", "input", "prompt", "instructions"))
+
+
+def _chat_output_length(result: Any) -> int:
+    total = 0
+    for choice in getattr(result, "choices", None) or ():
+        message = getattr(choice, "message", None)
+        total += len(text(getattr(message, "content", None)) or "")
+        total += len(text(getattr(choice, "text", None)) or "")  # legacy completions
+        for tool_call in getattr(message, "tool_calls", None) or ():
+            function = getattr(tool_call, "function", None)
+            total += len(text(getattr(function, "arguments", None)) or "")
+    return total
+
+
+def _responses_output_length(result: Any) -> int:
+    try:
+        return len(text(result.output_text) or "")
+    except Exception:  # noqa: BLE001 - output_text walks the output list, which may be malformed
+        return 0
+
+
+def _finish_reasons(result: Any) -> tuple[str, ...]:
+    reasons = (getattr(choice, "finish_reason", None) for choice in getattr(result, "choices", None) or ())
+    return tuple(reason for reason in reasons if type(reason) is str)
+
+
+def _chat_like_usage(result: Any, kwargs: dict, output_length: Callable[[Any], int]) -> Usage:
+    """Chat completions and legacy completions: ``prompt_tokens`` / ``completion_tokens``."""
+    usage = Usage(
+        response_model=text(getattr(result, "model", None)),
+        response_id=text(getattr(result, "id", None)),
+        service_tier=text(getattr(result, "service_tier", None)),
+        finish_reasons=_finish_reasons(result),
+    )
+    raw = getattr(result, "usage", None)
+    prompt_tokens = count(getattr(raw, "prompt_tokens", None))
+    completion_tokens = count(getattr(raw, "completion_tokens", None))
+    if prompt_tokens is None or completion_tokens is None:
+        usage.estimated = True
+        prompt_tokens = estimate_tokens(request_text_length(kwargs)) if prompt_tokens is None else prompt_tokens
+        if completion_tokens is None:
+            completion_tokens = estimate_tokens(output_length(result))
+    usage.input_tokens = prompt_tokens
+    usage.output_tokens = completion_tokens
+    usage.cache_read_tokens = count(getattr(getattr(raw, "prompt_tokens_details", None), "cached_tokens", None)) or 0
+    reasoning = getattr(getattr(raw, "completion_tokens_details", None), "reasoning_tokens", None)
+    usage.reasoning_tokens = count(reasoning) or 0
+    return usage
+
+
+def _chat_usage(result: Any, kwargs: dict) -> Usage:
+    return _chat_like_usage(result, kwargs, _chat_output_length)
+
+
+def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
+    usage = Usage(response_model=text(getattr(result, "model", None)))
+    prompt_tokens = count(getattr(getattr(result, "usage", None), "prompt_tokens", None))
+    if prompt_tokens is None:
+        usage.estimated = True
+        prompt_tokens = estimate_tokens(request_text_length(kwargs))
+    usage.input_tokens = prompt_tokens
+    return usage
+
+
+def responses_usage(response: Any, kwargs: dict) -> Usage:
+    """A Responses API ``Response`` (also the one inside a stream's ``response.completed`` event)."""
+    status = text(getattr(response, "status", None))
+    usage = Usage(
+        response_model=text(getattr(response, "model", None)),
+        response_id=text(getattr(response, "id", None)),
+        service_tier=text(getattr(response, "service_tier", None)),
+        finish_reasons=(status,) if status else (),
+    )
+    raw = getattr(response, "usage", None)
+    input_tokens = count(getattr(raw, "input_tokens", None))
+    output_tokens = count(getattr(raw, "output_tokens", None))
+    if input_tokens is None or output_tokens is None:
+        usage.estimated = True
+        input_tokens = estimate_tokens(request_text_length(kwargs)) if input_tokens is None else input_tokens
+        if output_tokens is None:
+            output_tokens = estimate_tokens(_responses_output_length(response))
+    usage.input_tokens = input_tokens
+    usage.output_tokens = output_tokens
+    usage.cache_read_tokens = count(getattr(getattr(raw, "input_tokens_details", None), "cached_tokens", None)) or 0
+    reasoning = getattr(getattr(raw, "output_tokens_details", None), "reasoning_tokens", None)
+    usage.reasoning_tokens = count(reasoning) or 0
+    return usage
+
+
+_EXTRACTORS: dict[str, Callable[[Any, dict], Usage]] = {
+    CHAT: _chat_usage,
+    COMPLETION: _chat_usage,
+    EMBEDDINGS: _embeddings_usage,
+    RESPONSES: responses_usage,
+}
+
+
+def usage_from_result(kind: str, result: Any, kwargs: dict) -> Usage:
+    return _EXTRACTORS[kind](result, kwargs)

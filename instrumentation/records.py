@@ -1,0 +1,71 @@
+"""The usage record every instrumented call produces, and the sinks it is handed to.
+
+A sampled-out span carries no attributes, so spend cannot be read back from spans: the instrumentation hands each
+finished call to the registered sinks directly, sampled or not. A sink is any object with ``record(UsageRecord)``;
+``spendwatch.exporter`` registers one that writes the ledger. Sinks run on the caller's path, so they must be quick,
+and they must not raise (if one does, the error is logged at debug and the call goes on).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["UsageRecord", "UsageSink", "register_sink", "unregister_sink", "emit"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One LLM call as spendwatch counts it. Token counts follow the GenAI semantic conventions:
+    ``input_tokens`` includes the cached ones, ``output_tokens`` includes reasoning."""
+
+    provider: str
+    operation: str
+    request_model: str
+    response_model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float | None = None  # None means unpriced, never "free"
+    pricing: str = "unpriced"  # the price source and version used, or "unpriced"
+    estimated: bool = False  # token counts were estimated (a stream without usage)
+    outcome: str = "success"  # success | error | blocked
+    error_type: str | None = None
+    duration_s: float = 0.0
+    start_time: float = 0.0  # unix seconds
+    category: str | None = None
+    trace_id: int = 0
+    span_id: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)  # e.g. a LightRAG stage
+
+
+class UsageSink(Protocol):
+    def record(self, record: UsageRecord) -> None: ...
+
+
+_sinks: tuple[UsageSink, ...] = ()
+
+
+def register_sink(sink: UsageSink) -> None:
+    """Hand every future usage record to ``sink``; registering the same sink twice keeps one."""
+    global _sinks
+    if not any(existing is sink for existing in _sinks):
+        _sinks = (*_sinks, sink)
+
+
+def unregister_sink(sink: UsageSink) -> None:
+    global _sinks
+    _sinks = tuple(existing for existing in _sinks if existing is not sink)
+
+
+def emit(record: UsageRecord) -> None:
+    """Give ``record`` to every sink. Never raises: a sink's failure must not reach the user's call."""
+    for sink in _sinks:
+        try:
+            sink.record(record)
+        except Exception:  # noqa: BLE001 - a broken sink must not break the caller's LLM call
+            _logger.debug("spendwatch: usage sink %r failed", sink, exc_info=True)

@@ -1,0 +1,87 @@
+"""Shared fixtures: a real OpenTelemetry SDK pipeline, the local OpenAI-compatible stub, and instrumented clients."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from spendwatch.instrumentation import UsageRecord, register_sink, unregister_sink
+from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
+from spendwatch.stub import StubServer
+
+FAKE_API_KEY = "sk-spendwatch-test-key-3f9c1a7e"
+
+
+class CollectingSink:
+    """A real usage sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    def record(self, record: UsageRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def span_exporter():
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer_provider(span_exporter):
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    return provider
+
+
+@pytest.fixture
+def metric_reader():
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def meter_provider(metric_reader):
+    return MeterProvider(metric_readers=[metric_reader])
+
+
+@pytest.fixture
+def sink():
+    collecting = CollectingSink()
+    register_sink(collecting)
+    yield collecting
+    unregister_sink(collecting)
+
+
+@pytest.fixture
+def instrument_openai(tracer_provider, meter_provider, sink):
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    yield instrumentor
+    instrumentor.uninstrument()
+
+
+@pytest.fixture(scope="session")
+def stub_server():
+    with StubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def stub(stub_server):
+    stub_server.reset()
+    return stub_server
+
+
+@pytest.fixture
+def client(stub):
+    return openai.OpenAI(api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=0)
+
+
+@pytest.fixture
+def async_client(stub):
+    return openai.AsyncOpenAI(api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=0)

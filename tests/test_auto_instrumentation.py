@@ -1,0 +1,87 @@
+"""`opentelemetry-instrument python app.py`, the way users start spendwatch, as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAKE_API_KEY
+
+BIN = Path(sys.executable).parent
+APP = textwrap.dedent(
+    """
+    import openai
+    client = openai.OpenAI(max_retries=0)
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there"}])
+    print("APP-RESULT", reply.choices[0].message.content)
+    """
+)
+
+
+def run_instrumented(tmp_path, stub, **env) -> subprocess.CompletedProcess:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    environment = {
+        **os.environ,
+        "OPENAI_API_KEY": FAKE_API_KEY,
+        "OPENAI_BASE_URL": stub.base_url,
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_SERVICE_NAME": "spendwatch-test",
+        **env,
+    }
+    command = [str(BIN / "opentelemetry-instrument"), sys.executable, str(app)]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def console_spans(stdout: str) -> list[dict]:
+    """The console exporter prints each span as an indented JSON object."""
+    spans, depth, current = [], 0, []
+    for line in stdout.splitlines():
+        if line.startswith("{") and depth == 0:
+            current = []
+        if depth or line.startswith("{"):
+            current.append(line)
+            depth += line.count("{") - line.count("}")
+            if depth == 0:
+                spans.append(json.loads("\n".join(current)))
+    return spans
+
+
+def test_opentelemetry_instrument_puts_cost_on_the_span(tmp_path, stub):
+    result = run_instrumented(tmp_path, stub)
+
+    assert result.returncode == 0, result.stderr
+    assert "APP-RESULT This is a test reply" in result.stdout
+    (span,) = [span for span in console_spans(result.stdout) if span["name"] == "chat gpt-4o-mini"]
+    assert span["kind"] == "SpanKind.CLIENT"
+    assert span["attributes"]["gen_ai.usage.cost"] > 0
+    assert span["attributes"]["spendwatch.pricing"].startswith("genai-prices")
+    assert FAKE_API_KEY not in result.stdout + result.stderr
+
+
+def test_a_malformed_price_file_stops_the_app_at_start_up_with_one_sentence(tmp_path, stub):
+    prices = tmp_path / "prices.toml"
+    prices.write_text("[models.my-model\ninput_per_mtok = 1")
+
+    result = run_instrumented(tmp_path, stub, SPENDWATCH_PRICES_FILE=str(prices))
+
+    assert result.returncode != 0
+    assert "APP-RESULT" not in result.stdout
+    assert "SPENDWATCH_PRICES_FILE" in result.stderr and str(prices) in result.stderr
+    assert stub.requests == []
+
+
+@pytest.mark.parametrize("disabled", ["spendwatch_openai"])
+def test_disabling_the_instrumentor_by_name_works(tmp_path, stub, disabled):
+    result = run_instrumented(tmp_path, stub, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=disabled)
+
+    assert result.returncode == 0, result.stderr
+    assert not [span for span in console_spans(result.stdout) if span["name"] == "chat gpt-4o-mini"]
