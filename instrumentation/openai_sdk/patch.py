@@ -8,6 +8,7 @@ untouched; everything spendwatch does around them is contained.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -159,12 +160,11 @@ class RawStreamResponseProxy(ObjectProxy):
 
     def __del__(self) -> None:
         # The stream was never parsed, so never read: all we know is what the request carried.
-        try:
+        with contextlib.suppress(Exception):  # a finaliser must stay silent
             call, self._self_call = self._self_call, None
             if call is not None:
-                call.succeed(Usage(input_tokens=estimate_tokens(request_text_length(self._self_kwargs)), estimated=True))
-        except Exception:  # noqa: BLE001 - a finaliser must stay silent
-            pass
+                input_tokens = estimate_tokens(request_text_length(self._self_kwargs))
+                call.succeed(Usage(input_tokens=input_tokens, estimated=True))
 
 
 def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bool):

@@ -7,6 +7,7 @@ is garbage-collected half-read. Per chunk we only look: one attribute read for u
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -149,10 +150,8 @@ class _StreamProxyBase(ObjectProxy):
 
     def __del__(self) -> None:
         # Abandoned half-read: count what was seen so far rather than lose the call.
-        try:
+        with contextlib.suppress(Exception):  # a finaliser must stay silent (half-built proxy, interpreter exit)
             self._self_end()
-        except Exception:  # noqa: BLE001 - a finaliser must stay silent (half-built proxy, interpreter exit)
-            pass
 
 
 class SyncStreamProxy(_StreamProxyBase):
@@ -219,4 +218,3 @@ class AsyncStreamProxy(_StreamProxyBase):
             await self.__wrapped__.close()
         finally:
             self._self_end()
-

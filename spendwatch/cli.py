@@ -1,0 +1,108 @@
+"""The ``spendwatch`` command line.
+
+One subcommand per job, each made of two small functions: ``_add_<name>_command(subcommands)`` declares its
+arguments and sets ``handler``, and ``_run_<name>(args) -> int`` does the work and returns the exit status. To add a
+subcommand, write that pair and call the ``_add_`` function from :func:`build_parser`.
+
+Exit status: 0 on success, 1 when the answer is "no" (an unpriced model), 2 on bad usage or bad configuration
+(a :class:`ConfigError` prints its one sentence to stderr). Handlers import what they need when they run, so
+``spendwatch --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from spendwatch.instrumentation.errors import ConfigError
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_USAGE = 2
+
+_PROVIDERS = ("openai", "azure.ai.openai")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spendwatch", description="See and cap what LLM API calls cost.")
+    subcommands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_prices_command(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+
+
+# --- spendwatch prices MODEL --------------------------------------------------------------------------------------
+
+
+def _add_prices_command(subcommands: argparse._SubParsersAction) -> None:
+    command = subcommands.add_parser(
+        "prices",
+        help="show the price in force for a model and where it came from",
+        description="Show the USD price per million tokens in force for MODEL now, and its source "
+        "(the bundled genai-prices data or the SPENDWATCH_PRICES_FILE overrides). Exits 1 when MODEL is unpriced.",
+    )
+    command.add_argument("model", metavar="MODEL", help="model name as sent to the API, e.g. gpt-4o-mini")
+    command.add_argument("--provider", choices=_PROVIDERS, default="openai", help="gen_ai.provider.name")
+    command.add_argument("--service-tier", metavar="TIER", help="the response's service tier, e.g. flex or priority")
+    command.add_argument("--batch", action="store_true", help="price as a Batch API call")
+    command.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    command.set_defaults(handler=_run_prices)
+
+
+def _run_prices(args: argparse.Namespace) -> int:
+    from spendwatch.instrumentation.pricing import price_table_from_env
+
+    table = price_table_from_env()
+    options = {"provider": args.provider, "service_tier": args.service_tier, "batch": args.batch}
+    price = table.lookup(args.model, **options)
+    if args.json:
+        print(json.dumps(_price_json(args.model, options, price), indent=2))
+    else:
+        print(table.describe(args.model, **options))
+    return EXIT_OK if price is not None else EXIT_NO
+
+
+def _price_json(model: str, options: dict, price) -> dict:
+    answer = {"model": model, **options, "priced": price is not None}
+    if price is None:
+        answer["note"] = "unpriced: calls to this model are counted as unpriced requests, not as free"
+        return answer
+    answer |= {
+        "priced_as": price.model,
+        "source": price.source,
+        "usd_per_million_tokens": _per_million(price.input, price.cache_read, price.output),
+        "tiers": [
+            {"from_input_tokens": threshold, "usd_per_million_tokens": _per_million(tier_in, tier_cached, tier_out)}
+            for threshold, tier_in, tier_out, tier_cached in price.tiers
+        ],
+    }
+    return answer
+
+
+def _per_million(input_price: float, cache_read_price: float, output_price: float) -> dict[str, float]:
+    # Rounded to 12 significant digits so 1.5e-07 * 1e6 prints as 0.15, not 0.15000000000000002.
+    def scale(per_token: float) -> float:
+        return float(f"{per_token * 1_000_000:.12g}")
+
+    return {"input": scale(input_price), "cache_read": scale(cache_read_price), "output": scale(output_price)}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Specification of ``spendwatch prices MODEL``, run as a user runs it: the console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import genai_prices
+import pytest
+
+_VENV_SCRIPT = Path(sys.executable).parent / "spendwatch"
+# The installed console script when there is one, else the module itself (same main()).
+SPENDWATCH = [str(_VENV_SCRIPT)] if _VENV_SCRIPT.exists() else [sys.executable, "-m", "spendwatch.cli"]
+
+
+def spendwatch(*args: str, prices_file: Path | None = None) -> subprocess.CompletedProcess:
+    environ = {key: value for key, value in os.environ.items() if key != "SPENDWATCH_PRICES_FILE"}
+    if prices_file is not None:
+        environ["SPENDWATCH_PRICES_FILE"] = str(prices_file)
+    return subprocess.run([*SPENDWATCH, *args], capture_output=True, text=True, env=environ, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected_lines"),
+    [
+        pytest.param(
+            ["gpt-4o-mini"],
+            ["priced as 'gpt-4o-mini'", "input $0.15, cached input $0.075, output $0.6", "source: genai-prices"],
+            id="a known model",
+        ),
+        pytest.param(["gpt-4o-mini-2024-07-18"], ["priced as 'gpt-4o-mini'"], id="a dated name"),
+        pytest.param(["gpt-4o-mini", "--batch"], ["input $0.075", "variant: processing=batch"], id="batch"),
+        pytest.param(["gpt-5", "--service-tier", "flex"], ["input $0.625", "service_tier=flex"], id="flex"),
+        pytest.param(["gpt-4o-mini", "--provider", "azure.ai.openai"], ["provider: azure"], id="azure"),
+        pytest.param(["gpt-5.4"], ["from 272,001 input tokens"], id="tiers"),
+    ],
+)
+def test_prices_prints_the_price_in_force_and_exits_0(args, expected_lines):
+    result = spendwatch("prices", *args)
+    assert result.returncode == 0, result.stderr
+    for expected in expected_lines:
+        assert expected in result.stdout
+
+
+def test_prices_json_is_one_object_with_per_million_prices():
+    result = spendwatch("prices", "gpt-4o-mini", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "model": "gpt-4o-mini",
+        "provider": "openai",
+        "service_tier": None,
+        "batch": False,
+        "priced": True,
+        "priced_as": "gpt-4o-mini",
+        "source": f"genai-prices {genai_prices.__version__}",
+        "usd_per_million_tokens": {"input": 0.15, "cache_read": 0.075, "output": 0.6},
+        "tiers": [],
+    }
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]], ids=["text", "json"])
+def test_an_unknown_model_is_unpriced_not_free_and_exits_1(extra):
+    result = spendwatch("prices", "gpt-99-ultra", *extra)
+    assert result.returncode == 1
+    assert "unpriced" in result.stdout and "not as free" in result.stdout
+
+
+def test_an_override_file_is_named_as_the_source(tmp_path):
+    prices_file = tmp_path / "prices.toml"
+    prices_file.write_text('[models."my-finetune"]\ninput_per_mtok = 1.5\noutput_per_mtok = 2\n')
+    result = spendwatch("prices", "my-finetune", prices_file=prices_file)
+    assert result.returncode == 0, result.stderr
+    assert "input $1.5, cached input $1.5, output $2" in result.stdout
+    assert f"source: file {prices_file}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param([], id="no command"),
+        pytest.param(["prices"], id="no model"),
+        pytest.param(["prices", "gpt-4o-mini", "--provider", "nowhere"], id="unknown provider"),
+        pytest.param(["no-such-command"], id="unknown command"),
+    ],
+)
+def test_bad_usage_exits_2(args):
+    assert spendwatch(*args).returncode == 2
+
+
+def test_a_malformed_prices_file_prints_one_sentence_and_exits_2(tmp_path):
+    prices_file = tmp_path / "prices.toml"
+    prices_file.write_text('[models."x"]\ninput_per_mtok = "abc"\noutput_per_mtok = 1\n')
+    result = spendwatch("prices", "gpt-4o-mini", prices_file=prices_file)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"spendwatch: SPENDWATCH_PRICES_FILE={str(prices_file)!r}: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_help_does_not_load_the_price_data():
+    code = "import sys; from spendwatch.cli import build_parser; build_parser(); print('genai_prices' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(shutil.which("spendwatch", path=str(_VENV_SCRIPT.parent)) is None, reason="not installed")
+def test_the_console_script_and_the_module_agree():
+    module = subprocess.run(
+        [sys.executable, "-m", "spendwatch.cli", "prices", "gpt-4o-mini"], capture_output=True, text=True
+    )
+    assert module.stdout == spendwatch("prices", "gpt-4o-mini").stdout
