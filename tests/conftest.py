@@ -85,3 +85,16 @@ def client(stub):
 @pytest.fixture
 def async_client(stub):
     return openai.AsyncOpenAI(api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=0)
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    """An empty SQLite ledger in UTC."""
+    from zoneinfo import ZoneInfo
+
+    from spendwatch.exporter import Ledger
+    from spendwatch.exporter.ledger_backends import open_backend
+
+    opened = Ledger(open_backend(str(tmp_path / "ledger.db")), ZoneInfo("UTC"))
+    yield opened
+    opened.close()

@@ -8,9 +8,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from spendwatch.exporter import Ledger
+from spendwatch.exporter.ledger_backends import open_backend
 from tests.conftest import FAKE_API_KEY
 
 BIN = Path(sys.executable).parent
@@ -35,6 +38,8 @@ def run_instrumented(tmp_path, stub, **env) -> subprocess.CompletedProcess:
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",
         "OTEL_SERVICE_NAME": "spendwatch-test",
+        "SPENDWATCH_LEDGER": str(tmp_path / "ledger.db"),
+        "SPENDWATCH_METRICS_ADDRESS": "off",
         **env,
     }
     command = [str(BIN / "opentelemetry-instrument"), sys.executable, str(app)]
@@ -85,3 +90,28 @@ def test_disabling_the_instrumentor_by_name_works(tmp_path, stub, disabled):
 
     assert result.returncode == 0, result.stderr
     assert not [span for span in console_spans(result.stdout) if span["name"] == "chat gpt-4o-mini"]
+
+
+def ledger_in(tmp_path) -> Ledger:
+    return Ledger(open_backend(str(tmp_path / "ledger.db")), ZoneInfo("UTC"))
+
+
+@pytest.mark.parametrize(
+    "otel_env",
+    [
+        pytest.param({}, id="with-distro"),
+        pytest.param({"OTEL_PYTHON_DISTRO": "none", "OTEL_PYTHON_CONFIGURATOR": "none"}, id="without-distro"),
+        pytest.param({"OTEL_TRACES_SAMPLER": "always_off"}, id="sampled-out"),
+        pytest.param({"OTEL_TRACES_EXPORTER": "none"}, id="no-span-exporter"),
+    ],
+)
+def test_every_call_reaches_the_ledger_once_however_the_app_is_traced(tmp_path, stub, otel_env):
+    result = run_instrumented(tmp_path, stub, **otel_env)
+
+    assert result.returncode == 0, result.stderr
+    ledger = ledger_in(tmp_path)
+    assert ledger.call_count() == 1
+    (total,) = ledger.totals()
+    (usage,) = stub.usage_log
+    assert total["input_tokens"] == usage.input_tokens
+    assert total["cost_usd"] > 0

@@ -1,0 +1,25 @@
+"""Usage records to journal bytes and back. ``marshal`` of a flat tuple: ~1 µs, and it only ever reads files this
+package wrote into its own 0700 directory. The leading version number lets a later release read older journals."""
+
+from __future__ import annotations
+
+import marshal
+from dataclasses import fields
+
+from spendwatch.instrumentation.records import UsageRecord
+
+__all__ = ["encode", "decode"]
+
+VERSION = 1
+_FIELDS = tuple(field.name for field in fields(UsageRecord))
+
+
+def encode(record: UsageRecord) -> bytes:
+    return marshal.dumps((VERSION, *[getattr(record, name) for name in _FIELDS]))
+
+
+def decode(payload: bytes) -> UsageRecord:
+    version, *values = marshal.loads(payload)
+    if version != VERSION:
+        raise ValueError(f"journal record version {version} is not supported")
+    return UsageRecord(**dict(zip(_FIELDS, values, strict=True)))

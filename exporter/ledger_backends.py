@@ -1,0 +1,226 @@
+"""SQLite and PostgreSQL under the ledger: connection, schema, and the few statements whose SQL differs.
+
+:func:`open_backend` checks what it opens: a file that is not a database, or a database that is not a spendwatch
+ledger, is refused at start-up with one sentence naming ``SPENDWATCH_LEDGER`` and its value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from spendwatch.instrumentation.errors import ConfigError
+
+__all__ = ["open_backend", "SQLiteBackend", "PostgresBackend", "LEDGER_ENV"]
+
+LEDGER_ENV = "SPENDWATCH_LEDGER"
+SCHEMA_VERSION = "1"
+_COUNTERS = """cost_usd {real} NOT NULL DEFAULT 0, input_tokens {int} NOT NULL DEFAULT 0,
+    output_tokens {int} NOT NULL DEFAULT 0, cache_read_tokens {int} NOT NULL DEFAULT 0,
+    reasoning_tokens {int} NOT NULL DEFAULT 0, success {int} NOT NULL DEFAULT 0, error {int} NOT NULL DEFAULT 0,
+    blocked {int} NOT NULL DEFAULT 0, unpriced {int} NOT NULL DEFAULT 0, estimated {int} NOT NULL DEFAULT 0,
+    duration_sum {real} NOT NULL DEFAULT 0, duration_count {int} NOT NULL DEFAULT 0"""
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS spendwatch_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS calls (
+        id TEXT PRIMARY KEY, ts {real} NOT NULL, day TEXT NOT NULL, provider TEXT NOT NULL, operation TEXT NOT NULL,
+        model TEXT NOT NULL, response_model TEXT, category TEXT NOT NULL, input_tokens {int} NOT NULL,
+        output_tokens {int} NOT NULL, cache_read_tokens {int} NOT NULL, reasoning_tokens {int} NOT NULL,
+        cost_usd {real}, pricing TEXT NOT NULL, estimated {int} NOT NULL, outcome TEXT NOT NULL, error_type TEXT,
+        duration_s {real} NOT NULL, trace_id TEXT, span_id TEXT, attributes TEXT)""",
+    "CREATE INDEX IF NOT EXISTS calls_by_day ON calls (day)",
+    "CREATE TABLE IF NOT EXISTS totals (provider TEXT NOT NULL, model TEXT NOT NULL, operation TEXT NOT NULL,"
+    " category TEXT NOT NULL, " + _COUNTERS + ", PRIMARY KEY (provider, model, operation, category))",
+    "CREATE TABLE IF NOT EXISTS daily_totals (day TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,"
+    " operation TEXT NOT NULL, category TEXT NOT NULL, " + _COUNTERS + ","
+    " PRIMARY KEY (day, provider, model, operation, category))",
+    "CREATE TABLE IF NOT EXISTS duration_buckets (provider TEXT NOT NULL, model TEXT NOT NULL,"
+    " operation TEXT NOT NULL, le {real} NOT NULL, count {int} NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (provider, model, operation, le))",
+    "CREATE TABLE IF NOT EXISTS budget_limits (name TEXT NOT NULL, period TEXT NOT NULL, limit_usd {real} NOT NULL,"
+    " changed_at {real} NOT NULL, PRIMARY KEY (name, period))",
+    "CREATE TABLE IF NOT EXISTS events (id {serial}, ts {real} NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL)",
+)
+
+
+class _SqlBackend:
+    """What both databases share; subclasses set the connection, placeholders and column types."""
+
+    location: str
+    types: dict[str, str]
+
+    def _sql(self, query: str) -> str:
+        return query
+
+    def create_schema(self) -> None:
+        with self.transaction() as cursor:
+            for statement in SCHEMA:
+                cursor.execute(statement.format(**self.types))
+            cursor.execute(
+                self._sql("INSERT INTO spendwatch_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"),
+                ("schema_version", SCHEMA_VERSION),
+            )
+
+    def insert_call(self, cursor, row: tuple) -> bool:
+        placeholders = ", ".join("?" * len(row))
+        cursor.execute(self._sql(f"INSERT INTO calls VALUES ({placeholders}) ON CONFLICT (id) DO NOTHING"), row)
+        return cursor.rowcount == 1
+
+    def add_totals(self, cursor, table: str, keys: Sequence[str], counters: Sequence[str], rows: dict) -> None:
+        if not rows:
+            return
+        columns = ", ".join((*keys, *counters))
+        placeholders = ", ".join("?" * (len(keys) + len(counters)))
+        updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in counters)
+        query = (
+            f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
+            f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        )
+        cursor.executemany(self._sql(query), [(*key, *values) for key, values in rows.items()])
+
+    def upsert_budget_limit(self, cursor, name: str, period: str, limit_usd: float, at: float) -> None:
+        query = (
+            "INSERT INTO budget_limits (name, period, limit_usd, changed_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name, period) DO UPDATE SET limit_usd = excluded.limit_usd, changed_at = excluded.changed_at"
+        )
+        cursor.execute(self._sql(query), (name, period, limit_usd, at))
+
+    def add_event(self, cursor, at: float, kind: str, detail: str) -> None:
+        cursor.execute(self._sql("INSERT INTO events (ts, kind, detail) VALUES (?, ?, ?)"), (at, kind, detail))
+
+    def select(self, query: str, parameters: Sequence = ()) -> list[tuple]:
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(self._sql(query), tuple(parameters))
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+            self._end_read()
+
+    def select_dicts(self, query: str, parameters: Sequence = ()) -> list[dict]:
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(self._sql(query), tuple(parameters))
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+            self._end_read()
+
+    def _end_read(self) -> None:
+        pass
+
+
+class SQLiteBackend(_SqlBackend):
+    types = {"int": "INTEGER", "real": "REAL", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+
+    def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
+        self.location = path
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE takes the write lock up front, so two
+        # processes never both read the totals and then race to write them).
+        self.connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+
+    def prepare(self) -> None:
+        self.connection.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives a process crash; power loss is the journal's and the OS's business.
+        self.connection.execute("PRAGMA synchronous = NORMAL")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        cursor = self.connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            yield cursor
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        else:
+            cursor.execute("COMMIT")
+        finally:
+            cursor.close()
+
+    def table_names(self) -> set[str]:
+        return {row[0] for row in self.select("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class PostgresBackend(_SqlBackend):
+    types = {"int": "BIGINT", "real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"}
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.location = url
+        self.connection = psycopg.connect(url, autocommit=True, connect_timeout=10)
+
+    def prepare(self) -> None:
+        pass
+
+    def _sql(self, query: str) -> str:
+        return query.replace("?", "%s")
+
+    @contextlib.contextmanager
+    def transaction(self):
+        with self.connection.transaction(), self.connection.cursor() as cursor:
+            yield cursor
+
+    def table_names(self) -> set[str]:
+        rows = self.select("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+        return {row[0] for row in rows}
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def open_backend(location: str) -> SQLiteBackend | PostgresBackend:
+    """Open (creating on first use) the ledger at a path or ``postgresql://`` URL, or raise ConfigError."""
+    is_postgres = location.startswith(("postgresql://", "postgres://"))
+    shown = _redacted(location) if is_postgres else location
+    try:
+        backend = PostgresBackend(location) if is_postgres else SQLiteBackend(_checked_path(location))
+        backend.prepare()
+        tables = backend.table_names()
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every driver error becomes the one start-up sentence
+        raise ConfigError(f"{LEDGER_ENV}={shown!r} cannot be opened as a ledger: {_reason(error)}") from None
+    if tables and "spendwatch_meta" not in tables:
+        raise ConfigError(f"{LEDGER_ENV}={shown!r} is a database of something else, not a spendwatch ledger")
+    try:
+        if "spendwatch_meta" in tables:
+            version = backend.select("SELECT value FROM spendwatch_meta WHERE key = ?", ("schema_version",))
+            if version and version[0][0] != SCHEMA_VERSION:
+                raise ConfigError(f"{LEDGER_ENV}={shown!r} has ledger schema {version[0][0]}, this is {SCHEMA_VERSION}")
+        backend.create_schema()
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001
+        raise ConfigError(f"{LEDGER_ENV}={shown!r} cannot be used as a ledger: {_reason(error)}") from None
+    return backend
+
+
+def _checked_path(path: str) -> str:
+    if os.path.isdir(path):
+        raise ConfigError(f"{LEDGER_ENV}={path!r} is a directory; give the path of a ledger file")
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        raise ConfigError(f"{LEDGER_ENV}={path!r} cannot be read (permission denied)")
+    return path
+
+
+def _reason(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _redacted(url: str) -> str:
+    """A PostgreSQL URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"

@@ -1,0 +1,262 @@
+"""Spend reports over the ledger's per-day totals, and the recent trend with a month-end projection.
+
+Everything here reads ``Ledger.daily_totals`` (O(days × series), never the per-call rows) and is otherwise pure, so
+the CLI and any Python caller get the same numbers::
+
+    rows = report_rows(ledger, date(2025, 3, 1), date(2025, 3, 31), by="model")   # both days included
+    print(format_table(rows, report_columns("model")))
+    print(trend(ledger, settings, days=7))
+
+Days are the configured time zone's calendar days, fixed when each call was written to the ledger.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta
+
+from spendwatch.exporter.periods import local_day, period_bounds, period_days
+
+__all__ = [
+    "GROUPINGS",
+    "TREND_BAND",
+    "Trend",
+    "format_csv",
+    "format_json",
+    "format_table",
+    "report_columns",
+    "report_rows",
+    "total_row",
+    "trend",
+]
+
+GROUPINGS = ("day", "model", "category", "operation")
+# A trend is "flat" while the fitted daily change stays within ±5 % of the average daily cost.
+TREND_BAND = 0.05
+# Summed from the ledger's per-day counters, in output order.
+_SUMMED = ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
+_COUNTED = ("requests", "unpriced", "estimated")
+
+
+# --- report rows ----------------------------------------------------------------------------------------------------
+
+
+def report_rows(ledger, since: date, until: date, by: str = "day") -> list[dict]:
+    """Spend from ``since`` to ``until``, **both days included**, one row per ``by`` value that had calls.
+
+    Each row: the ``by`` key (a calls' category of none is ``None``), ``cost_usd`` (priced calls only),
+    ``input_tokens`` (cached included), ``output_tokens`` (reasoning included), ``cache_read_tokens``,
+    ``reasoning_tokens``, ``requests`` (successful, failed and blocked), ``unpriced`` and ``estimated`` (call
+    counts). Days come in calendar order; other groupings by cost, highest first, then by name.
+    """
+    if by not in GROUPINGS:
+        raise ValueError(f"cannot group a report by {by!r}; choose one of {', '.join(GROUPINGS)}")
+    if since > until:
+        raise ValueError(f"the report starts on {since} after it ends on {until}")
+    groups: dict[str | None, dict] = {}
+    for total in ledger.daily_totals(since, until + timedelta(days=1)):
+        key = total[by] if by != "category" else (total["category"] or None)
+        _accumulate(groups.setdefault(key, _empty_row(by, key)), total)
+    return _sorted(list(groups.values()), by)
+
+
+def report_columns(by: str) -> list[str]:
+    """The columns of :func:`report_rows` for a grouping, in display order."""
+    return [by, *_SUMMED, *_COUNTED]
+
+
+def total_row(rows: Sequence[dict], by: str, label: str = "total") -> dict:
+    """All rows added up, labelled ``label`` in the ``by`` column."""
+    total = _empty_row(by, label)
+    for row in rows:
+        for column in (*_SUMMED, *_COUNTED):
+            total[column] += row[column]
+    return total
+
+
+def _empty_row(by: str, key) -> dict:
+    return {by: key, "cost_usd": 0.0} | {column: 0 for column in (*_SUMMED[1:], *_COUNTED)}
+
+
+def _accumulate(row: dict, total: dict) -> None:
+    row["cost_usd"] += float(total["cost_usd"])
+    for column in _SUMMED[1:]:
+        row[column] += int(total[column])
+    row["requests"] += int(total["success"] + total["error"] + total["blocked"])
+    row["unpriced"] += int(total["unpriced"])
+    row["estimated"] += int(total["estimated"])
+
+
+def _sorted(rows: list[dict], by: str) -> list[dict]:
+    if by == "day":
+        return sorted(rows, key=lambda row: row["day"])
+    return sorted(rows, key=lambda row: (-row["cost_usd"], row[by] or ""))
+
+
+# --- trend ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trend:
+    """Recent daily spend, its direction, and where the month ends at that rate. See :func:`trend`."""
+
+    first_day: date  # the window's first complete day
+    last_day: date  # the window's last complete day (yesterday)
+    daily_cost_usd: tuple[float, ...]  # one per day of the window, zero for days without calls
+    average_daily_usd: float
+    slope_usd_per_day: float  # least-squares slope of the daily cost
+    direction: str  # "rising" | "flat" | "falling"
+    month_to_date_usd: float  # this month so far, today included
+    remaining_days: float  # what is left of the month, today's unfinished part included
+    projected_month_usd: float
+
+    def as_dict(self) -> dict:
+        answer = asdict(self)
+        answer["first_day"], answer["last_day"] = self.first_day.isoformat(), self.last_day.isoformat()
+        answer["daily_cost_usd"] = list(self.daily_cost_usd)
+        return answer
+
+    def __str__(self) -> str:
+        return (
+            f"trend over {len(self.daily_cost_usd)} complete days ({self.first_day} to {self.last_day}): "
+            f"average ${self.average_daily_usd:.6f}/day, {self.direction} "
+            f"({self.slope_usd_per_day:+.6f} USD/day per day)\n"
+            f"month to date ${self.month_to_date_usd:.6f}; at that average the month ends at "
+            f"${self.projected_month_usd:.6f} ({self.remaining_days:.2f} days left)"
+        )
+
+
+def trend(ledger, settings, days: int = 7, now: float | None = None) -> Trend:
+    """Average daily cost over the last ``days`` complete days and where the month ends at that rate.
+
+    - The window is the ``days`` calendar days (in ``settings.timezone``) before today; today is left out because
+      it is not over. A day without calls counts as $0.
+    - Direction: the least-squares slope of daily cost against the day, compared with the average daily cost.
+      ``rising`` when the slope exceeds +5 % of the average per day (:data:`TREND_BAND`), ``falling`` below −5 %,
+      ``flat`` otherwise (and always when the window is one day or nothing was spent).
+    - Projection: month-to-date spend (today so far included) + average × remaining days, where remaining days are
+      the whole days after today plus the unfinished fraction of today (by the clock, so DST days count right).
+    """
+    if days < 1:
+        raise ValueError(f"a trend needs at least one complete day, not {days}")
+    now = time.time() if now is None else now
+    tz = settings.timezone
+    today = local_day(now, tz)
+    first_day = today - timedelta(days=days)
+    daily = _daily_costs(ledger, first_day, today)
+    average = sum(daily) / days
+    slope = _least_squares_slope(daily)
+    month_first, month_end = period_days("month", today)
+    month_to_date = ledger.spend(month_first, month_end)
+    remaining = _remaining_days(now, tz, today, month_end)
+    return Trend(
+        first_day=first_day,
+        last_day=today - timedelta(days=1),
+        daily_cost_usd=tuple(daily),
+        average_daily_usd=average,
+        slope_usd_per_day=slope,
+        direction=_direction(slope, average),
+        month_to_date_usd=month_to_date,
+        remaining_days=remaining,
+        projected_month_usd=month_to_date + average * remaining,
+    )
+
+
+def _daily_costs(ledger, first_day: date, end_day: date) -> list[float]:
+    by_day: dict[str, float] = {}
+    for total in ledger.daily_totals(first_day, end_day):
+        by_day[total["day"]] = by_day.get(total["day"], 0.0) + total["cost_usd"]
+    count = (end_day - first_day).days
+    return [by_day.get((first_day + timedelta(days=offset)).isoformat(), 0.0) for offset in range(count)]
+
+
+def _least_squares_slope(values: Sequence[float]) -> float:
+    count = len(values)
+    if count < 2:
+        return 0.0
+    mean_x, mean_y = (count - 1) / 2, sum(values) / count
+    covariance = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values))
+    variance = sum((x - mean_x) ** 2 for x in range(count))
+    return covariance / variance
+
+
+def _direction(slope: float, average: float) -> str:
+    if average <= 0 or abs(slope) <= TREND_BAND * average:
+        return "flat"
+    return "rising" if slope > 0 else "falling"
+
+
+def _remaining_days(now: float, tz, today: date, month_end: date) -> float:
+    today_start, tomorrow_start = period_bounds("day", now, tz)
+    # The clock time left today over today's real length (23 or 25 hours across a DST change).
+    fraction_of_today = (tomorrow_start - datetime.fromtimestamp(now, tz)) / (tomorrow_start - today_start)
+    return (month_end - today).days - 1 + fraction_of_today
+
+
+# --- output formats -------------------------------------------------------------------------------------------------
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A plain-text table: a header, a rule, one line per row. Money (``*_usd``) with 6 decimals, numbers
+    right-aligned, ``None`` as ``-``."""
+    cells = [[_cell(column, row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column), *(len(line[index]) for line in cells)]) for index, column in enumerate(columns)]
+    numeric = [_is_numeric_column(rows, column) for column in columns]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if right else v.ljust(w) for v, w, right in zip(values, widths, numeric, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    rule = ["-" * width for width in widths]
+    return "\n".join([line(list(columns)), line(rule), *(line(values) for values in cells)])
+
+
+def format_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """CSV with a header line; values as they are (full precision), ``None`` as an empty field."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def format_json(value) -> str:
+    """Indented JSON; dates as ISO text, and non-finite numbers (which JSON lacks) as null."""
+    return json.dumps(_json_safe(value), indent=2, default=_json_default)
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return "-"
+    if column.endswith("_usd") and isinstance(value, int | float):
+        return f"{value:.6f}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _is_numeric_column(rows: Sequence[dict], column: str) -> bool:
+    values = [row.get(column) for row in rows if row.get(column) is not None]
+    return bool(values) and all(isinstance(value, int | float) and not isinstance(value, bool) for value in values)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,267 @@
+"""spendwatch's settings: keyword arguments, then environment variables, then the ``SPENDWATCH_CONFIG`` TOML file,
+then defaults. Parsed once at start-up; anything wrong raises :class:`ConfigError` naming the setting and value.
+
+TOML file (every key optional)::
+
+    ledger = "/var/lib/spendwatch/ledger.db"     # or "postgresql://user@host/db"
+    metrics_address = "127.0.0.1:9464"            # or "off"
+    timezone = "Europe/Berlin"
+    thresholds = [0.75, 0.9, 1.0]
+    enforce = "off"                               # or "block"
+    categories = ["metabolite_identification", "literature_review"]
+    prices_file = "prices.toml"
+
+    [budgets.global]                              # SPENDWATCH_DAILY/MONTHLY_BUDGET_USD set the same budget
+    daily_usd = 50
+    monthly_usd = 1000
+
+    [budgets.metabolomics]                        # a named budget scoped to a category (or: model = "gpt-4o")
+    category = "metabolite_identification"
+    daily_usd = 10
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from spendwatch.instrumentation.errors import ConfigError
+
+__all__ = ["BudgetSpec", "Settings", "load_settings", "default_ledger_path", "GLOBAL_BUDGET", "PERIODS"]
+
+GLOBAL_BUDGET = "global"
+PERIODS = ("day", "month")
+ENFORCE_MODES = ("off", "block")
+DEFAULT_METRICS_ADDRESS = ("127.0.0.1", 9464)
+
+# setting name -> environment variable
+ENV = {
+    "ledger": "SPENDWATCH_LEDGER",
+    "metrics_address": "SPENDWATCH_METRICS_ADDRESS",
+    "timezone": "SPENDWATCH_TIMEZONE",
+    "thresholds": "SPENDWATCH_THRESHOLDS",
+    "enforce": "SPENDWATCH_ENFORCE",
+    "categories": "SPENDWATCH_CATEGORIES",
+    "prices_file": "SPENDWATCH_PRICES_FILE",
+    "daily_budget_usd": "SPENDWATCH_DAILY_BUDGET_USD",
+    "monthly_budget_usd": "SPENDWATCH_MONTHLY_BUDGET_USD",
+    "metrics_basic_auth": "SPENDWATCH_METRICS_BASIC_AUTH",
+    "metrics_tls_certfile": "SPENDWATCH_METRICS_TLS_CERTFILE",
+    "metrics_tls_keyfile": "SPENDWATCH_METRICS_TLS_KEYFILE",
+}
+CONFIG_ENV = "SPENDWATCH_CONFIG"
+_FILE_ONLY = ("budgets",)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A spending limit for one calendar period, over all calls or those of one category or model."""
+
+    name: str
+    period: str  # "day" | "month"
+    limit_usd: float
+    category: str | None = None
+    model: str | None = None
+
+    def covers(self, category: str | None, model: str | None) -> bool:
+        return (self.category is None or self.category == category) and (self.model is None or self.model == model)
+
+
+@dataclass(frozen=True)
+class Settings:
+    ledger: str
+    metrics_address: tuple[str, int] | None
+    timezone: ZoneInfo
+    thresholds: tuple[float, float, float]
+    enforce: str
+    categories: frozenset[str]
+    budgets: tuple[BudgetSpec, ...]
+    prices_file: str | None = None
+    metrics_basic_auth: tuple[str, str] | None = None
+    metrics_tls_certfile: str | None = None
+    metrics_tls_keyfile: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.ledger.startswith(("postgresql://", "postgres://"))
+
+
+def default_ledger_path(environ: Mapping[str, str] = os.environ) -> str:
+    state_home = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(state_home) / "spendwatch" / "ledger.db")
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ) -> Settings:
+    """Resolve every setting by precedence (keyword, environment, file, default) and validate it."""
+    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
+    unknown = set(overrides) - set(ENV) - set(_FILE_ONLY) - {"config"}
+    if unknown:
+        raise ConfigError(f"unknown setting {sorted(unknown)[0]!r}; known settings are {', '.join(sorted(ENV))}")
+    config_path = overrides.get("config") or environ.get(CONFIG_ENV)
+    from_file = _read_config_file(config_path) if config_path else {}
+
+    def pick(name: str) -> tuple[Any, str]:
+        """The value and the name to blame in an error message."""
+        if name in overrides:
+            return overrides[name], name
+        env_name = ENV.get(name)
+        if env_name and environ.get(env_name, "").strip():
+            return environ[env_name].strip(), env_name
+        if name in from_file:
+            return from_file[name], f"{name} in {CONFIG_ENV}={config_path!r}"
+        return None, name
+
+    return Settings(
+        ledger=_ledger(*pick("ledger"), environ),
+        metrics_address=_address(*pick("metrics_address")),
+        timezone=_timezone(*pick("timezone")),
+        thresholds=_thresholds(*pick("thresholds")),
+        enforce=_enforce(*pick("enforce")),
+        categories=_categories(*pick("categories")),
+        budgets=_budgets(pick, from_file.get("budgets"), config_path),
+        prices_file=_optional_text(*pick("prices_file")),
+        metrics_basic_auth=_basic_auth(*pick("metrics_basic_auth")),
+        metrics_tls_certfile=_optional_text(*pick("metrics_tls_certfile")),
+        metrics_tls_keyfile=_optional_text(*pick("metrics_tls_keyfile")),
+        raw=from_file,
+    )
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"{CONFIG_ENV}={path!r} cannot be read: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{CONFIG_ENV}={path!r} is not valid TOML: {error}") from None
+    known = set(ENV) - {"daily_budget_usd", "monthly_budget_usd"} | set(_FILE_ONLY) | {"guard", "routes"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{CONFIG_ENV}={path!r} has an unknown key {unknown[0]!r}")
+    return data
+
+
+def _ledger(value: Any, name: str, environ: Mapping[str, str]) -> str:
+    if value is None:
+        return default_ledger_path(environ)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name}={value!r} must be a SQLite file path or a postgresql:// URL")
+    return value.strip()
+
+
+def _address(value: Any, name: str) -> tuple[str, int] | None:
+    if value is None:
+        return DEFAULT_METRICS_ADDRESS
+    text = str(value).strip()
+    if text.lower() == "off":
+        return None
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}={value!r} must be host:port (such as 127.0.0.1:9464) or off")
+    return host.strip("[]"), int(port)
+
+
+def _timezone(value: Any, name: str) -> ZoneInfo:
+    if value is None:
+        return ZoneInfo("UTC")
+    try:
+        return ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not a known IANA time zone (such as UTC or Europe/Berlin)") from None
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{name}={value!r} must be a non-negative number")
+    return number
+
+
+def _thresholds(value: Any, name: str) -> tuple[float, float, float]:
+    if value is None:
+        return (0.75, 0.9, 1.0)
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, list | tuple) or len(parts) != 3:
+        raise ConfigError(f"{name}={value!r} must be three ratios warning,critical,exceeded such as 0.75,0.9,1.0")
+    ratios = tuple(_number(part, name) for part in parts)
+    if not 0 < ratios[0] <= ratios[1] <= ratios[2]:
+        raise ConfigError(f"{name}={value!r} must be positive ratios in rising order, such as 0.75,0.9,1.0")
+    return ratios
+
+
+def _enforce(value: Any, name: str) -> str:
+    mode = "off" if value is None else str(value).strip().lower()
+    if mode not in ENFORCE_MODES:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(ENFORCE_MODES)}")
+    return mode
+
+
+def _categories(value: Any, name: str) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, list | tuple) or not all(isinstance(part, str) for part in parts):
+        raise ConfigError(f"{name}={value!r} must be a comma-separated list of category names")
+    return frozenset(part.strip() for part in parts if part.strip())
+
+
+def _optional_text(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}={value!r} must be text")
+    return value.strip() or None
+
+
+def _basic_auth(value: Any, name: str) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    user, colon, password = str(value).partition(":")
+    if not colon or not user or not password:
+        raise ConfigError(f"{name}=<hidden> must be user:password")
+    return user, password
+
+
+def _budgets(pick, table: Any, config_path: str | None) -> tuple[BudgetSpec, ...]:
+    budgets: list[BudgetSpec] = []
+    if table is not None and not isinstance(table, dict):
+        raise ConfigError(f"budgets in {CONFIG_ENV}={config_path!r} must be a table of named budgets")
+    for budget_name, entry in (table or {}).items():
+        budgets.extend(_file_budget(budget_name, entry, config_path))
+    for period, setting in (("day", "daily_budget_usd"), ("month", "monthly_budget_usd")):
+        value, name = pick(setting)
+        if value is not None:
+            budgets = [b for b in budgets if not (b.name == GLOBAL_BUDGET and b.period == period)]
+            budgets.append(BudgetSpec(GLOBAL_BUDGET, period, _number(value, ENV.get(name, name))))
+    return tuple(budgets)
+
+
+def _file_budget(budget_name: str, entry: Any, config_path: str | None) -> list[BudgetSpec]:
+    where = f"budgets.{budget_name} in {CONFIG_ENV}={config_path!r}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = sorted(set(entry) - {"daily_usd", "monthly_usd", "category", "model"})
+    if unknown:
+        raise ConfigError(f"{where} has an unknown key {unknown[0]!r}")
+    if budget_name == GLOBAL_BUDGET and ("category" in entry or "model" in entry):
+        raise ConfigError(f"{where} covers every call and cannot be scoped to a category or model")
+    scope = {key: _optional_text(entry.get(key), f"{where}: {key}") for key in ("category", "model")}
+    specs = [
+        BudgetSpec(budget_name, period, _number(entry[key], f"{where}: {key}"), **scope)
+        for period, key in (("day", "daily_usd"), ("month", "monthly_usd"))
+        if key in entry
+    ]
+    if not specs:
+        raise ConfigError(f"{where} needs daily_usd or monthly_usd")
+    return specs

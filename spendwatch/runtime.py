@@ -1,0 +1,119 @@
+"""Wiring: instrumentation → ledger sink → ledger → ``/metrics``, attached once per process.
+
+``spendwatch.configure()`` and the ``opentelemetry-instrument`` hook both come here, so an app that does both is
+still attached once. Nothing here runs on the call path.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from spendwatch.exporter import LedgerSink, Settings, journal_directory, load_settings, open_ledger
+from spendwatch.exporter.ledger import Ledger
+from spendwatch.instrumentation import register_sink, unregister_sink
+from spendwatch.instrumentation.pricing import PriceTable, load_overrides
+
+__all__ = ["Runtime", "attach", "current", "detach"]
+
+_logger = logging.getLogger(__name__)
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+@dataclass
+class Runtime:
+    """What one process attached: its settings, ledger, sink and (unless off) metrics server."""
+
+    settings: Settings
+    ledger: Ledger
+    sink: LedgerSink
+    prices: PriceTable
+    metrics_server: Any = None
+    registry: Any = None
+
+    def budget_statuses(self):
+        from spendwatch.exporter.budgets import budget_statuses
+
+        return budget_statuses(self.ledger, self.settings)
+
+
+def current() -> Runtime | None:
+    return _runtime
+
+
+def attach(**settings: Any) -> Runtime:
+    """Attach the exporter (and instrument what is installed) unless this process already did."""
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            return _runtime
+        resolved = load_settings(settings)
+        prices = PriceTable(load_overrides(resolved.prices_file) if resolved.prices_file else None)
+        ledger = open_ledger(resolved)
+        sink = LedgerSink(ledger, journal_directory(resolved.ledger))
+        runtime = Runtime(resolved, ledger, sink, prices)
+        if resolved.metrics_address is not None:
+            _serve_metrics(runtime)
+        register_sink(sink)
+        _instrument_installed(prices)
+        atexit.register(detach)
+        _runtime = runtime
+        return runtime
+
+
+def detach() -> None:
+    """Drain what is journaled into the ledger and stop serving; the instrumentation stays as it is."""
+    global _runtime
+    with _lock:
+        runtime, _runtime = _runtime, None
+    if runtime is None:
+        return
+    unregister_sink(runtime.sink)
+    if runtime.metrics_server is not None:
+        runtime.metrics_server.stop()
+    runtime.sink.close()
+    runtime.ledger.close()
+
+
+def _serve_metrics(runtime: Runtime) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from spendwatch.exporter.collector import SpendCollector
+    from spendwatch.exporter.server import start_metrics_server
+
+    settings = runtime.settings
+    runtime.registry = CollectorRegistry()
+    SpendCollector(
+        runtime.ledger,
+        categories=settings.categories,
+        budget_statuses=runtime.budget_statuses,
+        ledger_errors=lambda: runtime.sink.ledger_errors,
+        pricing_data_timestamp=runtime.prices.data_timestamp,
+        before_collect=runtime.sink.flush,
+        registry=runtime.registry,
+    )
+    runtime.metrics_server = start_metrics_server(
+        runtime.registry,
+        settings.metrics_address,
+        basic_auth=settings.metrics_basic_auth,
+        certfile=settings.metrics_tls_certfile,
+        keyfile=settings.metrics_tls_keyfile,
+    )
+
+
+def _instrument_installed(prices: PriceTable) -> None:
+    """Instrument each supported library that is installed and not instrumented yet (opentelemetry-instrument
+    may have done it already), except those the user disabled the OpenTelemetry way."""
+    disabled = {name.strip() for name in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    if "spendwatch_openai" not in disabled and importlib.util.find_spec("openai") is not None:
+        from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
+
+        instrumentor = OpenAIInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(price_table=prices)
