@@ -1,0 +1,398 @@
+"""A local OpenAI-compatible HTTP server with deterministic token usage, for tests and ``spendwatch demo``.
+
+Point the real ``openai`` SDK at it::
+
+    with StubServer(cached_tokens=4) as stub:
+        client = openai.OpenAI(base_url=stub.base_url, api_key="test", max_retries=0)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+        stub.usage_log  # [ReportedUsage(endpoint="chat.completions", model="gpt-4o-mini", input_tokens=4, ...)]
+
+It serves ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and ``/v1/responses``
+(streamed and not), and the Azure form ``/openai/deployments/{deployment}/…?api-version=…``, with
+bodies shaped like the real API's (see :mod:`spendwatch._stub_responses`).
+
+Usage is a pure function of the request, one token per word:
+
+- input tokens: words in every message/prompt/input text, plus 3 per chat message or Responses
+  input item (the instructions count as one);
+- output tokens: the reply's words per choice (``max_tokens``, ``max_completion_tokens`` or
+  ``max_output_tokens`` when given, else ``DEFAULT_REPLY_WORDS``), plus the ``reasoning_tokens``
+  option for reasoning models (``o1``/``o3``/``o4``/``gpt-5`` prefixes);
+- cached input tokens: the ``cached_tokens`` option, capped by the input count (chat and Responses).
+
+The request model picks a misbehaviour: see ``SPECIAL_MODELS``. Every error response carries
+``x-should-retry: false`` so the SDK fails at once whatever its ``max_retries``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from spendwatch import _stub_responses as shapes
+from spendwatch._stub_responses import ReportedUsage
+
+__all__ = ["DEFAULT_REPLY_WORDS", "SPECIAL_MODELS", "ReportedUsage", "StubServer", "main"]
+
+DEFAULT_REPLY_WORDS = 12
+SPECIAL_MODELS = {
+    "stub-error-500": "HTTP 500 server_error",
+    "stub-error-429": "HTTP 429 rate_limit_exceeded",
+    "stub-not-found": "HTTP 404 model_not_found",
+    "stub-no-usage": "a valid response without a usage key",
+    "stub-malformed-usage": "a valid response whose usage fields have wrong types",
+    "stub-stream-cut": "a stream whose connection closes half-way, without [DONE] (non-streamed calls succeed)",
+}
+MESSAGE_OVERHEAD = 3
+_SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
+_POLL_SECONDS = 0.02  # stop() waits up to this long; serve_forever's default 0.5 s slows test suites
+_REPLY_TEXT = "This is a test reply from the spendwatch stub server and it counts one token for every word"
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+_LENGTH_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_NOT_COUNTED = frozenset({"role", "type", "id", "name", "call_id", "tool_call_id", "status"})
+_ROUTE = re.compile(
+    r"^(?:/openai/deployments/(?P<deployment>[^/]+)|/openai)?(?:/v1)?"
+    r"/(?P<endpoint>chat/completions|completions|embeddings|responses)/?$"
+)
+
+
+@dataclass
+class _Reply:
+    """What the handler sends: a JSON body, or SSE events (cut short when ``cut``)."""
+
+    status: int = 200
+    body: dict[str, Any] | None = None
+    events: list[bytes] = field(default_factory=list)
+    cut: bool = False
+
+
+class StubServer:
+    """The stub, serving from a daemon thread; ``requests`` and ``usage_log`` record what happened."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        response_models: Mapping[str, str] | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.cached_tokens = cached_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self.response_models = dict(response_models or {})
+        self._lock = threading.Lock()
+        self._requests: list[dict[str, Any]] = []
+        self._usage: list[ReportedUsage] = []
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> str:
+        """Bind and serve; returns ``base_url`` (``http://127.0.0.1:PORT/v1``)."""
+        if self._httpd is None:
+            self._httpd = _HTTPServer((self.host, self.port), _Handler)
+            self._httpd.stub = self
+            self.port = self._httpd.server_address[1]
+            serve = functools.partial(self._httpd.serve_forever, poll_interval=_POLL_SECONDS)
+            self._thread = threading.Thread(target=serve, name="spendwatch-stub", daemon=True)
+            self._thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> StubServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def origin(self) -> str:
+        """``http://127.0.0.1:PORT``: the ``azure_endpoint`` of ``openai.AzureOpenAI``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}/v1"
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Requests, oldest first: ``{"path" (with query), "headers" (lower-case, no credentials), "body"}``."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def usage_log(self) -> list[ReportedUsage]:
+        """The usage each response reported, oldest first (none for errors or usage-less replies)."""
+        with self._lock:
+            return list(self._usage)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._usage.clear()
+
+    def _record_request(self, path: str, headers: Mapping[str, str], body: Any) -> None:
+        kept = {k.lower(): v for k, v in headers.items() if k.lower() not in ("authorization", "api-key")}
+        with self._lock:
+            self._requests.append({"path": path, "headers": kept, "body": body})
+
+    def _record_usage(self, usage: ReportedUsage) -> None:
+        with self._lock:
+            self._usage.append(usage)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # idle keep-alive connections must not hold up stop()
+    stub: StubServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client hung up, e.g. mid-stream
+            super().handle()
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = None
+        stub = self.server.stub
+        stub._record_request(self.path, self.headers, body)
+        route = _ROUTE.match(path)
+        if route is None:
+            self._send(_error(404, f"Invalid URL (POST {path})", "invalid_request_error", None))
+        elif not isinstance(body, dict):
+            self._send(_error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None))
+        else:
+            call = _Call(stub, body, route["deployment"] or str(body.get("model", "")), route["endpoint"])
+            self._send(_misbehaviour(call.model) or _ENDPOINTS[call.endpoint](call))
+
+    def do_GET(self) -> None:
+        self._send(_error(404, f"Invalid URL (GET {urlsplit(self.path).path})", "invalid_request_error", None))
+
+    def _send(self, reply: _Reply) -> None:
+        self.send_response(reply.status)
+        self.send_header("x-request-id", shapes.new_id("req_"))
+        if reply.status >= 400:
+            self.send_header("x-should-retry", "false")
+        if reply.body is not None:
+            data = json.dumps(reply.body).encode()
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        events = reply.events[: len(reply.events) // 2] if reply.cut else reply.events
+        for event in events:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+        if reply.cut:
+            self.close_connection = True  # the client sees the body end without its last chunk
+        else:
+            self.wfile.write(b"0\r\n\r\n")
+
+
+@dataclass
+class _Call:
+    """One request being answered: its body, model and the stub's settings."""
+
+    stub: StubServer
+    body: dict[str, Any]
+    model: str
+    endpoint: str
+
+    @property
+    def response_model(self) -> str:
+        return self.stub.response_models.get(self.model, self.model)
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.body.get("stream_options") or {}).get("include_usage"))
+
+    @property
+    def reports_usage(self) -> bool:
+        """Chat and legacy completion streams carry usage only when asked to."""
+        return not self.stream or self.include_usage
+
+    def reply_words(self) -> list[str]:
+        limit = next((self.body[key] for key in _LENGTH_LIMITS if key in self.body), None)
+        count = max(1, int(limit)) if isinstance(limit, int) else DEFAULT_REPLY_WORDS
+        vocabulary = _REPLY_TEXT.split()
+        words = [vocabulary[i % len(vocabulary)] for i in range(count)]
+        return words[:1] + [" " + word for word in words[1:]]
+
+    def usage(self, input_tokens: int, output_tokens: int = 0, *, cacheable: bool = True) -> ReportedUsage:
+        reasoning = self.stub.reasoning_tokens if self.model.startswith(_REASONING_PREFIXES) else 0
+        cached = min(self.stub.cached_tokens, input_tokens) if cacheable else 0
+        endpoint = self.endpoint.replace("/", ".")
+        return ReportedUsage(endpoint, self.model, input_tokens, output_tokens + reasoning, cached, reasoning)
+
+    def report(self, usage: ReportedUsage, shape: Callable[[ReportedUsage], dict[str, Any]]) -> dict[str, Any] | None:
+        """The ``usage`` payload to send (logging it), or None / garbage for the usage misbehaviours."""
+        if self.model == "stub-no-usage":
+            return None
+        if self.model == "stub-malformed-usage":
+            return shapes.MALFORMED_RESPONSES_USAGE if self.endpoint == "responses" else shapes.MALFORMED_CHAT_USAGE
+        if not (self.stream and self.model == "stub-stream-cut"):  # a cut stream never delivers its usage
+            self.stub._record_usage(usage)
+        return shape(usage)
+
+
+def _count_words(value: Any) -> int:
+    """Words in every text of a message list, prompt or input (token-id arrays count one per id)."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 1
+    if isinstance(value, list):
+        return sum(_count_words(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_count_words(item) for key, item in value.items() if key not in _NOT_COUNTED)
+    return 0
+
+
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A call of the first function tool, unless tools are absent, refused, or already answered."""
+    tools = [tool for tool in body.get("tools") or [] if tool.get("type") == "function"]
+    answered = any(message.get("role") == "tool" for message in body.get("messages") or [])
+    if not tools or answered or body.get("tool_choice") == "none":
+        return None
+    function = tools[0]["function"]
+    required = (function.get("parameters") or {}).get("required") or []
+    arguments = json.dumps({name: "stub" for name in required})
+    return {
+        "id": shapes.new_id("call_"),
+        "type": "function",
+        "function": {"name": function["name"], "arguments": arguments},
+    }
+
+
+def _chat(call: _Call) -> _Reply:
+    messages = call.body.get("messages") or []
+    n = int(call.body.get("n") or 1)
+    words, tool_call = call.reply_words(), _tool_call(call.body)
+    output = _count_words(tool_call["function"]["arguments"]) + 1 if tool_call else n * len(words)
+    usage = call.usage(_count_words(messages) + MESSAGE_OVERHEAD * len(messages), output)
+    payload = call.report(usage, shapes.chat_usage) if call.reports_usage else None
+    if not call.stream:
+        return _Reply(body=shapes.chat_completion(call.response_model, ["".join(words)] * n, payload, tool_call))
+    chunks = shapes.chat_chunks(call.response_model, words, n, payload, call.include_usage, tool_call)
+    return _stream([shapes.sse(chunk) for chunk in chunks] + [shapes.sse("[DONE]")], call)
+
+
+def _completions(call: _Call) -> _Reply:
+    n = int(call.body.get("n") or 1)
+    words = call.reply_words()
+    usage = call.usage(_count_words(call.body.get("prompt")), n * len(words), cacheable=False)
+    payload = call.report(usage, shapes.chat_usage) if call.reports_usage else None
+    if not call.stream:
+        return _Reply(body=shapes.text_completion(call.response_model, ["".join(words)] * n, payload))
+    chunks = shapes.completion_chunks(call.response_model, words, n, payload, call.include_usage)
+    return _stream([shapes.sse(chunk) for chunk in chunks] + [shapes.sse("[DONE]")], call)
+
+
+def _embeddings(call: _Call) -> _Reply:
+    raw = call.body.get("input")
+    texts = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw or [])
+    texts = [text if isinstance(text, str) else " ".join(map(str, text)) for text in texts]
+    dimensions = int(call.body.get("dimensions") or (3072 if call.model.endswith("-large") else 1536))
+    usage = call.report(call.usage(_count_words(raw), cacheable=False), shapes.embeddings_usage)
+    encoding = call.body.get("encoding_format") or "float"
+    return _Reply(body=shapes.embeddings(call.response_model, texts, dimensions, encoding, usage))
+
+
+def _responses(call: _Call) -> _Reply:
+    raw = call.body.get("input")
+    items = 1 if isinstance(raw, str) else len(raw or [])
+    instructions = call.body.get("instructions")
+    input_tokens = _count_words([raw, instructions]) + MESSAGE_OVERHEAD * (items + bool(instructions))
+    words = call.reply_words()
+    usage = call.report(call.usage(input_tokens, len(words)), shapes.responses_usage)
+    reasoning = call.model.startswith(_REASONING_PREFIXES)
+    if not call.stream:
+        output = shapes.response_output("".join(words), reasoning)
+        return _Reply(body=shapes.response_object(call.body, call.response_model, output, usage))
+    events = shapes.response_events(call.body, call.response_model, words, usage, reasoning)
+    return _stream([shapes.sse(payload, event=kind) for kind, payload in events], call)
+
+
+def _stream(events: list[bytes], call: _Call) -> _Reply:
+    return _Reply(events=events, cut=call.model == "stub-stream-cut")
+
+
+_ENDPOINTS: dict[str, Callable[[_Call], _Reply]] = {
+    "chat/completions": _chat,
+    "completions": _completions,
+    "embeddings": _embeddings,
+    "responses": _responses,
+}
+
+
+def _error(status: int, message: str, type_: str, code: str | None) -> _Reply:
+    return _Reply(status=status, body=shapes.error_body(message, type_, code))
+
+
+def _misbehaviour(model: str) -> _Reply | None:
+    """The error reply a special model name asks for, if any."""
+    if model == "stub-error-500":
+        return _error(500, _SERVER_ERROR, "server_error", None)
+    if model == "stub-error-429":
+        message = f"Rate limit reached for {model} on requests per min (RPM): Limit 3, Used 3, Requested 1."
+        return _error(429, message, "requests", "rate_limit_exceeded")
+    if model == "stub-not-found":
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        return _error(404, message, "invalid_request_error", "model_not_found")
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m spendwatch.stub [--port N]``: serve in the foreground until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m spendwatch.stub", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (the default)")
+    parser.add_argument("--cached-tokens", type=int, default=0)
+    parser.add_argument("--reasoning-tokens", type=int, default=0)
+    args = parser.parse_args(argv)
+    stub = StubServer(args.host, args.port, cached_tokens=args.cached_tokens, reasoning_tokens=args.reasoning_tokens)
+    print(stub.start(), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stub.stop()
+
+
+if __name__ == "__main__":
+    main()
