@@ -126,7 +126,7 @@ class Trend:
         return (
             f"trend over {len(self.daily_cost_usd)} complete days ({self.first_day} to {self.last_day}): "
             f"average ${self.average_daily_usd:.6f}/day, {self.direction} "
-            f"({self.slope_usd_per_day:+.6f} USD/day per day)\n"
+            f"(fitted change {self.slope_usd_per_day:+.6f} USD from one day to the next)\n"
             f"month to date ${self.month_to_date_usd:.6f}; at that average the month ends at "
             f"${self.projected_month_usd:.6f} ({self.remaining_days:.2f} days left)"
         )
@@ -193,9 +193,10 @@ def _direction(slope: float, average: float) -> str:
 
 
 def _remaining_days(now: float, tz, today: date, month_end: date) -> float:
-    today_start, tomorrow_start = period_bounds("day", now, tz)
-    # The clock time left today over today's real length (23 or 25 hours across a DST change).
-    fraction_of_today = (tomorrow_start - datetime.fromtimestamp(now, tz)) / (tomorrow_start - today_start)
+    today_start, tomorrow_start = (moment.timestamp() for moment in period_bounds("day", now, tz))
+    # The time left today over today's real length (23 or 25 hours across a DST change). Instants, not aware
+    # datetimes: subtracting two datetimes of one zone ignores an offset change between them.
+    fraction_of_today = (tomorrow_start - now) / (tomorrow_start - today_start)
     return (month_end - today).days - 1 + fraction_of_today
 
 

@@ -12,6 +12,7 @@ Exit status: 0 on success, 1 when the answer is "no" (an unpriced model), 2 on b
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -25,12 +26,17 @@ EXIT_NO = 1
 EXIT_USAGE = 2
 
 _PROVIDERS = ("openai", "azure.ai.openai")
+# Modules that add their own subcommands with add_commands(subcommands).
+_COMMAND_MODULES = ("spendwatch.commands_budget", "spendwatch.commands_serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spendwatch", description="See and cap what LLM API calls cost.")
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_prices_command(subcommands)
+    _add_demo_command(subcommands)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).add_commands(subcommands)
     return parser
 
 
@@ -102,6 +108,28 @@ def _per_million(input_price: float, cache_read_price: float, output_price: floa
         return float(f"{per_token * 1_000_000:.12g}")
 
     return {"input": scale(input_price), "cache_read": scale(cache_read_price), "output": scale(output_price)}
+
+
+# --- spendwatch demo ----------------------------------------------------------------------------------------------
+
+
+def _add_demo_command(subcommands: argparse._SubParsersAction) -> None:
+    command = subcommands.add_parser(
+        "demo",
+        help="run a small workload against a local OpenAI-compatible stub and show what it cost",
+        description="Start a local OpenAI-compatible stub, run a workload through the real openai SDK under "
+        "opentelemetry-instrument with an embedded SQLite ledger and /metrics up, and print calls, costs, "
+        "budget gauges and budget status. Works offline.",
+    )
+    command.add_argument("--ledger", help="ledger to write (default: a fresh temporary SQLite file)")
+    command.add_argument("--hold", action="store_true", help="keep /metrics up until Ctrl-C")
+    command.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from spendwatch.demo import run_demo
+
+    return run_demo(ledger=args.ledger, hold=args.hold)
 
 
 if __name__ == "__main__":

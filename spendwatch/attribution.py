@@ -1,0 +1,46 @@
+"""``spendwatch.category(...)``: which research category (or feature, or team) an LLM call's spend belongs to.
+
+The category travels as OpenTelemetry baggage (key ``spendwatch.category``), so it follows the OpenTelemetry
+context across threads and asyncio tasks the way OpenTelemetry does, and into every call LightRAG makes for you.
+A category that is too long or holds unexpected characters never breaks a call: it is recorded as ``other``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+from opentelemetry import baggage, context
+
+from spendwatch.instrumentation.calls import CATEGORY_BAGGAGE_KEY
+
+__all__ = ["category", "clean_category", "OTHER"]
+
+OTHER = "other"
+_VALID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
+
+
+def clean_category(name: object) -> str:
+    """The category as given when it is a tidy identifier (≤ 64 of ``A-Z a-z 0-9 _ . : / -``), else ``other``."""
+    if isinstance(name, str) and _VALID.fullmatch(name):
+        return name
+    return OTHER
+
+
+class category(contextlib.ContextDecorator):  # noqa: N801 - used like a function: `with spendwatch.category(...)`
+    """Attribute every LLM call inside to ``name``: ``with spendwatch.category("x"):`` or as a decorator."""
+
+    def __init__(self, name: str) -> None:
+        self.name = clean_category(name)
+        self._tokens: list[object] = []
+
+    def _recreate_cm(self) -> category:
+        # A decorated function may run in many threads at once: each run gets its own context token.
+        return category(self.name)
+
+    def __enter__(self) -> category:
+        self._tokens.append(context.attach(baggage.set_baggage(CATEGORY_BAGGAGE_KEY, self.name)))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        context.detach(self._tokens.pop())

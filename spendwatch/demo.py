@@ -1,0 +1,72 @@
+"""``spendwatch demo``: the whole pipeline on this machine, offline.
+
+It starts the local OpenAI-compatible stub, then runs a small workload through the real ``openai`` SDK under
+``opentelemetry-instrument`` (exactly how a user starts spendwatch) with an embedded SQLite ledger and ``/metrics``
+up, and prints what each call cost, the budget gauges as Prometheus scrapes them, and ``spendwatch status``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from spendwatch.stub import StubServer
+
+__all__ = ["run_demo"]
+
+DEMO_DAILY_BUDGET_USD = "0.0005"  # small, so the demo's few calls cross the 75 % and 90 % lines
+DEMO_MONTHLY_BUDGET_USD = "0.01"
+
+
+def run_demo(*, ledger: str | None = None, hold: bool = False) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="spendwatch-demo-"))
+    ledger = ledger or str(workdir / "ledger.db")
+    with StubServer(cached_tokens=8, reasoning_tokens=6) as stub:
+        environment = _demo_environment(stub.base_url, ledger, hold)
+        print(f"spendwatch demo: stub at {stub.base_url}, ledger {ledger}")
+        print(f"  budgets: ${DEMO_DAILY_BUDGET_USD} a day, ${DEMO_MONTHLY_BUDGET_USD} a month (small on purpose)\n")
+        command = [_opentelemetry_instrument(), sys.executable, "-m", "spendwatch._demo_workload"]
+        status = subprocess.call(command, env=environment)
+    if ledger.startswith(str(workdir)) and not hold:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return status
+
+
+def _demo_environment(base_url: str, ledger: str, hold: bool) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OPENAI_BASE_URL": base_url,
+        "OPENAI_API_KEY": "sk-spendwatch-demo-not-a-real-key",
+        "SPENDWATCH_LEDGER": ledger,
+        "SPENDWATCH_DAILY_BUDGET_USD": DEMO_DAILY_BUDGET_USD,
+        "SPENDWATCH_MONTHLY_BUDGET_USD": DEMO_MONTHLY_BUDGET_USD,
+        "SPENDWATCH_CATEGORIES": "metabolite_identification,literature_review",
+        "SPENDWATCH_METRICS_ADDRESS": f"127.0.0.1:{_metrics_port()}",
+        "SPENDWATCH_DEMO_HOLD": "1" if hold else "",
+        "OTEL_SERVICE_NAME": "spendwatch-demo",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+    }
+
+
+def _metrics_port(preferred: int = 9464) -> int:
+    """The usual 9464 when it is free, else any free port (a real exporter may already be running)."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise RuntimeError("no free port for /metrics")
+
+
+def _opentelemetry_instrument() -> str:
+    beside_python = Path(sys.executable).parent / "opentelemetry-instrument"
+    return str(beside_python) if beside_python.exists() else "opentelemetry-instrument"

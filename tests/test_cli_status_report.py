@@ -1,0 +1,185 @@
+"""Specification of ``spendwatch status`` and ``spendwatch report``, run as a user runs them: in a subprocess,
+against a real SQLite ledger named by ``SPENDWATCH_LEDGER``.
+
+Calls are written at the real current time here (a subprocess has no injectable clock); the calendar arithmetic
+itself is specified with an injected ``now`` in test_budgets.py and test_report.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from spendwatch.exporter import LedgerEntry, load_settings, open_ledger
+from spendwatch.exporter.budgets import Budgets
+from spendwatch.instrumentation.records import UsageRecord
+
+_VENV_SCRIPT = Path(sys.executable).parent / "spendwatch"
+# The installed console script when there is one, else the module itself (same main()).
+SPENDWATCH = [str(_VENV_SCRIPT)] if _VENV_SCRIPT.exists() else [sys.executable, "-m", "spendwatch.cli"]
+_ids = itertools.count()
+CONFIG = """
+[budgets.global]
+daily_usd = 10
+monthly_usd = 200
+
+[budgets.metabolomics]
+category = "metabolite_identification"
+daily_usd = 2
+"""
+
+
+@pytest.fixture
+def environment(tmp_path):
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("SPENDWATCH_")}
+    environ |= {"SPENDWATCH_LEDGER": str(tmp_path / "ledger.db"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    return environ
+
+
+@pytest.fixture
+def configured(environment, tmp_path):
+    (tmp_path / "spendwatch.toml").write_text(CONFIG)
+    return environment | {"SPENDWATCH_CONFIG": str(tmp_path / "spendwatch.toml")}
+
+
+def spendwatch(environ: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SPENDWATCH, *args], capture_output=True, text=True, env=environ, timeout=60)
+
+
+def write_calls(environ: dict, *calls: tuple[float, float, dict]) -> None:
+    """Calls of (unix time, USD, UsageRecord fields) into the ledger the environment names."""
+    ledger = open_ledger(load_settings(environ=environ))
+    entries = []
+    for when, cost, fields in calls:
+        record = UsageRecord("openai", "chat", fields.pop("model", "gpt-4o-mini"), cost_usd=cost, start_time=when)
+        for name, value in fields.items():
+            setattr(record, name, value)
+        entries.append(LedgerEntry(f"cli-test-{next(_ids)}", record))
+    ledger.ingest(entries)
+    ledger.close()
+
+
+# --- spendwatch status ------------------------------------------------------------------------------------------------
+
+
+def test_status_shows_every_budget_with_its_spend_and_level(configured):
+    write_calls(configured, (time.time(), 8.0, {}), (time.time(), 1.5, {"category": "metabolite_identification"}))
+    result = spendwatch(configured, "status")
+    assert result.returncode == 0, result.stderr
+    header, _, *lines = result.stdout.splitlines()
+    assert header.split() == [
+        "budget",
+        "period",
+        "scope",
+        "limit_usd",
+        "spent_usd",
+        "remaining_usd",
+        "used",
+        "level",
+        "period_end",
+    ]
+    assert lines[0].split()[:8] == ["global", "day", "all", "calls", "10.000000", "9.500000", "0.500000", "95.0%"]
+    assert lines[0].split()[8] == "critical"
+    assert [line.split()[:2] for line in lines] == [["global", "day"], ["global", "month"], ["metabolomics", "day"]]
+    assert "category=metabolite_identification" in lines[2] and "75.0%" in lines[2] and "warning" in lines[2]
+
+
+def test_status_json_applies_a_run_time_limit(configured):
+    write_calls(configured, (time.time(), 8.0, {}))
+    settings = load_settings(environ=configured)
+    ledger = open_ledger(settings)
+    Budgets(ledger, settings).set_limit("global", "day", 4.0, reason="test")
+    ledger.close()
+    result = spendwatch(configured, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["timezone"] == "UTC"
+    day = document["budgets"][0]
+    assert (day["name"], day["period"], day["limit_usd"], day["spent_usd"]) == ("global", "day", 4.0, 8.0)
+    assert (day["remaining_usd"], day["used_ratio"], day["level"]) == (-4.0, 2.0, "exceeded")
+    assert day["period_end"].endswith("T00:00:00+00:00")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [([], "No budgets are configured. Set SPENDWATCH_DAILY_BUDGET_USD"), (["--json"], '"budgets": []')],
+    ids=["table", "json"],
+)
+def test_status_without_budgets_says_so_and_exits_0(environment, extra, expected):
+    result = spendwatch(environment, "status", *extra)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert expected in result.stdout
+
+
+# --- spendwatch report ------------------------------------------------------------------------------------------------
+
+
+def test_report_defaults_to_the_last_7_days_by_day(environment):
+    now = time.time()
+    write_calls(environment, (now, 1.0, {}), (now - 6 * 86400, 2.0, {}), (now - 7 * 86400, 4.0, {}))
+    result = spendwatch(environment, "report")
+    assert result.returncode == 0, result.stderr
+    today = datetime.now(ZoneInfo("UTC")).date()
+    assert f"spend from {today - timedelta(days=6)} to {today} (both included), by day" in result.stdout
+    assert [line.split()[:2] for line in result.stdout.splitlines()[4:]] == [
+        [str(today - timedelta(days=6)), "2.000000"],
+        [str(today), "1.000000"],
+        ["total", "3.000000"],
+    ]
+
+
+def test_report_by_model_as_csv_includes_until(environment):
+    write_calls(
+        environment,
+        (1743508800.0, 1.0, {}),  # 2025-04-01 12:00 UTC
+        (1743595200.0, 2.0, {"model": "gpt-4o", "input_tokens": 10, "estimated": True}),  # 04-02
+        (1743681600.0, 4.0, {}),  # 04-03, after --until
+    )
+    result = spendwatch(
+        environment, "report", *["--since", "2025-04-01", "--until", "2025-04-02", "--by", "model", "--format", "csv"]
+    )
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(row["model"], row["cost_usd"], row["input_tokens"], row["estimated"]) for row in rows] == [
+        ("gpt-4o", "2.0", "10", "1"),
+        ("gpt-4o-mini", "1.0", "0", "0"),
+    ]
+
+
+def test_report_json_with_a_trend(environment):
+    now = time.time()
+    write_calls(environment, *((now - days * 86400, float(8 - days), {}) for days in range(1, 8)))
+    result = spendwatch(environment, "report", "--format", "json", "--trend", "--days", "7")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["by"] == "day" and len(document["rows"]) == 6  # the default report: 6 days ago to today
+    assert document["trend"]["daily_cost_usd"] == [1, 2, 3, 4, 5, 6, 7]
+    assert document["trend"]["direction"] == "rising"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--since", "2025-13-01"], "'2025-13-01' is not a date written as YYYY-MM-DD", id="bad date"),
+        pytest.param(["--until", "yesterday"], "'yesterday' is not a date", id="a word"),
+        pytest.param(["--since", "2025-04-02", "--until", "2025-04-01"], "--since 2025-04-02 is after", id="reversed"),
+        pytest.param(["--days", "3"], "--days sets the trend's window; give it with --trend", id="days alone"),
+        pytest.param(["--trend", "--days", "0"], "'0' is not a whole number of days", id="zero days"),
+        pytest.param(["--trend", "--format", "csv"], "--trend does not fit in CSV", id="trend in csv"),
+    ],
+)
+def test_report_usage_errors_exit_2_with_a_clear_message(environment, args, message):
+    result = spendwatch(environment, "report", *args)
+    assert result.returncode == 2
+    assert message in result.stderr

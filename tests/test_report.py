@@ -1,0 +1,241 @@
+"""Specification of spend reports (``until`` included), the recent trend, the month-end projection, and the
+table/CSV/JSON formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from spendwatch.exporter import LedgerEntry, load_settings, open_ledger
+from spendwatch.exporter.report import (
+    format_csv,
+    format_json,
+    format_table,
+    report_columns,
+    report_rows,
+    total_row,
+    trend,
+)
+from spendwatch.instrumentation.records import UsageRecord
+
+UTC = ZoneInfo("UTC")
+_ids = itertools.count()
+
+
+def at(text: str, tz: ZoneInfo = UTC) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=tz).timestamp()
+
+
+def call(when: float, cost: float | None = 1.0, **fields) -> LedgerEntry:
+    record = UsageRecord("openai", fields.pop("operation", "chat"), fields.pop("model", "gpt-4o-mini"), **fields)
+    record.cost_usd, record.start_time = cost, when
+    return LedgerEntry(f"test-{next(_ids)}", record)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings({"ledger": str(tmp_path / "ledger.db")}, environ={})
+
+
+@pytest.fixture
+def ledger(settings):
+    opened = open_ledger(settings)
+    yield opened
+    opened.close()
+
+
+def spend_per_day(ledger, first_day: str, costs: list[float]) -> None:
+    """One call at noon on each day from ``first_day`` costing the given amount (none for 0)."""
+    start = date.fromisoformat(first_day)
+    days = [start + timedelta(days=offset) for offset, cost in enumerate(costs)]
+    ledger.ingest(call(at(f"{day} 12:00"), cost) for day, cost in zip(days, costs, strict=True) if cost)
+
+
+# --- report rows ------------------------------------------------------------------------------------------------------
+
+
+def test_until_is_included_and_the_days_around_the_range_are_not(ledger):
+    spend_per_day(ledger, "2025-04-01", [1, 2, 4, 8])
+    rows = report_rows(ledger, date(2025, 4, 2), date(2025, 4, 3), by="day")
+    assert [(row["day"], row["cost_usd"]) for row in rows] == [("2025-04-02", 2.0), ("2025-04-03", 4.0)]
+
+
+def test_a_one_day_report_has_since_equal_to_until(ledger):
+    spend_per_day(ledger, "2025-04-01", [1, 2])
+    assert [row["cost_usd"] for row in report_rows(ledger, date(2025, 4, 2), date(2025, 4, 2))] == [2.0]
+
+
+def test_a_row_adds_up_tokens_by_type_requests_and_unpriced_and_estimated_calls(ledger):
+    noon = at("2025-04-01 12:00")
+    ledger.ingest(
+        [
+            call(noon, 0.5, input_tokens=100, output_tokens=40, cache_read_tokens=60, reasoning_tokens=10),
+            call(noon, None, model="gpt-99-ultra", input_tokens=7, output_tokens=3),
+            call(noon, 0.25, estimated=True, input_tokens=20, output_tokens=5),
+            call(noon, 0.0, outcome="error", error_type="RateLimitError"),
+            call(noon, 0.0, outcome="blocked"),
+        ]
+    )
+    (row,) = report_rows(ledger, date(2025, 4, 1), date(2025, 4, 1), by="day")
+    assert row == {
+        "day": "2025-04-01",
+        "cost_usd": 0.75,
+        "input_tokens": 127,
+        "output_tokens": 48,
+        "cache_read_tokens": 60,
+        "reasoning_tokens": 10,
+        "requests": 5,
+        "unpriced": 1,
+        "estimated": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("by", "expected"),
+    [
+        pytest.param("day", [("2025-04-01", 7.0), ("2025-04-02", 8.0)], id="days in calendar order"),
+        pytest.param("model", [("gpt-4o", 12.0), ("gpt-4o-mini", 3.0)], id="models by cost"),
+        pytest.param("category", [("review", 8.0), ("metabolites", 5.0), (None, 2.0)], id="no category is None"),
+        pytest.param("operation", [("chat", 11.0), ("embeddings", 4.0)], id="operations by cost"),
+    ],
+)
+def test_rows_are_grouped_by_the_chosen_key(ledger, by, expected):
+    first, second = at("2025-04-01 12:00"), at("2025-04-02 12:00")
+    ledger.ingest(
+        [
+            call(first, 1.0, category="metabolites"),
+            call(first, 2.0),
+            call(first, 4.0, model="gpt-4o", category="metabolites", operation="embeddings"),
+            call(second, 8.0, model="gpt-4o", category="review"),
+        ]
+    )
+    rows = report_rows(ledger, date(2025, 4, 1), date(2025, 4, 2), by=by)
+    assert [(row[by], row["cost_usd"]) for row in rows] == expected
+    assert list(rows[0]) == report_columns(by)
+
+
+def test_an_empty_period_has_no_rows(ledger):
+    assert report_rows(ledger, date(2025, 4, 1), date(2025, 4, 30), by="model") == []
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "by", "message"),
+    [
+        (date(2025, 4, 2), date(2025, 4, 1), "day", "starts on 2025-04-02 after it ends on 2025-04-01"),
+        (date(2025, 4, 1), date(2025, 4, 2), "week", "cannot group a report by 'week'"),
+    ],
+)
+def test_a_bad_range_or_grouping_is_a_value_error(ledger, since, until, by, message):
+    with pytest.raises(ValueError, match=message):
+        report_rows(ledger, since, until, by=by)
+
+
+def test_the_total_row_adds_up_every_row(ledger):
+    spend_per_day(ledger, "2025-04-01", [1, 2, 4])
+    rows = report_rows(ledger, date(2025, 4, 1), date(2025, 4, 3))
+    total = total_row(rows, "day")
+    assert (total["day"], total["cost_usd"], total["requests"], total["input_tokens"]) == ("total", 7.0, 3, 0)
+
+
+# --- trend ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("costs", "direction"),
+    [
+        pytest.param([1, 2, 3, 4, 5, 6, 7], "rising", id="rising"),
+        pytest.param([7, 6, 5, 4, 3, 2, 1], "falling", id="falling"),
+        pytest.param([5, 5, 5, 5, 5, 5, 5], "flat", id="steady"),
+        pytest.param([5, 5.2, 4.8, 5.1, 4.9, 5.2, 5.1], "flat", id="noise within the 5 percent band"),
+        pytest.param([10, 10.5, 11, 11.5, 12, 12.5, 13], "flat", id="a slope of 0.5/day is 4.3 percent of 11.5"),
+        pytest.param([10, 10.7, 11.4, 12.1, 12.8, 13.5, 14.2], "rising", id="a slope of 0.7/day is 5.7 percent"),
+        pytest.param([0, 0, 0, 0, 0, 0, 0], "flat", id="nothing spent"),
+        pytest.param([0, 0, 0, 0, 0, 0, 9], "rising", id="a first expensive day"),
+    ],
+)
+def test_trend_direction_compares_the_fitted_slope_with_the_average(ledger, settings, costs, direction):
+    spend_per_day(ledger, "2025-04-03", costs)
+    result = trend(ledger, settings, days=7, now=at("2025-04-10 09:00"))
+    assert (result.first_day, result.last_day) == (date(2025, 4, 3), date(2025, 4, 9))
+    assert result.daily_cost_usd == tuple(float(cost) for cost in costs)
+    assert result.average_daily_usd == pytest.approx(sum(costs) / 7)
+    assert result.direction == direction
+
+
+def test_the_trend_leaves_out_the_unfinished_day_but_the_projection_counts_it(ledger, settings):
+    spend_per_day(ledger, "2025-04-03", [2] * 7)
+    ledger.ingest([call(at("2025-04-10 08:00"), 50.0)])
+    result = trend(ledger, settings, days=7, now=at("2025-04-10 18:00"))
+    assert result.average_daily_usd == 2.0
+    assert result.month_to_date_usd == 64.0
+    # Whole days after today (11th to 30th) plus the 6 hours left of today.
+    assert result.remaining_days == pytest.approx(20.25)
+    assert result.projected_month_usd == pytest.approx(64.0 + 2.0 * 20.25)
+
+
+def test_a_trend_window_reaching_into_last_month_projects_from_this_months_spend(ledger, settings):
+    spend_per_day(ledger, "2025-02-26", [3, 3, 3, 3, 3, 3])  # 26 Feb to 3 Mar
+    result = trend(ledger, settings, days=3, now=at("2025-03-04 00:00"))
+    assert result.daily_cost_usd == (3.0, 3.0, 3.0)
+    assert result.month_to_date_usd == 9.0
+    assert result.remaining_days == pytest.approx(28.0)  # all of the 4th and the 27 days after it
+    assert result.projected_month_usd == pytest.approx(9.0 + 3.0 * 28)
+
+
+def test_remaining_days_count_a_23_hour_dst_day_by_the_clock(tmp_path):
+    settings = load_settings({"ledger": str(tmp_path / "ledger.db"), "timezone": "Europe/Berlin"}, environ={})
+    ledger = open_ledger(settings)
+    result = trend(ledger, settings, days=1, now=at("2025-03-30 12:00", ZoneInfo("Europe/Berlin")))
+    # 12 of the day's 23 hours are left, then March 31.
+    assert result.remaining_days == pytest.approx(1 + 12 / 23)
+
+
+def test_a_one_day_trend_is_flat_and_fewer_days_are_an_error(ledger, settings):
+    spend_per_day(ledger, "2025-04-09", [4])
+    assert trend(ledger, settings, days=1, now=at("2025-04-10 00:00")).direction == "flat"
+    with pytest.raises(ValueError, match="at least one complete day"):
+        trend(ledger, settings, days=0, now=at("2025-04-10 00:00"))
+
+
+def test_a_trend_reads_as_a_sentence_and_as_a_dict(ledger, settings):
+    spend_per_day(ledger, "2025-04-03", [1, 2, 3, 4, 5, 6, 7])
+    result = trend(ledger, settings, days=7, now=at("2025-04-10 00:00"))
+    assert "average $4.000000/day, rising" in str(result)
+    assert result.as_dict()["first_day"] == "2025-04-03"
+    assert json.loads(format_json(result.as_dict()))["daily_cost_usd"] == [1, 2, 3, 4, 5, 6, 7]
+
+
+# --- formats ----------------------------------------------------------------------------------------------------------
+
+ROWS = [
+    {"model": "gpt-4o", "cost_usd": 1.5, "input_tokens": 1200, "category": None},
+    {"model": "gpt-4o-mini", "cost_usd": 0.0001234567, "input_tokens": 7, "category": "review"},
+]
+COLUMNS = ["model", "cost_usd", "input_tokens", "category"]
+
+
+def test_a_table_prints_money_with_six_decimals_and_right_aligns_numbers():
+    assert format_table(ROWS, COLUMNS).splitlines() == [
+        "model        cost_usd  input_tokens  category",
+        "-----------  --------  ------------  --------",
+        "gpt-4o       1.500000          1200  -",
+        "gpt-4o-mini  0.000123             7  review",
+    ]
+
+
+def test_csv_has_a_header_and_full_precision():
+    parsed = list(csv.DictReader(io.StringIO(format_csv(ROWS, COLUMNS))))
+    assert parsed[1] == {"model": "gpt-4o-mini", "cost_usd": "0.0001234567", "input_tokens": "7", "category": "review"}
+    assert parsed[0]["category"] == ""
+
+
+def test_json_writes_dates_as_iso_text_and_infinity_as_null():
+    document = {"since": date(2025, 4, 1), "ratio": math.inf, "rows": ROWS}
+    assert json.loads(format_json(document)) == {"since": "2025-04-01", "ratio": None, "rows": ROWS}
