@@ -252,4 +252,3 @@ def _find_price(prices: PriceTable, provider: str, response_model: str | None, r
 
 def _error_type(error: BaseException) -> str:
     return type(error).__qualname__
-

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from spendwatch.attribution import category
 from spendwatch.instrumentation.errors import ConfigError
 
-__all__ = ["ConfigError", "budgets", "configure"]
+__all__ = ["ConfigError", "budgets", "category", "configure"]
 
 
 def configure(**settings: Any):

@@ -19,7 +19,7 @@ from spendwatch.stub import StubServer
 
 __all__ = ["run_demo"]
 
-DEMO_DAILY_BUDGET_USD = "0.0005"  # small, so the demo's few calls cross the 75 % and 90 % lines
+DEMO_DAILY_BUDGET_USD = "0.00035"  # small, so the demo's few calls cross the 75 % warning line
 DEMO_MONTHLY_BUDGET_USD = "0.01"
 
 

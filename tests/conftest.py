@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from spendwatch.instrumentation import UsageRecord, register_sink, unregister_sink
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 from spendwatch.stub import StubServer
+from tests.servers import *  # noqa: F403 - the real PostgreSQL / Prometheus / Alertmanager fixtures
 
 FAKE_API_KEY = "sk-spendwatch-test-key-3f9c1a7e"
 
@@ -87,14 +88,22 @@ def async_client(stub):
     return openai.AsyncOpenAI(api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=0)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_location(request, tmp_path) -> str:
+    """Where an empty ledger lives: a SQLite file, or a fresh database on the real PostgreSQL server."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return str(tmp_path / "ledger.db")
+
+
 @pytest.fixture
-def ledger(tmp_path):
-    """An empty SQLite ledger in UTC."""
+def ledger(ledger_location):
+    """An empty ledger in UTC, on each backend."""
     from zoneinfo import ZoneInfo
 
     from spendwatch.exporter import Ledger
     from spendwatch.exporter.ledger_backends import open_backend
 
-    opened = Ledger(open_backend(str(tmp_path / "ledger.db")), ZoneInfo("UTC"))
+    opened = Ledger(open_backend(ledger_location), ZoneInfo("UTC"))
     yield opened
     opened.close()

@@ -1,0 +1,88 @@
+"""``spendwatch serve``: a ``/metrics`` endpoint over a ledger, for deployments where many processes or hosts write
+one ledger and a single server should expose it.
+
+Wired into :func:`spendwatch.cli.build_parser` by ``add_commands(subcommands)``; follows that module's pattern
+(``_run_serve(args) -> int``, imports inside the handler so ``spendwatch --help`` stays fast). Runs until SIGTERM or
+SIGINT and then exits 0; bad configuration (including a port in use) is a :class:`ConfigError`, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+__all__ = ["add_commands"]
+
+EXIT_OK = 0
+
+
+def add_commands(subcommands: argparse._SubParsersAction) -> None:
+    command = subcommands.add_parser(
+        "serve",
+        help="serve Prometheus metrics over the spend ledger",
+        description="Serve /metrics (spend, tokens, requests, durations and budgets) over the ledger that "
+        "SPENDWATCH_LEDGER names, until SIGTERM or SIGINT. Basic auth and TLS follow SPENDWATCH_METRICS_BASIC_AUTH "
+        "and SPENDWATCH_METRICS_TLS_CERTFILE/KEYFILE.",
+    )
+    command.add_argument(
+        "--address", metavar="HOST:PORT", help="where to listen (default: SPENDWATCH_METRICS_ADDRESS, 127.0.0.1:9464)"
+    )
+    command.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from spendwatch.exporter import load_settings, open_ledger
+    from spendwatch.exporter.budgets import budget_statuses
+    from spendwatch.exporter.collector import SpendCollector
+    from spendwatch.exporter.server import start_metrics_server
+    from spendwatch.instrumentation.errors import ConfigError
+
+    settings = load_settings({"metrics_address": args.address})
+    if settings.metrics_address is None:
+        raise ConfigError("SPENDWATCH_METRICS_ADDRESS='off' leaves spendwatch serve nothing to do; give --address")
+    ledger = open_ledger(settings)
+    registry = CollectorRegistry()
+    SpendCollector(
+        ledger,
+        categories=settings.categories,
+        budget_statuses=lambda: budget_statuses(ledger, settings),
+        pricing_data_timestamp=_pricing_data_timestamp(),
+        registry=registry,
+    )
+    server = start_metrics_server(
+        registry,
+        settings.metrics_address,
+        basic_auth=settings.metrics_basic_auth,
+        certfile=settings.metrics_tls_certfile,
+        keyfile=settings.metrics_tls_keyfile,
+    )
+    print(f"serving {server.url}", flush=True)
+    try:
+        _wait_for_stop_signal()
+    finally:
+        server.stop()
+        ledger.close()
+    return EXIT_OK
+
+
+def _pricing_data_timestamp() -> float | None:
+    from spendwatch.instrumentation.pricing import PriceTable
+
+    try:
+        return PriceTable().data_timestamp
+    except (RuntimeError, OSError):  # genai-prices missing or unreadable: leave the gauge out, not the server
+        return None
+
+
+def _wait_for_stop_signal() -> None:
+    """Block until SIGTERM or SIGINT (both mean a clean stop, exit 0), then restore the previous handlers."""
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

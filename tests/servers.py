@@ -1,0 +1,538 @@
+"""Real servers for the tests: PostgreSQL, Prometheus and Alertmanager, started on 127.0.0.1 and stopped by PID.
+
+Debian's packages provide them (``make test-servers`` installs them as root). A missing binary skips the test
+locally and fails it in CI (``CI=true``): CI must never pass by skipping. Nothing here is mocked.
+
+Use from ``tests/conftest.py``::
+
+    from tests.servers import *  # noqa: F403  (every fixture and helper in __all__)
+
+Fixtures: ``postgres_server`` (session; a URL), ``postgres_url`` (a fresh empty database per test),
+``prometheus_binary``, ``promtool_binary``, ``alertmanager_binary``, ``amtool_binary`` (session; paths),
+``prometheus_factory`` and ``alertmanager_factory`` (start servers from a config; stopped after the test).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import psycopg
+import pytest
+import yaml
+
+__all__ = [
+    "AlertmanagerServer",
+    "PrometheusServer",
+    "ServerExitedError",
+    "ServerProcess",
+    "alertmanager_binary",
+    "alertmanager_factory",
+    "amtool_binary",
+    "free_port",
+    "http_get",
+    "in_ci",
+    "postgres_bindir",
+    "postgres_server",
+    "postgres_url",
+    "prometheus_binary",
+    "prometheus_factory",
+    "promtool_binary",
+    "require_binary",
+    "start_process",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+READY_TIMEOUT = 60.0  # seconds; generous for a loaded two-core CI machine (typical: well under 2 s)
+STOP_TIMEOUT = 15.0
+_BIND_RETRIES = 3  # a free port can be taken between free_port() and the server binding it
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+
+def in_ci() -> bool:
+    """True when running in CI, where a missing server is a failure, never a skip."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def require_binary(path_or_name: str, package: str) -> str:
+    """Return the executable's path, or skip naming the Debian package to install (fail instead in CI)."""
+    if os.sep in path_or_name:
+        found = path_or_name if os.path.isfile(path_or_name) and os.access(path_or_name, os.X_OK) else None
+    else:
+        found = shutil.which(path_or_name)
+    if found:
+        return found
+    _missing(f"{path_or_name} not found: install Debian's {package} (`make test-servers` as root)")
+
+
+def _missing(reason: str) -> NoReturn:
+    if in_ci():
+        pytest.fail(f"{reason} [CI=true: a missing server is a failure]", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (servers retry on the rare collision)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; no fixed sleeps.
+
+    Exceptions from ``predicate`` count as "not yet" (the last one is named in the timeout message), except
+    ``ServerExitedError``, which ends the wait at once.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = predicate()
+        except ServerExitedError:
+            raise
+        except Exception as exc:  # anything else means "not ready yet"
+            last_error, result = exc, None
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            detail = f"; last error: {last_error!r}" if last_error else ""
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET ``url``; return (status, body) for any HTTP answer, raise ``OSError`` when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+# --- processes ---------------------------------------------------------------------------------------------------
+
+
+class ServerExitedError(RuntimeError):
+    """The server process exited while we waited for it."""
+
+
+class ServerProcess:
+    """A started server: ``.pid``, ``.stop()`` (signal, wait, SIGKILL on timeout), its output in ``.log_path``."""
+
+    def __init__(self, popen: subprocess.Popen, argv: Sequence[str], log_path: Path, stop_signal: int) -> None:
+        self.popen = popen
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.stop_signal = stop_signal
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait_ready(self, check: Callable[[], Any], timeout: float, what: str) -> None:
+        """Poll ``check`` until truthy; fail early, with the log, if the process exits or time runs out."""
+
+        def ready() -> Any:
+            if not self.running():
+                raise ServerExitedError(
+                    f"{what}: process {self.pid} exited with {self.popen.returncode}; log {self.log_path}:\n"
+                    + self.log_tail()
+                )
+            return check()
+
+        try:
+            wait_until(ready, timeout, what)
+        except TimeoutError as exc:
+            self.stop()
+            raise TimeoutError(f"{exc}; log {self.log_path}:\n{self.log_tail()}") from None
+        except ServerExitedError:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Send the stop signal to our PID, wait, then SIGKILL if it has not exited. Idempotent."""
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(self.stop_signal)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+    def __repr__(self) -> str:
+        return f"<ServerProcess pid={self.pid} {self.argv[0]} log={self.log_path}>"
+
+
+def start_process(
+    argv: Sequence[str],
+    *,
+    log_path: Path | str | None = None,
+    cwd: Path | str | None = None,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    stop_signal: int = signal.SIGTERM,
+) -> ServerProcess:
+    """Start ``argv`` with stdout and stderr in ``log_path``; return a handle to stop it by PID.
+
+    ``user`` runs it as that (unprivileged) user, which needs root. The process also gets ``stop_signal`` if
+    this Python process dies first (``setpriv --pdeathsig``), so a killed test run leaves no server behind.
+    """
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix=f"{Path(argv[0]).name}-", suffix=".log")
+        os.close(fd)
+        log_path = name
+    log_path = Path(log_path)
+    setpriv = shutil.which("setpriv")
+    full_argv = [setpriv, f"--pdeathsig={signal.Signals(stop_signal).name[3:]}", "--", *argv] if setpriv else argv
+    kwargs: dict[str, Any] = {}
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(
+            full_argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            **kwargs,
+        )
+    return ServerProcess(popen, argv, log_path, stop_signal)
+
+
+def _start_on_free_port(
+    start: Callable[[int], ServerProcess], check: Callable[[int], Callable[[], Any]], what: str
+) -> tuple[ServerProcess, int]:
+    """Start a server on a fresh free port, trying another port if the chosen one got taken meanwhile."""
+    for attempt in range(_BIND_RETRIES):
+        port = free_port()
+        process = start(port)
+        try:
+            process.wait_ready(check(port), READY_TIMEOUT, f"{what} on 127.0.0.1:{port}")
+            return process, port
+        except ServerExitedError:
+            if attempt + 1 == _BIND_RETRIES or "address already in use" not in process.log_tail().lower():
+                raise
+    raise AssertionError("unreachable")
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------------------------
+
+
+def postgres_bindir() -> str | None:
+    """The newest PostgreSQL server bin directory (Debian: /usr/lib/postgresql/<major>/bin), else PATH's."""
+    candidates = [d for d in glob.glob("/usr/lib/postgresql/*/bin") if os.access(os.path.join(d, "initdb"), os.X_OK)]
+    candidates.sort(key=lambda d: int(Path(d).parent.name) if Path(d).parent.name.isdigit() else 0)
+    if candidates:
+        return candidates[-1]
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+def _postgres_user() -> str | None:
+    """PostgreSQL refuses to run as root: then run it as Debian's ``postgres`` system user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        _missing("running as root and there is no 'postgres' user to run PostgreSQL: install Debian's postgresql")
+    return "postgres"
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    return urllib.parse.urlsplit(url)._replace(path=f"/{dbname}").geturl()
+
+
+def _can_connect(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A private PostgreSQL cluster for the session; yields ``postgresql://postgres@127.0.0.1:PORT/spendwatch_test``.
+
+    initdb into a temporary directory (trust auth), ``postgres`` on a free port with its socket in that
+    directory and durability off (tests need speed, not crash safety), stopped by PID with a fast shutdown.
+    """
+    bindir = postgres_bindir() or "/usr/lib/postgresql/<version>/bin"
+    initdb = require_binary(os.path.join(bindir, "initdb"), "postgresql")
+    postgres = require_binary(os.path.join(bindir, "postgres"), "postgresql")
+    user = _postgres_user()
+    # Not pytest's tmp_path: that sits under a root-only directory the postgres user cannot enter.
+    base = Path(tempfile.mkdtemp(prefix="spendwatch-pg-"))
+    try:
+        data, sockets = base / "data", base / "sockets"
+        sockets.mkdir()
+        as_user: dict[str, Any] = {}
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+            for path in (base, sockets):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base), "LC_ALL": "C"}
+        initdb_argv = [initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "-N"]
+        done = subprocess.run(initdb_argv, env=env, capture_output=True, text=True, timeout=180, **as_user)
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+        def start(port: int) -> ServerProcess:
+            argv = [postgres, "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(sockets)]
+            argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            # SIGINT is PostgreSQL's fast shutdown: SIGTERM (smart) would wait for every client to disconnect.
+            return start_process(argv, log_path=base / "postgres.log", env=env, user=user, stop_signal=signal.SIGINT)
+
+        def check(port: int) -> Callable[[], bool]:
+            return _can_connect(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+
+        process, port = _start_on_free_port(start, check, "PostgreSQL")
+        try:
+            admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute("CREATE DATABASE spendwatch_test")
+            yield _with_dbname(admin, "spendwatch_test")
+        finally:
+            process.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A URL to a new, empty database (``test_<n>``) on the session's server, dropped after the test."""
+    name = f"test_{next(_database_numbers)}"
+    admin = _with_dbname(postgres_server, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield _with_dbname(postgres_server, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# --- Prometheus and Alertmanager -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    return require_binary("prometheus", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def promtool_binary() -> str:
+    return require_binary("promtool", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def alertmanager_binary() -> str:
+    return require_binary("prometheus-alertmanager", "prometheus-alertmanager")
+
+
+@pytest.fixture(scope="session")
+def amtool_binary() -> str:
+    return require_binary("amtool", "prometheus-alertmanager")
+
+
+@dataclass
+class _HttpServer:
+    process: ServerProcess
+    port: int
+    config_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def host_port(self) -> str:
+        """``127.0.0.1:PORT``, as a Prometheus target or ``alertmanagers`` static config wants it."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get_json(self, path: str, **params: str) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        status, body = http_get(f"{self.url}{path}{query}")
+        if status != 200:
+            raise AssertionError(f"GET {path}{query} -> {status}: {body[:500]!r}")
+        return json.loads(body)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class PrometheusServer(_HttpServer):
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query's ``result`` list (``/api/v1/query``)."""
+        return self.get_json("/api/v1/query", query=expr)["data"]["result"]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Pending and firing alerts (``/api/v1/alerts``)."""
+        return self.get_json("/api/v1/alerts")["data"]["alerts"]
+
+
+class AlertmanagerServer(_HttpServer):
+    def alerts(self) -> list[dict[str, Any]]:
+        """Alerts Alertmanager holds (``/api/v2/alerts``)."""
+        return self.get_json("/api/v2/alerts")
+
+
+def _is_ready(port: int) -> Callable[[], bool]:
+    return lambda: http_get(f"http://127.0.0.1:{port}/-/ready", timeout=2)[0] == 200
+
+
+def _write_config(
+    config: Path | str | dict | None, default: dict, rule_files: Sequence[Path | str], dest: Path
+) -> Path:
+    """The config file to run with: ``config`` as is, or with ``rule_files`` added (absolute) in a copy."""
+    if isinstance(config, (str, Path)) and not rule_files:
+        return Path(config)
+    if config is None:
+        loaded = default
+    elif isinstance(config, dict):
+        loaded = dict(config)
+    else:
+        loaded = yaml.safe_load(Path(config).read_text()) or {}
+    if rule_files:
+        loaded["rule_files"] = [*loaded.get("rule_files", []), *(str(Path(f).resolve()) for f in rule_files)]
+    dest.write_text(yaml.safe_dump(loaded, sort_keys=False))
+    return dest
+
+
+class _Factory:
+    """Starts servers for one test and stops them all, by PID, when it ends."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.servers: list[_HttpServer] = []
+        self._numbers = itertools.count(1)
+
+    def workdir(self, kind: str) -> Path:
+        path = self.base / f"{kind}-{next(self._numbers)}"
+        path.mkdir(parents=True)
+        return path
+
+    def stop_all(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+
+
+@pytest.fixture
+def prometheus_factory(prometheus_binary: str, tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
+    """``start(config=None, *, rule_files=(), extra_args=())`` → a ready ``PrometheusServer`` (``.url``).
+
+    ``config`` is a path or a dict; None scrapes Prometheus itself every second. ``rule_files`` are added to
+    the config. Listens on 127.0.0.1 only, keeps its TSDB in the test's tmp_path, has ``/-/reload`` enabled.
+    Ready (``/-/ready``) in well under a second, but Prometheus applies scrape targets and Alertmanager targets
+    only ~5 s after start, and resends a firing alert every minute unless given ``--rules.alert.resend-delay=1s``.
+    """
+    factory = _Factory(tmp_path)
+
+    def start(
+        config: Path | str | dict | None = None,
+        *,
+        rule_files: Sequence[Path | str] = (),
+        extra_args: Sequence[str] = (),
+    ) -> PrometheusServer:
+        work = factory.workdir("prometheus")
+        config_path = work / "prometheus.yml"
+
+        def launch(port: int) -> ServerProcess:
+            nonlocal config_path
+            default = {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [{"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+            }
+            config_path = _write_config(config, default, rule_files, work / "prometheus.yml")
+            argv = [
+                prometheus_binary,
+                f"--config.file={config_path}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--storage.tsdb.path={work / 'data'}",
+                "--web.enable-lifecycle",
+                *extra_args,
+            ]
+            return start_process(argv, log_path=work / "prometheus.log", cwd=work)
+
+        process, port = _start_on_free_port(launch, _is_ready, "Prometheus")
+        server = PrometheusServer(process, port, config_path)
+        factory.servers.append(server)
+        return server
+
+    yield start
+    factory.stop_all()
+
+
+@pytest.fixture
+def alertmanager_factory(alertmanager_binary: str, tmp_path: Path) -> Iterator[Callable[..., AlertmanagerServer]]:
+    """``start(config=None, *, extra_args=())`` → a ready ``AlertmanagerServer`` (``.url``, ``.host_port``).
+
+    ``config`` is a path or a dict; None routes everything to a receiver that does nothing. Clustering is off
+    (``--cluster.listen-address=``), the web API listens on 127.0.0.1 only, its data is in the test's tmp_path.
+    """
+    factory = _Factory(tmp_path)
+
+    def start(config: Path | str | dict | None = None, *, extra_args: Sequence[str] = ()) -> AlertmanagerServer:
+        work = factory.workdir("alertmanager")
+        default = {"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}
+        config_path = _write_config(config, default, (), work / "alertmanager.yml")
+
+        def launch(port: int) -> ServerProcess:
+            argv = [
+                alertmanager_binary,
+                f"--config.file={config_path}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+                f"--storage.path={work / 'data'}",
+                *extra_args,
+            ]
+            return start_process(argv, log_path=work / "alertmanager.log", cwd=work)
+
+        process, port = _start_on_free_port(launch, _is_ready, "Alertmanager")
+        server = AlertmanagerServer(process, port, config_path)
+        factory.servers.append(server)
+        return server
+
+    yield start
+    factory.stop_all()
