@@ -154,10 +154,24 @@ class PostgresBackend(_SqlBackend):
     types = {"int": "BIGINT", "real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"}
 
     def __init__(self, url: str) -> None:
+        self.location = url
+        self._connection = None
+        self._connect()
+
+    def _connect(self):
         import psycopg
 
-        self.location = url
-        self.connection = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        self._connection = psycopg.connect(self.location, autocommit=True, connect_timeout=10)
+        return self._connection
+
+    @property
+    def connection(self):
+        """The open connection; after the server went away (restart, failover) a new one, or the connect error."""
+        if self._connection is None or self._connection.closed or self._connection.broken:
+            if self._connection is not None:
+                self._connection.close()
+            return self._connect()
+        return self._connection
 
     def prepare(self) -> None:
         pass
@@ -167,7 +181,8 @@ class PostgresBackend(_SqlBackend):
 
     @contextlib.contextmanager
     def transaction(self):
-        with self.connection.transaction(), self.connection.cursor() as cursor:
+        connection = self.connection
+        with connection.transaction(), connection.cursor() as cursor:
             yield cursor
 
     def table_names(self) -> set[str]:
@@ -175,7 +190,8 @@ class PostgresBackend(_SqlBackend):
         return {row[0] for row in rows}
 
     def close(self) -> None:
-        self.connection.close()
+        if self._connection is not None:
+            self._connection.close()
 
 
 def open_backend(location: str) -> SQLiteBackend | PostgresBackend:

@@ -36,12 +36,12 @@ def a_record(cost: float = 0.001, **fields) -> UsageRecord:
     )
 
 
-def open_sqlite(path) -> Ledger:
+def open_ledger_at(path) -> Ledger:
     return Ledger(open_backend(str(path)), UTC)
 
 
 def test_recorded_usage_reaches_the_ledger_and_the_journal_is_removed_on_close(tmp_path):
-    ledger = open_sqlite(tmp_path / "ledger.db")
+    ledger = open_ledger_at(tmp_path / "ledger.db")
     sink = LedgerSink(ledger, tmp_path / "journal")
 
     for _ in range(3):
@@ -54,7 +54,7 @@ def test_recorded_usage_reaches_the_ledger_and_the_journal_is_removed_on_close(t
 
 
 def test_a_full_journal_file_rotates_and_nothing_is_lost(tmp_path):
-    ledger = open_sqlite(tmp_path / "ledger.db")
+    ledger = open_ledger_at(tmp_path / "ledger.db")
     sink = LedgerSink(ledger, tmp_path / "journal")
     sink._journal.file_size = 4096  # force many rotations with small files
 
@@ -98,7 +98,7 @@ def test_calls_that_returned_survive_kill_9(tmp_path, stub):
 
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert "returned" in result.stdout
-    ledger = open_sqlite(ledger_path)
+    ledger = open_ledger_at(ledger_path)
     assert ledger.call_count() == 0
     LedgerSink(ledger, journal).close()  # opening a sink replays dead writers' journals
     assert ledger.call_count() == 5
@@ -108,7 +108,7 @@ def test_calls_that_returned_survive_kill_9(tmp_path, stub):
 
 
 def _hammer(ledger_path: str, journal: str, threads: int, per_thread: int) -> None:
-    sink = LedgerSink(open_sqlite(ledger_path), journal, drain_interval=0.01)
+    sink = LedgerSink(open_ledger_at(ledger_path), journal, drain_interval=0.01)
 
     def write() -> None:
         for _ in range(per_thread):
@@ -124,7 +124,7 @@ def _hammer(ledger_path: str, journal: str, threads: int, per_thread: int) -> No
 
 def test_four_processes_with_threads_share_one_sqlite_ledger_exactly(tmp_path):
     ledger_path, journal = str(tmp_path / "ledger.db"), str(tmp_path / "journal")
-    open_sqlite(ledger_path).close()
+    open_ledger_at(ledger_path).close()
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_hammer, args=(ledger_path, journal, 4, 250)) for _ in range(4)]
     for process in processes:
@@ -133,14 +133,14 @@ def test_four_processes_with_threads_share_one_sqlite_ledger_exactly(tmp_path):
         process.join(timeout=120)
         assert process.exitcode == 0
 
-    (total,) = open_sqlite(ledger_path).totals()
+    (total,) = open_ledger_at(ledger_path).totals()
     assert total["success"] == 4 * 4 * 250
     assert total["cost_usd"] == pytest.approx(4 * 4 * 250 * 0.001, rel=1e-12)
 
 
 def test_an_unwritable_ledger_is_counted_and_drained_once_it_is_back(tmp_path):
     path = str(tmp_path / "ledger.db")
-    open_sqlite(path).close()
+    open_ledger_at(path).close()
     ledger = Ledger(SQLiteBackend(path, busy_timeout_s=0.05), UTC)
     sink = LedgerSink(ledger, tmp_path / "journal", drain_interval=3600)
     blocker = sqlite3.connect(path, isolation_level=None)
@@ -157,11 +157,11 @@ def test_an_unwritable_ledger_is_counted_and_drained_once_it_is_back(tmp_path):
 
 
 def test_a_live_writers_journal_is_not_replayed_by_another_process(tmp_path):
-    ledger = open_sqlite(tmp_path / "ledger.db")
+    ledger = open_ledger_at(tmp_path / "ledger.db")
     writer = LedgerSink(ledger, tmp_path / "journal", drain_interval=3600)
     writer.record(a_record())
 
-    other = LedgerSink(open_sqlite(tmp_path / "ledger.db"), tmp_path / "journal", drain_interval=3600)
+    other = LedgerSink(open_ledger_at(tmp_path / "ledger.db"), tmp_path / "journal", drain_interval=3600)
 
     assert other.recover() == 0
     assert ledger.call_count() == 0
@@ -180,7 +180,7 @@ def test_journal_directory_sits_beside_a_sqlite_ledger_and_under_state_for_postg
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
 def test_a_forked_worker_writes_its_own_journal(tmp_path):
-    ledger = open_sqlite(tmp_path / "ledger.db")
+    ledger = open_ledger_at(tmp_path / "ledger.db")
     sink = LedgerSink(ledger, tmp_path / "journal")
     pid = os.fork()
     if pid == 0:  # the child: record and close, as a gunicorn worker would at shutdown
@@ -192,4 +192,42 @@ def test_a_forked_worker_writes_its_own_journal(tmp_path):
     sink.record(a_record())
     sink.close()
 
-    assert open_sqlite(tmp_path / "ledger.db").call_count() == 2
+    assert open_ledger_at(tmp_path / "ledger.db").call_count() == 2
+
+
+def test_four_processes_with_threads_share_one_postgresql_ledger_exactly(tmp_path, postgres_url):
+    open_backend(postgres_url).close()
+    context = multiprocessing.get_context("spawn")
+    journals = [str(tmp_path / f"journal-{n}") for n in range(4)]  # as on four hosts
+    processes = [context.Process(target=_hammer, args=(postgres_url, journal, 4, 100)) for journal in journals]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+
+    (total,) = open_ledger_at(postgres_url).totals()
+    assert total["success"] == 4 * 4 * 100
+    assert total["cost_usd"] == pytest.approx(4 * 4 * 100 * 0.001, rel=1e-12)
+
+
+def test_postgresql_going_away_is_counted_and_drained_once_it_is_back(tmp_path, postgres_url):
+    import psycopg
+
+    ledger = open_ledger_at(postgres_url)
+    sink = LedgerSink(ledger, tmp_path / "journal", drain_interval=3600)
+    database = postgres_url.rsplit("/", 1)[1]
+    admin = psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres", autocommit=True)
+    admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+    sink.record(a_record())
+    assert sink.flush() is False
+    assert sink.flush() is False  # still down: reconnecting fails too
+    assert sink.ledger_errors == 2
+
+    admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+    assert sink.flush() is True
+    assert ledger.call_count() == 1
+    sink.close()
+    admin.close()
