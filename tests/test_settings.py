@@ -1,0 +1,107 @@
+"""Settings: precedence keyword > environment > SPENDWATCH_CONFIG file > default, and one-sentence errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from spendwatch.exporter.settings import BudgetSpec, load_settings
+from spendwatch.instrumentation.errors import ConfigError
+
+
+def test_defaults(tmp_path):
+    settings = load_settings(environ={"XDG_STATE_HOME": str(tmp_path)})
+
+    assert settings.ledger == str(tmp_path / "spendwatch" / "ledger.db")
+    assert settings.metrics_address == ("127.0.0.1", 9464)
+    assert str(settings.timezone) == "UTC"
+    assert settings.thresholds == (0.75, 0.9, 1.0)
+    assert settings.enforce == "off"
+    assert settings.budgets == ()
+    assert settings.categories == frozenset()
+
+
+def test_keyword_beats_environment_beats_file(tmp_path):
+    config = tmp_path / "spendwatch.toml"
+    config.write_text('timezone = "Asia/Tokyo"\nenforce = "block"\nthresholds = [0.5, 0.8, 1.0]\n')
+    environ = {"SPENDWATCH_CONFIG": str(config), "SPENDWATCH_TIMEZONE": "Europe/Berlin"}
+
+    settings = load_settings({"thresholds": "0.6,0.7,0.9"}, environ=environ)
+
+    assert str(settings.timezone) == "Europe/Berlin"
+    assert settings.enforce == "block"
+    assert settings.thresholds == (0.6, 0.7, 0.9)
+
+
+def test_budgets_from_environment_and_file(tmp_path):
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(
+        "[budgets.global]\ndaily_usd = 10\nmonthly_usd = 200\n"
+        '[budgets.metabolomics]\ncategory = "metabolite_identification"\ndaily_usd = 2.5\n'
+    )
+    environ = {"SPENDWATCH_CONFIG": str(config), "SPENDWATCH_DAILY_BUDGET_USD": "50"}
+
+    budgets = set(load_settings(environ=environ).budgets)
+
+    assert budgets == {
+        BudgetSpec("global", "day", 50.0),
+        BudgetSpec("global", "month", 200.0),
+        BudgetSpec("metabolomics", "day", 2.5, category="metabolite_identification"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"SPENDWATCH_DAILY_BUDGET_USD": "-5"}, "SPENDWATCH_DAILY_BUDGET_USD='-5'"),
+        ({"SPENDWATCH_MONTHLY_BUDGET_USD": "lots"}, "SPENDWATCH_MONTHLY_BUDGET_USD='lots'"),
+        ({"SPENDWATCH_DAILY_BUDGET_USD": "nan"}, "SPENDWATCH_DAILY_BUDGET_USD='nan'"),
+        ({"SPENDWATCH_ENFORCE": "sometimes"}, "SPENDWATCH_ENFORCE='sometimes'"),
+        ({"SPENDWATCH_TIMEZONE": "Mars/Olympus"}, "SPENDWATCH_TIMEZONE='Mars/Olympus'"),
+        ({"SPENDWATCH_THRESHOLDS": "0.9,0.75,1"}, "SPENDWATCH_THRESHOLDS='0.9,0.75,1'"),
+        ({"SPENDWATCH_THRESHOLDS": "0.75,0.9"}, "SPENDWATCH_THRESHOLDS='0.75,0.9'"),
+        ({"SPENDWATCH_METRICS_ADDRESS": "9464"}, "SPENDWATCH_METRICS_ADDRESS='9464'"),
+        ({"SPENDWATCH_METRICS_ADDRESS": "localhost:99999"}, "SPENDWATCH_METRICS_ADDRESS='localhost:99999'"),
+        ({"SPENDWATCH_CONFIG": "/nonexistent/spendwatch.toml"}, "SPENDWATCH_CONFIG='/nonexistent/spendwatch.toml'"),
+    ],
+)
+def test_bad_settings_fail_in_one_sentence_naming_setting_and_value(environ, named):
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ=environ)
+
+    message = str(raised.value)
+    assert named in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("toml", "problem"),
+    [
+        ("ledger = [", "not valid TOML"),
+        ("budget = 5", "unknown key 'budget'"),
+        ("[budgets.team]\nweekly_usd = 5", "unknown key 'weekly_usd'"),
+        ("[budgets.team]\ncategory = 'x'", "needs daily_usd or monthly_usd"),
+        ("[budgets.global]\ncategory = 'x'\ndaily_usd = 1", "cannot be scoped"),
+        ("[budgets.team]\ndaily_usd = -1", "non-negative"),
+    ],
+)
+def test_bad_config_files_name_the_file_and_the_problem(tmp_path, toml, problem):
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(toml)
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"SPENDWATCH_CONFIG": str(config)})
+
+    assert str(config) in str(raised.value)
+    assert problem in str(raised.value)
+
+
+def test_metrics_can_be_turned_off_and_basic_auth_is_never_echoed():
+    assert load_settings(environ={"SPENDWATCH_METRICS_ADDRESS": "off"}).metrics_address is None
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"SPENDWATCH_METRICS_BASIC_AUTH": "secret-without-colon"})
+    assert "secret-without-colon" not in str(raised.value)
+
+
+def test_unknown_keyword_is_refused():
+    with pytest.raises(ConfigError, match="unknown setting 'daily_budget'"):
+        load_settings({"daily_budget": 5}, environ={})
