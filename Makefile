@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean dashboards
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP) test-servers
 .PHONY: test-servers
 test-servers:
 	sh scripts/install-test-servers.sh
+
+# Regenerate dashboards/*.json from dashboards/*.dashboard.py (tests fail when the committed JSON drifts).
+dashboards: $(STAMP)
+	$(BIN)/python -m dashboards.generate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
