@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from spendwatch.instrumentation import records
 from spendwatch.instrumentation.pricing import PriceTable
+from spendwatch.instrumentation.semconv_metrics import SemconvMetrics
 
 __all__ = ["Usage", "CallRecorder", "Call", "safe_instrumentation", "CATEGORY_BAGGAGE_KEY", "NOT_BILLED"]
 
@@ -27,10 +28,6 @@ _logger = logging.getLogger(__name__)
 CATEGORY_BAGGAGE_KEY = "spendwatch.category"
 NOT_BILLED = "not billed"
 _MAX_CATEGORY_LENGTH = 100
-
-# Explicit bucket boundaries from the GenAI semantic conventions (gen-ai-metrics.md).
-TOKEN_USAGE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
-DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
 
 @contextmanager
@@ -58,23 +55,12 @@ class Usage:
 
 
 class CallRecorder:
-    """Starts :class:`Call` objects for one instrumentor; holds its tracer, histograms and price table."""
+    """Starts :class:`Call` objects for one instrumentor; holds its tracer, semconv metrics and price table."""
 
     def __init__(self, tracer: trace.Tracer, meter: Meter, prices: PriceTable) -> None:
         self.tracer = tracer
         self.prices = prices
-        self.token_usage = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used",
-            explicit_bucket_boundaries_advisory=TOKEN_USAGE_BUCKETS,
-        )
-        self.operation_duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
+        self.metrics = SemconvMetrics(meter)
 
     def start(self, operation: str, provider: str, request_model: str, attributes: dict | None = None) -> Call:
         """Open the CLIENT span ``"{operation} {model}"`` and make it current for the wrapped call."""
@@ -180,25 +166,8 @@ class Call:
         record.trace_id = span_context.trace_id
         record.span_id = span_context.span_id
         span.end()
-        self._record_metrics(record)
+        recorder.metrics.add(record)
         records.emit(record)
-
-    def _record_metrics(self, record: records.UsageRecord) -> None:
-        recorder = self.recorder
-        metric_attributes = {
-            "gen_ai.operation.name": record.operation,
-            "gen_ai.provider.name": record.provider,
-            "gen_ai.request.model": record.request_model,
-        }
-        if record.response_model:
-            metric_attributes["gen_ai.response.model"] = record.response_model
-        if record.error_type:
-            metric_attributes["error.type"] = record.error_type
-        recorder.operation_duration.record(record.duration_s, metric_attributes)
-        if record.error_type is None or record.input_tokens or record.output_tokens:
-            recorder.token_usage.record(record.input_tokens, {**metric_attributes, "gen_ai.token.type": "input"})
-            if record.operation != "embeddings":
-                recorder.token_usage.record(record.output_tokens, {**metric_attributes, "gen_ai.token.type": "output"})
 
 
 def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, attributes: dict) -> None:

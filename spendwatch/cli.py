@@ -27,7 +27,7 @@ EXIT_USAGE = 2
 
 _PROVIDERS = ("openai", "azure.ai.openai")
 # Modules that add their own subcommands with add_commands(subcommands).
-_COMMAND_MODULES = ("spendwatch.commands_budget", "spendwatch.commands_serve")
+_COMMAND_MODULES = ("spendwatch.commands_budget", "spendwatch.commands_serve", "spendwatch.commands_alert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -339,6 +339,7 @@ def test_semconv_metrics_use_the_conventions_buckets(client, metric_reader):
         for scope in resource.scope_metrics
         for metric in scope.metrics
     }
+    assert set(metrics) == {"gen_ai.client.token.usage", "gen_ai.client.operation.duration"}
     tokens = metrics["gen_ai.client.token.usage"].data.data_points
     assert {point.attributes["gen_ai.token.type"] for point in tokens} == {"input", "output"}
     assert tokens[0].explicit_bounds[:3] == (1, 4, 16)

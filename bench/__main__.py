@@ -1,0 +1,147 @@
+"""``python -m bench [--quick] [--rounds R] [--calls N] [--variants a,b]``: run the overhead benchmark, print the table.
+
+One worker process per variant stays up for the whole run; each round sends every worker, in a fresh random order
+and one at a time (the machine has two cores), a batch of N timed calls per kind. The markdown report goes to
+stdout and to ``bench/results/latest.md`` (``--out``), the raw per-round medians beside it as ``latest.json``.
+Defaults can also be set with ``BENCH_ROUNDS``, ``BENCH_CALLS``, ``BENCH_WARMUP`` and ``BENCH_MEM_CALLS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import report, variants
+
+_ROOT = Path(__file__).resolve().parent.parent
+_RESULTS = Path(__file__).resolve().parent / "results"
+_FULL = {"rounds": 21, "calls": 150, "warmup": 20, "mem_calls": 100}
+_QUICK = {"rounds": 7, "calls": 60, "warmup": 10, "mem_calls": 30}
+
+
+class _Worker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.worker", name],
+            cwd=_ROOT,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts in every worker
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def receive(self) -> dict:
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} exited with status {self._proc.wait()}")
+        return json.loads(line)
+
+    def ask(self, **command) -> dict:
+        self._proc.stdin.write(json.dumps(command) + "\n")
+        self._proc.stdin.flush()
+        return self.receive()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.write('{"cmd": "quit"}\n')
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+
+
+def _settings(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="about a minute: fewer rounds and calls")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 21, quick 7)")
+    parser.add_argument("--calls", type=int, help="timed calls per kind per round (default 150, quick 60)")
+    parser.add_argument("--warmup", type=int, help="untimed calls per kind before each batch (default 20)")
+    parser.add_argument("--mem-calls", type=int, help="calls per kind under tracemalloc, 0 to skip (default 100)")
+    parser.add_argument("--variants", default=",".join(variants.VARIANTS), help="comma-separated; bare is implied")
+    parser.add_argument("--seed", type=int, help="seed of the per-round variant order")
+    parser.add_argument("--out", type=Path, default=_RESULTS / "latest.md", help="where the markdown report goes")
+    args = parser.parse_args(argv)
+    for key, default in (_QUICK if args.quick else _FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, int(os.environ.get(f"BENCH_{key.upper()}", default)))
+    return args
+
+
+def _start(names: list[str]) -> tuple[list[_Worker], dict[str, dict], dict[str, str]]:
+    workers = [_Worker(name) for name in names]  # they import and instrument in parallel
+    ready, versions, unavailable = [], {}, {}
+    for worker in workers:
+        hello = worker.receive()
+        if hello["ok"]:
+            ready.append(worker)
+            versions[worker.name] = hello["versions"]
+        else:
+            unavailable[worker.name] = hello["error"]
+            worker.close()
+    return ready, versions, unavailable
+
+
+def _measure(args: argparse.Namespace, workers: list[_Worker], run: report.Run) -> None:
+    order = random.Random(args.seed)
+    for round_number in range(1, args.rounds + 1):
+        print(f"round {round_number}/{args.rounds}", end="\r", file=sys.stderr, flush=True)
+        for worker in order.sample(workers, len(workers)):
+            batch = worker.ask(cmd="run", calls=args.calls, warmup=args.warmup)
+            run.kinds = list(batch["median_ns"])
+            for kind, ns in batch["median_ns"].items():
+                run.median_ns.setdefault(worker.name, {}).setdefault(kind, []).append(ns)
+            spans = run.spans_per_call.setdefault(worker.name, {})
+            for kind, count in batch["spans_per_call"].items():
+                spans[kind] = max(spans.get(kind, 0.0), count)
+    print(file=sys.stderr)
+    if args.mem_calls:
+        for worker in workers:
+            run.memory[worker.name] = worker.ask(cmd="mem", calls=args.mem_calls)
+
+
+def _command(argv: list[str]) -> str:
+    names = [f"BENCH_{key.upper()}" for key in _FULL]
+    overrides = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
+    return " ".join([*overrides, "python -m bench", *argv])
+
+
+def main(argv: list[str]) -> None:
+    args = _settings(argv)
+    names = [variants.BARE] + [n for n in args.variants.split(",") if n and n != variants.BARE]
+    unknown = [n for n in names if n not in variants.VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants.VARIANTS)}")
+    started = time.monotonic()
+    workers, versions, unavailable = _start(names)
+    if variants.BARE not in versions:
+        sys.exit(f"the bare SDK does not run: {unavailable[variants.BARE]}")
+    meta = {
+        "command": _command(argv),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "config": f"{args.rounds} rounds × {args.calls} calls per kind after {args.warmup} warm-up calls",
+    }
+    run = report.Run(meta=meta, versions=versions, unavailable=unavailable, kinds=[])
+    try:
+        _measure(args, workers, run)
+    finally:
+        for worker in workers:
+            worker.close()
+    text = report.markdown(run)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(run), indent=1) + "\n")
+    print(text)
+    print(f"({time.monotonic() - started:.0f} s; written to {args.out})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

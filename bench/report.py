@@ -1,0 +1,162 @@
+"""Statistics and the markdown report: paired per-round deltas against bare, their median and interquartile range.
+
+On a noisy machine the bare call's median drifts 20–70 % between rounds, so a variant is only ever compared with
+the bare batch of the same round; the report gives the median of those deltas over rounds and their IQR.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from bench.transport import STREAM_CHUNKS
+from bench.variants import BARE, CONTROL, PEERS, SPENDWATCH, VARIANTS
+
+__all__ = ["Run", "markdown"]
+
+_PER_CHUNK = "stream, per chunk"
+
+
+@dataclass
+class Run:
+    """What the workers reported: per variant, per kind, one median (ns) per round, and whatever else they said."""
+
+    meta: dict[str, str]
+    versions: dict[str, dict[str, str]]
+    unavailable: dict[str, str]
+    kinds: list[str]
+    median_ns: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    spans_per_call: dict[str, dict[str, float]] = field(default_factory=dict)
+    memory: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q2, q1, q3
+
+
+def _instruments(run: Run, variant: str, kind: str) -> bool:
+    return variant == CONTROL or run.spans_per_call[variant][kind] > 0
+
+
+def _overheads(run: Run, variant: str, kind: str, scale: float = 1.0) -> tuple[float, float, float] | None:
+    """Median and IQR, in µs, of the per-round paired delta variant − bare; None if the variant made no span."""
+    if not _instruments(run, variant, kind):
+        return None
+    deltas = [
+        (v - b) / 1000 / scale for v, b in zip(run.median_ns[variant][kind], run.median_ns[BARE][kind], strict=True)
+    ]
+    return _spread(deltas)
+
+
+def _cell(stats: tuple[float, float, float] | None) -> str:
+    if stats is None:
+        return "n/a"
+    median, q1, q3 = stats
+    return f"{median:.1f} ({q1:.1f}–{q3:.1f})"
+
+
+def _ratio(ours: tuple | None, theirs: tuple | None) -> str:
+    if ours is None or theirs is None or theirs[0] <= 0:
+        return "—"
+    return f"{ours[0] / theirs[0]:.2f}"
+
+
+def _rows(run: Run) -> list[tuple[str, str, float]]:
+    """(label, kind, scale): every kind, plus the stream's cost per chunk right after the stream."""
+    rows = []
+    for kind in run.kinds:
+        rows.append((kind, kind, 1.0))
+        if kind == "chat stream":
+            rows.append((_PER_CHUNK, kind, float(STREAM_CHUNKS)))
+    return rows
+
+
+def _overhead_table(run: Run, instrumented: list[str], peers: list[str], ours: list[str]) -> list[str]:
+    header = ["kind", "bare median µs", *(f"{v} overhead µs" for v in instrumented)]
+    header += [f"{v} ÷ lightest peer" for v in ours]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, kind, scale in _rows(run):
+        bare = _spread([ns / 1000 / scale for ns in run.median_ns[BARE][kind]])
+        stats = {v: _overheads(run, v, kind, scale) for v in instrumented}
+        peer_stats = [stats[p] for p in peers if stats[p] is not None]
+        lightest = min(peer_stats, key=lambda s: s[0]) if peer_stats else None
+        cells = [label, _cell(bare), *(_cell(stats[v]) for v in instrumented)]
+        cells += [_ratio(stats[v], lightest) for v in ours]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ratio_table(run: Run, peers: list[str], ours: list[str]) -> list[str]:
+    pairs = [(o, p) for o in ours for p in peers]
+    header = ["kind", *(f"{o} ÷ {p}" for o, p in pairs)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, kind, scale in _rows(run):
+        if scale != 1.0:
+            continue
+        cells = [_ratio(_overheads(run, o, kind), _overheads(run, p, kind)) for o, p in pairs]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return lines
+
+
+def _memory_table(run: Run, instrumented: list[str]) -> list[str]:
+    header = ["kind", "bare peak KiB", *(f"{v} peak / kept" for v in instrumented)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    bare = run.memory[BARE]
+    for kind in run.kinds:
+        cells = [kind, f"{bare['peak_bytes'][kind] / 1024:.1f}"]
+        for v in instrumented:
+            if not _instruments(run, v, kind):
+                cells.append("n/a")
+                continue
+            mem = run.memory[v]
+            peak = (mem["peak_bytes"][kind] - bare["peak_bytes"][kind]) / 1024
+            kept = mem["retained_bytes"][kind] - bare["retained_bytes"][kind]
+            cells.append(f"{peak:+.1f} KiB / {kept:+d} B")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(run: Run) -> str:
+    instrumented = [v for v in VARIANTS if v != BARE and v in run.median_ns]
+    peers = [v for v in PEERS if v in run.median_ns]
+    ours = [v for v in SPENDWATCH if v in run.median_ns]
+    meta = run.meta
+    lines = [
+        "# spendwatch: per-call overhead over the bare OpenAI SDK",
+        "",
+        f"`{meta['command']}` — {meta['date']}, {meta['machine']}; {meta['config']}.",
+        "",
+        "Overhead = median over rounds of (variant's median call − bare's median call in the same round), µs, "
+        "with the interquartile range over rounds in brackets. n/a: the variant made no span for that kind. "
+        f"{CONTROL} is a second uninstrumented process: its column is the noise floor between processes. "
+        f"The stream has {STREAM_CHUNKS} chunks (stream_options.include_usage) and is consumed fully.",
+        "",
+        *_overhead_table(run, instrumented, peers, ours),
+    ]
+    if peers and ours:
+        lines += ["", "Ratio of overheads (median deltas):", "", *_ratio_table(run, peers, ours)]
+    if run.memory:
+        lines += [
+            "",
+            "Memory per call over bare (tracemalloc): peak during one call / bytes still held per call after many.",
+            "",
+            *_memory_table(run, instrumented),
+        ]
+    common = {k: x for k, x in run.versions[BARE].items() if k != "variant"}
+    lines += ["", "Versions: " + ", ".join(f"{k} {x}" for k, x in common.items()) + "; "]
+    lines[-1] += ", ".join(f"{v} {vs['variant']}" for v, vs in run.versions.items() if v not in (BARE, CONTROL)) + "."
+    if run.unavailable:
+        lines += ["", "Not available in this run:", ""]
+        lines += [f"- {v}: {why}" for v, why in run.unavailable.items()]
+    lines += [
+        "",
+        "Every variant runs in its own long-lived worker process over an in-process mock transport on the SDK's "
+        "own HTTP client, with the same OpenTelemetry SDK (SimpleSpanProcessor into a counting no-op exporter, "
+        "InMemoryMetricReader). Each instrumentation runs with its defaults; OpenLLMetry's default records prompts "
+        "and completions on spans, so openllmetry-nocontent sets TRACELOOP_TRACE_CONTENT=false, as the others "
+        "default. OpenLIT is not measured: it requires openai<3 and fetches prices from the internet at start-up.",
+    ]
+    return "\n".join(lines) + "\n"

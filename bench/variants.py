@@ -1,0 +1,112 @@
+"""The variants the benchmark compares: the bare SDK, each peer instrumentation, and spendwatch.
+
+Every variant, bare included, gets the same OpenTelemetry SDK: a real ``TracerProvider`` whose
+``SimpleSpanProcessor`` hands spans to an exporter that only counts them (so we measure instrumentation, not
+export, and no background thread competes for the two cores), and a ``MeterProvider`` with an
+``InMemoryMetricReader``; both are set as global before instrumenting. ``setup(name)`` returns the exporter
+and the variant's package version, or raises :class:`Unavailable`.
+
+OpenLIT is not a variant: it requires ``openai<3`` (installing it downgrades the SDK under test), pulls in boto3,
+anthropic, grpcio and a dozen web-framework instrumentations, and fetches its price list from the internet in
+``openlit.init()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+__all__ = ["BARE", "CONTROL", "PEERS", "SPENDWATCH", "VARIANTS", "CountingSpanExporter", "Unavailable", "setup"]
+
+
+class Unavailable(Exception):
+    """The variant cannot run here: not installed, fails to import, or refuses to instrument."""
+
+
+class CountingSpanExporter(SpanExporter):
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans) -> SpanExportResult:
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+class _NullSink:
+    def record(self, rec) -> None:
+        pass
+
+
+def _instrument(module: str, distribution: str) -> Callable[[], str]:
+    def setup() -> str:
+        try:
+            instrumentor = importlib.import_module(module).OpenAIInstrumentor()
+        except Exception as exc:  # an ImportError, or a peer broken against this SDK version
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+        instrumentor.instrument()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            raise Unavailable("instrument() declined (dependency conflict with the installed openai?)")
+        return _version(distribution)
+
+    return setup
+
+
+def _with_env(setup: Callable[[], str], **env: str) -> Callable[[], str]:
+    def setup_with_env() -> str:
+        os.environ.update(env)
+        return setup()
+
+    return setup_with_env
+
+
+def _spendwatch_with_sink() -> str:
+    installed = _instrument("spendwatch.instrumentation.openai_sdk", "spendwatch")()
+    from spendwatch.instrumentation import register_sink
+
+    register_sink(_NullSink())
+    return installed
+
+
+def _version(distribution: str) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "?"
+
+
+BARE = "bare"
+CONTROL = "bare-again"  # an A/A control: a second bare process, so the table shows its own noise floor
+SPENDWATCH = ("spendwatch", "spendwatch+sink")
+PEERS = ("openai-v2", "openllmetry", "openllmetry-nocontent")
+_OPENLLMETRY = _instrument("opentelemetry.instrumentation.openai", "opentelemetry-instrumentation-openai")
+VARIANTS: dict[str, Callable[[], str]] = {
+    BARE: lambda: _version("openai"),
+    CONTROL: lambda: _version("openai"),
+    "openai-v2": _instrument(
+        "opentelemetry.instrumentation.openai_v2", "opentelemetry-instrumentation-openai-v2"
+    ),  # the official contrib instrumentation
+    "openllmetry": _OPENLLMETRY,  # records prompts and completions on spans by default
+    "openllmetry-nocontent": _with_env(_OPENLLMETRY, TRACELOOP_TRACE_CONTENT="false"),  # like the others' default
+    "spendwatch": _instrument("spendwatch.instrumentation.openai_sdk", "spendwatch"),
+    "spendwatch+sink": _spendwatch_with_sink,  # plus a no-op usage sink, the path the ledger exporter takes
+}
+
+
+def setup(name: str) -> tuple[CountingSpanExporter, str]:
+    exporter = CountingSpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    return exporter, VARIANTS[name]()

@@ -1,0 +1,164 @@
+"""The shipped alerting files pass Prometheus's and Alertmanager's own checkers, and keep the contracts in DESIGN.md.
+
+``promtool test rules`` runs the unit tests in ``alert_rules/tests/`` (each alert firing after its ``for:``, silent
+just before and below its threshold, with exact labels and annotations; each recording rule's output).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ALERT_RULES = Path(__file__).resolve().parent.parent / "alert_rules"
+RULE_FILES = sorted(ALERT_RULES.glob("*.rules.yml")) + sorted(ALERT_RULES.glob("*.alerts.yml"))
+TEST_FILES = sorted((ALERT_RULES / "tests").glob("*.yml"))
+ALERTMANAGER_CONFIG = ALERT_RULES / "alertmanager.yml"
+RUNBOOK = ALERT_RULES / "runbook.md"
+
+# DESIGN.md's alert names, and the severities each may carry.
+ALERTS = {
+    "LLMBudgetUsageHigh": {"warning", "critical"},
+    "LLMBudgetExhausted": {"critical"},
+    "LLMBudgetExhaustionPredicted": {"warning"},
+    "LLMCostSpike": {"warning"},
+    "LLMUnpricedRequests": {"warning"},
+    "LLMGuardBlocking": {"warning"},
+    "SpendwatchLedgerErrors": {"warning"},
+    "SpendwatchExporterDown": {"critical"},
+}
+BUDGET_ALERTS = ("LLMBudgetUsageHigh", "LLMBudgetExhausted", "LLMBudgetExhaustionPredicted")
+# SPENDWATCH_THRESHOLDS' defaults, as ratios or percentages: they belong in llm_budget_threshold_ratio, not in rules.
+THRESHOLD_LITERALS = {0.75, 0.9, 1.0, 75.0, 90.0, 100.0}
+
+
+def _rules(kind: str) -> list[dict]:
+    return [
+        rule
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if kind in rule
+    ]
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ALERT_RULES)
+
+
+def _numbers_in(expr: str) -> list[float]:
+    """Numeric literals of a PromQL expression, leaving out label matchers, ranges, offsets and names."""
+    stripped = re.sub(r'\{[^}]*\}|\[[^\]]*\]|offset\s+\w+|"[^"]*"', " ", expr)
+    stripped = re.sub(r"[A-Za-z_:][A-Za-z0-9_:]*", " ", stripped)
+    return [float(token) for token in re.findall(r"\d+(?:\.\d*)?(?:e[+-]?\d+)?", stripped)]
+
+
+def test_promtool_accepts_the_rule_files(promtool_binary):
+    done = _run([promtool_binary, "check", "rules", *map(str, RULE_FILES)])
+
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_unit_tests_pass(promtool_binary):
+    done = _run([promtool_binary, "test", "rules", *map(str, TEST_FILES)])
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("SUCCESS") == len(TEST_FILES), done.stdout
+
+
+def test_amtool_accepts_the_alertmanager_config(amtool_binary):
+    done = _run([amtool_binary, "check-config", str(ALERTMANAGER_CONFIG)])
+
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["severity=critical", "budget=global", "period=day"], "spendwatch-critical"),
+        (["severity=warning", "budget=global", "period=day"], "spendwatch-warning"),
+        (["severity=warning", "alertname=LLMCostSpike"], "spendwatch-warning"),
+    ],
+)
+def test_alertmanager_routes_by_severity(amtool_binary, labels, receiver):
+    argv = [amtool_binary, "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}"]
+    done = _run([*argv, f"--verify.receivers={receiver}", *labels])
+
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alertmanager_config_uses_matchers_not_the_deprecated_match():
+    text = ALERTMANAGER_CONFIG.read_text()
+
+    assert not re.search(r"^\s*-?\s*(source_|target_)?match(_re)?:", text, re.MULTILINE)
+
+
+def test_every_alert_in_design_md_exists_with_its_severities():
+    found: dict[str, set[str]] = {}
+    for rule in _rules("alert"):
+        found.setdefault(rule["alert"], set()).add(rule["labels"]["severity"])
+
+    assert found == ALERTS
+
+
+def test_no_alert_compares_with_a_threshold_literal():
+    for rule in _rules("alert"):
+        numbers = set(_numbers_in(rule["expr"]))
+        assert not numbers & THRESHOLD_LITERALS, f"{rule['alert']}: threshold literal in {rule['expr']!r}"
+        if rule["alert"] in BUDGET_ALERTS:
+            assert numbers <= {0.0}, f"{rule['alert']}: literal in {rule['expr']!r}"
+
+
+def test_usage_alerts_join_the_threshold_of_their_level():
+    levels = {
+        (rule["alert"], rule["labels"]["severity"]): re.findall(r'level="(\w+)"', rule["expr"])
+        for rule in _rules("alert")
+        if rule["alert"] in ("LLMBudgetUsageHigh", "LLMBudgetExhausted")
+    }
+
+    assert levels == {
+        ("LLMBudgetUsageHigh", "warning"): ["warning"],
+        ("LLMBudgetUsageHigh", "critical"): ["critical"],
+        ("LLMBudgetExhausted", "critical"): ["exceeded"],
+    }
+    for rule in _rules("alert"):
+        if "threshold_ratio" in rule["expr"]:
+            assert re.search(r"on \(budget, period\) group_left", rule["expr"]), rule["expr"]
+
+
+def test_every_alert_has_a_summary_description_and_runbook_section():
+    anchors = {_anchor(line) for line in RUNBOOK.read_text().splitlines() if line.startswith("## ")}
+    for rule in _rules("alert"):
+        annotations = rule["annotations"]
+        assert "{{" not in annotations["summary"], f"{rule['alert']}: summary must be static"
+        assert "{{" in annotations["description"], f"{rule['alert']}: description must be templated"
+        path, _, anchor = annotations["runbook_url"].partition("#")
+        assert path == "alert_rules/runbook.md"
+        assert anchor == _anchor(f"## {rule['alert']}") and anchor in anchors
+
+
+def test_for_durations_are_minutes_not_seconds():
+    for rule in _rules("alert"):
+        assert re.fullmatch(r"\d+[mh]", rule["for"]), f"{rule['alert']}: for: {rule['for']}"
+
+
+def test_every_alert_and_recording_rule_has_a_unit_test():
+    tested_alerts: set[str] = set()
+    tested_exprs: set[str] = set()
+    for path in TEST_FILES:
+        for group in yaml.safe_load(path.read_text())["tests"]:
+            tested_alerts |= {case["alertname"] for case in group.get("alert_rule_test", [])}
+            tested_exprs |= {case["expr"].strip() for case in group.get("promql_expr_test", [])}
+
+    assert tested_alerts == set(ALERTS)
+    for rule in _rules("record"):
+        assert rule["record"] in tested_exprs, f"no promql_expr_test for {rule['record']}"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    text = heading.lstrip("#").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
