@@ -52,8 +52,11 @@ $(BENCH_STAMP): pyproject.toml
 	$(BENCH_BIN)/pip install --quiet $(BENCH_PEERS) || echo "bench: some peers did not install; they will show as not available"
 	touch $@
 
+# Instrumentation overhead against the bare call and the peers, then ledger ingest and /metrics scrape cost.
 bench: $(BENCH_STAMP)
 	$(BENCH_BIN)/python -m bench $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.ledger $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.scrape $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -106,17 +106,20 @@ class JournalWriter:
         self._open_new_file()
 
     def _open_new_file(self) -> None:
-        path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex}{SUFFIX}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        name = f"{os.getpid()}-{uuid.uuid4().hex}"
+        building, path = self.directory / f"{name}.building", self.directory / f"{name}{SUFFIX}"
+        fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # Allocate the blocks now: writing a sparse mapping on a full disk kills the process with SIGBUS.
             os.posix_fallocate(fd, 0, self.file_size)
             os.pwrite(fd, HEADER.pack(MAGIC, HEADER_SIZE), 0)
+            # Only a locked file with its header gets the name recovery looks for.
+            os.rename(building, path)
             journal = JournalFile.open(path, fd)
         except BaseException:
             os.close(fd)
-            path.unlink(missing_ok=True)
+            building.unlink(missing_ok=True)
             raise
         self._mm = journal.mm
         self._offset = HEADER_SIZE
