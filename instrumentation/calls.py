@@ -21,11 +21,22 @@ from spendwatch.instrumentation import records
 from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.semconv_metrics import SemconvMetrics
 
-__all__ = ["Usage", "CallRecorder", "Call", "safe_instrumentation", "CATEGORY_BAGGAGE_KEY", "NOT_BILLED"]
+__all__ = [
+    "CALL_ATTRIBUTES_KEY",
+    "CATEGORY_BAGGAGE_KEY",
+    "NOT_BILLED",
+    "Call",
+    "CallRecorder",
+    "Usage",
+    "safe_instrumentation",
+]
 
 _logger = logging.getLogger(__name__)
 
 CATEGORY_BAGGAGE_KEY = "spendwatch.category"
+# Attributes (str -> str) that every LLM call started inside this context carries on its span and usage record;
+# set by instrumentors of frameworks that make calls for the user (the LightRAG stage of a call, say).
+CALL_ATTRIBUTES_KEY = context.create_key("spendwatch.call_attributes")
 NOT_BILLED = "not billed"
 _MAX_CATEGORY_LENGTH = 100
 
@@ -76,8 +87,13 @@ class CallRecorder:
             span_attributes["spendwatch.category"] = category
         if attributes:
             span_attributes.update(attributes)
+        context_attributes = context.get_value(CALL_ATTRIBUTES_KEY)
+        if context_attributes:
+            span_attributes.update(context_attributes)
         span = self.tracer.start_span(f"{operation} {request_model}", kind=SpanKind.CLIENT, attributes=span_attributes)
-        return Call(self, span, operation, provider, request_model, category)
+        call = Call(self, span, operation, provider, request_model, category)
+        call.attributes = context_attributes
+        return call
 
 
 class Call:
@@ -94,6 +110,7 @@ class Call:
         "_start_perf",
         "_context_token",
         "_ended",
+        "attributes",
     )
 
     def __init__(
@@ -109,6 +126,7 @@ class Call:
         self._start_perf = time.perf_counter()
         self._context_token = None
         self._ended = False
+        self.attributes: dict[str, str] | None = None  # from the context: e.g. a LightRAG stage
 
     def activate(self) -> None:
         """Make the span current, so spans the library makes inside the call (HTTP, retries) are its children."""
@@ -143,6 +161,8 @@ class Call:
             start_time=self.start_time,
             category=self.category,
         )
+        if self.attributes:
+            record.attributes = dict(self.attributes)
         attributes: dict = {}
         if usage is not None:
             _apply_usage(record, usage, recorder.prices, attributes)
