@@ -150,8 +150,14 @@ class Ledger:
             totals: dict[tuple, list[float]] = {}
             daily: dict[tuple, list[float]] = {}
             buckets: dict[tuple, list[float]] = {}
+            decisions: dict[tuple, list[float]] = {}
+            lease_costs: dict[str, float] = {}
             for entry in fresh:
                 r = entry.record
+                for decision in r.guard_actions:
+                    _add(decisions, decision, [1])
+                for lease in r.leases:
+                    lease_costs[lease] = lease_costs.get(lease, 0.0) + (r.cost_usd or 0.0)
                 key = (r.provider, r.request_model, r.operation, r.category or "")
                 counters = _counters(r)
                 _add(totals, key, counters)
@@ -163,6 +169,11 @@ class Ledger:
             self.backend.add_totals(cursor, "totals", TOTAL_KEYS, TOTAL_COUNTERS, totals)
             self.backend.add_totals(cursor, "daily_totals", ("day", *TOTAL_KEYS), TOTAL_COUNTERS, daily)
             self.backend.add_totals(cursor, "duration_buckets", BUCKET_KEYS, ("count",), buckets)
+            self.backend.add_totals(cursor, "guard_decisions", ("budget", "action"), ("count",), decisions)
+            for lease, cost in lease_costs.items():
+                # The cost is spend now: it leaves the lease it was drawn from, in the same transaction.
+                query = "UPDATE leases SET outstanding_usd = outstanding_usd - ? WHERE lease_id = ?"
+                self.backend.execute(cursor, query, (cost, lease))
         return len(fresh)
 
     def set_budget_limit(self, name: str, period: str, limit_usd: float, *, reason: str = "") -> None:
@@ -199,6 +210,10 @@ class Ledger:
             query += " AND model = ?"
             parameters.append(model)
         return float(self._select(query, parameters)[0][0])
+
+    def guard_decisions(self) -> dict[tuple[str, str], int]:
+        rows = self._select("SELECT budget, action, count FROM guard_decisions")
+        return {(budget, action): int(count) for budget, action, count in rows}
 
     def budget_limits(self) -> dict[tuple[str, str], float]:
         rows = self._select("SELECT name, period, limit_usd FROM budget_limits")

@@ -17,6 +17,7 @@ from spendwatch.instrumentation.errors import ConfigError
 __all__ = ["open_backend", "SQLiteBackend", "PostgresBackend", "LEDGER_ENV"]
 
 LEDGER_ENV = "SPENDWATCH_LEDGER"
+_SCHEMA_LOCK = 0x5350454E44  # "SPEND": the advisory lock key for creating the schema
 SCHEMA_VERSION = "1"
 _COUNTERS = """cost_usd {real} NOT NULL DEFAULT 0, input_tokens {int} NOT NULL DEFAULT 0,
     output_tokens {int} NOT NULL DEFAULT 0, cache_read_tokens {int} NOT NULL DEFAULT 0,
@@ -43,6 +44,11 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS budget_limits (name TEXT NOT NULL, period TEXT NOT NULL, limit_usd {real} NOT NULL,"
     " changed_at {real} NOT NULL, PRIMARY KEY (name, period))",
     "CREATE TABLE IF NOT EXISTS events (id {serial}, ts {real} NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS guard_decisions (budget TEXT NOT NULL, action TEXT NOT NULL,"
+    " count {int} NOT NULL DEFAULT 0, PRIMARY KEY (budget, action))",
+    # Money a process may still commit against a budget period without asking again (see exporter/guard.py).
+    "CREATE TABLE IF NOT EXISTS leases (lease_id TEXT PRIMARY KEY, budget TEXT NOT NULL, period TEXT NOT NULL,"
+    " period_start TEXT NOT NULL, outstanding_usd {real} NOT NULL, expires_at {real} NOT NULL)",
 )
 
 
@@ -57,6 +63,9 @@ class _SqlBackend:
 
     def create_schema(self) -> None:
         with self.transaction() as cursor:
+            # Several processes (or hosts) may open a new ledger at once; PostgreSQL's CREATE TABLE IF NOT EXISTS
+            # is not safe against that race, so creating the schema takes a lock.
+            self.lock_budget(cursor, _SCHEMA_LOCK)
             for statement in SCHEMA:
                 cursor.execute(statement.format(**self.types))
             cursor.execute(
@@ -87,6 +96,15 @@ class _SqlBackend:
             " ON CONFLICT (name, period) DO UPDATE SET limit_usd = excluded.limit_usd, changed_at = excluded.changed_at"
         )
         cursor.execute(self._sql(query), (name, period, limit_usd, at))
+
+    def lock_budget(self, cursor, key: int) -> None:
+        """Serialise transactions that take the same key (lease renewals of one budget, schema creation) until
+        the transaction ends. SQLite's BEGIN IMMEDIATE already serialises every writer."""
+
+    def execute(self, cursor, query: str, parameters: Sequence = ()) -> list[tuple]:
+        """A statement inside a transaction; the rows it returns, if any."""
+        cursor.execute(self._sql(query), tuple(parameters))
+        return cursor.fetchall() if cursor.description else []
 
     def add_event(self, cursor, at: float, kind: str, detail: str) -> None:
         cursor.execute(self._sql("INSERT INTO events (ts, kind, detail) VALUES (?, ?, ?)"), (at, kind, detail))
@@ -178,6 +196,9 @@ class PostgresBackend(_SqlBackend):
 
     def _sql(self, query: str) -> str:
         return query.replace("?", "%s")
+
+    def lock_budget(self, cursor, key: int) -> None:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
 
     @contextlib.contextmanager
     def transaction(self):

@@ -87,6 +87,7 @@ class Settings:
     metrics_tls_certfile: str | None = None
     metrics_tls_keyfile: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    config_path: str | None = None
 
     @property
     def is_postgres(self) -> bool:
@@ -131,6 +132,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         metrics_tls_certfile=_optional_text(*pick("metrics_tls_certfile")),
         metrics_tls_keyfile=_optional_text(*pick("metrics_tls_keyfile")),
         raw=from_file,
+        config_path=config_path,
     )
 
 

@@ -46,6 +46,7 @@ class LedgerSink:
         self._drain_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
+        self.after_drain: list = []  # callables run by the drainer after records reached the ledger
         self.recover()
         self._journal = JournalWriter(self.directory)
         self._thread = threading.Thread(target=self._drain_forever, args=(drain_interval,), daemon=True)
@@ -72,6 +73,8 @@ class LedgerSink:
             self._wake.clear()
             try:
                 self.flush()
+                for hook in self.after_drain:
+                    hook()
             except Exception:  # noqa: BLE001 - the drainer must outlive any one failure
                 _logger.debug("spendwatch: ledger drain failed", exc_info=True)
 

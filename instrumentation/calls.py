@@ -18,6 +18,7 @@ from opentelemetry.metrics import Meter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from spendwatch.instrumentation import records
+from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.semconv_metrics import SemconvMetrics
 
@@ -111,6 +112,7 @@ class Call:
         "_context_token",
         "_ended",
         "attributes",
+        "ticket",
     )
 
     def __init__(
@@ -127,6 +129,7 @@ class Call:
         self._context_token = None
         self._ended = False
         self.attributes: dict[str, str] | None = None  # from the context: e.g. a LightRAG stage
+        self.ticket: records.Ticket | None = None  # the budget guard's reservation, settled when the call ends
 
     def activate(self) -> None:
         """Make the span current, so spans the library makes inside the call (HTTP, retries) are its children."""
@@ -174,6 +177,11 @@ class Call:
             record.outcome = "error"
             record.error_type = _error_type(error)
             attributes["error.type"] = record.error_type
+            if isinstance(error, BudgetExceededError):
+                record.outcome = attributes["spendwatch.outcome"] = "blocked"
+                record.guard_actions = ((error.budget, error.action),)
+        if self.ticket is not None:
+            _settle(self.ticket, record)
         span = self.span
         if span.is_recording():
             if extra_attributes:
@@ -237,6 +245,13 @@ def _find_price(prices: PriceTable, provider: str, response_model: str | None, r
         if price is not None:
             return price
     return prices.lookup(request_model, provider=provider, service_tier=tier)
+
+
+def _settle(ticket: records.Ticket, record: records.UsageRecord) -> None:
+    try:
+        ticket.settle(record)
+    except Exception:  # noqa: BLE001 - a guard's bookkeeping failure must not reach the caller
+        _logger.debug("spendwatch: could not settle a guard reservation", exc_info=True)
 
 
 def _error_type(error: BaseException) -> str:

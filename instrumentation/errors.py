@@ -1,6 +1,6 @@
 """Errors spendwatch raises on purpose."""
 
-__all__ = ["ConfigError"]
+__all__ = ["BudgetExceededError", "ConfigError"]
 
 
 class ConfigError(SystemExit):
@@ -17,3 +17,34 @@ class ConfigError(SystemExit):
 
     def __str__(self) -> str:
         return f"spendwatch: {self.message}"
+
+
+class BudgetExceededError(Exception):
+    """A call refused before it was sent, because it would take a budget past its limit (or a guard rule said no).
+
+    Raised only when the user enabled enforcement (``SPENDWATCH_ENFORCE=block``); no request left the process and
+    no money was spent.
+    """
+
+    def __init__(
+        self,
+        budget: str,
+        period: str,
+        limit_usd: float,
+        spent_usd: float,
+        estimated_cost_usd: float,
+        *,
+        action: str = "block",
+        reason: str = "",
+    ) -> None:
+        self.budget = budget
+        self.period = period
+        self.limit_usd = limit_usd
+        self.spent_usd = spent_usd
+        self.estimated_cost_usd = estimated_cost_usd
+        self.action = action
+        why = reason or f"would exceed its {period} limit of ${limit_usd:.6f} (spent or reserved ${spent_usd:.6f})"
+        super().__init__(
+            f"spendwatch refused the call: budget {budget!r} ({period}) {why}; "
+            f"the call's worst-case cost was estimated at ${estimated_cost_usd:.6f}"
+        )

@@ -12,7 +12,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["UsageRecord", "UsageSink", "register_sink", "unregister_sink", "emit"]
+__all__ = [
+    "CallRequest",
+    "Guard",
+    "Ticket",
+    "UsageRecord",
+    "UsageSink",
+    "current_guard",
+    "emit",
+    "register_guard",
+    "register_sink",
+    "unregister_guard",
+    "unregister_sink",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -41,6 +53,10 @@ class UsageRecord:
     trace_id: int = 0
     span_id: int = 0
     attributes: dict[str, str] = field(default_factory=dict)  # e.g. a LightRAG stage
+    # Set by a budget guard: the (budget, action) decisions taken for this call, and the budget leases it drew on
+    # (the ledger moves the call's cost from those leases into spend when it ingests the record).
+    guard_actions: tuple[tuple[str, str], ...] = ()
+    leases: tuple[str, ...] = ()
 
 
 class UsageSink(Protocol):
@@ -69,3 +85,50 @@ def emit(record: UsageRecord) -> None:
             sink.record(record)
         except Exception:  # noqa: BLE001 - a broken sink must not break the caller's LLM call
             _logger.debug("spendwatch: usage sink %r failed", sink, exc_info=True)
+
+
+# --- admission: the budget guard asks before a call leaves the process ---------------------------------------------
+
+
+@dataclass(slots=True)
+class CallRequest:
+    """What a guard is told about a call before it is made."""
+
+    provider: str
+    operation: str
+    model: str
+    category: str | None
+    input_tokens: int  # an upper bound, not an estimate: UTF-8 bytes of the input plus per-message overhead
+    max_output_tokens: int | None  # what the request caps the output at, if it does
+    output_cap_argument: str | None  # the keyword that caps it ("max_tokens", "max_output_tokens", ...)
+
+
+class Ticket(Protocol):
+    """An admitted call's reservation. ``request_changes`` are keyword arguments to replace (a degrade action)."""
+
+    request_changes: dict | None
+
+    def settle(self, record: UsageRecord) -> None: ...
+
+
+class Guard(Protocol):
+    def admit(self, request: CallRequest) -> Ticket | None:
+        """Admit (a ticket, or None when no budget applies) or refuse by raising ``BudgetExceededError``."""
+
+
+_guard: Guard | None = None
+
+
+def register_guard(guard: Guard) -> None:
+    global _guard
+    _guard = guard
+
+
+def unregister_guard(guard: Guard) -> None:
+    global _guard
+    if _guard is guard:
+        _guard = None
+
+
+def current_guard() -> Guard | None:
+    return _guard

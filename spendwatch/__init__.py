@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from spendwatch.attribution import category
-from spendwatch.instrumentation.errors import ConfigError
+from spendwatch.instrumentation.errors import BudgetExceededError, ConfigError
 
-__all__ = ["ConfigError", "budgets", "category", "configure"]
+__all__ = ["BudgetExceededError", "ConfigError", "budgets", "category", "configure", "on_threshold"]
 
 
 def configure(**settings: Any):
@@ -39,3 +39,14 @@ def budgets():
 
     attached = runtime.current() or runtime.attach()
     return Budgets(attached.ledger, attached.settings)
+
+
+def on_threshold(callback):
+    """Call ``callback(status, level)`` once per budget, period and level (``warning``, ``critical``,
+    ``exceeded``) when spend crosses that line; ``status`` is a ``BudgetStatus``. Runs off the call path, shortly
+    after the crossing call's record reaches the ledger. Usable as a decorator; returns ``callback``."""
+    from spendwatch import runtime
+
+    attached = runtime.current() or runtime.attach()
+    attached.thresholds.add(callback)
+    return callback

@@ -1,10 +1,16 @@
 """The workload ``spendwatch demo`` runs under ``opentelemetry-instrument``: a few calls of each kind through the
-real ``openai`` SDK, then what they cost, the budget gauges on ``/metrics`` and ``spendwatch status``."""
+real ``openai`` SDK, then what they cost, the budget gauges on ``/metrics`` and ``spendwatch status``.
+
+When Prometheus and Alertmanager are installed (:mod:`spendwatch.demo_alerting`), they scrape this process's
+``/metrics`` with the shipped alert rules, and the workload pushes the day's budget through its warning, critical
+and exceeded thresholds, printing each page as Alertmanager delivers it. This process serves ``/metrics``, so it
+stays up until the pages are in."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 import urllib.request
 
@@ -12,8 +18,18 @@ import openai
 
 import spendwatch
 from spendwatch import runtime
+from spendwatch.demo_alerting import AlertingDemo, unavailable_reason
 from spendwatch.instrumentation import UsageRecord, register_sink
 
+FIRST_PAGE_TIMEOUT = 25.0  # Prometheus scrapes ~5 s after it starts, then `for:` and Alertmanager's group_wait
+PAGE_TIMEOUT = 15.0
+# Each level's page; a level is waited for only when the spend stops below the next one (else that one holds it back).
+PAGES = (
+    ("warning", ("LLMBudgetUsageHigh", "warning")),
+    ("critical", ("LLMBudgetUsageHigh", "critical")),
+    ("exceeded", ("LLMBudgetExhausted", "critical")),
+)
+PUSH_MODEL = "gpt-3.5-turbo-instruct"  # ~9 % of the demo's day budget a call: lands between 90 % and 100 %
 CHAT = [{"role": "user", "content": "Which metabolite has the m/z 180.0634 in positive mode?"}]
 
 
@@ -63,25 +79,98 @@ def print_metrics(url: str) -> None:
     print()
 
 
-def main() -> int:
-    attached = runtime.current() or spendwatch.configure()
-    table = TableSink()
-    register_sink(table)
-    workload(openai.OpenAI(max_retries=0))
-    print_calls(table.rows)
-    attached.sink.flush()
-    if attached.metrics_server is not None:
-        print_metrics(attached.metrics_server.url)
-    from spendwatch.cli import main as cli_main
+def start_alerting(metrics_url: str | None) -> AlertingDemo | None:
+    """Prometheus and Alertmanager on this process's /metrics, or None (after one line saying why not)."""
+    reason = "alerting: skipped, /metrics is off" if metrics_url is None else unavailable_reason()
+    if reason is not None:
+        print(reason + "\n")
+        return None
+    alerting = AlertingDemo()
+    try:
+        alerting.start(metrics_url)
+    except Exception as error:  # noqa: BLE001 - the rest of the demo runs without alerting
+        print(f"alerting: skipped, could not start Prometheus and Alertmanager: {error}\n")
+        return None
+    return alerting
 
-    cli_main(["status"])
-    if os.environ.get("SPENDWATCH_DEMO_HOLD") and attached.metrics_server is not None:
-        print(f"\nserving {attached.metrics_server.url} — Ctrl-C to stop")
+
+def day_budget(attached: runtime.Runtime):
+    attached.sink.flush()
+    return spendwatch.budgets().get("global", "day")
+
+
+def push_spend(client: openai.OpenAI, attached: runtime.Runtime, table: TableSink, level: str, alerting: AlertingDemo):
+    """Calls until the day's budget reaches ``level``; each printed with the share used after it."""
+    day = day_budget(attached)
+    target = day.thresholds[level]
+    alerting.print_arrivals()
+    print(f"\nspending past the day budget's {level} threshold ({target:.0%}):")
+    for _ in range(40):
+        if day.used_ratio >= target:
+            break
         try:
+            client.completions.create(model=PUSH_MODEL, prompt="Say this is a test")
+        except Exception as error:  # noqa: BLE001 - e.g. SPENDWATCH_ENFORCE=block from the shell: say so, go on
+            print(f"{alerting.elapsed():+6.1f}s  call refused: {error}")
+            break
+        day = day_budget(attached)
+        cost = table.rows[-1].cost_usd or 0
+        used = f"{day.used_ratio:.1%} of the day's budget used"
+        print(f"{alerting.elapsed():+6.1f}s  call  text_completion {PUSH_MODEL} ${cost:.8f} -> {used}")
+    return day
+
+
+def page_the_budget(client: openai.OpenAI, attached: runtime.Runtime, table: TableSink, alerting: AlertingDemo):
+    """Walk the day's budget through each threshold and wait for each page."""
+    print(f"{alerting.elapsed():+6.1f}s  waiting for the pages (Prometheus first scrapes ~5 s after it starts)")
+    day = day_budget(attached)
+    timeout = FIRST_PAGE_TIMEOUT
+    for index, (level, page) in enumerate(PAGES):
+        if day.used_ratio < day.thresholds[level]:
+            day = push_spend(client, attached, table, level, alerting)
+        following = PAGES[index + 1][0] if index + 1 < len(PAGES) else None
+        if following is not None and day.used_ratio >= day.thresholds[following]:
+            continue
+        alerting.wait_for_pages([page], timeout)
+        timeout = PAGE_TIMEOUT
+    alerting.print_arrivals()
+    print()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so that `finally` stops Prometheus and Alertmanager and removes their files
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    attached = runtime.current() or spendwatch.configure()
+    metrics_url = attached.metrics_server.url if attached.metrics_server is not None else None
+    alerting = start_alerting(metrics_url)  # first: Prometheus's first scrape takes ~5 s, the workload runs meanwhile
+    try:
+        table = TableSink()
+        register_sink(table)
+        client = openai.OpenAI(max_retries=0)
+        workload(client)
+        print_calls(table.rows)
+        attached.sink.flush()
+        if metrics_url is not None:
+            print_metrics(metrics_url)
+        if alerting is not None:
+            page_the_budget(client, attached, table, alerting)
+        from spendwatch.cli import main as cli_main
+
+        cli_main(["status"])
+        if os.environ.get("SPENDWATCH_DEMO_HOLD") and metrics_url is not None:
+            print(f"\nserving {metrics_url} — Ctrl-C to stop")
+            if alerting is not None and alerting.prometheus and alerting.alertmanager:
+                print(f"Prometheus at {alerting.prometheus.url}, Alertmanager at {alerting.alertmanager.url}")
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        return 0 if os.environ.get("SPENDWATCH_DEMO_HOLD") else 130
+    finally:
+        if alerting is not None:
+            alerting.stop()
     return 0
 
 

@@ -29,9 +29,16 @@ def run_demo(*, ledger: str | None = None, hold: bool = False) -> int:
     with StubServer(cached_tokens=8, reasoning_tokens=6) as stub:
         environment = _demo_environment(stub.base_url, ledger, hold)
         print(f"spendwatch demo: stub at {stub.base_url}, ledger {ledger}")
-        print(f"  budgets: ${DEMO_DAILY_BUDGET_USD} a day, ${DEMO_MONTHLY_BUDGET_USD} a month (small on purpose)\n")
+        print(
+            f"  budgets: ${DEMO_DAILY_BUDGET_USD} a day, ${DEMO_MONTHLY_BUDGET_USD} a month (small on purpose)\n",
+            flush=True,
+        )
         command = [_opentelemetry_instrument(), sys.executable, "-m", "spendwatch._demo_workload"]
-        status = subprocess.call(command, env=environment)
+        workload = subprocess.Popen(command, env=environment)
+        try:
+            status = workload.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the workload too: let it stop its servers (by PID) and end
+            status = workload.wait()
     if ledger.startswith(str(workdir)) and not hold:
         shutil.rmtree(workdir, ignore_errors=True)
     return status

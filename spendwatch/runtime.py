@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from spendwatch.exporter import LedgerSink, Settings, journal_directory, load_settings, open_ledger
+from spendwatch.exporter.guard import BudgetGuard
+from spendwatch.exporter.guard_rules import guard_config
 from spendwatch.exporter.ledger import Ledger
+from spendwatch.exporter.thresholds import ThresholdWatcher
 from spendwatch.instrumentation import register_sink, unregister_sink
 from spendwatch.instrumentation.pricing import PriceTable, load_overrides
+from spendwatch.instrumentation.records import register_guard, unregister_guard
 
 __all__ = ["Runtime", "attach", "current", "detach"]
 
@@ -36,6 +40,8 @@ class Runtime:
     prices: PriceTable
     metrics_server: Any = None
     registry: Any = None
+    guard: Any = None
+    thresholds: Any = None
 
     def budget_statuses(self):
         from spendwatch.exporter.budgets import budget_statuses
@@ -55,12 +61,18 @@ def attach(**settings: Any) -> Runtime:
             return _runtime
         resolved = load_settings(settings)
         prices = PriceTable(load_overrides(resolved.prices_file) if resolved.prices_file else None)
+        guard_rules = guard_config(resolved.raw.get("guard"), f"SPENDWATCH_CONFIG={resolved.config_path!r}")
         ledger = open_ledger(resolved)
         sink = LedgerSink(ledger, journal_directory(resolved.ledger))
         runtime = Runtime(resolved, ledger, sink, prices)
+        runtime.thresholds = ThresholdWatcher(runtime.budget_statuses)
+        sink.after_drain.append(runtime.thresholds.check)
         if resolved.metrics_address is not None:
             _serve_metrics(runtime)
         register_sink(sink)
+        if resolved.enforce == "block":
+            runtime.guard = BudgetGuard(ledger, resolved, prices, guard_rules)
+            register_guard(runtime.guard)
         _instrument_installed(prices)
         atexit.register(detach)
         _runtime = runtime
@@ -74,10 +86,14 @@ def detach() -> None:
         runtime, _runtime = _runtime, None
     if runtime is None:
         return
+    if runtime.guard is not None:
+        unregister_guard(runtime.guard)
     unregister_sink(runtime.sink)
     if runtime.metrics_server is not None:
         runtime.metrics_server.stop()
     runtime.sink.close()
+    if runtime.guard is not None:
+        runtime.guard.close()  # after the drain: the leases' costs are spend by now
     runtime.ledger.close()
 
 
@@ -94,6 +110,7 @@ def _serve_metrics(runtime: Runtime) -> None:
         categories=settings.categories,
         budget_statuses=runtime.budget_statuses,
         ledger_errors=lambda: runtime.sink.ledger_errors,
+        guard_decisions=runtime.ledger.guard_decisions,
         pricing_data_timestamp=runtime.prices.data_timestamp,
         before_collect=runtime.sink.flush,
         registry=runtime.registry,

@@ -18,7 +18,9 @@ from openai._legacy_response import LegacyAPIResponse
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from wrapt import ObjectProxy
 
+from spendwatch.instrumentation import records
 from spendwatch.instrumentation.calls import Call, CallRecorder, Usage
+from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.openai_sdk.streams import AsyncStreamProxy, SyncStreamProxy, new_stream_state
 from spendwatch.instrumentation.openai_sdk.usage import (
     CHAT,
@@ -26,10 +28,13 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     EMBEDDINGS,
     RESPONSES,
     estimate_tokens,
+    input_token_bound,
+    output_cap,
     request_text_length,
     text,
     usage_from_result,
 )
+from spendwatch.instrumentation.records import CallRequest
 
 __all__ = ["TARGETS", "sync_wrapper", "async_wrapper"]
 
@@ -60,6 +65,9 @@ _REQUEST_ATTRIBUTES = (
     ("top_p", "gen_ai.request.top_p"),
     ("seed", "gen_ai.request.seed"),
 )
+
+# The keyword that caps the output, per API, for a guard that degrades a request which set no cap of its own.
+_CAP_ARGUMENT_BY_KIND = {CHAT: "max_completion_tokens", COMPLETION: "max_tokens", RESPONSES: "max_output_tokens"}
 
 _provider_by_client_type: dict[type, str] = {}
 
@@ -94,6 +102,45 @@ def _start(recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, 
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not start a call span", exc_info=True)
         return None
+
+
+def _admit(call: Call, kind: str, kwargs: dict) -> dict:
+    """Ask the registered budget guard, if any; returns the keyword arguments to send (a guard may degrade them).
+    Raises ``BudgetExceededError`` when the guard refuses: the one deliberate exception we raise."""
+    guard = records.current_guard()
+    if guard is None:
+        return kwargs
+    try:
+        cap_argument, cap = output_cap(kwargs)
+        if kind == EMBEDDINGS:
+            cap_argument, cap = None, 0
+        elif cap_argument is None:
+            cap_argument = _CAP_ARGUMENT_BY_KIND[kind]
+        request = CallRequest(
+            call.provider,
+            call.operation,
+            call.request_model,
+            call.category,
+            input_token_bound(kwargs),
+            cap,
+            cap_argument,
+        )
+    except Exception:  # noqa: BLE001
+        _logger.debug("spendwatch: could not describe a call to the guard", exc_info=True)
+        return kwargs
+    call.ticket = ticket = guard.admit(request)
+    if ticket is None or not ticket.request_changes:
+        return kwargs
+    call.span.set_attribute("spendwatch.guard.degraded", json.dumps(ticket.request_changes, sort_keys=True))
+    return {**kwargs, **ticket.request_changes}
+
+
+def _block(call: Call, error: BudgetExceededError) -> None:
+    try:
+        call.deactivate()
+        call.fail(error)
+    except Exception:  # noqa: BLE001
+        _logger.debug("spendwatch: could not record a refused call", exc_info=True)
 
 
 def _fail(call: Call, error: BaseException) -> None:
@@ -175,6 +222,11 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
         if call is None:
             return wrapped(*args, **kwargs)
         try:
+            kwargs = _admit(call, kind, kwargs)
+        except BudgetExceededError as refusal:
+            _block(call, refusal)
+            raise
+        try:
             result = wrapped(*args, **kwargs)
         except BaseException as error:
             _fail(call, error)
@@ -191,6 +243,11 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)
+        try:
+            kwargs = _admit(call, kind, kwargs)
+        except BudgetExceededError as refusal:
+            _block(call, refusal)
+            raise
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:

@@ -13,6 +13,9 @@ from typing import Any
 from spendwatch.instrumentation.calls import Usage
 
 __all__ = [
+    "OUTPUT_CAP_ARGUMENTS",
+    "input_token_bound",
+    "output_cap",
     "CHAT",
     "COMPLETION",
     "EMBEDDINGS",
@@ -43,22 +46,60 @@ def estimate_tokens(characters: int) -> int:
     return -(-characters // _CHARS_PER_TOKEN) if characters > 0 else 0
 
 
-def _content_length(content: Any) -> int:
-    """Characters of text in a message content, a prompt, or a Responses input (str, parts, items, nested)."""
+def _content_length(content: Any, measure: Callable[[str], int] = len, per_token: int = _CHARS_PER_TOKEN) -> int:
+    """Size of the text in a message content, a prompt, or a Responses input (str, parts, items, nested)."""
     if isinstance(content, str):
-        return len(content)
+        return measure(content)
     if isinstance(content, dict):
-        return sum(_content_length(content.get(key)) for key in ("content", "text", "arguments", "output"))
+        return sum(_content_length(content.get(key), measure, per_token) for key in _TEXT_KEYS)
     if isinstance(content, list | tuple):
         if content and all(type(item) is int for item in content):
-            return len(content) * _CHARS_PER_TOKEN  # already token ids (embeddings, completions)
-        return sum(_content_length(item) for item in content)
+            return len(content) * per_token  # already token ids (embeddings, completions)
+        return sum(_content_length(item, measure, per_token) for item in content)
     return 0
+
+
+_TEXT_KEYS = ("content", "text", "arguments", "output")
+_INPUT_KEYS = ("messages", "input", "prompt", "instructions", "tools")
+_TOKENS_PER_ITEM = 8  # message framing, tool-call wrappers: generous, as it feeds an upper bound
 
 
 def request_text_length(kwargs: dict) -> int:
     """Characters of input text a request carries: messages, input, prompt and instructions."""
     return sum(_content_length(kwargs.get(key)) for key in ("messages", "input", "prompt", "instructions"))
+
+
+def _utf8_length(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def input_token_bound(kwargs: dict) -> int:
+    """An upper bound on the input tokens of a request: no tokenizer makes more tokens than UTF-8 bytes, plus
+    framing per message or item. Deliberately pessimistic: the budget guard reserves against it."""
+    total = 0
+    for key in _INPUT_KEYS:
+        value = kwargs.get(key)
+        if isinstance(value, dict):
+            value = [value]
+        if key == "tools" and value:
+            total += len(repr(value))  # tool schemas are sent as JSON: their repr is at least as long
+            continue
+        total += _content_length(value, _utf8_length, per_token=1)
+        if isinstance(value, list | tuple):
+            total += _TOKENS_PER_ITEM * len(value)
+    return total + _TOKENS_PER_ITEM
+
+
+OUTPUT_CAP_ARGUMENTS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+def output_cap(kwargs: dict) -> tuple[str | None, int | None]:
+    """The keyword that caps a request's output, and its value, when the request sets one."""
+    for argument in OUTPUT_CAP_ARGUMENTS:
+        value = kwargs.get(argument)
+        if type(value) is int and value >= 0:
+            return argument, value
+    return None, None
 
 
 def _chat_output_length(result: Any) -> int:

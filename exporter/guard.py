@@ -1,0 +1,286 @@
+"""The budget guard: refuse (or degrade, or throttle) a call before it is sent, when it could break a budget.
+
+Before a call, its worst-case cost is reserved against every budget it counts against: input tokens bounded from
+the request, output from its ``max_tokens``-style cap (or ``[guard] max_output_tokens``), priced at the model's
+price. The reservation is local arithmetic on a lease (:mod:`spendwatch.exporter.leases`) — a few µs — and the
+ledger is asked only when the lease runs short. After the call the reservation is settled to the actual cost: the
+rest goes back to the lease, and the cost moves from lease to spend when the ledger ingests the call's record.
+So concurrent callers in any number of processes never take a budget past its limit, and a call is refused only
+when the budget could not cover its worst case.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from spendwatch.exporter.guard_rules import CEILING_BUDGET, GuardConfig, ShareRule
+from spendwatch.exporter.leases import release_lease, renew_lease
+from spendwatch.exporter.ledger import Ledger
+from spendwatch.exporter.periods import period_bounds
+from spendwatch.exporter.settings import BudgetSpec, Settings
+from spendwatch.instrumentation.errors import BudgetExceededError
+from spendwatch.instrumentation.pricing import PriceTable
+from spendwatch.instrumentation.records import CallRequest, UsageRecord
+
+__all__ = ["BudgetGuard", "GuardTicket"]
+
+_RENEW_MARGIN_S = 30.0  # renew a lease this long before it would expire
+
+
+@dataclass
+class _PeriodState:
+    """This process's standing against one budget in its current period."""
+
+    spec: BudgetSpec
+    limit_usd: float
+    lease_id: str
+    first_day: object
+    end_day: object
+    end_ts: float
+    unspent_usd: float = 0.0  # granted to this process's lease and not yet settled as cost
+    inflight_usd: float = 0.0  # worst cases of admitted calls not yet settled
+    expires_at: float = 0.0
+    spent_usd: float = 0.0  # the period's ledger spend at the last renewal
+    settled_since_usd: float = 0.0  # costs settled here since then
+
+    @property
+    def share(self) -> float:
+        spent = self.spent_usd + self.settled_since_usd
+        return spent / self.limit_usd if self.limit_usd > 0 else float("inf")
+
+
+@dataclass
+class _RuleState:
+    rule: ShareRule
+    active_until: float = 0.0
+    recent: collections.deque = field(default_factory=collections.deque)  # (time, worst case) of admitted calls
+
+
+@dataclass
+class GuardTicket:
+    """An admitted call's reservation; ``settle`` runs once when the call ends (the instrumentation calls it)."""
+
+    guard: BudgetGuard
+    states: list[_PeriodState]
+    worst_usd: float
+    request_changes: dict | None
+    decisions: tuple[tuple[str, str], ...]
+
+    def settle(self, record: UsageRecord) -> None:
+        self.guard._settle(self, record)
+
+
+class BudgetGuard:
+    def __init__(
+        self,
+        ledger: Ledger,
+        settings: Settings,
+        prices: PriceTable,
+        config: GuardConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self.settings = settings
+        self.prices = prices
+        self.config = config
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._states: dict[tuple[str, str], _PeriodState] = {}
+        self._rules = [_RuleState(rule) for rule in config.rules]
+
+    # --- admission (the caller's path) -------------------------------------------------------------------------
+    def admit(self, request: CallRequest) -> GuardTicket | None:
+        now = self.clock()
+        worst = self._worst_case(request)
+        self._check_ceilings(request, worst)
+        specs = [spec for spec in self.settings.budgets if spec.covers(request.category, request.model)]
+        if not specs:
+            return None
+        with self._lock:
+            states = [self._state(spec, now) for spec in specs]
+            for state in states:
+                if state.expires_at == 0.0:  # new: learn the period's spend before any share rule reads it
+                    self._ensure_room(state, 0.0, now)
+            changes, decisions = self._apply_rules(request, states, now)
+            if changes:
+                worst = self._worst_case(_changed(request, changes))
+            for state in states:
+                self._ensure_room(state, worst, now)
+            for state in states:
+                state.inflight_usd += worst
+            for rule_state in self._rules:
+                rule_state.recent.append((now, worst))
+        return GuardTicket(self, states, worst, changes, decisions)
+
+    def _worst_case(self, request: CallRequest) -> float:
+        price = self.prices.lookup(request.model, provider=request.provider)
+        if price is None:
+            if self.config.unpriced == "block":
+                reason = f"has no price for model {request.model!r} and [guard] unpriced = 'block'"
+                raise BudgetExceededError("unpriced", "day", 0.0, 0.0, 0.0, reason=reason)
+            return 0.0
+        output = request.max_output_tokens
+        if output is None:
+            output = self.config.max_output_tokens
+        return price.cost(request.input_tokens, output, 0)
+
+    def _check_ceilings(self, request: CallRequest, worst: float) -> None:
+        for ceiling in self.config.ceilings:
+            if ceiling.applies(request.operation, request.model) and worst > ceiling.max_usd:
+                reason = f"refuses any single call estimated above ${ceiling.max_usd:.6f}"
+                raise BudgetExceededError(CEILING_BUDGET, "call", ceiling.max_usd, 0.0, worst, reason=reason)
+
+    def _state(self, spec: BudgetSpec, now: float) -> _PeriodState:
+        key = (spec.name, spec.period)
+        state = self._states.get(key)
+        if state is None or now >= state.end_ts:  # first call, or the period rolled over: a new lease
+            start, end = period_bounds(spec.period, now, self.settings.timezone)
+            lease_id = f"{uuid.uuid4().hex}:{spec.name}:{spec.period}"
+            limit = self.ledger.budget_limits().get(key, spec.limit_usd)
+            state = _PeriodState(spec, limit, lease_id, start.date(), end.date(), end.timestamp())
+            self._states[key] = state
+        return state
+
+    def _ensure_room(self, state: _PeriodState, worst: float, now: float) -> None:
+        room = state.unspent_usd - state.inflight_usd
+        if room >= worst and now < state.expires_at - _RENEW_MARGIN_S:
+            return
+        state.limit_usd = self.ledger.budget_limits().get((state.spec.name, state.spec.period), state.spec.limit_usd)
+        need = max(worst - room, 0.0)
+        want = max(need, self.config.lease_fraction * state.limit_usd)
+        grant = renew_lease(
+            self.ledger,
+            state.lease_id,
+            state.spec,
+            state.limit_usd,
+            (state.first_day, state.end_day),
+            need_usd=need,
+            want_usd=want,
+            now=now,
+            ttl_s=self.config.lease_ttl_s,
+        )
+        state.unspent_usd = (state.unspent_usd if grant.existed else 0.0) + grant.granted_usd
+        state.expires_at = now + self.config.lease_ttl_s
+        state.spent_usd, state.settled_since_usd = grant.spent_usd, 0.0
+        if state.unspent_usd - state.inflight_usd < worst:
+            committed = grant.spent_usd + grant.others_usd + grant.outstanding_usd
+            raise BudgetExceededError(state.spec.name, state.spec.period, state.limit_usd, committed, worst)
+
+    def _apply_rules(self, request: CallRequest, states: list[_PeriodState], now: float):
+        """Share rules, in configuration order: a block or throttle refuses, degrades accumulate."""
+        changes: dict = {}
+        by_key = {(s.spec.name, s.spec.period): s for s in states}
+        actions = {(s.spec.name, s.spec.period): "allow" for s in states}
+        for rule_state in self._rules:
+            rule = rule_state.rule
+            matching = [
+                s for (name, period), s in by_key.items() if name == rule.budget and rule.period in (None, period)
+            ]
+            if not matching or not self._rule_active(rule_state, matching, now):
+                continue
+            state = matching[0]
+            if rule.action == "block":
+                raise BudgetExceededError(
+                    rule.budget,
+                    state.spec.period,
+                    state.limit_usd,
+                    state.spent_usd + state.settled_since_usd,
+                    0.0,
+                    reason=f"is past {rule.at:.0%} of its limit, where a guard rule blocks calls",
+                )
+            if rule.action == "throttle":
+                self._throttle(rule_state, state, now)
+                continue
+            changes.update(_degrade(rule, request))
+            for matched in matching:
+                actions[(matched.spec.name, matched.spec.period)] = "degrade"
+        decisions = tuple(sorted({(name, action) for (name, _), action in actions.items()}))
+        return changes or None, decisions
+
+    def _rule_active(self, rule_state: _RuleState, states: list[_PeriodState], now: float) -> bool:
+        if now < rule_state.active_until:
+            return True
+        if any(state.share >= rule_state.rule.at for state in states):
+            rule_state.active_until = now + rule_state.rule.cooldown_s
+            return True
+        return False
+
+    def _throttle(self, rule_state: _RuleState, state: _PeriodState, now: float) -> None:
+        recent = rule_state.recent
+        while recent and recent[0][0] <= now - 60.0:
+            recent.popleft()
+        rule = rule_state.rule
+        over_count = rule.max_calls_per_minute is not None and len(recent) >= rule.max_calls_per_minute
+        over_usd = rule.max_usd_per_minute is not None and sum(w for _, w in recent) >= rule.max_usd_per_minute
+        if over_count or over_usd:
+            raise BudgetExceededError(
+                rule.budget,
+                state.spec.period,
+                state.limit_usd,
+                state.spent_usd + state.settled_since_usd,
+                0.0,
+                action="throttle",
+                reason=f"is past {rule.at:.0%} of its limit and throttled to {_rate(rule)}",
+            )
+
+    # --- settling (when the call ends) -------------------------------------------------------------------------
+    def _settle(self, ticket: GuardTicket, record: UsageRecord) -> None:
+        cost = record.cost_usd or 0.0
+        with self._lock:
+            for state in ticket.states:
+                state.inflight_usd -= ticket.worst_usd
+                state.unspent_usd -= cost
+                state.settled_since_usd += cost
+        record.leases = tuple(state.lease_id for state in ticket.states)
+        if record.outcome != "blocked":
+            record.guard_actions = ticket.decisions
+
+    def close(self) -> None:
+        """Give this process's leases back (call after the journal was drained)."""
+        with self._lock:
+            states, self._states = list(self._states.values()), {}
+        for state in states:
+            release_lease(self.ledger, state.lease_id)
+
+
+def _degrade(rule: ShareRule, request: CallRequest) -> dict:
+    changes: dict = {}
+    if rule.model is not None and rule.model != request.model:
+        changes["model"] = rule.model
+    if rule.max_output_tokens is not None:
+        current = request.max_output_tokens
+        if current is None or current > rule.max_output_tokens:
+            changes[request.output_cap_argument or "max_tokens"] = rule.max_output_tokens
+    return changes
+
+
+def _changed(request: CallRequest, changes: dict) -> CallRequest:
+    cap_argument = request.output_cap_argument
+    cap = request.max_output_tokens
+    for argument in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if argument in changes:
+            cap_argument, cap = argument, changes[argument]
+    return CallRequest(
+        request.provider,
+        request.operation,
+        changes.get("model", request.model),
+        request.category,
+        request.input_tokens,
+        cap,
+        cap_argument,
+    )
+
+
+def _rate(rule: ShareRule) -> str:
+    parts = []
+    if rule.max_calls_per_minute is not None:
+        parts.append(f"{rule.max_calls_per_minute} calls")
+    if rule.max_usd_per_minute is not None:
+        parts.append(f"${rule.max_usd_per_minute:.2f}")
+    return " or ".join(parts) + " per minute"

@@ -1,0 +1,179 @@
+"""The budget guard's rules from the ``[guard]`` table of the TOML config, validated at start-up.
+
+[guard]
+max_output_tokens = 4096      # the worst case assumed for a request that sets no output cap
+unpriced = "allow"            # or "block": what to do with a model that has no price
+lease_fraction = 0.02         # how much of a budget one process reserves at a time
+
+[[guard.ceilings]]            # refuse any single call estimated above max_usd
+max_usd = 0.50
+operations = ["chat"]         # optional: only these operations
+models = ["gpt-4o"]           # optional: only these models
+
+[[guard.rules]]               # at a share of a budget: block, throttle or degrade
+budget = "global"
+period = "day"                # optional: both periods when absent
+at = 0.95
+action = "degrade"            # "block" | "throttle" | "degrade"
+max_output_tokens = 256       # degrade: cap the output
+model = "gpt-4o-mini"         # degrade: swap to a cheaper model
+max_calls_per_minute = 10     # throttle (and/or max_usd_per_minute)
+cooldown_s = 300              # once triggered, the rule holds this long before it is evaluated again
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from spendwatch.instrumentation.errors import ConfigError
+
+__all__ = ["CallCeiling", "GuardConfig", "ShareRule", "guard_config", "CEILING_BUDGET"]
+
+ACTIONS = ("block", "throttle", "degrade")
+CEILING_BUDGET = "per-call-ceiling"  # the budget label of a refusal by a ceiling
+
+
+@dataclass(frozen=True)
+class CallCeiling:
+    max_usd: float
+    operations: frozenset[str] | None = None
+    models: frozenset[str] | None = None
+
+    def applies(self, operation: str, model: str) -> bool:
+        return (self.operations is None or operation in self.operations) and (
+            self.models is None or model in self.models
+        )
+
+
+@dataclass(frozen=True)
+class ShareRule:
+    budget: str
+    at: float
+    action: str
+    period: str | None = None
+    max_output_tokens: int | None = None
+    model: str | None = None
+    max_calls_per_minute: int | None = None
+    max_usd_per_minute: float | None = None
+    cooldown_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    max_output_tokens: int = 4096
+    unpriced: str = "allow"
+    lease_fraction: float = 0.02
+    lease_ttl_s: float = 300.0
+    ceilings: tuple[CallCeiling, ...] = ()
+    rules: tuple[ShareRule, ...] = ()
+
+
+def guard_config(table: Any, where: str) -> GuardConfig:
+    """Parse the ``[guard]`` table; ``where`` names the file for error messages."""
+    if table is None:
+        return GuardConfig()
+    _table(table, "guard", where, {"max_output_tokens", "unpriced", "lease_fraction", "ceilings", "rules"})
+    unpriced = table.get("unpriced", "allow")
+    if unpriced not in ("allow", "block"):
+        raise ConfigError(f"guard.unpriced={unpriced!r} in {where} must be allow or block")
+    fraction = _number(table.get("lease_fraction", 0.02), "guard.lease_fraction", where)
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"guard.lease_fraction={fraction!r} in {where} must be above 0 and at most 1")
+    return GuardConfig(
+        max_output_tokens=_count(table.get("max_output_tokens", 4096), "guard.max_output_tokens", where),
+        unpriced=unpriced,
+        lease_fraction=fraction,
+        ceilings=tuple(_ceiling(entry, where) for entry in _list(table.get("ceilings"), "guard.ceilings", where)),
+        rules=tuple(_rule(entry, where) for entry in _list(table.get("rules"), "guard.rules", where)),
+    )
+
+
+def _ceiling(entry: Any, where: str) -> CallCeiling:
+    _table(entry, "guard.ceilings", where, {"max_usd", "operations", "models"})
+    if "max_usd" not in entry:
+        raise ConfigError(f"guard.ceilings in {where} needs max_usd")
+    return CallCeiling(
+        _number(entry["max_usd"], "guard.ceilings.max_usd", where),
+        _names(entry.get("operations"), "guard.ceilings.operations", where),
+        _names(entry.get("models"), "guard.ceilings.models", where),
+    )
+
+
+def _rule(entry: Any, where: str) -> ShareRule:
+    known = {"budget", "period", "at", "action", "max_output_tokens", "model", "max_calls_per_minute"}
+    _table(entry, "guard.rules", where, known | {"max_usd_per_minute", "cooldown_s"})
+    for key in ("budget", "at", "action"):
+        if key not in entry:
+            raise ConfigError(f"guard.rules in {where} needs {key}")
+    action = entry["action"]
+    if action not in ACTIONS:
+        raise ConfigError(f"guard.rules.action={action!r} in {where} must be one of {', '.join(ACTIONS)}")
+    period = entry.get("period")
+    if period not in (None, "day", "month"):
+        raise ConfigError(f"guard.rules.period={period!r} in {where} must be day or month")
+    rule = ShareRule(
+        budget=str(entry["budget"]),
+        at=_number(entry["at"], "guard.rules.at", where),
+        action=action,
+        period=period,
+        max_output_tokens=_optional_count(entry.get("max_output_tokens"), "guard.rules.max_output_tokens", where),
+        model=entry.get("model"),
+        max_calls_per_minute=_optional_count(
+            entry.get("max_calls_per_minute"), "guard.rules.max_calls_per_minute", where
+        ),
+        max_usd_per_minute=_optional_number(entry.get("max_usd_per_minute"), "guard.rules.max_usd_per_minute", where),
+        cooldown_s=_number(entry.get("cooldown_s", 300), "guard.rules.cooldown_s", where),
+    )
+    if action == "degrade" and rule.max_output_tokens is None and rule.model is None:
+        raise ConfigError(f"guard.rules with action=degrade in {where} needs max_output_tokens or model")
+    if action == "throttle" and rule.max_calls_per_minute is None and rule.max_usd_per_minute is None:
+        raise ConfigError(
+            f"guard.rules with action=throttle in {where} needs max_calls_per_minute or max_usd_per_minute"
+        )
+    return rule
+
+
+def _table(value: Any, name: str, where: str, known: set[str]) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} in {where} must be a table")
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"{name} in {where} has an unknown key {unknown[0]!r}")
+
+
+def _list(value: Any, name: str, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{name} in {where} must be an array of tables ([[{name}]])")
+    return value
+
+
+def _number(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}={value!r} in {where} must be a non-negative number")
+    return float(value)
+
+
+def _optional_number(value: Any, name: str, where: str) -> float | None:
+    return None if value is None else _number(value, name, where)
+
+
+def _count(value: Any, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name}={value!r} in {where} must be a whole number of at least 0")
+    return value
+
+
+def _optional_count(value: Any, name: str, where: str) -> int | None:
+    return None if value is None else _count(value, name, where)
+
+
+def _names(value: Any, name: str, where: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{name} in {where} must be a list of names")
+    return frozenset(value)

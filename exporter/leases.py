@@ -1,0 +1,97 @@
+"""Budget leases: how several processes share one budget without overshoot, for a few µs a call.
+
+A process may commit money against a budget period only from a lease: an amount the ledger set aside for it in a
+transaction that saw the period's spend and every other live lease. Admission is then local arithmetic (see
+:mod:`spendwatch.exporter.guard`); the ledger is asked again only when the lease runs short. A call's actual cost
+moves from the lease into spend in the same transaction that ingests its record, so at every moment each committed
+dollar is counted exactly once, as spend or as outstanding lease, and
+
+    spend + sum(outstanding leases) <= limit
+
+holds across threads, processes and (with PostgreSQL) hosts. A lease whose process died expires after its TTL.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import date
+
+from spendwatch.exporter.ledger import Ledger
+from spendwatch.exporter.settings import BudgetSpec
+
+__all__ = ["LeaseGrant", "renew_lease", "release_lease"]
+
+# One statement, so PostgreSQL reads spend and leases from one snapshot: a drain moving a cost from a lease into
+# spend between two statements could otherwise hide it from both.
+_STANDING = """
+SELECT
+  (SELECT COALESCE(SUM(cost_usd), 0) FROM daily_totals WHERE day >= ? AND day < ? {scope}),
+  (SELECT COALESCE(SUM(outstanding_usd), 0) FROM leases
+     WHERE budget = ? AND period = ? AND period_start = ? AND lease_id <> ? AND outstanding_usd > 0),
+  (SELECT outstanding_usd FROM leases WHERE lease_id = ?)
+"""
+_UPSERT = """
+INSERT INTO leases (lease_id, budget, period, period_start, outstanding_usd, expires_at) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (lease_id) DO UPDATE SET outstanding_usd = excluded.outstanding_usd, expires_at = excluded.expires_at
+"""
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    granted_usd: float  # added to the lease now (0 when the budget cannot spare what was needed)
+    outstanding_usd: float  # the lease's amount in the ledger after this renewal
+    spent_usd: float  # the period's spend in the ledger
+    others_usd: float  # what other processes' live leases hold
+    existed: bool  # False when the lease had expired (or never was): the caller's local view must start over
+
+
+def renew_lease(
+    ledger: Ledger,
+    lease_id: str,
+    budget: BudgetSpec,
+    limit_usd: float,
+    period: tuple[date, date],
+    *,
+    need_usd: float,
+    want_usd: float,
+    now: float,
+    ttl_s: float,
+) -> LeaseGrant:
+    """Extend a lease by ``want_usd`` (or whatever is left, if at least ``need_usd``), atomically."""
+    first, end = period
+    scope, scope_values = _scope(budget)
+    with ledger._lock, ledger.backend.transaction() as cursor:
+        backend = ledger.backend
+        backend.lock_budget(cursor, zlib.crc32(f"{budget.name}/{budget.period}".encode()))
+        backend.execute(cursor, "DELETE FROM leases WHERE expires_at < ?", (now,))
+        standing_query = _STANDING.format(scope=scope)
+        parameters = (first.isoformat(), end.isoformat(), *scope_values)
+        parameters += (budget.name, budget.period, first.isoformat(), lease_id, lease_id)
+        ((spent, others, mine),) = backend.execute(cursor, standing_query, parameters)
+        spent, others = float(spent), float(others)
+        existed = mine is not None
+        mine = float(mine or 0.0)
+        available = limit_usd - spent - others - mine
+        granted = min(want_usd, available) if available >= need_usd else 0.0
+        outstanding = mine + granted
+        row = (lease_id, budget.name, budget.period, first.isoformat(), outstanding, now + ttl_s)
+        backend.execute(cursor, _UPSERT, row)
+    return LeaseGrant(granted, outstanding, spent, others, existed)
+
+
+def release_lease(ledger: Ledger, lease_id: str) -> None:
+    """Give a lease back (at exit, after the journal was drained: its costs are spend by then)."""
+    with ledger._lock, ledger.backend.transaction() as cursor:
+        ledger.backend.execute(cursor, "DELETE FROM leases WHERE lease_id = ?", (lease_id,))
+
+
+def _scope(budget: BudgetSpec) -> tuple[str, tuple]:
+    clauses, values = "", ()
+    if budget.category is not None:
+        clauses += " AND category = ?"
+        values += (budget.category,)
+    if budget.model is not None:
+        clauses += " AND model = ?"
+        values += (budget.model,)
+    return clauses, values

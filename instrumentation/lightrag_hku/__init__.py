@@ -1,0 +1,62 @@
+"""OpenTelemetry instrumentation for LightRAG (``lightrag-hku``): what indexing and querying cost, by stage.
+
+Usage::
+
+    from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
+
+    LightRAGInstrumentor().instrument()  # or: opentelemetry-instrument python app.py
+
+Each public operation (``insert``/``ainsert``, ``query``/``aquery``, ``query_llm``, ``query_data``,
+``apipeline_process_enqueue_documents``, ``adelete_by_doc_id``) gets one INTERNAL span ``lightrag.{operation}``,
+and the OpenAI calls LightRAG makes (recorded by the OpenAI instrumentation, which must be instrumented too) become
+its children, carrying ``spendwatch.lightrag.stage`` (extraction, gleaning, summary, keywords, answer, embedding,
+multimodal, …), ``spendwatch.lightrag.doc_id``, ``spendwatch.lightrag.query_mode`` and
+``spendwatch.lightrag.operation`` on their spans and usage records. The operation span carries a roll-up of its
+calls (``spendwatch.lightrag.cost_usd``, ``…input_tokens``, ``…cache_hits``, ``…avoided_usd``, …) for convenience;
+spend is counted once, on the calls. A call answered from LightRAG's LLM cache is recorded as a free
+``cache_hit`` with the spend it avoided (see :mod:`.cache`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.trace import get_tracer
+
+from spendwatch.instrumentation.lightrag_hku.package import _instruments
+from spendwatch.instrumentation.pricing import price_table_from_env
+from spendwatch.instrumentation.records import register_sink, unregister_sink
+
+__all__ = ["LightRAGInstrumentor"]
+
+_SCHEMA_URL = "https://opentelemetry.io/schemas/1.37.0"
+
+
+class LightRAGInstrumentor(BaseInstrumentor):
+    """Instruments ``lightrag-hku``. ``instrument()`` takes the usual ``tracer_provider`` and an optional
+    ``price_table`` (used to price what a cache hit avoided when the original call was not seen)."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs):
+        from spendwatch.instrumentation.lightrag_hku import patch
+        from spendwatch.instrumentation.lightrag_hku.cache import CacheAccounting
+        from spendwatch.instrumentation.lightrag_hku.scopes import RollupSink
+
+        prices = kwargs.get("price_table") or price_table_from_env()
+        tracer = get_tracer(__name__, "", kwargs.get("tracer_provider"), schema_url=_SCHEMA_URL)
+        self._rollup = RollupSink()
+        register_sink(self._rollup)
+        self._wrapped_targets = patch.apply(tracer, CacheAccounting(tracer, prices))
+
+    def _uninstrument(self, **kwargs):
+        for owner, name in getattr(self, "_wrapped_targets", ()):
+            unwrap(owner, name)
+        self._wrapped_targets = []
+        rollup = getattr(self, "_rollup", None)
+        if rollup is not None:
+            unregister_sink(rollup)
+            self._rollup = None
