@@ -64,6 +64,12 @@ class Usage:
     service_tier: str | None = None
     finish_reasons: tuple[str, ...] = ()
     estimated: bool = False
+    reported_cost_usd: float | None = None  # a cost the caller knows (spendwatch.track's set_cost): not priced here
+    calls: int = 1  # API calls this usage stands for (a batch recorded at once)
+    failed_calls: int = 0
+
+
+REPORTED = "reported"
 
 
 class CallRecorder:
@@ -221,18 +227,22 @@ def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, 
     if usage.service_tier:
         attributes["openai.response.service_tier"] = usage.service_tier
     attributes["spendwatch.cost.estimated"] = usage.estimated
-    price = _find_price(prices, record.provider, usage.response_model, record.request_model, usage.service_tier)
-    if price is None:
-        attributes["spendwatch.pricing"] = "unpriced"
-        return
-    cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens)
+    record.calls, record.failed_calls = usage.calls, usage.failed_calls
+    if usage.reported_cost_usd is not None:
+        cost, source = usage.reported_cost_usd, REPORTED
+    else:
+        price = _find_price(prices, record.provider, usage.response_model, record.request_model, usage.service_tier)
+        if price is None:
+            attributes["spendwatch.pricing"] = "unpriced"
+            return
+        cost, source = price.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens), price.source
     record.cost_usd = cost
-    record.pricing = price.source
+    record.pricing = source
     attributes["gen_ai.usage.cost"] = cost
     attributes["gen_ai.usage.cost.amount"] = cost
     attributes["gen_ai.usage.cost.currency"] = "USD"
     attributes["gen_ai.usage.cost.source"] = "local"
-    attributes["spendwatch.pricing"] = price.source
+    attributes["spendwatch.pricing"] = source
 
 
 def _find_price(prices: PriceTable, provider: str, response_model: str | None, request_model: str, tier: str | None):
@@ -255,4 +265,5 @@ def _settle(ticket: records.Ticket, record: records.UsageRecord) -> None:
 
 
 def _error_type(error: BaseException) -> str:
-    return type(error).__qualname__
+    # spendwatch.track's set_error reports an error by name, without an exception class of that name.
+    return getattr(error, "spendwatch_error_type", None) or type(error).__qualname__

@@ -57,6 +57,8 @@ class UsageRecord:
     # (the ledger moves the call's cost from those leases into spend when it ingests the record).
     guard_actions: tuple[tuple[str, str], ...] = ()
     leases: tuple[str, ...] = ()
+    calls: int = 1  # API calls this record stands for: more than one for a batch recorded at once
+    failed_calls: int = 0  # of those, how many failed
 
 
 class UsageSink(Protocol):

@@ -15,8 +15,9 @@ from typing import Any
 
 from spendwatch.attribution import category
 from spendwatch.instrumentation.errors import BudgetExceededError, ConfigError
+from spendwatch.tracking import track
 
-__all__ = ["BudgetExceededError", "ConfigError", "budgets", "category", "configure", "on_threshold"]
+__all__ = ["BudgetExceededError", "ConfigError", "budgets", "category", "configure", "on_threshold", "track"]
 
 
 def configure(**settings: Any):

@@ -1,0 +1,609 @@
+"""The LightRAG instrumentation on a real LightRAG, fully offline.
+
+LightRAG (``lightrag-hku``) runs with its stock OpenAI functions (``gpt_4o_mini_complete``, ``openai_embed``) and
+the real ``openai`` SDK, talking HTTP to a test-local OpenAI-compatible server that answers LightRAG's prompts in the
+formats it parses (entity extraction in its delimiter format, keywords as JSON), so the knowledge graph is real and
+every query mode does its real work. A whitespace tokenizer stands in for tiktoken, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from datetime import UTC, date, datetime
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from zoneinfo import ZoneInfo
+
+import pytest
+from opentelemetry.trace import SpanKind
+
+try:
+    import lightrag  # noqa: F401
+except ImportError:
+    if os.environ.get("CI", "").lower() == "true":
+        raise  # CI installs the test extra, which includes lightrag-hku: a missing one is a broken environment
+    pytest.skip("lightrag-hku is not installed", allow_module_level=True)
+
+from lightrag import LightRAG, QueryParam
+from lightrag.llm.openai import gpt_4o_mini_complete, openai_embed
+from lightrag.utils import EmbeddingFunc, Tokenizer
+
+import spendwatch
+from spendwatch import _stub_responses as shapes
+from spendwatch._stub_responses import ReportedUsage
+from spendwatch.exporter.stage_report import stage_rows
+from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
+from spendwatch.instrumentation.lightrag_hku.patch import llm_cache_stage
+from spendwatch.instrumentation.lightrag_hku.scopes import CACHE_HIT
+from spendwatch.instrumentation.pricing import PriceTable
+from spendwatch.instrumentation.records import UsageRecord
+from tests.conftest import FAKE_API_KEY
+
+PRICES = PriceTable()
+MODES = ("local", "global", "hybrid", "mix", "naive")
+DOCUMENTS = {
+    "doc-acme": "Alice founded Acme in Berlin. Acme builds rockets with Bob as chief engineer.",
+    "doc-globex": "Bob later joined Globex in Paris. Globex competes with Acme on rockets.",
+    "doc-initech": "Carol audits Acme and Globex from Initech. Initech is based in Berlin near Acme.",
+}
+ENTITIES = {
+    "Alice": "person",
+    "Bob": "person",
+    "Carol": "person",
+    "Acme": "organization",
+    "Globex": "organization",
+    "Initech": "organization",
+    "Berlin": "location",
+    "Paris": "location",
+}
+QUESTION = "Who works with Acme on rockets?"
+EMBEDDING_DIM = 32
+
+
+# --- a local OpenAI-compatible server that speaks LightRAG ----------------------------------------------------------
+
+
+def _words(value) -> int:
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(_words(item) for item in value)
+    if isinstance(value, dict):
+        return _words(value.get("content"))
+    return 0
+
+
+def _extraction_reply(prompt: str, gleaning: bool) -> str:
+    text = prompt.split("---Input Text---", 1)[1] if "---Input Text---" in prompt else prompt
+    names = [name for name in ENTITIES if re.search(rf"\b{name}\b", text)]
+    if gleaning:  # one more fragment for the first entity, so descriptions pile up and get summarised
+        names = names[:1]
+    snippet = " ".join(text.split()[1:6])
+    lines = [
+        f"entity<|#|>{name}<|#|>{ENTITIES[name]}<|#|>{name} {'again ' if gleaning else ''}appears in: {snippet}"
+        for name in names
+    ]
+    if not gleaning:
+        lines += [
+            f"relation<|#|>{source}<|#|>{target}<|#|>works with<|#|>{source} and {target} are linked in: {snippet}"
+            for source, target in itertools.pairwise(names)
+        ]
+    return "\n".join([*lines, "<|COMPLETE|>"])
+
+
+def chat_reply(messages: list[dict]) -> str:
+    """What LightRAG's prompt asks for: extraction rows, keywords JSON, a summary or an answer."""
+    prompt = str(messages[-1].get("content") or "")
+    whole = "\n".join(str(message.get("content") or "") for message in messages)
+    if prompt.startswith("---Task---\nExtract entities and relationships"):
+        return _extraction_reply(prompt, gleaning=False)
+    if prompt.startswith("---Task---\nBased on the last extraction task"):
+        return _extraction_reply(whole, gleaning=True)
+    if "expert keyword extractor" in whole:
+        return json.dumps({"high_level_keywords": ["rocket companies"], "low_level_keywords": ["Acme", "Bob"]})
+    if "proficient in data curation and synthesis" in whole:
+        return "A summary of the entity written by the LightRAG test server."
+    return "Bob works with Alice at Acme on rockets, according to the knowledge base."
+
+
+class LightRAGStub:
+    """Serves ``/v1/chat/completions`` and ``/v1/embeddings``; ``usage_log`` holds every priced call's usage."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._usage: list[ReportedUsage] = []
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.stub = self
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    @property
+    def usage_log(self) -> list[ReportedUsage]:
+        with self._lock:
+            return list(self._usage)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._usage.clear()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def answer(self, endpoint: str, body: dict) -> dict:
+        model = str(body.get("model"))
+        if endpoint == "embeddings":
+            texts = [body["input"]] if isinstance(body["input"], str) else list(body["input"])
+            usage = ReportedUsage("embeddings", model, _words(texts))
+            self._log(usage)
+            dimensions = int(body.get("dimensions") or EMBEDDING_DIM)
+            encoding = body.get("encoding_format") or "float"
+            return shapes.embeddings(model, texts, dimensions, encoding, shapes.embeddings_usage(usage))
+        messages = body.get("messages") or []
+        reply = chat_reply(messages)
+        usage = ReportedUsage("chat.completions", model, _words(messages) + 3 * len(messages), len(reply.split()))
+        self._log(usage)
+        return shapes.chat_completion(model, [reply], shapes.chat_usage(usage))
+
+    def _log(self, usage: ReportedUsage) -> None:
+        with self._lock:
+            self._usage.append(usage)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        endpoint = "embeddings" if self.path.rstrip("/").endswith("/embeddings") else "chat"
+        data = json.dumps(self.server.stub.answer(endpoint, body)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class WhitespaceTokenizer:
+    """One token per whitespace-separated word: LightRAG needs encode/decode, and tiktoken would download."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._words: list[str] = []
+        self._lock = threading.Lock()
+
+    def encode(self, content: str) -> list[int]:
+        with self._lock:
+            return [self._id(word) for word in content.split()]
+
+    def _id(self, word: str) -> int:
+        if word not in self._ids:
+            self._ids[word] = len(self._words)
+            self._words.append(word)
+        return self._ids[word]
+
+    def decode(self, tokens: list[int]) -> str:
+        return " ".join(self._words[token] for token in tokens)
+
+    def __deepcopy__(self, memo) -> WhitespaceTokenizer:
+        return self
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lightrag_stub_server():
+    server = LightRAGStub()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lightrag_stub(lightrag_stub_server):
+    lightrag_stub_server.reset()
+    return lightrag_stub_server
+
+
+@pytest.fixture
+def instrument_lightrag(instrument_openai, tracer_provider):
+    instrumentor = LightRAGInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider)
+    yield instrumentor
+    instrumentor.uninstrument()
+
+
+def make_rag(working_dir, stub: LightRAGStub) -> LightRAG:
+    embed = partial(openai_embed.func, model="text-embedding-3-small", base_url=stub.base_url, api_key=FAKE_API_KEY)
+    return LightRAG(
+        working_dir=str(working_dir),
+        # LightRAG keeps pipeline and storage state per workspace in process-wide shared storage.
+        workspace=f"test_{uuid.uuid4().hex[:12]}",
+        llm_model_func=gpt_4o_mini_complete,
+        llm_model_name="gpt-4o-mini",
+        llm_model_kwargs={"base_url": stub.base_url, "api_key": FAKE_API_KEY},
+        embedding_func=EmbeddingFunc(embedding_dim=EMBEDDING_DIM, func=embed, send_dimensions=True),
+        tokenizer=Tokenizer("whitespace", WhitespaceTokenizer()),
+        force_llm_summary_on_merge=2,  # summarise as soon as an entity has two descriptions (LightRAG warns)
+        # The stub's vectors are hashes, not meanings: let every stored vector match so every mode retrieves.
+        vector_db_storage_cls_kwargs={"cosine_better_than_threshold": -1.0},
+    )
+
+
+@pytest.fixture
+async def rag(tmp_path, lightrag_stub, instrument_lightrag):
+    instance = make_rag(tmp_path / "rag", lightrag_stub)
+    await instance.initialize_storages()
+    yield instance
+    await instance.finalize_storages()
+
+
+async def insert_documents(rag: LightRAG) -> str:
+    return await rag.ainsert(list(DOCUMENTS.values()), ids=list(DOCUMENTS))
+
+
+# --- helpers --------------------------------------------------------------------------------------------------------
+
+
+def lightrag_spans(span_exporter, name: str) -> list:
+    return [span for span in span_exporter.get_finished_spans() if span.name == name]
+
+
+def children_of(span_exporter, parent) -> list:
+    """Every span below ``parent`` in its trace."""
+    spans = [s for s in span_exporter.get_finished_spans() if s.context.trace_id == parent.context.trace_id]
+    by_id = {s.context.span_id: s for s in spans}
+
+    def under(span) -> bool:
+        while span.parent is not None:
+            if span.parent.span_id == parent.context.span_id:
+                return True
+            span = by_id.get(span.parent.span_id)
+            if span is None:
+                return False
+        return False
+
+    return [s for s in spans if under(s)]
+
+
+def priced_cost(usage_log: list[ReportedUsage]) -> float:
+    return sum(PRICES.lookup(u.model).cost(u.input_tokens, u.output_tokens, u.cached_tokens) for u in usage_log)
+
+
+def stage_of(record) -> str | None:
+    return record.attributes.get("spendwatch.lightrag.stage")
+
+
+# --- spans ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("rag")
+async def test_insert_is_one_internal_span_with_the_openai_calls_as_client_children(rag, span_exporter):
+    track_id = await insert_documents(rag)
+
+    (insert,) = lightrag_spans(span_exporter, "lightrag.insert")
+    children = children_of(span_exporter, insert)
+    assert insert.kind is SpanKind.INTERNAL
+    assert insert.attributes["spendwatch.lightrag.operation"] == "insert"
+    assert insert.attributes["spendwatch.lightrag.track_id"] == track_id
+    assert sorted(insert.attributes["spendwatch.lightrag.doc_ids"]) == sorted(DOCUMENTS)
+    assert {span.name for span in children} >= {"chat gpt-4o-mini", "embeddings text-embedding-3-small"}
+    assert all(span.kind is SpanKind.CLIENT for span in children)
+
+
+async def test_each_query_mode_is_one_span_with_its_mode_and_its_calls_below(rag, span_exporter, sink):
+    await insert_documents(rag)
+    span_exporter.clear()
+
+    for mode in MODES:
+        answer = await rag.aquery(f"{QUESTION} ({mode})", param=QueryParam(mode=mode))
+        assert answer.startswith("Bob works with Alice")
+
+    queries = lightrag_spans(span_exporter, "lightrag.query")
+    assert [span.attributes["spendwatch.lightrag.query_mode"] for span in queries] == list(MODES)
+    for query in queries:
+        children = children_of(span_exporter, query)
+        stages = {span.attributes.get("spendwatch.lightrag.stage") for span in children}
+        assert stages >= {"answer", "embedding"}, query.attributes["spendwatch.lightrag.query_mode"]
+        assert {span.attributes["spendwatch.lightrag.query_mode"] for span in children} == {
+            query.attributes["spendwatch.lightrag.query_mode"]
+        }
+
+
+def test_sync_insert_and_query_make_one_span_each_not_two(tmp_path, lightrag_stub, instrument_lightrag, span_exporter):
+    rag = make_rag(tmp_path / "rag", lightrag_stub)
+    asyncio.run(rag.initialize_storages())
+    try:
+        rag.insert(DOCUMENTS["doc-acme"], ids="doc-acme")
+        rag.query(QUESTION, param=QueryParam(mode="hybrid"))
+    finally:
+        asyncio.run(rag.finalize_storages())
+
+    assert len(lightrag_spans(span_exporter, "lightrag.insert")) == 1
+    assert len(lightrag_spans(span_exporter, "lightrag.query")) == 1
+    assert not lightrag_spans(span_exporter, "lightrag.process_documents")
+
+
+async def test_operation_span_rolls_up_its_calls_cost_and_tokens(rag, span_exporter, sink, lightrag_stub):
+    await insert_documents(rag)
+
+    (insert,) = lightrag_spans(span_exporter, "lightrag.insert")
+    calls = [record for record in sink.records if record.operation != CACHE_HIT]
+    assert insert.attributes["spendwatch.lightrag.llm_calls"] == len(calls) == len(lightrag_stub.usage_log)
+    assert insert.attributes["spendwatch.lightrag.cost_usd"] == pytest.approx(sum(r.cost_usd for r in calls))
+    assert insert.attributes["spendwatch.lightrag.input_tokens"] == sum(r.input_tokens for r in calls)
+    assert "gen_ai.usage.cost" not in insert.attributes  # a roll-up, so trace-summing backends do not count twice
+
+
+# --- stages and documents -------------------------------------------------------------------------------------------
+
+
+async def test_every_call_is_attributed_to_a_stage(rag, sink):
+    await insert_documents(rag)
+    for mode in MODES:
+        await rag.aquery(QUESTION, param=QueryParam(mode=mode))
+
+    stages = {stage_of(record) for record in sink.records}
+    assert None not in stages
+    assert stages >= {"extraction", "gleaning", "summary", "embedding", "keywords", "answer"}
+    assert {r.operation for r in sink.records if stage_of(r) == "embedding"} == {"embeddings"}
+    assert {r.operation for r in sink.records if stage_of(r) != "embedding"} <= {"chat", CACHE_HIT}
+
+
+async def test_indexing_cost_is_attributed_to_each_document(rag, sink):
+    await insert_documents(rag)
+
+    by_document: dict[str, float] = {}
+    for record in sink.records:
+        doc_id = record.attributes.get("spendwatch.lightrag.doc_id")
+        by_document[doc_id] = by_document.get(doc_id, 0.0) + (record.cost_usd or 0.0)
+    assert set(by_document) <= {*DOCUMENTS, None}
+    assert all(by_document[doc_id] > 0 for doc_id in DOCUMENTS)
+    extraction_docs = {
+        r.attributes.get("spendwatch.lightrag.doc_id") for r in sink.records if stage_of(r) == "extraction"
+    }
+    assert extraction_docs == set(DOCUMENTS)
+
+
+# --- cache hits -----------------------------------------------------------------------------------------------------
+
+
+async def test_a_repeated_query_is_a_free_cache_hit_that_records_what_it_avoided(
+    rag, sink, lightrag_stub, span_exporter
+):
+    await insert_documents(rag)
+    param = QueryParam(mode="hybrid")
+    await rag.aquery(QUESTION, param=param)
+    first = [r for r in sink.records if r.attributes.get("spendwatch.lightrag.operation") == "query"]
+    chats_before = sum(1 for u in lightrag_stub.usage_log if u.endpoint == "chat.completions")
+
+    await rag.aquery(QUESTION, param=QueryParam(mode="hybrid"))
+
+    second = [r for r in sink.records if r.attributes.get("spendwatch.lightrag.operation") == "query"][len(first) :]
+    hits = [r for r in second if r.operation == CACHE_HIT]
+    assert sum(1 for u in lightrag_stub.usage_log if u.endpoint == "chat.completions") == chats_before
+    assert {stage_of(hit) for hit in hits} == {"keywords", "answer"}
+    for hit in hits:
+        assert (hit.cost_usd, hit.pricing, hit.outcome, hit.provider) == (0.0, "cache", "success", "lightrag")
+        assert (hit.input_tokens, hit.output_tokens) == (0, 0)
+        assert hit.attributes["spendwatch.lightrag.avoided_estimated"] == "false"
+        (original,) = [r for r in first if r.operation == "chat" and stage_of(r) == stage_of(hit)]
+        assert float(hit.attributes["spendwatch.lightrag.avoided_usd"]) == pytest.approx(original.cost_usd)
+    query_spans = lightrag_spans(span_exporter, "lightrag.query")
+    assert query_spans[-1].attributes["spendwatch.lightrag.cache_hits"] == 2
+    assert query_spans[-1].attributes["spendwatch.lightrag.avoided_usd"] == pytest.approx(
+        sum(float(hit.attributes["spendwatch.lightrag.avoided_usd"]) for hit in hits)
+    )
+
+
+def test_a_cache_hit_on_an_entry_made_by_another_process_estimates_what_it_avoided(
+    tmp_path, lightrag_stub, instrument_openai, tracer_provider, sink
+):
+    """A new process (a fresh instrumentor) never saw the call that filled LightRAG's cache: it prices the hit
+    from the cached prompt and answer, at the extraction role's model, and says it is an estimate."""
+    asyncio.run(index_once(make_rag(tmp_path / "first", lightrag_stub), tracer_provider))
+    second = make_rag(tmp_path / "second", lightrag_stub)
+    cache_file = next((tmp_path / "first").rglob("kv_store_llm_response_cache.json"))
+    (tmp_path / "second" / second.workspace).mkdir(parents=True, exist_ok=True)
+    shutil.copy(cache_file, tmp_path / "second" / second.workspace / cache_file.name)
+    sink.records.clear()
+    lightrag_stub.reset()
+
+    asyncio.run(index_once(second, tracer_provider))
+
+    hits = [r for r in sink.records if r.operation == CACHE_HIT]
+    assert {stage_of(hit) for hit in hits} >= {"extraction", "gleaning"}
+    assert not [u for u in lightrag_stub.usage_log if u.endpoint == "chat.completions"]  # all from the cache
+    for hit in hits:
+        assert hit.cost_usd == 0.0 and hit.request_model == "gpt-4o-mini"
+        assert hit.attributes["spendwatch.lightrag.avoided_estimated"] == "true"
+        assert float(hit.attributes["spendwatch.lightrag.avoided_usd"]) > 0
+        assert int(hit.attributes["spendwatch.lightrag.avoided_input_tokens"]) > 0
+
+
+async def index_once(rag: LightRAG, tracer_provider) -> None:
+    """Index the Acme document under an instrumentor of its own (as a process of its own would)."""
+    instrumentor = LightRAGInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider)
+    await rag.initialize_storages()
+    try:
+        await rag.ainsert(DOCUMENTS["doc-acme"], ids="doc-acme")
+    finally:
+        await rag.finalize_storages()
+        instrumentor.uninstrument()
+
+
+# --- attribution ----------------------------------------------------------------------------------------------------
+
+
+async def test_the_category_reaches_calls_made_by_lightrag_workers_started_outside_it(rag, sink):
+    # LightRAG's queue workers are long-lived tasks, started by the first call of each role: start them all here,
+    # outside the category, so the calls below only get the category if it travels with each enqueued call.
+    await rag.ainsert(DOCUMENTS["doc-acme"], ids="doc-acme")
+    await rag.aquery(QUESTION, param=QueryParam(mode="mix"))
+    outside = len(sink.records)
+
+    with spendwatch.category("knowledge_base"):
+        await rag.ainsert([DOCUMENTS["doc-globex"], DOCUMENTS["doc-initech"]], ids=["doc-globex", "doc-initech"])
+        await rag.aquery("Where is Initech based?", param=QueryParam(mode="mix"))
+        await rag.aquery(QUESTION, param=QueryParam(mode="mix"))  # answered from the cache
+
+    inside = sink.records[outside:]
+    assert {record.category for record in sink.records[:outside]} == {None}
+    assert {record.category for record in inside} == {"knowledge_base"}
+    assert {stage_of(record) for record in inside} >= {"extraction", "embedding", "keywords", "answer"}
+    assert any(record.operation == CACHE_HIT for record in inside)
+
+
+# --- the ledger -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ledger_sink(tmp_path):
+    from spendwatch.exporter import Ledger
+    from spendwatch.exporter.ledger_backends import open_backend
+    from spendwatch.exporter.sink import LedgerSink
+    from spendwatch.instrumentation import register_sink, unregister_sink
+
+    ledger = Ledger(open_backend(str(tmp_path / "ledger.db")), ZoneInfo("UTC"))
+    sink = LedgerSink(ledger, tmp_path / "journal", drain_interval=3600)
+    register_sink(sink)
+    yield sink
+    unregister_sink(sink)
+    sink.close()
+    ledger.close()
+
+
+async def test_ledger_total_equals_the_servers_priced_calls_and_reports_by_stage(rag, ledger_sink, lightrag_stub):
+    await insert_documents(rag)
+    for mode in MODES:
+        await rag.aquery(QUESTION, param=QueryParam(mode=mode))
+    await rag.aquery(QUESTION, param=QueryParam(mode="mix"))  # a cache hit: free
+    assert ledger_sink.flush()
+
+    ledger = ledger_sink.ledger
+    today = datetime.now(UTC).date()
+    spent = ledger.spend(today, date.fromordinal(today.toordinal() + 1))
+    assert spent == pytest.approx(priced_cost(lightrag_stub.usage_log), rel=1e-9)
+    by_stage = {row["stage"]: row for row in stage_rows(ledger, today, today, by="stage")}
+    assert sum(row["cost_usd"] for row in by_stage.values()) == pytest.approx(spent, rel=1e-9)
+    assert sum(row["requests"] for row in by_stage.values()) == len(lightrag_stub.usage_log)
+    assert by_stage["answer"]["cache_hits"] == 1 and by_stage["answer"]["avoided_usd"] > 0
+    by_document = {row["document"]: row for row in stage_rows(ledger, today, today, by="document")}
+    assert set(by_document) == set(DOCUMENTS)
+    by_mode = {row["mode"]: row for row in stage_rows(ledger, today, today, by="mode")}
+    assert set(by_mode) == set(MODES)
+
+
+@pytest.mark.parametrize(
+    ("cache_type", "history", "stage"),
+    [
+        ("extract", None, "extraction"),
+        ("extract", [], "extraction"),
+        ("extract", [{"role": "user", "content": "chunk"}, {"role": "assistant", "content": "rows"}], "gleaning"),
+        ("summary", None, "summary"),
+        ("parse_extract", None, "parse_extract"),
+    ],
+)
+def test_llm_cache_stage_names_the_extraction_passes_and_keeps_other_cache_types(cache_type, history, stage):
+    assert llm_cache_stage(cache_type, history) == stage
+
+
+def test_stage_rows_count_cache_hits_apart_and_unpriced_calls_as_unpriced(tmp_path):
+    from spendwatch.exporter import Ledger
+    from spendwatch.exporter.ledger import LedgerEntry
+    from spendwatch.exporter.ledger_backends import open_backend
+
+    def call(operation, cost, **attributes):
+        attributes = {f"spendwatch.lightrag.{key}": value for key, value in attributes.items()}
+        return UsageRecord(
+            "openai",
+            operation,
+            "gpt-4o-mini",
+            input_tokens=10,
+            output_tokens=2,
+            cost_usd=cost,
+            start_time=time.time(),
+            attributes=attributes,
+        )
+
+    ledger = Ledger(open_backend(str(tmp_path / "ledger.db")), ZoneInfo("UTC"))
+    records = [
+        call("chat", 0.5, stage="extraction", doc_id="a"),
+        call("chat", 0.25, stage="extraction", doc_id="b"),
+        call("chat", None, stage="summary", doc_id="a"),
+        call(CACHE_HIT, 0.0, stage="extraction", doc_id="a", avoided_usd="0.5"),
+        call("chat", 1.0),  # not LightRAG's: no stage
+    ]
+    ledger.ingest([LedgerEntry(f"e{index}", record) for index, record in enumerate(records)])
+    today = datetime.now(UTC).date()
+
+    assert stage_rows(ledger, today, today, by="stage") == [
+        {
+            "stage": "extraction",
+            "cost_usd": 0.75,
+            "input_tokens": 20,
+            "output_tokens": 4,
+            "cache_read_tokens": 0,
+            "requests": 2,
+            "unpriced": 0,
+            "cache_hits": 1,
+            "avoided_usd": 0.5,
+        },
+        {
+            "stage": "summary",
+            "cost_usd": 0.0,
+            "input_tokens": 10,
+            "output_tokens": 2,
+            "cache_read_tokens": 0,
+            "requests": 1,
+            "unpriced": 1,
+            "cache_hits": 0,
+            "avoided_usd": 0.0,
+        },
+    ]
+    assert [row["document"] for row in stage_rows(ledger, today, today, by="document")] == ["a", "b"]
+    with pytest.raises(ValueError, match="stage, document, mode"):
+        stage_rows(ledger, today, today, by="model")
+    ledger.close()
+
+
+# --- uninstrument ---------------------------------------------------------------------------------------------------
+
+
+async def test_uninstrument_restores_lightrag(
+    tmp_path, lightrag_stub, instrument_openai, tracer_provider, span_exporter
+):
+    import lightrag.operate
+    import lightrag.utils
+
+    originals = (lightrag.utils.handle_cache, lightrag.operate.use_llm_func_with_cache, LightRAG.ainsert)
+    instrumentor = LightRAGInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider)
+    assert lightrag.utils.handle_cache is not originals[0]
+    instrumentor.uninstrument()
+
+    assert (lightrag.utils.handle_cache, lightrag.operate.use_llm_func_with_cache, LightRAG.ainsert) == originals
+    rag = make_rag(tmp_path / "rag", lightrag_stub)
+    await rag.initialize_storages()
+    try:
+        await rag.ainsert(DOCUMENTS["doc-acme"], ids="doc-acme")
+    finally:
+        await rag.finalize_storages()
+    assert not [span for span in span_exporter.get_finished_spans() if span.name.startswith("lightrag.")]
