@@ -118,8 +118,9 @@ def test_track_decorates_sync_and_async_functions(attached, span_exporter):
 def test_the_guard_refuses_a_tracked_call_that_could_break_the_budget(attached):
     attachment = attached(enforce="block", daily_budget_usd=0.001)
 
-    with pytest.raises(spendwatch.BudgetExceededError), spendwatch.track(
-        "chat", model="gpt-4o", estimated_input_tokens=10_000, max_output_tokens=10_000
+    with (
+        pytest.raises(spendwatch.BudgetExceededError),
+        spendwatch.track("chat", model="gpt-4o", estimated_input_tokens=10_000, max_output_tokens=10_000),
     ):
         pytest.fail("the block must not run")
 
