@@ -75,15 +75,30 @@ def _run_status(args: argparse.Namespace) -> int:
     ledger = _open(settings)
     try:
         statuses = budget_statuses(ledger, settings, now=now)
+        decisions = ledger.guard_decisions()
     finally:
         ledger.close()
     if args.json:
-        print(format_json(_status_document(statuses, settings, now, status_as_dict)))
-    elif not statuses:
-        print(_NO_BUDGETS)
-    else:
-        print(format_table([_status_line(status) for status in statuses], _STATUS_COLUMNS))
+        document = _status_document(statuses, settings, now, status_as_dict)
+        document["guard"] = {"enforce": settings.enforce, "decisions": _decisions_document(decisions)}
+        print(format_json(document))
+        return EXIT_OK
+    print(_NO_BUDGETS if not statuses else format_table([_status_line(s) for s in statuses], _STATUS_COLUMNS))
+    print(f"\nguard: enforce={settings.enforce}; decisions so far: {_decisions_text(decisions)}")
     return EXIT_OK
+
+
+def _decisions_document(decisions: dict) -> dict:
+    document: dict = {}
+    for (budget, action), count in sorted(decisions.items()):
+        document.setdefault(budget, {})[action] = count
+    return document
+
+
+def _decisions_text(decisions: dict) -> str:
+    if not decisions:
+        return "none"
+    return ", ".join(f"{budget} {action}={count}" for (budget, action), count in sorted(decisions.items()))
 
 
 def _status_document(statuses, settings, now: float, status_as_dict) -> dict:

@@ -77,7 +77,9 @@ def test_status_shows_every_budget_with_its_spend_and_level(configured):
     write_calls(configured, (time.time(), 8.0, {}), (time.time(), 1.5, {"category": "metabolite_identification"}))
     result = spendwatch(configured, "status")
     assert result.returncode == 0, result.stderr
-    header, _, *lines = result.stdout.splitlines()
+    table, guard = result.stdout.split("\n\n")
+    header, _, *lines = table.splitlines()
+    assert guard.strip() == "guard: enforce=off; decisions so far: none"
     assert header.split() == [
         "budget",
         "period",
