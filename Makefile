@@ -57,6 +57,7 @@ bench: $(BENCH_STAMP)
 	$(BENCH_BIN)/python -m bench $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.ledger $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.scrape $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.guard $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -18,6 +18,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 
 _GROUPINGS = ("day", "model", "category", "operation")
+_LIGHTRAG_GROUPINGS = ("stage", "document", "mode")  # LightRAG spend, from the calls' recorded stage attributes
 _FORMATS = ("table", "csv", "json")
 _DEFAULT_REPORT_DAYS = 7
 _STATUS_COLUMNS = (
@@ -140,7 +141,12 @@ def _add_report_command(subcommands: argparse._SubParsersAction) -> None:
     )
     command.add_argument("--since", type=_iso_day, metavar="YYYY-MM-DD", help="first day (default: 6 days ago)")
     command.add_argument("--until", type=_iso_day, metavar="YYYY-MM-DD", help="last day, included (default: today)")
-    command.add_argument("--by", choices=_GROUPINGS, default="day", help="one row per ... (default: day)")
+    command.add_argument(
+        "--by",
+        choices=_GROUPINGS + _LIGHTRAG_GROUPINGS,
+        default="day",
+        help="one row per ... (default: day); stage, document and mode break down LightRAG spend",
+    )
     command.add_argument("--format", choices=_FORMATS, default="table", help="output format (default: table)")
     command.add_argument(
         "--trend",
@@ -184,7 +190,12 @@ def _run_report(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     ledger = _open(settings)
     try:
-        rows = report_rows(ledger, since, until, by=args.by)
+        if args.by in _LIGHTRAG_GROUPINGS:
+            from spendwatch.exporter.stage_report import stage_rows
+
+            rows = stage_rows(ledger, since, until, by=args.by)
+        else:
+            rows = report_rows(ledger, since, until, by=args.by)
         recent = trend(ledger, settings, days=args.days or 7, now=now) if args.trend else None
     finally:
         ledger.close()
@@ -203,7 +214,12 @@ def _report_usage_problem(args: argparse.Namespace) -> str | None:
 def _render_report(rows: list[dict], args: argparse.Namespace, since: date, until: date, recent) -> str:
     from spendwatch.exporter.report import format_csv, format_json, format_table, report_columns, total_row
 
-    columns = report_columns(args.by)
+    if args.by in _LIGHTRAG_GROUPINGS:
+        from spendwatch.exporter.stage_report import stage_columns
+
+        columns = stage_columns(args.by)
+    else:
+        columns = report_columns(args.by)
     if args.format == "csv":
         return format_csv(rows, columns).rstrip("\n")
     if args.format == "json":
@@ -212,5 +228,6 @@ def _render_report(rows: list[dict], args: argparse.Namespace, since: date, unti
             document["trend"] = recent.as_dict()
         return format_json(document)
     heading = f"spend from {since} to {until} (both included), by {args.by}"
-    table = format_table([*rows, total_row(rows, args.by)], columns) if rows else "no calls in this period"
+    totalled = rows if args.by in _LIGHTRAG_GROUPINGS else [*rows, total_row(rows, args.by)]
+    table = format_table(totalled, columns) if rows else "no calls in this period"
     return "\n".join([heading, "", table] + (["", str(recent)] if recent is not None else []))

@@ -134,3 +134,9 @@ def _instrument_installed(prices: PriceTable) -> None:
         instrumentor = OpenAIInstrumentor()
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(price_table=prices)
+    if "spendwatch_lightrag" not in disabled and importlib.util.find_spec("lightrag") is not None:
+        from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
+
+        lightrag = LightRAGInstrumentor()
+        if not lightrag.is_instrumented_by_opentelemetry:
+            lightrag.instrument(price_table=prices)

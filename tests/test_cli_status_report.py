@@ -185,3 +185,19 @@ def test_report_usage_errors_exit_2_with_a_clear_message(environment, args, mess
     result = spendwatch(environment, "report", *args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_report_by_stage_breaks_lightrag_spend_down(configured):
+    stage = "spendwatch.lightrag.stage"
+    write_calls(
+        configured,
+        (time.time(), 0.5, {"attributes": {stage: "extraction", "spendwatch.lightrag.doc_id": "doc-1"}}),
+        (time.time(), 0.25, {"attributes": {stage: "answer"}}),
+        (time.time(), 0.25, {"attributes": {stage: "extraction", "spendwatch.lightrag.doc_id": "doc-2"}}),
+    )
+
+    result = spendwatch(configured, "report", "--by", "stage", "--format", "json")
+
+    assert result.returncode == 0, result.stderr
+    rows = {row["stage"]: row["cost_usd"] for row in json.loads(result.stdout)["rows"]}
+    assert rows == {"extraction": 0.75, "answer": 0.25}
