@@ -8,6 +8,8 @@ A category that is too long or holds unexpected characters never breaks a call: 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import re
 
 from opentelemetry import baggage, context
@@ -44,3 +46,14 @@ class category(contextlib.ContextDecorator):  # noqa: N801 - used like a functio
 
     def __exit__(self, *exc_info: object) -> None:
         context.detach(self._tokens.pop())
+
+    def __call__(self, function):
+        if inspect.iscoroutinefunction(function):
+            # ContextDecorator would only cover creating the coroutine, not running it.
+            @functools.wraps(function)
+            async def categorised(*args, **kwargs):
+                with self._recreate_cm():
+                    return await function(*args, **kwargs)
+
+            return categorised
+        return super().__call__(function)

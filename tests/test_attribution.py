@@ -1,0 +1,71 @@
+"""spendwatch.category: a with block or decorator that attributes every LLM call inside, across asyncio tasks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+import spendwatch
+from spendwatch.attribution import clean_category
+from tests.conftest import FAKE_API_KEY
+
+pytestmark = pytest.mark.usefixtures("instrument_openai")
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("metabolite_identification", "metabolite_identification"),
+        ("team-a/feature.x:1", "team-a/feature.x:1"),
+        ("", "other"),
+        ("has space", "other"),
+        ("x" * 65, "other"),
+        ("x" * 64, "x" * 64),
+        ("drop;table", "other"),
+        ("new\nline", "other"),
+        (None, "other"),
+        (42, "other"),
+    ],
+)
+def test_categories_are_cleaned(given, kept):
+    assert clean_category(given) == kept
+
+
+def test_with_block_and_nesting(client, sink):
+    with spendwatch.category("outer"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        with spendwatch.category("inner"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert [record.category for record in sink.records] == ["outer", "inner", "outer", None]
+
+
+async def test_async_decorator_covers_the_whole_coroutine_and_its_tasks(stub, sink):
+    client = openai.AsyncOpenAI(api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=0)
+
+    @spendwatch.category("literature_review")
+    async def review() -> None:
+        await asyncio.sleep(0)
+        await asyncio.gather(
+            *(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES) for _ in range(2))
+        )
+
+    await review()
+    await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert [record.category for record in sink.records] == ["literature_review", "literature_review", None]
+
+
+def test_sync_decorator(client, sink):
+    @spendwatch.category("genomics")
+    def annotate() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    annotate()
+
+    assert sink.records[0].category == "genomics"
