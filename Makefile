@@ -19,6 +19,22 @@ test: $(STAMP) test-servers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+	$(MAKE) test-openai-compat
+
+# The instrumentation's tests again on the older openai lines it supports (1.x and 2.x use httpx, 3.x httpx2).
+COMPAT_TESTS := tests/test_openai_instrumentation.py tests/test_cassette_replay_instrumented.py
+COMPAT_DEPS := opentelemetry-sdk opentelemetry-distro pytest pytest-asyncio pyyaml 'psycopg[binary]'
+.PHONY: test-openai-compat
+test-openai-compat:
+	@for line in 1 2; do \
+		venv=.venv-openai$$line; \
+		if [ ! -f $$venv/.installed ]; then \
+			$(PYTHON) -m venv $$venv && $$venv/bin/pip install --quiet -e . $(COMPAT_DEPS) "openai>=$$line,<$$((line + 1))" \
+			&& touch $$venv/.installed || exit 1; \
+		fi; \
+		echo "openai $$($$venv/bin/python -c 'import openai; print(openai.__version__)'):"; \
+		$$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS) || exit 1; \
+	done
 
 # Debian's postgresql, prometheus and prometheus-alertmanager, which the tests start on 127.0.0.1 (installed as root;
 # no apt call when they are present).
