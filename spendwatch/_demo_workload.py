@@ -17,7 +17,7 @@ import urllib.request
 import openai
 
 import spendwatch
-from spendwatch import runtime
+from spendwatch import _demo_lightrag, runtime
 from spendwatch.demo_alerting import AlertingDemo, unavailable_reason
 from spendwatch.instrumentation import UsageRecord, register_sink
 
@@ -157,6 +157,7 @@ def main() -> int:
             print_metrics(metrics_url)
         if alerting is not None:
             page_the_budget(client, attached, table, alerting)
+        _demo_lightrag.run(attached.ledger, attached.sink.flush)  # after the pages: its spend would cross them all
         from spendwatch.cli import main as cli_main
 
         cli_main(["status"])

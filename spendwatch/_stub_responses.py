@@ -3,6 +3,10 @@
 Every function here is pure: it takes the already-decided reply (model, words, token counts) and
 returns the dict (or the list of SSE events) the real API would send, with the same ids, ``object``
 names, nulls and nested usage details, so the real ``openai`` SDK parses them into its own types.
+
+The last section decides a reply's text instead: :func:`lightrag_reply` answers LightRAG's prompts (entity
+extraction in its delimiter format, keywords as JSON, summaries, answers), recognised by stable markers in their text,
+so a real LightRAG run against the stub builds a non-empty knowledge graph. It too is a pure function of the request.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import base64
 import itertools
 import json
 import random
+import re
 import struct
 import time
 import zlib
@@ -330,3 +335,114 @@ def response_events(
     events.append(("response.output_item.done", {"item": output[-1], "output_index": msg_index}))
     events.append(("response.completed", {"response": response}))
     return [(kind, {"type": kind} | payload | {"sequence_number": i}) for i, (kind, payload) in enumerate(events)]
+
+
+# --- LightRAG's prompts ------------------------------------------------------------------------
+
+# Stable markers of lightrag-hku's prompt templates (``lightrag/prompt.py``, checked against 1.5.7).
+LIGHTRAG_EXTRACTION_TASK = "---Task---\nExtract entities and relationships"  # entity_extraction_user_prompt
+LIGHTRAG_GLEANING_TASK = "---Task---\nBased on the last extraction task"  # entity_continue_extraction_user_prompt
+LIGHTRAG_KEYWORDS_ROLE = "expert keyword extractor"  # keywords_extraction
+LIGHTRAG_SUMMARY_ROLE = "proficient in data curation and synthesis"  # summarize_entity_descriptions
+LIGHTRAG_ANSWER_ROLE = "synthesizing information from a provided knowledge base"  # rag_response, naive_rag_response
+LIGHTRAG_ANSWER_PREFIX = "According to the knowledge base"
+_INPUT_TEXT = re.compile(r"---Input Text---\s*```\n(.*?)\n```", re.DOTALL)
+_TUPLE_DELIMITER = re.compile(r"Entity row: `entity(.+?)entity_name")
+_COMPLETION_DELIMITER = re.compile(r"Output `([^`]+)` as the final line")
+_USER_QUERY = re.compile(r"User Query: (.*?)\n\n---Output---", re.DOTALL)
+_DESCRIPTION_NAME = re.compile(r"^\w+ Name: (.+)$", re.MULTILINE)
+_CAPITALISED = re.compile(r"\b[A-Z][\w-]*")
+_COMMON = (  # words a sentence or question starts with: not names
+    "a about after all an and are as at be before between both but by can did do does each for from has have he her "
+    "his how i in into is it its many more most much near of on or our she so some than that the their these they "
+    "this those to under was we were what when where which while who whom whose why will with you"
+)
+_COMMON_WORDS = frozenset(_COMMON.split())
+
+
+def lightrag_reply(messages: list[dict[str, Any]]) -> str | None:
+    """The text a model would give to one of LightRAG's prompts, or None for any other conversation.
+
+    - entity extraction: an ``entity`` row per capitalised name in the input text and a ``relation`` row per
+      neighbouring pair, in the tuple and completion delimiters the prompt asks for;
+    - gleaning (the "anything missed?" follow-up): one more description of the first name, so descriptions pile up
+      and LightRAG has something to summarise;
+    - keywords: ``{"high_level_keywords": [...], "low_level_keywords": [...]}`` from the user query;
+    - a description summary, and an answer naming the question's names found in the retrieved context.
+    """
+    texts = [_message_text(message) for message in messages]
+    if not texts:
+        return None
+    last, conversation = texts[-1], "\n".join(texts)
+    if last.startswith(LIGHTRAG_EXTRACTION_TASK):
+        return _extraction_rows(conversation, _last_input_text(last), gleaning=False)
+    if last.startswith(LIGHTRAG_GLEANING_TASK):
+        return _extraction_rows(conversation, _last_input_text(conversation), gleaning=True)
+    if LIGHTRAG_KEYWORDS_ROLE in conversation:
+        match = _USER_QUERY.search(conversation)
+        return _keywords(match.group(1) if match else last)
+    if LIGHTRAG_SUMMARY_ROLE in conversation:
+        match = _DESCRIPTION_NAME.search(conversation)
+        name = match.group(1).strip() if match else "The entity"
+        return f"{name}: one summary of its descriptions, written by the spendwatch stub."
+    if LIGHTRAG_ANSWER_ROLE in conversation:
+        context = "\n".join(
+            text for message, text in zip(messages, texts, strict=True) if message.get("role") != "user"
+        )
+        found = [name for name in _names(last) if re.search(rf"\b{re.escape(name)}\b", context)]
+        if not found:
+            return f"{LIGHTRAG_ANSWER_PREFIX}, no name in the question appears in the retrieved context."
+        verb = "is" if len(found) == 1 else "are"
+        return f"{LIGHTRAG_ANSWER_PREFIX}, {', '.join(found)} {verb} in the retrieved context."
+    return None
+
+
+def _message_text(message: Any) -> str:
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, list):  # content parts
+        return "\n".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
+    return str(content or "")
+
+
+def _last_input_text(text: str) -> str:
+    matches = _INPUT_TEXT.findall(text)
+    return matches[-1] if matches else ""
+
+
+def _names(text: str) -> list[str]:
+    """Capitalised words that are not common words, each once, in order of appearance."""
+    found = [word for word in _CAPITALISED.findall(text) if word.lower() not in _COMMON_WORDS]
+    return list(dict.fromkeys(found))
+
+
+def _sentences(text: str, name: str) -> list[str]:
+    mentions = re.compile(rf"\b{re.escape(name)}\b")
+    sentences = [" ".join(sentence.split()) for sentence in re.split(r"(?<=[.!?])\s+", text)]
+    return [sentence for sentence in sentences if mentions.search(sentence)]
+
+
+def _extraction_rows(conversation: str, input_text: str, *, gleaning: bool) -> str:
+    tuple_match, done_match = _TUPLE_DELIMITER.search(conversation), _COMPLETION_DELIMITER.search(conversation)
+    sep = tuple_match.group(1) if tuple_match else "<|#|>"
+    done = done_match.group(1) if done_match else "<|COMPLETE|>"
+    names = _names(input_text)
+    if gleaning:
+        names = names[:1]
+    rows = []
+    for name in names:
+        where = _sentences(input_text, name) or [input_text]
+        description = f"{name} again appears in: {where[-1]}" if gleaning else f"{name} appears in: {where[0]}"
+        rows.append(sep.join(("entity", name, "Other", description.replace(sep, " "))))
+    if not gleaning:
+        for source, target in itertools.pairwise(names):
+            description = f"{source} and {target} are mentioned in the same text."
+            rows.append(sep.join(("relation", source, target, "mentioned together", description)))
+    return "\n".join([*rows, done])
+
+
+def _keywords(query: str) -> str:
+    low_level = _names(query)
+    lowered = {name.lower() for name in low_level}
+    words = [word for word in re.findall(r"[a-z][a-z-]{2,}", query.lower()) if word not in _COMMON_WORDS]
+    high_level = [word for word in dict.fromkeys(words) if word not in lowered][:3]
+    return json.dumps({"high_level_keywords": high_level, "low_level_keywords": low_level})

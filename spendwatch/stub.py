@@ -20,6 +20,11 @@ Usage is a pure function of the request, one token per word:
   option for reasoning models (``o1``/``o3``/``o4``/``gpt-5`` prefixes);
 - cached input tokens: the ``cached_tokens`` option, capped by the input count (chat and Responses).
 
+Chat replies are a fixed text, except that LightRAG's prompts (entity extraction, gleaning, keywords, description
+summaries, answers; recognised by stable markers in the prompt) get the rows, JSON or prose LightRAG parses (see
+:func:`spendwatch._stub_responses.lightrag_reply`), so a real LightRAG pointed at the stub builds a real graph. Their
+output tokens are the reply's words, capped by the length limits above.
+
 The request model picks a misbehaviour: see ``SPECIAL_MODELS``. Every error response carries
 ``x-should-retry: false`` so the SDK fails at once whatever its ``max_retries``.
 """
@@ -59,6 +64,7 @@ _REPLY_TEXT = "This is a test reply from the spendwatch stub server and it count
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 _LENGTH_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 _NOT_COUNTED = frozenset({"role", "type", "id", "name", "call_id", "tool_call_id", "status"})
+_WORD_PIECES = re.compile(r"\s*\S+")
 _ROUTE = re.compile(
     r"^(?:/openai/deployments/(?P<deployment>[^/]+)|/openai)?(?:/v1)?"
     r"/(?P<endpoint>chat/completions|completions|embeddings|responses)/?$"
@@ -245,11 +251,15 @@ class _Call:
         """Chat and legacy completion streams carry usage only when asked to."""
         return not self.stream or self.include_usage
 
-    def reply_words(self) -> list[str]:
+    def reply_words(self, text: str | None = None) -> list[str]:
+        """The reply as one piece per word (each with the whitespace before it): ``text``, else the stub's own."""
         limit = next((self.body[key] for key in _LENGTH_LIMITS if key in self.body), None)
-        count = max(1, int(limit)) if isinstance(limit, int) else DEFAULT_REPLY_WORDS
+        limit = max(1, int(limit)) if isinstance(limit, int) else None
+        if text is not None:
+            pieces = _WORD_PIECES.findall(text.strip())
+            return pieces[:limit] if limit else pieces
         vocabulary = _REPLY_TEXT.split()
-        words = [vocabulary[i % len(vocabulary)] for i in range(count)]
+        words = [vocabulary[i % len(vocabulary)] for i in range(limit or DEFAULT_REPLY_WORDS)]
         return words[:1] + [" " + word for word in words[1:]]
 
     def usage(self, input_tokens: int, output_tokens: int = 0, *, cacheable: bool = True) -> ReportedUsage:
@@ -301,7 +311,8 @@ def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
 def _chat(call: _Call) -> _Reply:
     messages = call.body.get("messages") or []
     n = int(call.body.get("n") or 1)
-    words, tool_call = call.reply_words(), _tool_call(call.body)
+    tool_call = _tool_call(call.body)
+    words = call.reply_words(None if tool_call else shapes.lightrag_reply(messages))
     output = _count_words(tool_call["function"]["arguments"]) + 1 if tool_call else n * len(words)
     usage = call.usage(_count_words(messages) + MESSAGE_OVERHEAD * len(messages), output)
     payload = call.report(usage, shapes.chat_usage) if call.reports_usage else None

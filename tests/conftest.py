@@ -107,3 +107,16 @@ def ledger(ledger_location):
     opened = Ledger(open_backend(ledger_location), ZoneInfo("UTC"))
     yield opened
     opened.close()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_stays_attached():
+    """Whatever a test attached (spendwatch.configure) or instrumented is undone before the next test."""
+    yield
+    from spendwatch import runtime
+    from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
+
+    runtime.detach()
+    for instrumentor in (OpenAIInstrumentor(), LightRAGInstrumentor()):
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()

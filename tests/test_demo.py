@@ -7,7 +7,9 @@ changes what is asserted, in CI (``CI=true``) it fails the test.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,9 +17,20 @@ import time
 
 import pytest
 
+from spendwatch._demo_lightrag import DOCUMENTS, SKIPPED
 from tests.servers import in_ci
 
-DEMO_TIMEOUT = 120.0  # the demo takes ~20 s with alerting, ~2 s without
+DEMO_TIMEOUT = 120.0  # the demo takes ~23 s with alerting, ~4 s without
+
+
+def lightrag_installed() -> bool:
+    try:
+        import lightrag  # noqa: F401
+    except ImportError:
+        if in_ci():
+            pytest.fail("CI=true but lightrag-hku is not installed: the test extra includes it")
+        return False
+    return True
 
 
 def alerting_binaries() -> bool:
@@ -86,3 +99,28 @@ def test_with_prometheus_and_alertmanager_the_budget_pages_arrive(demo):
     assert out.index("LLMBudgetExhausted") < out.rindex("limit_usd")
     assert any(line.startswith("global  day") and "exceeded" in line for line in out.splitlines())
     assert elapsed < 60, f"the demo took {elapsed:.0f}s"
+
+
+def test_with_lightrag_installed_the_demo_prices_a_real_lightrag_workload_by_stage_and_document(demo):
+    done, _ = demo
+    out = done.stdout
+    if not lightrag_installed():
+        assert SKIPPED in out
+        pytest.skip("lightrag-hku is not installed: the demo said how to get it")
+    assert done.returncode == 0, f"stdout:\n{out}\nstderr:\n{done.stderr}"
+    version = importlib.metadata.version("lightrag-hku")
+    assert f"LightRAG workload: lightrag-hku {version} (installed)" in out
+    section = out[out.index("LightRAG workload:") : out.rindex("limit_usd")]  # before the final status
+    # The stub answered LightRAG's prompts, so the graph is not empty.
+    graph = re.search(
+        r"indexed 2 documents \((\d+) entities, (\d+) relations\) in category 'literature_review'", section
+    )
+    assert graph and int(graph[1]) > 0 and int(graph[2]) > 0, section
+    # One row per stage, each with priced calls; the repeated question shows up as cache hits.
+    rows = {line.split()[0]: line.split() for line in section.splitlines() if line.startswith("  ")}
+    for stage in ("extraction", "gleaning", "summary", "keywords", "answer", "embedding"):
+        assert stage in rows and int(rows[stage][1]) > 0 and float(rows[stage][4]) > 0, section
+    assert int(rows["answer"][5]) == 1 and float(rows["answer"][6]) > 0
+    assert "indexing by document: " in section and all(f"{doc_id} $0.0" in section for doc_id in DOCUMENTS)
+    assert "LLM cache: 2 hits" in section
+    assert "INFO:" not in done.stderr  # LightRAG's and nano-vectordb's logging is kept out of the demo's output

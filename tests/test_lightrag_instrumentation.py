@@ -1,25 +1,19 @@
 """The LightRAG instrumentation on a real LightRAG, fully offline.
 
 LightRAG (``lightrag-hku``) runs with its stock OpenAI functions (``gpt_4o_mini_complete``, ``openai_embed``) and
-the real ``openai`` SDK, talking HTTP to a test-local OpenAI-compatible server that answers LightRAG's prompts in the
-formats it parses (entity extraction in its delimiter format, keywords as JSON), so the knowledge graph is real and
-every query mode does its real work. A whitespace tokenizer stands in for tiktoken, so nothing is downloaded.
+the real ``openai`` SDK, talking HTTP to spendwatch's stub (:mod:`spendwatch.stub`), which answers LightRAG's prompts
+in the formats it parses (entity extraction in its delimiter format, keywords as JSON), so the knowledge graph is real
+and every query mode does its real work. The LightRAG is the demo's (:func:`spendwatch._demo_lightrag.make_rag`): a
+whitespace tokenizer stands in for tiktoken, so nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import os
-import re
 import shutil
-import threading
 import time
-import uuid
 from datetime import UTC, date, datetime
-from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -33,18 +27,17 @@ except ImportError:
     pytest.skip("lightrag-hku is not installed", allow_module_level=True)
 
 from lightrag import LightRAG, QueryParam
-from lightrag.llm.openai import gpt_4o_mini_complete, openai_embed
-from lightrag.utils import EmbeddingFunc, Tokenizer
 
 import spendwatch
-from spendwatch import _stub_responses as shapes
-from spendwatch._stub_responses import ReportedUsage
+from spendwatch import _demo_lightrag
+from spendwatch._stub_responses import LIGHTRAG_ANSWER_PREFIX
 from spendwatch.exporter.stage_report import stage_rows
 from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
 from spendwatch.instrumentation.lightrag_hku.patch import llm_cache_stage
 from spendwatch.instrumentation.lightrag_hku.scopes import CACHE_HIT
 from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.records import UsageRecord
+from spendwatch.stub import ReportedUsage, StubServer
 from tests.conftest import FAKE_API_KEY
 
 PRICES = PriceTable()
@@ -54,171 +47,16 @@ DOCUMENTS = {
     "doc-globex": "Bob later joined Globex in Paris. Globex competes with Acme on rockets.",
     "doc-initech": "Carol audits Acme and Globex from Initech. Initech is based in Berlin near Acme.",
 }
-ENTITIES = {
-    "Alice": "person",
-    "Bob": "person",
-    "Carol": "person",
-    "Acme": "organization",
-    "Globex": "organization",
-    "Initech": "organization",
-    "Berlin": "location",
-    "Paris": "location",
-}
 QUESTION = "Who works with Acme on rockets?"
-EMBEDDING_DIM = 32
-
-
-# --- a local OpenAI-compatible server that speaks LightRAG ----------------------------------------------------------
-
-
-def _words(value) -> int:
-    if isinstance(value, str):
-        return len(value.split())
-    if isinstance(value, list):
-        return sum(_words(item) for item in value)
-    if isinstance(value, dict):
-        return _words(value.get("content"))
-    return 0
-
-
-def _extraction_reply(prompt: str, gleaning: bool) -> str:
-    text = prompt.split("---Input Text---", 1)[1] if "---Input Text---" in prompt else prompt
-    names = [name for name in ENTITIES if re.search(rf"\b{name}\b", text)]
-    if gleaning:  # one more fragment for the first entity, so descriptions pile up and get summarised
-        names = names[:1]
-    snippet = " ".join(text.split()[1:6])
-    lines = [
-        f"entity<|#|>{name}<|#|>{ENTITIES[name]}<|#|>{name} {'again ' if gleaning else ''}appears in: {snippet}"
-        for name in names
-    ]
-    if not gleaning:
-        lines += [
-            f"relation<|#|>{source}<|#|>{target}<|#|>works with<|#|>{source} and {target} are linked in: {snippet}"
-            for source, target in itertools.pairwise(names)
-        ]
-    return "\n".join([*lines, "<|COMPLETE|>"])
-
-
-def chat_reply(messages: list[dict]) -> str:
-    """What LightRAG's prompt asks for: extraction rows, keywords JSON, a summary or an answer."""
-    prompt = str(messages[-1].get("content") or "")
-    whole = "\n".join(str(message.get("content") or "") for message in messages)
-    if prompt.startswith("---Task---\nExtract entities and relationships"):
-        return _extraction_reply(prompt, gleaning=False)
-    if prompt.startswith("---Task---\nBased on the last extraction task"):
-        return _extraction_reply(whole, gleaning=True)
-    if "expert keyword extractor" in whole:
-        return json.dumps({"high_level_keywords": ["rocket companies"], "low_level_keywords": ["Acme", "Bob"]})
-    if "proficient in data curation and synthesis" in whole:
-        return "A summary of the entity written by the LightRAG test server."
-    return "Bob works with Alice at Acme on rockets, according to the knowledge base."
-
-
-class LightRAGStub:
-    """Serves ``/v1/chat/completions`` and ``/v1/embeddings``; ``usage_log`` holds every priced call's usage."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._usage: list[ReportedUsage] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.stub = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self._thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    @property
-    def usage_log(self) -> list[ReportedUsage]:
-        with self._lock:
-            return list(self._usage)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._usage.clear()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def answer(self, endpoint: str, body: dict) -> dict:
-        model = str(body.get("model"))
-        if endpoint == "embeddings":
-            texts = [body["input"]] if isinstance(body["input"], str) else list(body["input"])
-            usage = ReportedUsage("embeddings", model, _words(texts))
-            self._log(usage)
-            dimensions = int(body.get("dimensions") or EMBEDDING_DIM)
-            encoding = body.get("encoding_format") or "float"
-            return shapes.embeddings(model, texts, dimensions, encoding, shapes.embeddings_usage(usage))
-        messages = body.get("messages") or []
-        reply = chat_reply(messages)
-        usage = ReportedUsage("chat.completions", model, _words(messages) + 3 * len(messages), len(reply.split()))
-        self._log(usage)
-        return shapes.chat_completion(model, [reply], shapes.chat_usage(usage))
-
-    def _log(self, usage: ReportedUsage) -> None:
-        with self._lock:
-            self._usage.append(usage)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format, *args) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-        endpoint = "embeddings" if self.path.rstrip("/").endswith("/embeddings") else "chat"
-        data = json.dumps(self.server.stub.answer(endpoint, body)).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class WhitespaceTokenizer:
-    """One token per whitespace-separated word: LightRAG needs encode/decode, and tiktoken would download."""
-
-    def __init__(self) -> None:
-        self._ids: dict[str, int] = {}
-        self._words: list[str] = []
-        self._lock = threading.Lock()
-
-    def encode(self, content: str) -> list[int]:
-        with self._lock:
-            return [self._id(word) for word in content.split()]
-
-    def _id(self, word: str) -> int:
-        if word not in self._ids:
-            self._ids[word] = len(self._words)
-            self._words.append(word)
-        return self._ids[word]
-
-    def decode(self, tokens: list[int]) -> str:
-        return " ".join(self._words[token] for token in tokens)
-
-    def __deepcopy__(self, memo) -> WhitespaceTokenizer:
-        return self
 
 
 # --- fixtures -------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lightrag_stub_server():
-    server = LightRAGStub()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def lightrag_stub(lightrag_stub_server):
-    lightrag_stub_server.reset()
-    return lightrag_stub_server
+def lightrag_stub(stub) -> StubServer:
+    """The stub (reset), which answers LightRAG's prompts; its ``usage_log`` holds every priced call's usage."""
+    return stub
 
 
 @pytest.fixture
@@ -229,21 +67,8 @@ def instrument_lightrag(instrument_openai, tracer_provider):
     instrumentor.uninstrument()
 
 
-def make_rag(working_dir, stub: LightRAGStub) -> LightRAG:
-    embed = partial(openai_embed.func, model="text-embedding-3-small", base_url=stub.base_url, api_key=FAKE_API_KEY)
-    return LightRAG(
-        working_dir=str(working_dir),
-        # LightRAG keeps pipeline and storage state per workspace in process-wide shared storage.
-        workspace=f"test_{uuid.uuid4().hex[:12]}",
-        llm_model_func=gpt_4o_mini_complete,
-        llm_model_name="gpt-4o-mini",
-        llm_model_kwargs={"base_url": stub.base_url, "api_key": FAKE_API_KEY},
-        embedding_func=EmbeddingFunc(embedding_dim=EMBEDDING_DIM, func=embed, send_dimensions=True),
-        tokenizer=Tokenizer("whitespace", WhitespaceTokenizer()),
-        force_llm_summary_on_merge=2,  # summarise as soon as an entity has two descriptions (LightRAG warns)
-        # The stub's vectors are hashes, not meanings: let every stored vector match so every mode retrieves.
-        vector_db_storage_cls_kwargs={"cosine_better_than_threshold": -1.0},
-    )
+def make_rag(working_dir, stub: StubServer) -> LightRAG:
+    return _demo_lightrag.make_rag(working_dir, stub.base_url, FAKE_API_KEY)
 
 
 @pytest.fixture
@@ -313,7 +138,7 @@ async def test_each_query_mode_is_one_span_with_its_mode_and_its_calls_below(rag
 
     for mode in MODES:
         answer = await rag.aquery(f"{QUESTION} ({mode})", param=QueryParam(mode=mode))
-        assert answer.startswith("Bob works with Alice")
+        assert answer == f"{LIGHTRAG_ANSWER_PREFIX}, Acme is in the retrieved context.", mode  # what was retrieved
 
     queries = lightrag_spans(span_exporter, "lightrag.query")
     assert [span.attributes["spendwatch.lightrag.query_mode"] for span in queries] == list(MODES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
+from spendwatch._stub_responses import LIGHTRAG_ANSWER_PREFIX, lightrag_reply
 from spendwatch.stub import DEFAULT_REPLY_WORDS, MESSAGE_OVERHEAD, ReportedUsage, StubServer
 
 KEY = "sk-stub-test-key"
@@ -364,6 +366,127 @@ def test_unknown_path_is_a_real_shaped_404(stub):
     status, text = post_raw(stub, "/v1/nothing-here", {})
     assert status == 404
     assert json.loads(text)["error"]["message"] == "Invalid URL (POST /v1/nothing-here)"
+
+
+# --- LightRAG's prompts --------------------------------------------------------------------------
+
+LIGHTRAG_TEXT = "Smith annotated Glucose in Plasma. The Orbitrap confirmed Glucose."
+LIGHTRAG_SYSTEM = "---Role---\nEntity row: `entity<|@|>entity_name<|@|>entity_type<|@|>entity_description`"
+LIGHTRAG_EXTRACT = (
+    "---Task---\nExtract entities and relationships from the `---Input Text---` section below.\n"
+    "4. Output `<|DONE|>` as the final line after all relevant entities and relationships.\n\n"
+    f"---Input Text---\n```\n{LIGHTRAG_TEXT}\n```\n\n---Output---\n"
+)
+LIGHTRAG_GLEAN = "---Task---\nBased on the last extraction task, identify any missed entities.\n---Output---\n"
+
+
+def lightrag_chat(client, messages, **options) -> str:
+    return client.chat.completions.create(model="gpt-4o-mini", messages=messages, **options).choices[0].message.content
+
+
+def test_lightrag_extraction_gets_rows_in_the_delimiters_the_prompt_asks_for(client, stub):
+    messages = [{"role": "system", "content": LIGHTRAG_SYSTEM}, {"role": "user", "content": LIGHTRAG_EXTRACT}]
+    reply = lightrag_chat(client, messages)
+
+    rows = reply.splitlines()
+    assert rows[-1] == "<|DONE|>"
+    entities = [row.split("<|@|>") for row in rows if row.startswith("entity")]
+    assert [(name, kind) for _, name, kind, _ in entities] == [
+        ("Smith", "Other"),
+        ("Glucose", "Other"),
+        ("Plasma", "Other"),
+        ("Orbitrap", "Other"),
+    ]
+    assert entities[0][3] == "Smith appears in: Smith annotated Glucose in Plasma."
+    relations = [row.split("<|@|>")[1:3] for row in rows if row.startswith("relation")]
+    assert relations == [["Smith", "Glucose"], ["Glucose", "Plasma"], ["Plasma", "Orbitrap"]]
+    assert stub.usage_log[-1].output_tokens == len(reply.split())  # one token per word, as for any reply
+
+
+def test_lightrag_gleaning_adds_one_description_of_the_first_name_from_the_history(client):
+    history = [{"role": "user", "content": LIGHTRAG_EXTRACT}, {"role": "assistant", "content": "entity rows"}]
+    reply = lightrag_chat(client, [*history, {"role": "user", "content": LIGHTRAG_GLEAN}])
+    assert reply.splitlines() == [
+        "entity<|#|>Smith<|#|>Other<|#|>Smith again appears in: " + LIGHTRAG_TEXT.split(". ")[0] + ".",
+        "<|DONE|>",
+    ]
+
+
+def test_lightrag_keywords_are_json_from_the_user_query(client):
+    prompt = (
+        "You are an expert keyword extractor.\n---Real Data---\nUser Query: Did Smith use HMDB spectra?\n\n---Output---"
+    )
+    reply = json.loads(
+        lightrag_chat(client, [{"role": "user", "content": prompt}], response_format={"type": "json_object"})
+    )
+    assert reply == {"high_level_keywords": ["use", "spectra"], "low_level_keywords": ["Smith", "HMDB"]}
+
+
+def test_lightrag_answer_names_what_the_context_holds_and_summaries_name_the_entity(client):
+    system = "You are an expert AI assistant specializing in synthesizing information from a provided knowledge base."
+    context = system + "\nentity Glucose, entity Orbitrap"
+    question = {"role": "user", "content": "Which Orbitrap measured Glucose in Urine?"}
+    answer = lightrag_chat(client, [{"role": "system", "content": context}, question])
+    assert answer == f"{LIGHTRAG_ANSWER_PREFIX}, Orbitrap, Glucose are in the retrieved context."
+    summary = "You are a Knowledge Graph Specialist, proficient in data curation and synthesis.\nEntity Name: Glucose\n"
+    assert lightrag_chat(client, [{"role": "user", "content": summary}]).startswith("Glucose: ")
+
+
+def test_a_streamed_lightrag_reply_is_the_same_text_and_max_tokens_still_caps_it(client):
+    messages = [{"role": "system", "content": LIGHTRAG_SYSTEM}, {"role": "user", "content": LIGHTRAG_EXTRACT}]
+    whole = lightrag_chat(client, messages)
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == whole
+    capped = client.chat.completions.create(model="gpt-4o-mini", messages=messages, max_tokens=3)
+    assert capped.choices[0].message.content == " ".join(whole.split()[:3]) and capped.usage.completion_tokens == 3
+
+
+def test_other_prompts_keep_the_default_reply(client):
+    assert lightrag_reply([{"role": "user", "content": "Extract entities from: Smith met Chen."}]) is None
+    assert lightrag_reply([]) is None
+    assert (
+        len(lightrag_chat(client, [{"role": "user", "content": "Extract entities: Smith"}]).split())
+        == DEFAULT_REPLY_WORDS
+    )
+
+
+def test_the_markers_match_the_installed_lightrags_prompts():
+    """The real templates, filled in as LightRAG fills them, get the reply LightRAG parses."""
+    prompts = pytest.importorskip("lightrag.prompt").PROMPTS
+    values = collections.defaultdict(
+        lambda: "x",
+        tuple_delimiter=prompts["DEFAULT_TUPLE_DELIMITER"],
+        completion_delimiter=prompts["DEFAULT_COMPLETION_DELIMITER"],
+        input_text=LIGHTRAG_TEXT,
+        heading_context_block="",
+        query="Which Orbitrap measured Glucose?",
+        description_name="Glucose",
+    )
+    system = {"role": "system", "content": prompts["entity_extraction_system_prompt"].format_map(values)}
+    extract = {"role": "user", "content": prompts["entity_extraction_user_prompt"].format_map(values)}
+    glean = {"role": "user", "content": prompts["entity_continue_extraction_user_prompt"].format_map(values)}
+    rows = lightrag_reply([system, extract])
+    assert rows.startswith("entity<|#|>Smith<|#|>") and rows.endswith("\n<|COMPLETE|>")
+    assert lightrag_reply([system, extract, {"role": "assistant", "content": rows}, glean]).startswith(
+        "entity<|#|>Smith<|#|>Other<|#|>Smith again appears in:"
+    )
+    keywords = json.loads(
+        lightrag_reply([{"role": "user", "content": prompts["keywords_extraction"].format_map(values)}])
+    )
+    assert keywords["low_level_keywords"] == ["Orbitrap", "Glucose"]
+    summary = prompts["summarize_entity_descriptions"].format_map(values)
+    assert lightrag_reply([{"role": "user", "content": summary}]).startswith("Glucose: ")
+    for template in ("rag_response", "naive_rag_response"):
+        answer = [
+            {
+                "role": "system",
+                "content": prompts[template].format_map(
+                    values | {"context_data": "Glucose", "content_data": "Glucose"}
+                ),
+            }
+        ]
+        answer.append({"role": "user", "content": "Which Orbitrap measured Glucose?"})
+        assert lightrag_reply(answer) == f"{LIGHTRAG_ANSWER_PREFIX}, Glucose is in the retrieved context."
 
 
 # --- the server itself -------------------------------------------------------------------------
