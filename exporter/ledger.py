@@ -5,18 +5,24 @@ same SQL here; the dialect differences are in :mod:`spendwatch.exporter.ledger_b
 entry has a unique id; a replayed entry is not counted twice), and the totals are only ever added to for rows that
 were really inserted, so they always equal a scan of ``calls`` without anyone ever scanning it: reading the
 current spend or serving ``/metrics`` costs O(series), never O(history).
+
+Every row written to ``calls``, ``events`` and ``repricings`` is chained into the HMAC audit trail in the same
+transaction (see :mod:`spendwatch.exporter.audit`); such transactions take the chain head first
+(:meth:`Ledger.chained_transaction`), so concurrent writers append one after another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from zoneinfo import ZoneInfo
 
+from spendwatch.exporter import audit
 from spendwatch.exporter.periods import local_day
 from spendwatch.instrumentation.records import UsageRecord
 
@@ -75,26 +81,27 @@ class LedgerEntry:
 
 
 def _call_row(entry: LedgerEntry, tz: ZoneInfo) -> tuple:
+    """The calls row, each value already of its column's type: it is MACed as is (see audit.call_content)."""
     r = entry.record
     return (
         entry.entry_id,
-        r.start_time,
+        float(r.start_time),
         local_day(r.start_time, tz).isoformat(),
         r.provider,
         r.operation,
         r.request_model,
         r.response_model,
         r.category or "",
-        r.input_tokens,
-        r.output_tokens,
-        r.cache_read_tokens,
-        r.reasoning_tokens,
-        r.cost_usd,
+        int(r.input_tokens),
+        int(r.output_tokens),
+        int(r.cache_read_tokens),
+        int(r.reasoning_tokens),
+        None if r.cost_usd is None else float(r.cost_usd),
         r.pricing,
         int(r.estimated),
         r.outcome,
         r.error_type,
-        r.duration_s,
+        float(r.duration_s),
         format(r.trace_id, "032x") if r.trace_id else None,
         format(r.span_id, "016x") if r.span_id else None,
         json.dumps(r.attributes) if r.attributes else None,
@@ -130,10 +137,13 @@ def _add(into: dict, key: tuple, values: Sequence[float]) -> None:
 class Ledger:
     """Backend-neutral ledger logic over a DB-API connection from :mod:`ledger_backends`."""
 
-    def __init__(self, backend, tz: ZoneInfo) -> None:
+    def __init__(self, backend, tz: ZoneInfo, *, audit_key: audit.AuditKey | None = None) -> None:
+        """``audit_key`` defaults to ``SPENDWATCH_AUDIT_KEY`` or the key file; a bad one is a ConfigError."""
         self.backend = backend
         self.tz = tz
         self._lock = threading.Lock()
+        self.audit_key = audit_key or audit.load_audit_key(backend.location)
+        audit.check_key(backend, self.audit_key)
 
     @property
     def location(self) -> str:
@@ -145,8 +155,14 @@ class Ledger:
         entries = list(entries)
         if not entries:
             return 0
-        with self._lock, self.backend.transaction() as cursor:
-            fresh = [entry for entry in entries if self.backend.insert_call(cursor, _call_row(entry, self.tz))]
+        rows = [_call_row(entry, self.tz) for entry in entries]
+        with self.chained_transaction() as cursor:
+            inserted = [
+                (entry, row) for entry, row in zip(entries, rows, strict=True) if self.backend.insert_call(cursor, row)
+            ]
+            chained = [("call", row[0], None, row) for _, row in inserted]  # typed by _call_row: MACed as is
+            audit.append(self.backend, cursor, self.audit_key, chained)
+            fresh = [entry for entry, _ in inserted]
             totals: dict[tuple, list[float]] = {}
             daily: dict[tuple, list[float]] = {}
             buckets: dict[tuple, list[float]] = {}
@@ -178,14 +194,35 @@ class Ledger:
 
     def set_budget_limit(self, name: str, period: str, limit_usd: float, *, reason: str = "") -> None:
         """Change a budget's limit from now on; the change itself is kept as an event."""
-        with self._lock, self.backend.transaction() as cursor:
-            self.backend.upsert_budget_limit(cursor, name, period, limit_usd, time.time())
+        at = time.time()
+        with self.chained_transaction() as cursor:
+            self.backend.upsert_budget_limit(cursor, name, period, limit_usd, at)
             detail = {"name": name, "period": period, "limit_usd": limit_usd, "reason": reason}
-            self.backend.add_event(cursor, time.time(), "budget_limit_changed", json.dumps(detail))
+            self.chained_event(cursor, "budget_limit_changed", detail, at=at)
 
-    def add_event(self, kind: str, detail: dict) -> None:
+    def add_event(self, kind: str, detail: dict) -> int:
+        """Keep an event (chained into the audit trail); its id."""
+        with self.chained_transaction() as cursor:
+            return self.chained_event(cursor, kind, detail, at=time.time())
+
+    @contextlib.contextmanager
+    def chained_transaction(self) -> Iterator:
+        """A write transaction that holds the audit chain's head: for anything that appends to the chain."""
         with self._lock, self.backend.transaction() as cursor:
-            self.backend.add_event(cursor, time.time(), kind, json.dumps(detail, default=str))
+            audit.lock(self.backend, cursor)
+            yield cursor
+
+    def chained_event(self, cursor, kind: str, detail: dict, *, at: float) -> int:
+        """Add an event and its audit record inside a :meth:`chained_transaction`; the event's id."""
+        text = json.dumps(detail, default=str)
+        event_id = self.backend.add_event(cursor, at, kind, text)
+        audit.append(
+            self.backend,
+            cursor,
+            self.audit_key,
+            [("event", None, event_id, audit.event_content((event_id, at, kind, text)))],
+        )
+        return event_id
 
     # --- reading (never scans calls) ---------------------------------------------------------------------------
     def totals(self) -> list[dict]:
@@ -237,7 +274,7 @@ class Ledger:
     def reopen(self) -> None:
         """A fresh connection, for a forked child: database connections must not cross a fork."""
         self._lock = threading.Lock()
-        self.backend = type(self.backend)(self.backend.location)
+        self.backend = type(self.backend)(self.backend.location)  # the audit key stays
         self.backend.prepare()
 
     def close(self) -> None:

@@ -7,9 +7,10 @@ ledger, is refused at start-up with one sentence naming ``SPENDWATCH_LEDGER`` an
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from spendwatch.instrumentation.errors import ConfigError
@@ -49,6 +50,14 @@ SCHEMA = (
     # Money a process may still commit against a budget period without asking again (see exporter/guard.py).
     "CREATE TABLE IF NOT EXISTS leases (lease_id TEXT PRIMARY KEY, budget TEXT NOT NULL, period TEXT NOT NULL,"
     " period_start TEXT NOT NULL, outstanding_usd {real} NOT NULL, expires_at {real} NOT NULL)",
+    # A call's cost before and after each re-pricing (see exporter/reprice.py); the calls row holds the latest.
+    "CREATE TABLE IF NOT EXISTS repricings (id {serial}, call_id TEXT NOT NULL, ts {real} NOT NULL,"
+    " event_id {int} NOT NULL, old_cost_usd {real}, new_cost_usd {real} NOT NULL, old_pricing TEXT NOT NULL,"
+    " new_pricing TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS repricings_by_call ON repricings (call_id)",
+    # The HMAC chain over calls, events and repricings, in the order they were written (see exporter/audit.py).
+    "CREATE TABLE IF NOT EXISTS audit (seq {int} PRIMARY KEY, kind TEXT NOT NULL, call_id TEXT, row_id {int},"
+    " mac TEXT NOT NULL)",
 )
 
 
@@ -106,8 +115,18 @@ class _SqlBackend:
         cursor.execute(self._sql(query), tuple(parameters))
         return cursor.fetchall() if cursor.description else []
 
-    def add_event(self, cursor, at: float, kind: str, detail: str) -> None:
-        cursor.execute(self._sql("INSERT INTO events (ts, kind, detail) VALUES (?, ?, ?)"), (at, kind, detail))
+    def add_event(self, cursor, at: float, kind: str, detail: str) -> int:
+        """Append an event; its id."""
+        query = "INSERT INTO events (ts, kind, detail) VALUES (?, ?, ?) RETURNING id"
+        cursor.execute(self._sql(query), (at, kind, detail))
+        return int(cursor.fetchone()[0])
+
+    def set_meta(self, cursor, key: str, value: str) -> None:
+        query = (
+            "INSERT INTO spendwatch_meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        )
+        cursor.execute(self._sql(query), (key, value))
 
     def select(self, query: str, parameters: Sequence = ()) -> list[tuple]:
         cursor = self.connection.cursor()
@@ -161,6 +180,16 @@ class SQLiteBackend(_SqlBackend):
         finally:
             cursor.close()
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Callable[[str, Sequence], Iterator[tuple]]]:
+        """One consistent read of the whole database (WAL readers never block writers); yields ``rows(query,
+        parameters)``, which streams a query's rows from that snapshot."""
+        self.connection.execute("BEGIN")
+        try:
+            yield lambda query, parameters=(): iter(self.connection.execute(query, tuple(parameters)))
+        finally:
+            self.connection.execute("COMMIT")
+
     def table_names(self) -> set[str]:
         return {row[0] for row in self.select("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
@@ -205,6 +234,23 @@ class PostgresBackend(_SqlBackend):
         connection = self.connection
         with connection.transaction(), connection.cursor() as cursor:
             yield cursor
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """One consistent read (REPEATABLE READ); yields ``rows(query, parameters)``, streamed by a server-side
+        cursor so a long history is never held in memory at once."""
+        connection = self.connection
+        names = itertools.count()
+
+        def rows(query: str, parameters: Sequence = ()) -> Iterator[tuple]:
+            with connection.cursor(name=f"spendwatch_snapshot_{next(names)}") as cursor:
+                cursor.itersize = 5000
+                cursor.execute(self._sql(query), tuple(parameters))
+                yield from cursor
+
+        with connection.transaction():
+            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield rows
 
     def table_names(self) -> set[str]:
         rows = self.select("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")

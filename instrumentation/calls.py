@@ -8,6 +8,7 @@ a cached price multiplied out, one record handed to the sinks) and never raises 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ __all__ = [
     "CallRecorder",
     "Usage",
     "safe_instrumentation",
+    "storable",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -40,6 +42,17 @@ CATEGORY_BAGGAGE_KEY = "spendwatch.category"
 CALL_ATTRIBUTES_KEY = context.create_key("spendwatch.call_attributes")
 NOT_BILLED = "not billed"
 _MAX_CATEGORY_LENGTH = 100
+# What no text store or exporter takes: a lone surrogate cannot be encoded as UTF-8 (SQLite, PostgreSQL, OTLP all
+# refuse it) and PostgreSQL's text type refuses NUL. One such model name would make every ledger write of its batch
+# fail, and an OTLP export drop the whole batch of spans, so they are replaced before they leave the call.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` with lone surrogates and NUL replaced by U+FFFD; the same object in the usual (ASCII) case."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 @contextmanager
@@ -82,6 +95,7 @@ class CallRecorder:
 
     def start(self, operation: str, provider: str, request_model: str, attributes: dict | None = None) -> Call:
         """Open the CLIENT span ``"{operation} {model}"`` and make it current for the wrapped call."""
+        request_model = storable(request_model)
         span_attributes = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": provider,
@@ -90,12 +104,13 @@ class CallRecorder:
         }
         category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY)
         if category is not None:
-            category = str(category)[:_MAX_CATEGORY_LENGTH]
+            category = storable(str(category)[:_MAX_CATEGORY_LENGTH])
             span_attributes["spendwatch.category"] = category
         if attributes:
             span_attributes.update(attributes)
         context_attributes = context.get_value(CALL_ATTRIBUTES_KEY)
         if context_attributes:
+            context_attributes = {key: _storable_value(value) for key, value in context_attributes.items()}
             span_attributes.update(context_attributes)
         span = self.tracer.start_span(f"{operation} {request_model}", kind=SpanKind.CLIENT, attributes=span_attributes)
         call = Call(self, span, operation, provider, request_model, category)
@@ -204,8 +219,20 @@ class Call:
         records.emit(record)
 
 
+def _storable_value(value):
+    return storable(value) if isinstance(value, str) else value
+
+
 def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, attributes: dict) -> None:
     """Copy ``usage`` into the record and the span attributes, and price it."""
+    if usage.response_model:
+        usage.response_model = storable(usage.response_model)
+    if usage.response_id:
+        usage.response_id = storable(usage.response_id)
+    if usage.service_tier:
+        usage.service_tier = storable(usage.service_tier)
+    if usage.finish_reasons:
+        usage.finish_reasons = tuple(storable(reason) for reason in usage.finish_reasons)
     record.response_model = usage.response_model
     record.input_tokens = usage.input_tokens
     record.output_tokens = usage.output_tokens

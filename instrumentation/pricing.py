@@ -221,6 +221,8 @@ def _parse_overrides_file(path: str | os.PathLike) -> Any:
     except (ValueError, UnicodeDecodeError) as error:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         kind = "JSON" if os.fspath(path).lower().endswith(".json") else "TOML"
         raise _file_error(path, f"not valid {kind} ({error})") from None
+    except RecursionError:  # both parsers recurse per nesting level: a hostile file would escape as a traceback
+        raise _file_error(path, "nested too deeply to be a prices file") from None
 
 
 def _models_table(raw: Any, path: str | os.PathLike) -> Mapping[str, Any]:

@@ -27,7 +27,13 @@ EXIT_USAGE = 2
 
 _PROVIDERS = ("openai", "azure.ai.openai")
 # Modules that add their own subcommands with add_commands(subcommands).
-_COMMAND_MODULES = ("spendwatch.commands_budget", "spendwatch.commands_serve", "spendwatch.commands_alert")
+_COMMAND_MODULES = (
+    "spendwatch.commands_budget",
+    "spendwatch.commands_serve",
+    "spendwatch.commands_alert",
+    "spendwatch.commands_audit",
+    "spendwatch.commands_doctor",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,6 +63,7 @@ def attach(**settings: Any) -> Runtime:
         prices = PriceTable(load_overrides(resolved.prices_file) if resolved.prices_file else None)
         guard_rules = guard_config(resolved.raw.get("guard"), f"SPENDWATCH_CONFIG={resolved.config_path!r}")
         ledger = open_ledger(resolved)
+        _record_startup(ledger, resolved, prices)
         sink = LedgerSink(ledger, journal_directory(resolved.ledger))
         runtime = Runtime(resolved, ledger, sink, prices)
         runtime.thresholds = ThresholdWatcher(runtime.budget_statuses)
@@ -95,6 +96,33 @@ def detach() -> None:
     if runtime.guard is not None:
         runtime.guard.close()  # after the drain: the leases' costs are spend by now
     runtime.ledger.close()
+
+
+def _record_startup(ledger: Ledger, settings: Settings, prices: PriceTable) -> None:
+    """Chain this configuration into the audit trail, so what a process ran under is on record. An unwritable
+    ledger does not stop the app (its calls wait in the journal); it is logged."""
+    import hashlib
+    import socket
+
+    detail = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "config": settings.config_path,
+        "enforce": settings.enforce,
+        "timezone": settings.timezone.key,
+        "thresholds": list(settings.thresholds),
+        "categories": sorted(settings.categories),
+        "budgets": [[b.name, b.period, b.limit_usd, b.category, b.model] for b in settings.budgets],
+        "prices_file": settings.prices_file,
+        "prices_data": prices.data_version,
+    }
+    try:
+        if settings.prices_file:
+            with open(settings.prices_file, "rb") as file:
+                detail["prices_file_sha256"] = hashlib.sha256(file.read()).hexdigest()
+        ledger.add_event("configuration_started", detail)
+    except Exception as error:  # noqa: BLE001 - start-up goes on; the journal keeps the calls until the ledger is back
+        _logger.warning("spendwatch: cannot record this start-up in the audit trail of %s (%s)", ledger.location, error)
 
 
 def _serve_metrics(runtime: Runtime) -> None:

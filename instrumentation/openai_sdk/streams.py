@@ -18,6 +18,7 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     RESPONSES,
     count,
     estimate_tokens,
+    items,
     request_text_length,
     responses_usage,
     text,
@@ -49,19 +50,21 @@ class ChatStreamState:
             self.model = text(getattr(chunk, "model", None))
             self.response_id = text(getattr(chunk, "id", None))
             self.service_tier = text(getattr(chunk, "service_tier", None))
-        usage = chunk.usage
+        # The SDK builds chunks without validation: any field may be missing or hold anything, so read softly.
+        usage = getattr(chunk, "usage", None)
         if usage is not None:
             self.usage = usage
-        for choice in chunk.choices:
+        for choice in items(getattr(chunk, "choices", None)):
             # One delta carries about one token: the cheapest honest estimate when no usage comes.
             delta = getattr(choice, "delta", None)
             if delta is None:
-                if choice.text:
+                if getattr(choice, "text", None):
                     self.deltas += 1
-            elif delta.content or delta.tool_calls:
+            elif getattr(delta, "content", None) or getattr(delta, "tool_calls", None):
                 self.deltas += 1
-            if choice.finish_reason:
-                self.finish_reasons.append(choice.finish_reason)
+            finish_reason = text(getattr(choice, "finish_reason", None))
+            if finish_reason:
+                self.finish_reasons.append(finish_reason)
 
     def to_usage(self) -> Usage:
         usage = Usage(
@@ -99,13 +102,13 @@ class ResponsesStreamState:
         self.deltas = 0
 
     def observe(self, event: Any) -> None:
-        kind = event.type
+        kind = text(getattr(event, "type", None))
         if kind == "response.output_text.delta":
             self.deltas += 1
         elif kind in _RESPONSE_FINAL_EVENTS:
-            self.response = event.response
+            self.response = getattr(event, "response", None)
         elif kind == "response.created":
-            self.model = text(getattr(event.response, "model", None))
+            self.model = text(getattr(getattr(event, "response", None), "model", None))
 
     def to_usage(self) -> Usage:
         if self.response is not None:

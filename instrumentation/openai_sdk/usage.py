@@ -42,6 +42,11 @@ def text(value: Any) -> str | None:
     return value if type(value) is str else None
 
 
+def items(value: Any) -> list | tuple:
+    """A list the response should hold (choices, tool calls), or nothing when it holds something else."""
+    return value if isinstance(value, list | tuple) else ()
+
+
 def estimate_tokens(characters: int) -> int:
     return -(-characters // _CHARS_PER_TOKEN) if characters > 0 else 0
 
@@ -104,11 +109,11 @@ def output_cap(kwargs: dict) -> tuple[str | None, int | None]:
 
 def _chat_output_length(result: Any) -> int:
     total = 0
-    for choice in getattr(result, "choices", None) or ():
+    for choice in items(getattr(result, "choices", None)):
         message = getattr(choice, "message", None)
         total += len(text(getattr(message, "content", None)) or "")
         total += len(text(getattr(choice, "text", None)) or "")  # legacy completions
-        for tool_call in getattr(message, "tool_calls", None) or ():
+        for tool_call in items(getattr(message, "tool_calls", None)):
             function = getattr(tool_call, "function", None)
             total += len(text(getattr(function, "arguments", None)) or "")
     return total
@@ -122,7 +127,7 @@ def _responses_output_length(result: Any) -> int:
 
 
 def _finish_reasons(result: Any) -> tuple[str, ...]:
-    reasons = (getattr(choice, "finish_reason", None) for choice in getattr(result, "choices", None) or ())
+    reasons = (getattr(choice, "finish_reason", None) for choice in items(getattr(result, "choices", None)))
     return tuple(reason for reason in reasons if type(reason) is str)
 
 

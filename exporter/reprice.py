@@ -1,0 +1,157 @@
+"""Re-pricing: recompute what stored calls cost with a corrected price table, keeping what they cost before.
+
+Usage::
+
+    result = reprice(ledger, "gpt-4o-mini", since=date(2026, 11, 1), until=date(2026, 11, 27),
+                     overrides=load_overrides("corrected-prices.toml"))
+
+Which calls: successful calls whose request or response model is ``model``, on the local days ``since`` to ``until``
+(both included: the ledger's ``day`` column), except costs the provider reported itself. Each is priced the way the
+instrumentation prices a call (the response model first, then the request model, for its provider) by the bundled
+data plus ``overrides``, at the price in force on the call's own date. The ledger keeps no service tier or batch
+flag, so a flex, priority or Batch API call is re-priced at the standard price. A call the corrected table does not
+price is left as it was.
+
+All in one transaction that holds the audit chain's head: for each call whose cost or price source changes, a
+``repricings`` row keeps the old and new cost and source, the ``calls`` row takes the new ones, and ``totals`` and
+``daily_totals`` take the difference (and one unpriced call fewer where an unpriced call got a price), so they keep
+equalling a scan of ``calls`` and budgets and ``/metrics`` follow at once. A ``repriced`` event sums the run up; it
+and every repricings row are chained into the audit trail. Re-pricing again with the same prices changes nothing.
+
+``llm_cost_usd_total`` is a counter: a re-pricing that lowers costs makes it go down once, which Prometheus reads as a
+counter reset (``rate()`` across that scrape is off; the totals are right).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from spendwatch.exporter import audit
+from spendwatch.exporter.ledger import TOTAL_KEYS, Ledger
+from spendwatch.instrumentation.pricing import Price, PriceTable
+
+__all__ = ["RepriceResult", "reprice"]
+
+_REPORTED = "reported"  # instrumentation.calls.REPORTED: the provider said what the call cost
+_MATCHING = """
+SELECT id, ts, day, provider, model, operation, category, response_model, input_tokens, output_tokens,
+       cache_read_tokens, cost_usd, pricing
+FROM calls
+WHERE (model = ? OR response_model = ?) AND day >= ? AND day <= ? AND outcome = 'success' AND pricing <> ?
+ORDER BY ts, id
+"""
+_INSERT = """
+INSERT INTO repricings (call_id, ts, event_id, old_cost_usd, new_cost_usd, old_pricing, new_pricing)
+VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id
+"""
+
+
+@dataclass(frozen=True)
+class RepriceResult:
+    model: str
+    since: date
+    until: date
+    matched: int  # successful calls of the model in the range
+    repriced: int  # of those, the calls whose cost or price source changed
+    unpriced: int  # of those, the calls the corrected prices do not price (left as they were)
+    old_cost_usd: float  # what the re-priced calls cost before
+    new_cost_usd: float  # and now
+    event_id: int | None = None  # the chained ``repriced`` event (None when nothing changed, or a dry run)
+
+    @property
+    def difference_usd(self) -> float:
+        return self.new_cost_usd - self.old_cost_usd
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    call_id: str
+    day: str
+    key: tuple  # the totals key: provider, model, operation, category
+    old_cost: float | None
+    new_cost: float
+    old_pricing: str
+    new_pricing: str
+
+
+class _CallClock:
+    """The price table's clock, set to each call's time in turn (calls come oldest first, so the table's cache,
+    valid until the next price change, stays right)."""
+
+    at = 0.0
+
+    def __call__(self) -> datetime:
+        return datetime.fromtimestamp(self.at, UTC)
+
+
+def reprice(
+    ledger: Ledger,
+    model: str,
+    since: date,
+    until: date,
+    *,
+    overrides: Mapping[str, Price] | None = None,
+    reason: str = "",
+    dry_run: bool = False,
+) -> RepriceResult:
+    """Re-price ``model``'s calls from ``since`` to ``until`` (local days, both included); see the module docstring."""
+    clock = _CallClock()
+    table = PriceTable(overrides, clock=clock)
+    with ledger.chained_transaction() as cursor:
+        parameters = (model, model, since.isoformat(), until.isoformat(), _REPORTED)
+        calls = ledger.backend.execute(cursor, _MATCHING, parameters)
+        changes, unpriced = _changes(calls, table, clock)
+        old = sum(change.old_cost or 0.0 for change in changes)
+        new = sum(change.new_cost for change in changes)
+        result = RepriceResult(model, since, until, len(calls), len(changes), unpriced, old, new)
+        if not changes or dry_run:
+            return result
+        detail = {
+            "model": model,
+            "since": since.isoformat(),
+            "until": until.isoformat(),
+            "calls": len(changes),
+            "old_cost_usd": old,
+            "new_cost_usd": new,
+            "reason": reason,
+        }
+        event_id = ledger.chained_event(cursor, "repriced", detail, at=time.time())
+        _apply(ledger, cursor, changes, event_id)
+    return RepriceResult(model, since, until, len(calls), len(changes), unpriced, old, new, event_id)
+
+
+def _changes(calls: list[tuple], table: PriceTable, clock: _CallClock) -> tuple[list[_Change], int]:
+    changes, unpriced = [], 0
+    for call_id, ts, day, provider, model, operation, category, response_model, *usage, cost, pricing in calls:
+        clock.at = float(ts)
+        price = (response_model and table.lookup(response_model, provider=provider)) or table.lookup(
+            model, provider=provider
+        )
+        if price is None:
+            unpriced += 1
+            continue
+        new_cost = price.cost(*(int(tokens) for tokens in usage))
+        if new_cost != cost or price.source != pricing:
+            key = (provider, model, operation, category)
+            changes.append(_Change(call_id, day, key, cost, new_cost, pricing, price.source))
+    return changes, unpriced
+
+
+def _apply(ledger: Ledger, cursor, changes: list[_Change], event_id: int) -> None:
+    backend, at = ledger.backend, time.time()
+    chained, totals, daily = [], {}, {}
+    for change in changes:
+        row = [change.call_id, at, event_id, change.old_cost, change.new_cost, change.old_pricing, change.new_pricing]
+        ((repricing_id,),) = backend.execute(cursor, _INSERT, row)
+        chained.append(("reprice", None, repricing_id, audit.repricing_content([repricing_id, *row])))
+        delta = [change.new_cost - (change.old_cost or 0.0), -1 if change.old_cost is None else 0]
+        for into, key in ((totals, change.key), (daily, (change.day, *change.key))):
+            into[key] = [a + b for a, b in zip(into.get(key, [0.0, 0]), delta, strict=True)]
+    query = backend._sql("UPDATE calls SET cost_usd = ?, pricing = ? WHERE id = ?")
+    cursor.executemany(query, [(change.new_cost, change.new_pricing, change.call_id) for change in changes])
+    audit.append(backend, cursor, ledger.audit_key, chained)
+    backend.add_totals(cursor, "totals", TOTAL_KEYS, ("cost_usd", "unpriced"), totals)
+    backend.add_totals(cursor, "daily_totals", ("day", *TOTAL_KEYS), ("cost_usd", "unpriced"), daily)

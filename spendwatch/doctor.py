@@ -1,0 +1,536 @@
+"""``spendwatch doctor``: check what users most often get wrong, each with a one-line fix.
+
+Usage::
+
+    from spendwatch.doctor import run_checks
+
+    for check in run_checks():
+        print(check.status, check.name, check.summary, check.fix or "")
+
+Each check is a small function over a :class:`DoctorContext` (the settings, the ledger opened once, the clock) that
+returns one :class:`CheckResult` with status ``ok``, ``warn`` or ``fail``. Doctor never changes anything: a SQLite
+ledger that does not exist yet is not created, and the write test runs in a transaction that is rolled back.
+Its output names no secret: no API key, no metrics password, no password in a PostgreSQL URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, distribution, entry_points
+from pathlib import Path
+from typing import Any
+
+from spendwatch.instrumentation.errors import ConfigError
+
+__all__ = [
+    "CHECKS",
+    "FAIL",
+    "OK",
+    "WARN",
+    "CheckResult",
+    "DoctorContext",
+    "check_instrumentor",
+    "counts",
+    "iter_text",
+    "printable",
+    "run_checks",
+    "shown_location",
+]
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+INSTRUMENTOR_GROUP = "opentelemetry_instrumentor"
+POST_INSTRUMENT_GROUP = "opentelemetry_post_instrument"
+DISABLED_ENV = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+PRICE_DATA_MAX_AGE_DAYS = 180
+CLOCK_SKEW_LIMIT_S = 300.0
+HTTP_TIMEOUT_S = 3.0
+_MAX_LISTED = 5
+# Other instrumentations of the openai SDK: with one of them active too, every call gets two spans.
+OTHER_OPENAI_INSTRUMENTATIONS = {
+    "opentelemetry-instrumentation-openai-v2": "OpenTelemetry contrib's openai-v2",
+    "opentelemetry-instrumentation-openai": "OpenLLMetry (traceloop)",
+    "openinference-instrumentation-openai": "OpenInference",
+    "openlit": "OpenLIT",
+}
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_LOOPBACK_FOR_WILDCARD = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's verdict: ``status`` is ok, warn or fail; ``fix`` says in one line what to do about it."""
+
+    name: str
+    status: str
+    summary: str
+    fix: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DoctorContext:
+    """What the checks share, gathered once: the settings (or why they do not load) and the ledger, if any."""
+
+    environ: Mapping[str, str]
+    now: float
+    settings: Any = None
+    settings_error: str | None = None
+    ledger: Any = None
+    ledger_error: str | None = None
+
+    @classmethod
+    def gather(cls, environ: Mapping[str, str] = os.environ, now: float | None = None) -> DoctorContext:
+        from spendwatch.exporter.settings import load_settings
+
+        context = cls(environ, time.time() if now is None else now)
+        try:
+            context.settings = load_settings(environ=environ)
+        except ConfigError as error:
+            context.settings_error = str(error)
+            return context
+        if context.settings.is_postgres or Path(context.settings.ledger).exists():
+            context.ledger, context.ledger_error = _open_ledger(context.settings)
+        return context
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+
+
+def run_checks(environ: Mapping[str, str] = os.environ, now: float | None = None) -> list[CheckResult]:
+    """Every check in :data:`CHECKS`, in order; a check that crashes is reported as failed, not raised."""
+    context = DoctorContext.gather(environ, now)
+    try:
+        return [_run_one(check, context) for check in CHECKS]
+    finally:
+        context.close()
+
+
+def _run_one(check: Callable[[DoctorContext], CheckResult], context: DoctorContext) -> CheckResult:
+    try:
+        return check(context)
+    except Exception as error:  # noqa: BLE001 - one broken check must not hide the others
+        name = check.__name__.removeprefix("check_")
+        return CheckResult(name, FAIL, f"the check itself failed: {type(error).__name__}: {printable(str(error))}")
+
+
+# --- configuration and instrumentation -----------------------------------------------------------------------------
+
+
+def check_configuration(context: DoctorContext) -> CheckResult:
+    if context.settings is None:
+        return CheckResult("configuration", FAIL, context.settings_error or "", "correct the setting named above")
+    path = context.settings.config_path
+    source = f"the environment and SPENDWATCH_CONFIG={path!r}" if path else "the environment and defaults"
+    return CheckResult("configuration", OK, f"settings load from {source}")
+
+
+def _disabled(environ: Mapping[str, str]) -> set[str]:
+    return {name.strip() for name in environ.get(DISABLED_ENV, "").split(",") if name.strip()}
+
+
+def _instrumentor_check(name: str, library: str, optional: bool) -> Callable[[DoctorContext], CheckResult]:
+    def check(context: DoctorContext) -> CheckResult:
+        return check_instrumentor(context, name, library, optional=optional)
+
+    check.__name__ = f"check_{name}"
+    return check
+
+
+def check_instrumentor(context: DoctorContext, name: str, library: str, *, optional: bool = False) -> CheckResult:
+    """The entry point ``name`` resolves, and the library it instruments is installed in a supported version."""
+    from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+
+    found = [point for point in entry_points(group=INSTRUMENTOR_GROUP) if point.name == name]
+    if not found:
+        fix = "pip install spendwatch into the environment (virtualenv) the app runs in"
+        return CheckResult(name, FAIL, f"no {INSTRUMENTOR_GROUP} entry point named {name}: nothing is patched", fix)
+    try:
+        requirements = tuple(found[0].load()().instrumentation_dependencies())
+    except Exception as error:  # noqa: BLE001 - whatever breaks the import breaks opentelemetry-instrument too
+        reason = f"{type(error).__name__}: {printable(str(error))}"
+        return CheckResult(
+            name, FAIL, f"entry point {found[0].value} cannot be loaded ({reason})", "reinstall spendwatch"
+        )
+    needs = ", ".join(requirements)
+    conflict = get_dependency_conflicts(requirements)
+    if conflict is not None and conflict.found:
+        summary = f"{conflict.found} is installed but {name} needs {needs}: its calls are not instrumented"
+        return CheckResult(name, FAIL, summary, f"pip install '{needs}'")
+    if conflict is not None:
+        if optional:
+            return CheckResult(name, OK, f"{library} is not installed (optional; {name} stays idle)")
+        return CheckResult(
+            name, WARN, f"{library} is not installed: there is nothing to instrument", f"pip install '{needs}'"
+        )
+    disabled = _disabled(context.environ)
+    if name in disabled or "*" in disabled:
+        fix = f"remove {name} from {DISABLED_ENV} unless you mean it"
+        return CheckResult(name, WARN, f"disabled by {DISABLED_ENV}: {library} calls are not counted", fix)
+    return CheckResult(name, OK, f"active for {library} {_version(library)} (needs {needs})")
+
+
+def _version(name: str) -> str:
+    try:
+        return distribution(name).version
+    except PackageNotFoundError:
+        return "?"
+
+
+def check_exporter_hook(context: DoctorContext) -> CheckResult:
+    """Under ``opentelemetry-instrument`` the ledger is attached by a post-instrument entry point."""
+    found = [point for point in entry_points(group=POST_INSTRUMENT_GROUP) if point.name == "spendwatch_exporter"]
+    if not found:
+        summary = (
+            "no spendwatch_exporter post-instrument hook: opentelemetry-instrument makes spans but fills no ledger"
+        )
+        return CheckResult("exporter_hook", FAIL, summary, "reinstall spendwatch, or call spendwatch.configure()")
+    return CheckResult("exporter_hook", OK, "opentelemetry-instrument attaches the ledger and /metrics")
+
+
+def check_other_instrumentations(context: DoctorContext) -> CheckResult:
+    """Another OpenAI instrumentation active beside ours doubles every span and the gen_ai metrics."""
+    disabled = _disabled(context.environ)
+    active, names = [], []
+    for dist_name, known_as in OTHER_OPENAI_INSTRUMENTATIONS.items():
+        try:
+            dist = distribution(dist_name)
+        except PackageNotFoundError:
+            continue
+        points = [point.name for point in dist.entry_points if point.group == INSTRUMENTOR_GROUP]
+        if points and all(point in disabled for point in points):
+            continue
+        active.append(f"{dist_name} {dist.version} ({known_as})")
+        names += points
+    if not active:
+        return CheckResult("other_instrumentations", OK, "no other OpenAI instrumentation is installed")
+    summary = f"also installed: {'; '.join(active)}: OpenAI calls may get two spans each"
+    fix = "pip uninstall it" + (f", or set {DISABLED_ENV}={','.join(sorted(set(names)))}" if names else "")
+    return CheckResult("other_instrumentations", WARN, summary, fix)
+
+
+# --- ledger, prices, unpriced models -------------------------------------------------------------------------------
+
+
+class _RollBack(Exception):
+    """Raised inside the write test's transaction so that nothing it wrote is kept."""
+
+
+def _open_ledger(settings) -> tuple[Any, str | None]:
+    from spendwatch.exporter import open_ledger
+
+    try:
+        ledger = open_ledger(settings)
+    except ConfigError as error:
+        return None, str(error)
+    connection = getattr(ledger.backend, "connection", None)
+    if type(connection).__module__ == "sqlite3":
+        connection.execute("PRAGMA busy_timeout = 3000")  # doctor waits 3 s for a busy writer, not 30
+    return ledger, None
+
+
+def shown_location(location: str) -> str:
+    """A ledger location fit to print: a PostgreSQL URL loses its password."""
+    if not location.startswith(("postgresql://", "postgres://")):
+        return location
+    parts = urllib.parse.urlsplit(location)
+    if parts.password is None:
+        return location
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
+
+
+def check_ledger(context: DoctorContext) -> CheckResult:
+    if context.settings is None:
+        return _not_checked("ledger")
+    from spendwatch.exporter import journal_directory
+
+    settings = context.settings
+    where = shown_location(settings.ledger)
+    if context.ledger_error:
+        return CheckResult("ledger", FAIL, context.ledger_error, "point SPENDWATCH_LEDGER at a writable ledger")
+    journal = journal_directory(settings.ledger)
+    if not _can_create(journal):
+        summary = f"the journal directory {journal} is not writable: calls cannot be recorded"
+        return CheckResult("ledger", FAIL, summary, f"make {_existing_ancestor(journal)} writable by the app's user")
+    if context.ledger is None:
+        if not _can_create(Path(settings.ledger)):
+            summary = f"no ledger at {where}, and it cannot be created there"
+            return CheckResult("ledger", FAIL, summary, "point SPENDWATCH_LEDGER at a writable path")
+        summary = f"no ledger at {where} yet: no instrumented call has run with this SPENDWATCH_LEDGER"
+        return CheckResult("ledger", WARN, summary, "run the app, or give doctor the app's SPENDWATCH_LEDGER")
+    problem = _write_test(context.ledger)
+    if problem:
+        return CheckResult("ledger", FAIL, f"{where} opens but cannot be written: {problem}", "check its permissions")
+    return CheckResult("ledger", OK, f"{where} opens and takes writes ({context.ledger.call_count()} calls recorded)")
+
+
+def _write_test(ledger) -> str | None:
+    """Write a row in a transaction and roll it back; the reason it failed, or None. The row goes into the
+    key-value ``spendwatch_meta`` table: a rolled-back insert into a table with a serial id (events) would still
+    use up a PostgreSQL sequence number and leave a gap in the audited history."""
+    backend = ledger.backend
+    try:
+        with backend.transaction() as cursor:
+            query = "INSERT INTO spendwatch_meta (key, value) VALUES (?, ?)"
+            backend.execute(cursor, query, (f"doctor-write-test-{os.getpid()}-{time.time()}", "rolled back"))
+            raise _RollBack
+    except _RollBack:
+        return None
+    except Exception as error:  # noqa: BLE001 - any driver error is the answer
+        return printable(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _can_create(path: Path) -> bool:
+    """``path`` exists and is writable, or its nearest existing ancestor lets us create it."""
+    if path.exists():
+        return os.access(path, os.W_OK)
+    ancestor = _existing_ancestor(path)
+    return ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK)
+
+
+def check_price_data(context: DoctorContext) -> CheckResult:
+    from spendwatch.instrumentation.pricing import PriceTable
+
+    table = PriceTable()
+    try:
+        stamp = table.data_timestamp
+    except (RuntimeError, OSError):
+        return CheckResult(
+            "price_data", FAIL, "genai-prices is not installed: no call can be priced", "pip install genai-prices"
+        )
+    age_days = max(0.0, (context.now - stamp) / 86400)
+    written = datetime.fromtimestamp(stamp, UTC).date().isoformat()
+    summary = f"{table.data_version}, data written {written} ({age_days:.0f} days ago)"
+    if age_days > PRICE_DATA_MAX_AGE_DAYS:
+        fix = "pip install -U genai-prices (new models are unpriced and price changes are missed until then)"
+        return CheckResult("price_data", WARN, f"{summary}: older than {PRICE_DATA_MAX_AGE_DAYS} days", fix)
+    return CheckResult("price_data", OK, summary)
+
+
+def check_price_overrides(context: DoctorContext) -> CheckResult:
+    if context.settings is None:
+        return _not_checked("price_overrides")
+    from spendwatch.instrumentation.pricing import load_overrides
+
+    path = context.settings.prices_file
+    if not path:
+        return CheckResult("price_overrides", OK, "none (SPENDWATCH_PRICES_FILE is not set)")
+    try:
+        overrides = load_overrides(path)
+    except ConfigError as error:
+        return CheckResult("price_overrides", FAIL, str(error), "correct the file; the app refuses to start with it")
+    return CheckResult("price_overrides", OK, f"{len(overrides)} model prices from {path}")
+
+
+def check_unpriced_models(context: DoctorContext) -> CheckResult:
+    if context.ledger is None:
+        return _not_checked("unpriced_models", "no ledger to read")
+    from spendwatch.instrumentation.pricing import PriceTable, load_overrides
+
+    try:
+        prices_file = context.settings.prices_file
+        table = PriceTable(load_overrides(prices_file) if prices_file else None)
+    except ConfigError:  # reported by price_overrides; judge by the bundled prices alone
+        table = PriceTable()
+    unpriced: dict[tuple[str, str], int] = {}
+    for row in context.ledger.totals():
+        if row["unpriced"]:
+            key = (str(row["provider"]), str(row["model"]))
+            unpriced[key] = unpriced.get(key, 0) + int(row["unpriced"])
+    still = {key: calls for key, calls in unpriced.items() if table.lookup(key[1], provider=key[0]) is None}
+    if not still:
+        note = f" ({len(unpriced)} seen unpriced are priced now)" if unpriced else ""
+        return CheckResult("unpriced_models", OK, "every model in the ledger has a price" + note)
+    listed = sorted(still.items(), key=lambda item: -item[1])
+    shown = ", ".join(
+        f"{printable(model, 60)} ({calls} call{'s' if calls != 1 else ''})"
+        for (_, model), calls in listed[:_MAX_LISTED]
+    )
+    more = f" and {len(listed) - _MAX_LISTED} more" if len(listed) > _MAX_LISTED else ""
+    fix = 'add [models."NAME"] with input_per_mtok and output_per_mtok to SPENDWATCH_PRICES_FILE'
+    return CheckResult("unpriced_models", WARN, f"calls to models without a price: {shown}{more}", fix)
+
+
+# --- /metrics, budgets, clock ---------------------------------------------------------------------------------------
+
+
+def check_metrics_endpoint(context: DoctorContext) -> CheckResult:
+    if context.settings is None:
+        return _not_checked("metrics_endpoint")
+    settings = context.settings
+    if settings.metrics_address is None:
+        return CheckResult("metrics_endpoint", OK, "off (SPENDWATCH_METRICS_ADDRESS=off)")
+    host, port = settings.metrics_address
+    target = _LOOPBACK_FOR_WILDCARD.get(host, host)
+    scheme = "https" if settings.metrics_tls_certfile else "http"
+    url = f"{scheme}://{f'[{target}]' if ':' in target else target}:{port}/metrics"
+    status, body, problem = _get(url, settings.metrics_basic_auth, settings.metrics_tls_certfile)
+    if problem is not None:
+        fix = "start the app (it serves /metrics while it runs) or `spendwatch serve`"
+        return CheckResult("metrics_endpoint", WARN, f"nothing answers at {url}: {problem}", fix)
+    if status == 401:
+        why = "refuses the configured credentials" if settings.metrics_basic_auth else "asks for credentials"
+        fix = "give doctor the same SPENDWATCH_METRICS_BASIC_AUTH as the server"
+        return CheckResult("metrics_endpoint", FAIL, f"{url} {why} (HTTP 401)", fix)
+    if status != 200 or b"llm_cost_usd_total" not in body:
+        summary = f"{url} answers HTTP {status}, but not with spendwatch's metrics: another program holds the port"
+        return CheckResult("metrics_endpoint", WARN, summary, "set SPENDWATCH_METRICS_ADDRESS to a free host:port")
+    if not _is_loopback(host) and settings.metrics_basic_auth is None:
+        summary = f"{url} serves spend to anyone who can reach {host}:{port}, without credentials"
+        return CheckResult("metrics_endpoint", WARN, summary, "set SPENDWATCH_METRICS_BASIC_AUTH=user:password")
+    guarded = " with basic auth" if settings.metrics_basic_auth else ""
+    return CheckResult("metrics_endpoint", OK, f"{url} serves spendwatch's metrics{guarded}")
+
+
+def _get(url: str, credentials: tuple[str, str] | None, cafile: str | None) -> tuple[int, bytes, str | None]:
+    """(HTTP status, body, None), or (0, b"", why nothing answered)."""
+    request = urllib.request.Request(url)
+    if credentials is not None:
+        token = base64.b64encode(":".join(credentials).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        tls = ssl.create_default_context(cafile=cafile) if cafile else None
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=tls) as response:
+            return response.status, response.read(), None
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), None
+    except urllib.error.URLError as error:
+        return 0, b"", printable(str(error.reason))
+    except (OSError, ssl.SSLError) as error:
+        return 0, b"", printable(str(error) or type(error).__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return all(info[4][0].startswith("127.") or info[4][0] == "::1" for info in infos)
+
+
+def check_budgets(context: DoctorContext) -> CheckResult:
+    if context.settings is None:
+        return _not_checked("budgets")
+    budgets = context.settings.budgets
+    if not budgets:
+        summary = "no budget is configured: spend is counted, but nothing warns or stops it"
+        fix = (
+            "export SPENDWATCH_DAILY_BUDGET_USD=20 (or _MONTHLY_), or add [budgets.NAME] to the SPENDWATCH_CONFIG file"
+        )
+        return CheckResult("budgets", WARN, summary, fix)
+    shown = ", ".join(f"{printable(b.name, 40)} ${b.limit_usd:g}/{b.period}" for b in budgets[:_MAX_LISTED])
+    more = f" and {len(budgets) - _MAX_LISTED} more" if len(budgets) > _MAX_LISTED else ""
+    return CheckResult("budgets", OK, f"{shown}{more}; enforce={context.settings.enforce}")
+
+
+def check_clock(context: DoctorContext) -> CheckResult:
+    if context.settings is None:
+        return _not_checked("clock")
+    zone = context.settings.timezone
+    latest = _latest_call_time(context.ledger) if context.ledger is not None else None
+    if latest is not None and latest - context.now > CLOCK_SKEW_LIMIT_S:
+        ahead = (latest - context.now) / 60
+        summary = (
+            f"the ledger's latest call is {ahead:.0f} minutes ahead of this machine's clock: "
+            "this clock, or that of a host writing the ledger, is wrong, and calls land in the wrong day"
+        )
+        return CheckResult("clock", WARN, summary, "keep every host on NTP (timedatectl set-ntp true)")
+    notes = [f"days and months run on {zone.key}, now {datetime.fromtimestamp(context.now, zone):%Y-%m-%d %H:%M %Z}"]
+    change = _next_offset_change(zone, context.now)
+    if change is not None:
+        notes.append(f"it changes clocks on {change:%Y-%m-%d}, making that day 23 or 25 hours long")
+    local = datetime.fromtimestamp(context.now).astimezone()
+    chosen = "SPENDWATCH_TIMEZONE" in context.environ or "timezone" in context.settings.raw
+    if not chosen and local.utcoffset() != datetime.fromtimestamp(context.now, zone).utcoffset():
+        notes.append(f"this machine runs on {local:%Z} (set SPENDWATCH_TIMEZONE if days should start at its midnight)")
+    return CheckResult("clock", OK, "; ".join(notes))
+
+
+def _latest_call_time(ledger) -> float | None:
+    # The latest day is read from the index, then only that day's calls: never a scan of the whole history.
+    rows = ledger.backend.select("SELECT MAX(ts) FROM calls WHERE day = (SELECT MAX(day) FROM calls)")
+    return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def _next_offset_change(zone, now: float) -> datetime | None:
+    """The first day within a year on which ``zone``'s UTC offset changes (daylight saving), if any."""
+    start = datetime.fromtimestamp(now, UTC)
+    offset = start.astimezone(zone).utcoffset()
+    for day in range(1, 367):
+        moment = (start + timedelta(days=day)).astimezone(zone)
+        if moment.utcoffset() != offset:
+            return moment
+    return None
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _not_checked(name: str, why: str = "the configuration does not load") -> CheckResult:
+    status = OK if why == "no ledger to read" else WARN
+    return CheckResult(name, status, f"not checked: {why}")
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text from a ledger or an error, safe on a terminal: control characters become ``?``, length is capped."""
+    text = _UNPRINTABLE.sub("?", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+CHECKS: tuple[Callable[[DoctorContext], CheckResult], ...] = (
+    check_configuration,
+    _instrumentor_check("spendwatch_openai", "openai", optional=False),
+    _instrumentor_check("spendwatch_lightrag", "lightrag-hku", optional=True),
+    check_exporter_hook,
+    check_other_instrumentations,
+    check_ledger,
+    check_price_data,
+    check_price_overrides,
+    check_unpriced_models,
+    check_metrics_endpoint,
+    check_budgets,
+    check_clock,
+)
+
+
+def counts(results: list[CheckResult]) -> dict[str, int]:
+    return {status: sum(result.status == status for result in results) for status in (OK, WARN, FAIL)}
+
+
+def iter_text(results: list[CheckResult]) -> Iterator[str]:
+    """The human-readable report, one line per check and one per fix."""
+    width = max(len(result.name) for result in results)
+    for result in results:
+        yield f"{result.status:<5} {result.name:<{width}}  {result.summary}"
+        if result.fix:
+            yield f"{'':<5} {'':<{width}}  fix: {result.fix}"
+    tally = counts(results)
+    yield ""
+    warnings, failures = (
+        ("warning" if tally[WARN] == 1 else "warnings"),
+        ("failure" if tally[FAIL] == 1 else "failures"),
+    )
+    yield f"{len(results)} checks: {tally[OK]} ok, {tally[WARN]} {warnings}, {tally[FAIL]} {failures}"
