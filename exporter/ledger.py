@@ -248,6 +248,16 @@ class Ledger:
             parameters.append(model)
         return float(self._select(query, parameters)[0][0])
 
+    def accepts_writes(self) -> bool:
+        """Whether a write transaction commits now (to tell an outage from a record the ledger cannot store)."""
+        try:
+            with self._lock, self.backend.transaction() as cursor:
+                query = "UPDATE spendwatch_meta SET value = value WHERE key = ?"
+                self.backend.execute(cursor, query, ("schema_version",))
+        except Exception:  # noqa: BLE001
+            return False
+        return True
+
     def guard_decisions(self) -> dict[tuple[str, str], int]:
         rows = self._select("SELECT budget, action, count FROM guard_decisions")
         return {(budget, action): int(count) for budget, action, count in rows}

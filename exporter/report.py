@@ -239,7 +239,19 @@ def _cell(column: str, value) -> str:
         return f"{value:.6f}"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value)
+    return _printable(str(value))
+
+
+_MAX_CELL = 60
+_CONTROL = dict.fromkeys([*range(32), 127], "?")
+
+
+def _printable(text: str) -> str:
+    """A cell a terminal shows as text: control characters (escape sequences, newlines) become ``?`` and a name
+    longer than a column should be is cut, so a hostile model or category name cannot rewrite or stretch the
+    table."""
+    text = text.translate(_CONTROL)
+    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
 
 
 def _is_numeric_column(rows: Sequence[dict], column: str) -> bool:

@@ -144,6 +144,8 @@ def _read_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{CONFIG_ENV}={path!r} cannot be read: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{CONFIG_ENV}={path!r} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{CONFIG_ENV}={path!r} is nested too deeply to be a spendwatch configuration") from None
     known = set(ENV) - {"daily_budget_usd", "monthly_budget_usd"} | set(_FILE_ONLY) | {"guard", "routes"}
     unknown = sorted(set(data) - known)
     if unknown:

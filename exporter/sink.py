@@ -10,6 +10,7 @@ journals left by processes that died before their drainer caught up.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ __all__ = ["LedgerSink", "journal_directory"]
 _logger = logging.getLogger(__name__)
 
 DRAIN_INTERVAL_S = 0.25
+QUARANTINE_FILE = "quarantine.jsonl"
 _BATCH = 2000
 
 
@@ -97,6 +99,10 @@ class LedgerSink:
             self.ledger.ingest(batch)
         except Exception as error:  # noqa: BLE001 - the records stay in the journal until the ledger is back
             self.ledger_errors += 1
+            if self.ledger.accepts_writes():
+                # The ledger is fine: something in this batch can never be stored. Store the rest, set that aside.
+                self._ingest_one_by_one(batch)
+                return True
             if not self._failing:
                 _logger.warning("spendwatch: cannot write the ledger %s (%s); will retry", self.ledger.location, error)
             self._failing = True
@@ -105,6 +111,22 @@ class LedgerSink:
             _logger.warning("spendwatch: the ledger %s is writable again", self.ledger.location)
         self._failing = False
         return True
+
+    def _ingest_one_by_one(self, batch: list[LedgerEntry]) -> None:
+        for entry in batch:
+            try:
+                self.ledger.ingest([entry])
+            except Exception as error:  # noqa: BLE001
+                self.ledger_errors += 1
+                self._quarantine(entry, error)
+
+    def _quarantine(self, entry: LedgerEntry, error: Exception) -> None:
+        """Keep a record the ledger refuses (so it is not lost, and does not block every record after it)."""
+        path = self.directory / QUARANTINE_FILE
+        _logger.warning("spendwatch: the ledger refused record %s (%s); kept in %s", entry.entry_id, error, path)
+        line = json.dumps({"entry_id": entry.entry_id, "error": str(error), "record": repr(entry.record)})
+        with open(path, "a", encoding="utf-8", errors="backslashreplace") as file:
+            file.write(line + "\n")
 
     def recover(self) -> int:
         """Replay journals whose writer died. Returns how many records were new to the ledger."""

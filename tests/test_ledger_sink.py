@@ -22,11 +22,11 @@ from tests.conftest import FAKE_API_KEY
 UTC = ZoneInfo("UTC")
 
 
-def a_record(cost: float = 0.001, **fields) -> UsageRecord:
+def a_record(cost: float = 0.001, request_model: str = "gpt-4o-mini", **fields) -> UsageRecord:
     return UsageRecord(
         provider="openai",
         operation="chat",
-        request_model="gpt-4o-mini",
+        request_model=request_model,
         input_tokens=10,
         output_tokens=5,
         cost_usd=cost,
@@ -231,3 +231,19 @@ def test_postgresql_going_away_is_counted_and_drained_once_it_is_back(tmp_path, 
     assert ledger.call_count() == 1
     sink.close()
     admin.close()
+
+
+def test_a_record_the_ledger_can_never_store_is_set_aside_and_blocks_nothing(tmp_path):
+    ledger = open_ledger_at(tmp_path / "ledger.db")
+    sink = LedgerSink(ledger, tmp_path / "journal", drain_interval=3600)
+
+    sink.record(a_record())
+    sink.record(a_record(request_model="poison\ud800"))  # a lone surrogate: SQLite cannot encode it
+    sink.record(a_record())
+
+    assert sink.flush() is True
+    assert ledger.call_count() == 2
+    assert sink.ledger_errors >= 1
+    (kept,) = (tmp_path / "journal" / "quarantine.jsonl").read_text().splitlines()
+    assert "poison" in kept
+    sink.close()

@@ -239,3 +239,14 @@ def test_csv_has_a_header_and_full_precision():
 def test_json_writes_dates_as_iso_text_and_infinity_as_null():
     document = {"since": date(2025, 4, 1), "ratio": math.inf, "rows": ROWS}
     assert json.loads(format_json(document)) == {"since": "2025-04-01", "ratio": None, "rows": ROWS}
+
+
+def test_table_cells_cannot_carry_terminal_escapes_or_stretch_the_table():
+    from spendwatch.exporter.report import format_table
+
+    rows = [{"model": "evil\x1b[2J\nname" + "x" * 500, "cost_usd": 1.0}]
+
+    table = format_table(rows, ["model", "cost_usd"])
+
+    assert "\x1b" not in table and len(table.splitlines()) == 3
+    assert max(len(line) for line in table.splitlines()) < 100
