@@ -15,9 +15,10 @@ from wrapt import ObjectProxy
 
 from spendwatch.instrumentation.calls import Call, Usage
 from spendwatch.instrumentation.openai_sdk.usage import (
+    CHAT_USAGE_FIELDS,
     RESPONSES,
-    count,
     estimate_tokens,
+    fill_tokens,
     items,
     request_text_length,
     responses_usage,
@@ -73,21 +74,9 @@ class ChatStreamState:
             service_tier=self.service_tier,
             finish_reasons=tuple(self.finish_reasons),
         )
-        raw = self.usage
-        prompt_tokens = count(getattr(raw, "prompt_tokens", None))
-        completion_tokens = count(getattr(raw, "completion_tokens", None))
-        if prompt_tokens is None or completion_tokens is None:
-            usage.estimated = True
-            usage.input_tokens = estimate_tokens(request_text_length(self.kwargs))
-            usage.output_tokens = self.deltas
-            return usage
-        usage.input_tokens = prompt_tokens
-        usage.output_tokens = completion_tokens
-        details = getattr(raw, "prompt_tokens_details", None)
-        usage.cache_read_tokens = count(getattr(details, "cached_tokens", None)) or 0
-        details = getattr(raw, "completion_tokens_details", None)
-        usage.reasoning_tokens = count(getattr(details, "reasoning_tokens", None)) or 0
-        return usage
+        # Without include_usage the stream carries no counts: one content delta is about one token.
+        estimate_input = lambda: estimate_tokens(request_text_length(self.kwargs))  # noqa: E731
+        return fill_tokens(usage, self.usage, CHAT_USAGE_FIELDS, estimate_input, lambda: self.deltas)
 
 
 class ResponsesStreamState:

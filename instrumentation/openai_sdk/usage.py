@@ -13,6 +13,8 @@ from typing import Any
 from spendwatch.instrumentation.calls import Usage
 
 __all__ = [
+    "CHAT_USAGE_FIELDS",
+    "fill_tokens",
     "OUTPUT_CAP_ARGUMENTS",
     "input_token_bound",
     "output_cap",
@@ -131,32 +133,47 @@ def _finish_reasons(result: Any) -> tuple[str, ...]:
     return tuple(reason for reason in reasons if type(reason) is str)
 
 
-def _chat_like_usage(result: Any, kwargs: dict, output_length: Callable[[Any], int]) -> Usage:
-    """Chat completions and legacy completions: ``prompt_tokens`` / ``completion_tokens``."""
-    usage = Usage(
-        response_model=text(getattr(result, "model", None)),
-        response_id=text(getattr(result, "id", None)),
-        service_tier=text(getattr(result, "service_tier", None)),
-        finish_reasons=_finish_reasons(result),
-    )
-    raw = getattr(result, "usage", None)
-    prompt_tokens = count(getattr(raw, "prompt_tokens", None))
-    completion_tokens = count(getattr(raw, "completion_tokens", None))
-    if prompt_tokens is None or completion_tokens is None:
+# Where a usage object keeps its counts: (input, output, input details, output details).
+CHAT_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
+RESPONSES_USAGE_FIELDS = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
+
+
+def fill_tokens(
+    usage: Usage, raw: Any, fields: tuple[str, str, str, str], estimate_input: Callable[[], int], estimate_output
+) -> Usage:
+    """Copy the counts of a provider ``usage`` object into ``usage``; when input or output is missing or malformed,
+    estimate it (``estimate_*`` are called only then) and flag the usage as estimated."""
+    input_name, output_name, input_details, output_details = fields
+    input_tokens = count(getattr(raw, input_name, None))
+    output_tokens = count(getattr(raw, output_name, None))
+    if input_tokens is None or output_tokens is None:
         usage.estimated = True
-        prompt_tokens = estimate_tokens(request_text_length(kwargs)) if prompt_tokens is None else prompt_tokens
-        if completion_tokens is None:
-            completion_tokens = estimate_tokens(output_length(result))
-    usage.input_tokens = prompt_tokens
-    usage.output_tokens = completion_tokens
-    usage.cache_read_tokens = count(getattr(getattr(raw, "prompt_tokens_details", None), "cached_tokens", None)) or 0
-    reasoning = getattr(getattr(raw, "completion_tokens_details", None), "reasoning_tokens", None)
-    usage.reasoning_tokens = count(reasoning) or 0
+        input_tokens = estimate_input() if input_tokens is None else input_tokens
+        output_tokens = estimate_output() if output_tokens is None else output_tokens
+    usage.input_tokens, usage.output_tokens = input_tokens, output_tokens
+    usage.cache_read_tokens = count(getattr(getattr(raw, input_details, None), "cached_tokens", None)) or 0
+    usage.reasoning_tokens = count(getattr(getattr(raw, output_details, None), "reasoning_tokens", None)) or 0
     return usage
 
 
+def _response_identity(result: Any, finish_reasons: tuple[str, ...]) -> Usage:
+    return Usage(
+        response_model=text(getattr(result, "model", None)),
+        response_id=text(getattr(result, "id", None)),
+        service_tier=text(getattr(result, "service_tier", None)),
+        finish_reasons=finish_reasons,
+    )
+
+
 def _chat_usage(result: Any, kwargs: dict) -> Usage:
-    return _chat_like_usage(result, kwargs, _chat_output_length)
+    """Chat completions and legacy completions: ``prompt_tokens`` / ``completion_tokens``."""
+    return fill_tokens(
+        _response_identity(result, _finish_reasons(result)),
+        getattr(result, "usage", None),
+        CHAT_USAGE_FIELDS,
+        lambda: estimate_tokens(request_text_length(kwargs)),
+        lambda: estimate_tokens(_chat_output_length(result)),
+    )
 
 
 def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
@@ -172,26 +189,13 @@ def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
 def responses_usage(response: Any, kwargs: dict) -> Usage:
     """A Responses API ``Response`` (also the one inside a stream's ``response.completed`` event)."""
     status = text(getattr(response, "status", None))
-    usage = Usage(
-        response_model=text(getattr(response, "model", None)),
-        response_id=text(getattr(response, "id", None)),
-        service_tier=text(getattr(response, "service_tier", None)),
-        finish_reasons=(status,) if status else (),
+    return fill_tokens(
+        _response_identity(response, (status,) if status else ()),
+        getattr(response, "usage", None),
+        RESPONSES_USAGE_FIELDS,
+        lambda: estimate_tokens(request_text_length(kwargs)),
+        lambda: estimate_tokens(_responses_output_length(response)),
     )
-    raw = getattr(response, "usage", None)
-    input_tokens = count(getattr(raw, "input_tokens", None))
-    output_tokens = count(getattr(raw, "output_tokens", None))
-    if input_tokens is None or output_tokens is None:
-        usage.estimated = True
-        input_tokens = estimate_tokens(request_text_length(kwargs)) if input_tokens is None else input_tokens
-        if output_tokens is None:
-            output_tokens = estimate_tokens(_responses_output_length(response))
-    usage.input_tokens = input_tokens
-    usage.output_tokens = output_tokens
-    usage.cache_read_tokens = count(getattr(getattr(raw, "input_tokens_details", None), "cached_tokens", None)) or 0
-    reasoning = getattr(getattr(raw, "output_tokens_details", None), "reasoning_tokens", None)
-    usage.reasoning_tokens = count(reasoning) or 0
-    return usage
 
 
 _EXTRACTORS: dict[str, Callable[[Any, dict], Usage]] = {
