@@ -43,11 +43,6 @@ class CountingSpanExporter(SpanExporter):
         pass
 
 
-class _NullSink:
-    def record(self, rec) -> None:
-        pass
-
-
 def _instrument(module: str, distribution: str) -> Callable[[], str]:
     def setup() -> str:
         try:
@@ -70,11 +65,19 @@ def _with_env(setup: Callable[[], str], **env: str) -> Callable[[], str]:
     return setup_with_env
 
 
-def _spendwatch_with_sink() -> str:
+def _spendwatch_with_ledger() -> str:
+    """spendwatch as a user runs it: every call also journaled into a real SQLite ledger (drained by its thread)."""
     installed = _instrument("spendwatch.instrumentation.openai_sdk", "spendwatch")()
+    import tempfile
+    from zoneinfo import ZoneInfo
+
+    from spendwatch.exporter import Ledger, LedgerSink
+    from spendwatch.exporter.ledger_backends import open_backend
     from spendwatch.instrumentation import register_sink
 
-    register_sink(_NullSink())
+    directory = tempfile.mkdtemp(prefix="spendwatch-bench-")
+    ledger = Ledger(open_backend(f"{directory}/ledger.db"), ZoneInfo("UTC"))
+    register_sink(LedgerSink(ledger, f"{directory}/ledger.db.journal"))
     return installed
 
 
@@ -87,7 +90,7 @@ def _version(distribution: str) -> str:
 
 BARE = "bare"
 CONTROL = "bare-again"  # an A/A control: a second bare process, so the table shows its own noise floor
-SPENDWATCH = ("spendwatch", "spendwatch+sink")
+SPENDWATCH = ("spendwatch", "spendwatch+ledger")
 PEERS = ("openai-v2", "openllmetry", "openllmetry-nocontent")
 _OPENLLMETRY = _instrument("opentelemetry.instrumentation.openai", "opentelemetry-instrumentation-openai")
 VARIANTS: dict[str, Callable[[], str]] = {
@@ -99,7 +102,7 @@ VARIANTS: dict[str, Callable[[], str]] = {
     "openllmetry": _OPENLLMETRY,  # records prompts and completions on spans by default
     "openllmetry-nocontent": _with_env(_OPENLLMETRY, TRACELOOP_TRACE_CONTENT="false"),  # like the others' default
     "spendwatch": _instrument("spendwatch.instrumentation.openai_sdk", "spendwatch"),
-    "spendwatch+sink": _spendwatch_with_sink,  # plus a no-op usage sink, the path the ledger exporter takes
+    "spendwatch+ledger": _spendwatch_with_ledger,  # plus the durable ledger behind it, as configure() attaches
 }
 
 
