@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 from spendwatch import _stub_responses as shapes
 from spendwatch._stub_responses import ReportedUsage
 
-__all__ = ["DEFAULT_REPLY_WORDS", "SPECIAL_MODELS", "ReportedUsage", "StubServer", "main"]
+__all__ = ["DEFAULT_REPLY_WORDS", "SPECIAL_MODELS", "LocalHTTPServer", "ReportedUsage", "StubServer", "main"]
 
 DEFAULT_REPLY_WORDS = 12
 SPECIAL_MODELS = {
@@ -81,37 +81,27 @@ class _Reply:
     cut: bool = False
 
 
-class StubServer:
-    """The stub, serving from a daemon thread; ``requests`` and ``usage_log`` record what happened."""
+class LocalHTTPServer:
+    """An HTTP server serving ``handler`` from a daemon thread (127.0.0.1 and an ephemeral port by default); the
+    handler reaches this object as ``self.server.owner``. The stub below and the tests' cassette replay server."""
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        cached_tokens: int = 0,
-        reasoning_tokens: int = 0,
-        response_models: Mapping[str, str] | None = None,
-    ) -> None:
+    thread_name = "spendwatch-local-http"
+
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host, self.port = host, port
-        self.cached_tokens = cached_tokens
-        self.reasoning_tokens = reasoning_tokens
-        self.response_models = dict(response_models or {})
-        self._lock = threading.Lock()
-        self._requests: list[dict[str, Any]] = []
-        self._usage: list[ReportedUsage] = []
         self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     def start(self) -> str:
-        """Bind and serve; returns ``base_url`` (``http://127.0.0.1:PORT/v1``)."""
+        """Bind and serve; returns ``base_url``."""
         if self._httpd is None:
-            self._httpd = _HTTPServer((self.host, self.port), _Handler)
-            self._httpd.stub = self
+            self._httpd = _HTTPServer((self.host, self.port), self.handler_class())
+            self._httpd.owner = self
             self.port = self._httpd.server_address[1]
             serve = functools.partial(self._httpd.serve_forever, poll_interval=_POLL_SECONDS)
-            self._thread = threading.Thread(target=serve, name="spendwatch-stub", daemon=True)
-            self._thread.start()
+            threading.Thread(target=serve, name=self.thread_name, daemon=True).start()
         return self.base_url
 
     def stop(self) -> None:
@@ -120,7 +110,7 @@ class StubServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> StubServer:
+    def __enter__(self):
         self.start()
         return self
 
@@ -135,6 +125,32 @@ class StubServer:
     @property
     def base_url(self) -> str:
         return f"{self.origin}/v1"
+
+
+class StubServer(LocalHTTPServer):
+    """The stub, serving from a daemon thread; ``requests`` and ``usage_log`` record what happened."""
+
+    thread_name = "spendwatch-stub"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        response_models: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(host, port)
+        self.cached_tokens = cached_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self.response_models = dict(response_models or {})
+        self._lock = threading.Lock()
+        self._requests: list[dict[str, Any]] = []
+        self._usage: list[ReportedUsage] = []
+
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     @property
     def requests(self) -> list[dict[str, Any]]:
@@ -166,7 +182,7 @@ class StubServer:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections must not hold up stop()
-    stub: StubServer
+    owner: LocalHTTPServer
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -187,7 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = None
-        stub = self.server.stub
+        stub = self.server.owner
         stub._record_request(self.path, self.headers, body)
         route = _ROUTE.match(path)
         if route is None:

@@ -28,7 +28,7 @@ import os
 import threading
 import zlib
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ from openai.resources.chat.completions import Completions as ChatCompletions
 from openai.resources.completions import Completions
 from openai.resources.embeddings import Embeddings
 from openai.resources.responses import Responses
+
+from spendwatch.stub import LocalHTTPServer
 
 __all__ = [
     "CASSETTE_DIR",
@@ -72,7 +74,6 @@ _RESOURCES: dict[str, tuple[str, type]] = {
 # Body fields openai 3.x sends although the call did not give them (older SDKs made the recordings).
 SDK_DEFAULTS: dict[str, dict[str, Any]] = {"/v1/embeddings": {"encoding_format": "base64"}}
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's is ~10x faster on the embedding bodies
-_POLL_SECONDS = 0.01  # how long stop() waits for the serving loop to notice; the default 0.5 s adds up
 _NOT_REPLAYED_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
 )
@@ -219,46 +220,24 @@ def _decompress(body: bytes, encoding: str) -> bytes:
 # --- replay server -----------------------------------------------------------------------------
 
 
-class ReplayServer:
+class ReplayServer(LocalHTTPServer):
     """Serves the recorded responses, in order, to requests with the same method and path.
 
     ``received`` lists ``(method, path, parsed body)`` of every request; a request with no recorded
     interaction left gets a 501 whose message says so.
     """
 
+    thread_name = "cassette-replay"
+
     def __init__(self, interactions: list[Interaction]) -> None:
+        super().__init__()
         self.interactions = list(interactions)
         self.received: list[tuple[str, str, Any]] = []
         self._pending = list(interactions)
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
-    def start(self) -> str:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ReplayHandler)
-        self._httpd.block_on_close = False  # idle keep-alive connections must not hold up stop()
-        self._httpd.replay = self
-        threading.Thread(
-            target=self._httpd.serve_forever, args=(_POLL_SECONDS,), name="cassette-replay", daemon=True
-        ).start()
-        return self.base_url
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> ReplayServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "start() the server first"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _ReplayHandler
 
     @property
     def unused(self) -> list[Interaction]:
@@ -287,7 +266,7 @@ class _ReplayHandler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         path = urlsplit(self.path).path
-        interaction = self.server.replay._take(self.command, path, json.loads(raw) if raw else None)
+        interaction = self.server.owner._take(self.command, path, json.loads(raw) if raw else None)
         if interaction is None:
             error = {"message": f"no recorded interaction left for {self.command} {path}", "type": "replay_error"}
             self._respond(501, "Not Implemented", {"content-type": "application/json"}, json.dumps({"error": error}))
