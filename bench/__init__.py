@@ -4,3 +4,16 @@ One long-lived worker process per variant (instrumentors patch the SDK globally)
 OpenAI API; the orchestrator interleaves timed batches across workers and reports, per call kind, the median over
 rounds of the paired difference variant − bare from the same round, so machine-wide drift cancels out.
 """
+
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def publish(filename: str, text: str) -> Path:
+    """Print a benchmark's markdown report and keep it in ``bench/results/`` (where the README's numbers come from)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / filename
+    path.write_text(text)
+    print(text)
+    return path

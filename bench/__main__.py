@@ -20,10 +20,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import report, variants
+from bench import RESULTS, report, variants
 
 _ROOT = Path(__file__).resolve().parent.parent
-_RESULTS = Path(__file__).resolve().parent / "results"
+
 _FULL = {"rounds": 21, "calls": 150, "warmup": 20, "mem_calls": 100}
 _QUICK = {"rounds": 7, "calls": 60, "warmup": 10, "mem_calls": 30}
 
@@ -67,7 +67,7 @@ def _settings(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mem-calls", type=int, help="calls per kind under tracemalloc, 0 to skip (default 100)")
     parser.add_argument("--variants", default=",".join(variants.VARIANTS), help="comma-separated; bare is implied")
     parser.add_argument("--seed", type=int, help="seed of the per-round variant order")
-    parser.add_argument("--out", type=Path, default=_RESULTS / "latest.md", help="where the markdown report goes")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.md", help="where the markdown report goes")
     args = parser.parse_args(argv)
     for key, default in (_QUICK if args.quick else _FULL).items():
         if getattr(args, key) is None:

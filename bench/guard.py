@@ -23,6 +23,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from bench import publish
 from spendwatch.exporter import Ledger, LedgerEntry, LedgerSink, load_settings
 from spendwatch.exporter.guard import BudgetGuard
 from spendwatch.exporter.guard_rules import GuardConfig
@@ -33,7 +34,6 @@ from spendwatch.instrumentation.records import CallRequest, UsageRecord
 
 __all__ = ["main"]
 
-_RESULTS = Path(__file__).resolve().parent / "results"
 _UTC = ZoneInfo("UTC")
 _REQUEST = CallRequest("openai", "chat", "gpt-4o-mini", None, 200, 400, "max_tokens")
 _CALL_SECONDS = 0.02
@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.guard" + (" --quick" if args.quick else "")
     text = f"Budget guard, `{command}`, {time.strftime('%Y-%m-%d')}, python {sys.version.split()[0]}\n\n"
     text += "\n".join(table) + "\n"
-    print(text)
-    _RESULTS.mkdir(exist_ok=True)
-    (_RESULTS / "guard.md").write_text(text)
+    publish("guard.md", text)
     return 1 if results["spendwatch"]["spend_over_limit"] > 1.0 else 0
 
 

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from bench import publish
 from spendwatch.exporter.journal import SUFFIX
 from spendwatch.exporter.ledger import Ledger, LedgerEntry
 from spendwatch.exporter.ledger_backends import open_backend
@@ -43,7 +44,6 @@ from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = ["main"]
 
-_RESULTS = Path(__file__).resolve().parent / "results"
 _VARIANTS = ("journal", "commit")
 _FULL = {"rounds": 9, "records": 10_000, "processes": 4}
 _QUICK = {"rounds": 3, "records": 2_000, "processes": 4}
@@ -270,10 +270,8 @@ def main(argv: list[str]) -> int:
     args = _settings(argv)
     started = time.monotonic()
     text = _markdown(args, _measure(args), argv)
-    _RESULTS.mkdir(exist_ok=True)
-    (_RESULTS / "ledger.md").write_text(text)
-    print(text)
-    print(f"({time.monotonic() - started:.0f} s; written to {_RESULTS / 'ledger.md'})", file=sys.stderr)
+    path = publish("ledger.md", text)
+    print(f"({time.monotonic() - started:.0f} s; written to {path})", file=sys.stderr)
     return 0
 
 

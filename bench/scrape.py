@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from bench import publish
 from spendwatch.exporter import ledger_backends
 from spendwatch.exporter.budgets import budget_statuses
 from spendwatch.exporter.collector import SpendCollector
@@ -47,7 +48,6 @@ from spendwatch.instrumentation.records import UsageRecord
 __all__ = ["main"]
 
 _HERE = Path(__file__).resolve().parent
-_RESULTS = _HERE / "results"
 _CACHE = _HERE / ".cache"
 _FULL = {"big": 10_000_000, "scrapes": 41}
 _QUICK = {"big": 1_000_000, "scrapes": 21}
@@ -418,10 +418,8 @@ def main(argv: list[str]) -> int:
     if rows["big"]["calls"] != args.big:
         raise AssertionError(f"the cached ledger has {rows['big']['calls']:,} calls, not {args.big:,}")
     text = _markdown(_meta(args, argv), rows, ms, shape, build, args.big)
-    _RESULTS.mkdir(exist_ok=True)
-    (_RESULTS / "scrape.md").write_text(text)
-    print(text)
-    print(f"({time.monotonic() - started:.0f} s; written to {_RESULTS / 'scrape.md'})", file=sys.stderr)
+    path = publish("scrape.md", text)
+    print(f"({time.monotonic() - started:.0f} s; written to {path})", file=sys.stderr)
     return 0
 
 

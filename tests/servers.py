@@ -55,6 +55,7 @@ __all__ = [
     "prometheus_factory",
     "promtool_binary",
     "require_binary",
+    "self_signed_cert",
     "start_process",
     "wait_until",
 ]
@@ -536,3 +537,17 @@ def alertmanager_factory(alertmanager_binary: str, tmp_path: Path) -> Iterator[C
 
     yield start
     factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def self_signed_cert(tmp_path_factory) -> tuple[str, str]:
+    """(certfile, keyfile) of a throwaway certificate for 127.0.0.1, made with the openssl CLI."""
+    directory = tmp_path_factory.mktemp("tls")
+    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(keyfile), "-out", str(certfile), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return str(certfile), str(keyfile)

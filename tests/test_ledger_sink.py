@@ -171,11 +171,12 @@ def test_a_live_writers_journal_is_not_replayed_by_another_process(tmp_path):
 
 
 def test_journal_directory_sits_beside_a_sqlite_ledger_and_under_state_for_postgres(tmp_path):
-    assert journal_directory("/data/ledger.db") == journal_directory("/data/ledger.db")
+    assert journal_directory("/data/ledger.db") != journal_directory("/data/other.db")
     assert str(journal_directory("/data/ledger.db")) == "/data/ledger.db.journal"
     postgres = journal_directory("postgresql://u:p@db/spend", state_home=str(tmp_path))
     assert postgres.parent == tmp_path / "spendwatch"
     assert "p@db" not in str(postgres)
+    assert postgres != journal_directory("postgresql://u:p@db/other", state_home=str(tmp_path))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")

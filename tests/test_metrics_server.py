@@ -61,19 +61,6 @@ def serve(registry):
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def self_signed_cert(tmp_path_factory) -> tuple[str, str]:
-    directory = tmp_path_factory.mktemp("tls")
-    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(keyfile), "-out", str(certfile), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return str(certfile), str(keyfile)
-
-
 def get(url: str, *, credentials: tuple[str, str] | None = None, context: ssl.SSLContext | None = None):
     request = urllib.request.Request(url)
     if credentials is not None:

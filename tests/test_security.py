@@ -259,21 +259,8 @@ def test_configure_serves_metrics_on_loopback_port_9464_by_default(attach):
             assert probe.connect_ex((outside, 9464)) != 0
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[str, str]:
-    directory = tmp_path_factory.mktemp("tls")
-    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(keyfile), "-out", str(certfile), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return str(certfile), str(keyfile)
-
-
-def test_basic_auth_and_tls_from_the_environment_guard_the_configured_endpoint(attach, certificate, monkeypatch):
-    certfile, keyfile = certificate
+def test_basic_auth_and_tls_from_the_environment_guard_the_configured_endpoint(attach, self_signed_cert, monkeypatch):
+    certfile, keyfile = self_signed_cert
     monkeypatch.setenv("SPENDWATCH_METRICS_BASIC_AUTH", "scraper:s3cret-pass")
     monkeypatch.setenv("SPENDWATCH_METRICS_TLS_CERTFILE", certfile)
     monkeypatch.setenv("SPENDWATCH_METRICS_TLS_KEYFILE", keyfile)
@@ -291,10 +278,10 @@ def test_basic_auth_and_tls_from_the_environment_guard_the_configured_endpoint(a
         httpx.get(url.replace("https://", "http://"), auth=("scraper", "s3cret-pass"), timeout=5)
 
 
-def test_doctor_checks_the_guarded_endpoint_without_printing_its_password(attach, certificate, monkeypatch):
+def test_doctor_checks_the_guarded_endpoint_without_printing_its_password(attach, self_signed_cert, monkeypatch):
     from spendwatch.doctor import OK, run_checks
 
-    certfile, keyfile = certificate
+    certfile, keyfile = self_signed_cert
     monkeypatch.setenv("SPENDWATCH_METRICS_BASIC_AUTH", "scraper:s3cret-pass")
     monkeypatch.setenv("SPENDWATCH_METRICS_TLS_CERTFILE", certfile)
     monkeypatch.setenv("SPENDWATCH_METRICS_TLS_KEYFILE", keyfile)
