@@ -98,6 +98,8 @@ def _measure(args: argparse.Namespace, workers: list[_Worker], run: report.Run) 
             run.kinds = list(batch["median_ns"])
             for kind, ns in batch["median_ns"].items():
                 run.median_ns.setdefault(worker.name, {}).setdefault(kind, []).append(ns)
+            for kind, ns in batch.get("deferred_ns", {}).items():
+                run.deferred_ns.setdefault(worker.name, {}).setdefault(kind, []).append(ns)
             spans = run.spans_per_call.setdefault(worker.name, {})
             for kind, count in batch["spans_per_call"].items():
                 spans[kind] = max(spans.get(kind, 0.0), count)

@@ -28,6 +28,7 @@ class Run:
     median_ns: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     spans_per_call: dict[str, dict[str, float]] = field(default_factory=dict)
     memory: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    deferred_ns: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 def _spread(values: list[float]) -> tuple[float, float, float]:
@@ -101,6 +102,25 @@ def _ratio_table(run: Run, peers: list[str], ours: list[str]) -> list[str]:
     return lines
 
 
+def _deferred_table(run: Run, peers: list[str], ours: list[str]) -> list[str]:
+    """Per kind, each of our variants' deferred CPU per call, and its overhead with that CPU added ÷ lightest peer."""
+    deferring = [v for v in ours if v in run.deferred_ns]
+    header = ["kind", *(f"{v} deferred µs" for v in deferring)]
+    header += [f"{v} overhead + deferred ÷ lightest peer" for v in deferring]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for kind in run.kinds:
+        deferred = {v: _spread([ns / 1000 for ns in run.deferred_ns[v].get(kind, [0])]) for v in deferring}
+        peer_stats = [s for s in (_overheads(run, p, kind) for p in peers) if s is not None]
+        lightest = min(peer_stats, key=lambda s: s[0]) if peer_stats else None
+        cells = [kind, *(_cell(deferred[v]) for v in deferring)]
+        for v in deferring:
+            overhead = _overheads(run, v, kind)
+            total = None if overhead is None else (overhead[0] + deferred[v][0],)
+            cells.append(_ratio(total, lightest))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _memory_table(run: Run, instrumented: list[str]) -> list[str]:
     header = ["kind", "bare peak KiB", *(f"{v} peak / kept" for v in instrumented)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -138,6 +158,15 @@ def markdown(run: Run) -> str:
     ]
     if peers and ours:
         lines += ["", "Ratio of overheads (median deltas):", "", *_ratio_table(run, peers, ours)]
+    if run.deferred_ns and peers:
+        lines += [
+            "",
+            "Work deferred off the caller's path: CPU per call that a background thread spends later (spendwatch "
+            "records the semantic-convention histograms once a second, not during the call; the peers record them "
+            "inside it). Not part of the overheads above; timed right after each batch, median over rounds, µs.",
+            "",
+            *_deferred_table(run, peers, ours),
+        ]
     if run.memory:
         lines += [
             "",

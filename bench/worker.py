@@ -2,8 +2,9 @@
 
 It sets the variant up, answers ``{"ok": ..., "versions": ...}``, then serves commands, one JSON reply each:
 ``{"cmd": "run", "calls": N, "warmup": W}`` times N calls of every kind after W warm-up calls and replies with the
-median nanoseconds and the spans exported per call; ``{"cmd": "mem", "calls": N}`` replies with tracemalloc's
-peak bytes during one call and the bytes still held per call after N; ``{"cmd": "quit"}`` ends it.
+median nanoseconds, the spans exported per call and, for a variant that defers work to a background thread, that
+work's nanoseconds per call (done and timed right after the batch); ``{"cmd": "mem", "calls": N}`` replies with
+tracemalloc's peak bytes during one call and the bytes still held per call after N; ``{"cmd": "quit"}`` ends it.
 """
 
 from __future__ import annotations
@@ -78,15 +79,22 @@ async def _sample_async(call, calls: int) -> list[int]:
     return samples
 
 
-def _run(kinds, exporter: variants.CountingSpanExporter, calls: int, warmup: int) -> dict:
-    medians, spans = {}, {}
+def _run(kinds, exporter: variants.CountingSpanExporter, calls: int, warmup: int, deferred) -> dict:
+    medians, spans, deferred_ns = {}, {}, {}
     for kind, call in kinds.items():
         _sample(call, warmup)
+        if deferred is not None:
+            deferred()  # the warm-up's share
         gc.collect()
         before = exporter.spans
         medians[kind] = int(statistics.median(_sample(call, calls)))
         spans[kind] = (exporter.spans - before) / calls
-    return {"median_ns": medians, "spans_per_call": spans}
+        if deferred is not None:
+            start = perf_counter_ns()
+            done = deferred()  # what the background thread has not done yet of this batch's work
+            if done:
+                deferred_ns[kind] = (perf_counter_ns() - start) // done
+    return {"median_ns": medians, "spans_per_call": spans, "deferred_ns": deferred_ns}
 
 
 def _memory(kinds, calls: int) -> dict:
@@ -140,7 +148,7 @@ def main(name: str) -> None:
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "run":
-            _reply(_run(kinds, exporter, command["calls"], command["warmup"]))
+            _reply(_run(kinds, exporter, command["calls"], command["warmup"], variants.DEFERRED.get(name)))
         elif command["cmd"] == "mem":
             _reply(_memory(kinds, command["calls"]))
         else:

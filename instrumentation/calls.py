@@ -74,8 +74,7 @@ class Usage:
     reasoning_tokens: int = 0
     response_model: str | None = None
     response_id: str | None = None
-    service_tier: str | None = None
-    finish_reasons: tuple[str, ...] = ()
+    service_tier: str | None = None  # priced by; on the span unless "default"
     estimated: bool = False
     reported_cost_usd: float | None = None  # a cost the caller knows (spendwatch.track's set_cost): not priced here
     calls: int = 1  # API calls this usage stands for (a batch recorded at once)
@@ -94,7 +93,7 @@ class CallRecorder:
         self.metrics = SemconvMetrics(meter)
 
     def start(self, operation: str, provider: str, request_model: str, attributes: dict | None = None) -> Call:
-        """Open the CLIENT span ``"{operation} {model}"`` and make it current for the wrapped call."""
+        """Open the CLIENT span ``"{operation} {model}"``; ``activate()`` makes it current for the wrapped call."""
         request_model = storable(request_model)
         span_attributes = {
             "gen_ai.operation.name": operation,
@@ -102,17 +101,20 @@ class CallRecorder:
             "gen_ai.system": provider,
             "gen_ai.request.model": request_model,
         }
-        category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY)
+        current = context.get_current()
+        category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY, current)
         if category is not None:
             category = storable(str(category)[:_MAX_CATEGORY_LENGTH])
             span_attributes["spendwatch.category"] = category
         if attributes:
             span_attributes.update(attributes)
-        context_attributes = context.get_value(CALL_ATTRIBUTES_KEY)
+        context_attributes = current.get(CALL_ATTRIBUTES_KEY)
         if context_attributes:
             context_attributes = {key: _storable_value(value) for key, value in context_attributes.items()}
             span_attributes.update(context_attributes)
-        span = self.tracer.start_span(f"{operation} {request_model}", kind=SpanKind.CLIENT, attributes=span_attributes)
+        span = self.tracer.start_span(
+            f"{operation} {request_model}", context=current, kind=SpanKind.CLIENT, attributes=span_attributes
+        )
         call = Call(self, span, operation, provider, request_model, category)
         call.attributes = context_attributes
         return call
@@ -225,40 +227,29 @@ def _storable_value(value):
 
 def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, attributes: dict) -> None:
     """Copy ``usage`` into the record and the span attributes, and price it."""
-    if usage.response_model:
-        usage.response_model = storable(usage.response_model)
+    response_model = usage.response_model
+    if response_model:
+        response_model = storable(response_model)
+        attributes["gen_ai.response.model"] = record.response_model = response_model
     if usage.response_id:
-        usage.response_id = storable(usage.response_id)
-    if usage.service_tier:
-        usage.service_tier = storable(usage.service_tier)
-    if usage.finish_reasons:
-        usage.finish_reasons = tuple(storable(reason) for reason in usage.finish_reasons)
-    record.response_model = usage.response_model
-    record.input_tokens = usage.input_tokens
-    record.output_tokens = usage.output_tokens
-    record.cache_read_tokens = usage.cache_read_tokens
-    record.reasoning_tokens = usage.reasoning_tokens
-    record.estimated = usage.estimated
-    attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
-    attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+        attributes["gen_ai.response.id"] = storable(usage.response_id)
+    tier = usage.service_tier
+    if tier == "default":  # what every response says unless the caller picked a tier: nothing to tell
+        tier = None
+    elif tier:
+        attributes["openai.response.service_tier"] = storable(tier)
+    record.input_tokens = attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+    record.output_tokens = attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
     if usage.cache_read_tokens:
-        attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
+        record.cache_read_tokens = attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
     if usage.reasoning_tokens:
-        attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
-    if usage.response_model:
-        attributes["gen_ai.response.model"] = usage.response_model
-    if usage.response_id:
-        attributes["gen_ai.response.id"] = usage.response_id
-    if usage.finish_reasons:
-        attributes["gen_ai.response.finish_reasons"] = usage.finish_reasons
-    if usage.service_tier:
-        attributes["openai.response.service_tier"] = usage.service_tier
-    attributes["spendwatch.cost.estimated"] = usage.estimated
+        record.reasoning_tokens = attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+    record.estimated = attributes["spendwatch.cost.estimated"] = usage.estimated
     record.calls, record.failed_calls = usage.calls, usage.failed_calls
     if usage.reported_cost_usd is not None:
         cost, source = usage.reported_cost_usd, REPORTED
     else:
-        price = _find_price(prices, record.provider, usage.response_model, record.request_model, usage.service_tier)
+        price = _find_price(prices, record.provider, response_model, record.request_model, tier)
         if price is None:
             attributes["spendwatch.pricing"] = "unpriced"
             return
@@ -275,8 +266,6 @@ def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, 
 def _find_price(prices: PriceTable, provider: str, response_model: str | None, request_model: str, tier: str | None):
     """The response model names what was billed (a dated snapshot, an Azure deployment's model); the request
     model is the fallback when the response does not say or names something the data does not know."""
-    if tier == "default":
-        tier = None
     if response_model:
         price = prices.lookup(response_model, provider=provider, service_tier=tier)
         if price is not None:

@@ -97,6 +97,32 @@ def test_stream_without_usage_is_estimated_and_the_request_is_left_alone(client,
     assert sink.records[0].estimated is True
 
 
+def test_a_loop_left_early_and_resumed_still_counts_the_final_usage_chunk(client, stub, span_exporter, sink):
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    for chunk in stream:  # peeking at the first chunk, as a time-to-first-token measurement does
+        first = chunk
+        break
+    assert span_exporter.get_finished_spans() == ()
+    rest = list(stream)
+
+    assert first.choices and rest[-1].usage is not None
+    assert_priced_like_stub(only_span(span_exporter), sink.records[0], stub)
+
+
+def test_a_loop_abandoned_midway_ends_the_span_when_the_stream_is_dropped(client, span_exporter, sink):
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    for index, _ in enumerate(stream):
+        if index == 2:
+            break
+    del stream
+    gc.collect()
+
+    assert only_span(span_exporter).attributes["spendwatch.cost.estimated"] is True
+    assert sink.records[0].output_tokens == 2  # the role chunk carries no content: two deltas were read
+
+
 def test_stream_used_as_context_manager_ends_its_span_once(client, span_exporter):
     with client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True) as stream:
         assert isinstance(stream, openai.Stream)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from spendwatch.instrumentation.records import UsageRecord
-from spendwatch.instrumentation.semconv_metrics import FLUSH_AT, SemconvMetrics
+from spendwatch.instrumentation.semconv_metrics import FLUSH_INTERVAL_S, MAX_PENDING, SemconvMetrics
 
 
 def a_record() -> UsageRecord:
@@ -33,15 +34,77 @@ def test_a_collection_records_every_call_queued_before_it():
     assert durations_counted(reader) == 3
 
 
-def test_a_background_thread_records_the_queue_without_any_collection():
-    reader = InMemoryMetricReader()
-    metrics = SemconvMetrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
-    for _ in range(FLUSH_AT):
-        metrics.add(a_record())
-
-    deadline = time.monotonic() + 10
+def wait_until_recorded(metrics: SemconvMetrics, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
     while metrics._pending and time.monotonic() < deadline:
         time.sleep(0.01)
 
+
+def test_a_background_thread_records_the_queue_without_any_collection():
+    reader = InMemoryMetricReader()
+    metrics = SemconvMetrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    for _ in range(5):
+        metrics.add(a_record())
+
+    wait_until_recorded(metrics, FLUSH_INTERVAL_S * 5)
+
     assert not metrics._pending
-    assert durations_counted(reader) == FLUSH_AT
+    assert durations_counted(reader) == 5
+
+
+def test_a_full_queue_is_recorded_at_once_not_at_the_next_interval():
+    reader = InMemoryMetricReader()
+    metrics = SemconvMetrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    metrics.add(a_record())
+    wait_until_recorded(metrics, FLUSH_INTERVAL_S * 5)  # the thread is up and waiting out its interval
+    started = time.monotonic()
+    for _ in range(MAX_PENDING):
+        metrics.add(a_record())
+
+    wait_until_recorded(metrics, FLUSH_INTERVAL_S * 5)
+
+    assert not metrics._pending
+    assert time.monotonic() - started < FLUSH_INTERVAL_S * 0.6  # the timer alone would take about a whole interval
+    assert durations_counted(reader) == MAX_PENDING + 1
+
+
+def test_failed_calls_that_used_nothing_count_a_duration_but_no_tokens():
+    reader = InMemoryMetricReader()
+    metrics = SemconvMetrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    metrics.add(UsageRecord("openai", "chat", "gpt-4o-mini", error_type="APIConnectionError", duration_s=0.1))
+    metrics.add(UsageRecord("openai", "embeddings", "text-embedding-3-small", input_tokens=7, duration_s=0.1))
+
+    points = {}
+    for resource in reader.get_metrics_data().resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    attributes = point.attributes
+                    key = (metric.name, attributes["gen_ai.operation.name"], attributes.get("gen_ai.token.type"))
+                    points[key] = (point.count, point.sum)
+
+    assert points == {
+        ("gen_ai.client.operation.duration", "chat", None): (1, 0.1),
+        ("gen_ai.client.operation.duration", "embeddings", None): (1, 0.1),
+        ("gen_ai.client.token.usage", "embeddings", "input"): (1, 7),
+    }
+
+
+def test_a_forked_child_starts_its_own_background_thread():
+    reader = InMemoryMetricReader()
+    metrics = SemconvMetrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    metrics.add(a_record())  # the parent's thread is up
+    wait_until_recorded(metrics, FLUSH_INTERVAL_S * 5)
+
+    pid = os.fork()
+    if pid == 0:  # the child: no collection, so only a thread of its own can record these
+        try:
+            for _ in range(3):
+                metrics.add(a_record())
+            wait_until_recorded(metrics, FLUSH_INTERVAL_S * 5)
+            os._exit(0 if not metrics._pending else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -108,7 +108,7 @@ def _admit(call: Call, kind: str, kwargs: dict) -> dict:
     """Ask the registered budget guard, if any; returns the keyword arguments to send (a guard may degrade them).
     Raises ``BudgetExceededError`` when the guard refuses: the one deliberate exception we raise."""
     guard = records.current_guard()
-    if guard is None:
+    if guard is None:  # unregistered since the caller looked
         return kwargs
     try:
         cap_argument, cap = output_cap(kwargs)
@@ -221,11 +221,12 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return wrapped(*args, **kwargs)
-        try:
-            kwargs = _admit(call, kind, kwargs)
-        except BudgetExceededError as refusal:
-            _block(call, refusal)
-            raise
+        if records.current_guard() is not None:
+            try:
+                kwargs = _admit(call, kind, kwargs)
+            except BudgetExceededError as refusal:
+                _block(call, refusal)
+                raise
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as error:
@@ -243,11 +244,12 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)
-        try:
-            kwargs = _admit(call, kind, kwargs)
-        except BudgetExceededError as refusal:
-            _block(call, refusal)
-            raise
+        if records.current_guard() is not None:
+            try:
+                kwargs = _admit(call, kind, kwargs)
+            except BudgetExceededError as refusal:
+                _block(call, refusal)
+                raise
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:

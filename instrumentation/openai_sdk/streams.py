@@ -19,8 +19,8 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     RESPONSES,
     estimate_tokens,
     fill_tokens,
-    items,
     request_text_length,
+    response_identity,
     responses_usage,
     text,
 )
@@ -35,45 +35,34 @@ _RESPONSE_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete",
 class ChatStreamState:
     """Chat and legacy completion chunks: usage arrives in a last chunk only with ``include_usage``."""
 
-    __slots__ = ("kwargs", "usage", "model", "response_id", "deltas", "finish_reasons", "service_tier")
+    __slots__ = ("kwargs", "usage", "first", "deltas")
 
     def __init__(self, kwargs: dict) -> None:
         self.kwargs = kwargs
         self.usage = None
-        self.model = None
-        self.response_id = None
-        self.service_tier = None
+        self.first = None  # names the response: model, id, service tier
         self.deltas = 0
-        self.finish_reasons: list[str] = []
 
     def observe(self, chunk: Any) -> None:
-        if self.model is None:
-            self.model = text(getattr(chunk, "model", None))
-            self.response_id = text(getattr(chunk, "id", None))
-            self.service_tier = text(getattr(chunk, "service_tier", None))
-        # The SDK builds chunks without validation: any field may be missing or hold anything, so read softly.
+        # Per chunk only look: the SDK builds chunks without validation, so any field may be missing or hold anything.
+        if self.first is None:
+            self.first = chunk
         usage = getattr(chunk, "usage", None)
         if usage is not None:
             self.usage = usage
-        for choice in items(getattr(chunk, "choices", None)):
-            # One delta carries about one token: the cheapest honest estimate when no usage comes.
-            delta = getattr(choice, "delta", None)
-            if delta is None:
-                if getattr(choice, "text", None):
+        choices = getattr(chunk, "choices", None)
+        if choices:
+            for choice in choices:
+                # One delta carries about one token: the cheapest honest estimate when no usage comes.
+                delta = getattr(choice, "delta", None)
+                if delta is None:  # legacy completions
+                    if getattr(choice, "text", None):
+                        self.deltas += 1
+                elif getattr(delta, "content", None) or getattr(delta, "tool_calls", None):
                     self.deltas += 1
-            elif getattr(delta, "content", None) or getattr(delta, "tool_calls", None):
-                self.deltas += 1
-            finish_reason = text(getattr(choice, "finish_reason", None))
-            if finish_reason:
-                self.finish_reasons.append(finish_reason)
 
     def to_usage(self) -> Usage:
-        usage = Usage(
-            response_model=self.model,
-            response_id=self.response_id,
-            service_tier=self.service_tier,
-            finish_reasons=tuple(self.finish_reasons),
-        )
+        usage = response_identity(self.first)
         # Without include_usage the stream carries no counts: one content delta is about one token.
         estimate_input = lambda: estimate_tokens(request_text_length(self.kwargs))  # noqa: E731
         return fill_tokens(usage, self.usage, CHAT_USAGE_FIELDS, estimate_input, lambda: self.deltas)
@@ -148,7 +137,25 @@ class _StreamProxyBase(ObjectProxy):
 
 class SyncStreamProxy(_StreamProxyBase):
     def __iter__(self):
-        return self
+        # A generator, as the SDK's own ``Stream.__iter__`` is: resuming one per chunk costs less than a ``__next__``
+        # call through the proxy. ``next(stream)`` still works, through ``__next__`` below.
+        return self._self_iterate()
+
+    def _self_iterate(self):
+        observe = self._self_state.observe
+        try:
+            for item in self.__wrapped__:
+                try:
+                    observe(item)
+                except Exception:  # noqa: BLE001 - a malformed chunk must not break the caller's stream
+                    _logger.debug("spendwatch: could not read a stream chunk", exc_info=True)
+                yield item
+        except GeneratorExit:  # the caller left the loop: it may iterate on later, or close or drop the stream
+            raise
+        except BaseException as error:
+            self._self_end(error)
+            raise
+        self._self_end()
 
     def __next__(self):
         try:

@@ -24,6 +24,7 @@ __all__ = [
     "RESPONSES",
     "estimate_tokens",
     "request_text_length",
+    "response_identity",
     "usage_from_result",
 ]
 
@@ -128,11 +129,6 @@ def _responses_output_length(result: Any) -> int:
         return 0
 
 
-def _finish_reasons(result: Any) -> tuple[str, ...]:
-    reasons = (getattr(choice, "finish_reason", None) for choice in items(getattr(result, "choices", None)))
-    return tuple(reason for reason in reasons if type(reason) is str)
-
-
 # Where a usage object keeps its counts: (input, output, input details, output details).
 CHAT_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
 RESPONSES_USAGE_FIELDS = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
@@ -156,19 +152,18 @@ def fill_tokens(
     return usage
 
 
-def _response_identity(result: Any, finish_reasons: tuple[str, ...]) -> Usage:
+def response_identity(result: Any) -> Usage:
     return Usage(
         response_model=text(getattr(result, "model", None)),
         response_id=text(getattr(result, "id", None)),
         service_tier=text(getattr(result, "service_tier", None)),
-        finish_reasons=finish_reasons,
     )
 
 
 def _chat_usage(result: Any, kwargs: dict) -> Usage:
     """Chat completions and legacy completions: ``prompt_tokens`` / ``completion_tokens``."""
     return fill_tokens(
-        _response_identity(result, _finish_reasons(result)),
+        response_identity(result),
         getattr(result, "usage", None),
         CHAT_USAGE_FIELDS,
         lambda: estimate_tokens(request_text_length(kwargs)),
@@ -188,9 +183,8 @@ def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
 
 def responses_usage(response: Any, kwargs: dict) -> Usage:
     """A Responses API ``Response`` (also the one inside a stream's ``response.completed`` event)."""
-    status = text(getattr(response, "status", None))
     return fill_tokens(
-        _response_identity(response, (status,) if status else ()),
+        response_identity(response),
         getattr(response, "usage", None),
         RESPONSES_USAGE_FIELDS,
         lambda: estimate_tokens(request_text_length(kwargs)),
