@@ -117,6 +117,7 @@ class CallRecorder:
         )
         call = Call(self, span, operation, provider, request_model, category)
         call.attributes = context_attributes
+        call._parent_context = current
         return call
 
 
@@ -133,6 +134,7 @@ class Call:
         "start_time",
         "_start_perf",
         "_context_token",
+        "_parent_context",
         "_ended",
         "attributes",
         "ticket",
@@ -150,13 +152,14 @@ class Call:
         self.start_time = time.time()
         self._start_perf = time.perf_counter()
         self._context_token = None
+        self._parent_context = None  # the context the span was started in, when the recorder knows it
         self._ended = False
         self.attributes: dict[str, str] | None = None  # from the context: e.g. a LightRAG stage
         self.ticket: records.Ticket | None = None  # the budget guard's reservation, settled when the call ends
 
     def activate(self) -> None:
         """Make the span current, so spans the library makes inside the call (HTTP, retries) are its children."""
-        self._context_token = context.attach(trace.set_span_in_context(self.span))
+        self._context_token = context.attach(trace.set_span_in_context(self.span, self._parent_context))
 
     def deactivate(self) -> None:
         if self._context_token is not None:

@@ -81,7 +81,12 @@ def _provider(resource: Any) -> str:
     return provider
 
 
-def _request_attributes(kwargs: dict, capture_content: bool) -> dict:
+_REQUEST_ARGUMENTS = frozenset(argument for argument, _ in _REQUEST_ATTRIBUTES)
+
+
+def _request_attributes(kwargs: dict, capture_content: bool) -> dict | None:
+    if not capture_content and _REQUEST_ARGUMENTS.isdisjoint(kwargs):
+        return None  # the usual call: no sampling parameters to report
     attributes = {}
     for argument, attribute in _REQUEST_ATTRIBUTES:
         value = kwargs.get(argument)

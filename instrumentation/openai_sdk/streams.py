@@ -19,6 +19,7 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     RESPONSES,
     estimate_tokens,
     fill_tokens,
+    items,
     request_text_length,
     response_identity,
     responses_usage,
@@ -35,37 +36,51 @@ _RESPONSE_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete",
 class ChatStreamState:
     """Chat and legacy completion chunks: usage arrives in a last chunk only with ``include_usage``."""
 
-    __slots__ = ("kwargs", "usage", "first", "deltas")
+    __slots__ = ("kwargs", "usage", "first", "last", "chunks")
 
     def __init__(self, kwargs: dict) -> None:
         self.kwargs = kwargs
         self.usage = None
         self.first = None  # names the response: model, id, service tier
-        self.deltas = 0
+        self.last = None  # the last chunk without usage
+        self.chunks = 0  # chunks without usage
 
     def observe(self, chunk: Any) -> None:
-        # Per chunk only look: the SDK builds chunks without validation, so any field may be missing or hold anything.
+        # Per chunk only look: one attribute read. The SDK builds chunks without validation, so it may be missing.
         if self.first is None:
             self.first = chunk
         usage = getattr(chunk, "usage", None)
-        if usage is not None:
+        if usage is None:
+            self.last = chunk
+            self.chunks += 1
+        else:
             self.usage = usage
-        choices = getattr(chunk, "choices", None)
-        if choices:
-            for choice in choices:
-                # One delta carries about one token: the cheapest honest estimate when no usage comes.
-                delta = getattr(choice, "delta", None)
-                if delta is None:  # legacy completions
-                    if getattr(choice, "text", None):
-                        self.deltas += 1
-                elif getattr(delta, "content", None) or getattr(delta, "tool_calls", None):
-                    self.deltas += 1
+
+    def content_deltas(self) -> int:
+        """Chunks with a delta of text or tool-call arguments, about one token each: every chunk but the role chunk
+        that opens a stream and the finish chunk that closes it (an estimate, only needed when usage never came)."""
+        deltas = self.chunks
+        if self.first is not None and not _carries_content(self.first):
+            deltas -= 1
+        if self.last is not None and self.last is not self.first and not _carries_content(self.last):
+            deltas -= 1
+        return deltas
 
     def to_usage(self) -> Usage:
         usage = response_identity(self.first)
-        # Without include_usage the stream carries no counts: one content delta is about one token.
         estimate_input = lambda: estimate_tokens(request_text_length(self.kwargs))  # noqa: E731
-        return fill_tokens(usage, self.usage, CHAT_USAGE_FIELDS, estimate_input, lambda: self.deltas)
+        return fill_tokens(usage, self.usage, CHAT_USAGE_FIELDS, estimate_input, self.content_deltas)
+
+
+def _carries_content(chunk: Any) -> bool:
+    for choice in items(getattr(chunk, "choices", None)):
+        delta = getattr(choice, "delta", None)
+        if delta is None:  # legacy completions
+            if getattr(choice, "text", None):
+                return True
+        elif getattr(delta, "content", None) or getattr(delta, "tool_calls", None):
+            return True
+    return False
 
 
 class ResponsesStreamState:
