@@ -1,8 +1,9 @@
 """``python -m bench [--quick] [--rounds R] [--calls N] [--variants a,b]``: run the overhead benchmark, print the table.
 
-One worker process per variant stays up for the whole run; each round sends every worker, in a fresh random order
-and one at a time (the machine has two cores), a batch of N timed calls per kind. The markdown report goes to
-stdout and to ``bench/results/latest.md`` (``--out``), the raw per-round medians beside it as ``latest.json``.
+One worker process per variant stays up for the whole run; each round, kind by kind, sends every worker, in a fresh
+random order and one at a time (the machine has two cores), a batch of N timed calls of that kind. The markdown
+report goes to stdout and to ``bench/results/latest.md`` (``--out``), the raw per-round medians beside it as
+``latest.json``.
 Defaults can also be set with ``BENCH_ROUNDS``, ``BENCH_CALLS``, ``BENCH_WARMUP`` and ``BENCH_MEM_CALLS``.
 """
 
@@ -75,38 +76,43 @@ def _settings(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _start(names: list[str]) -> tuple[list[_Worker], dict[str, dict], dict[str, str]]:
+def _start(names: list[str]) -> tuple[list[_Worker], dict[str, dict], dict[str, str], list[str]]:
     workers = [_Worker(name) for name in names]  # they import and instrument in parallel
-    ready, versions, unavailable = [], {}, {}
+    ready, versions, unavailable, kinds = [], {}, {}, []
     for worker in workers:
         hello = worker.receive()
         if hello["ok"]:
             ready.append(worker)
             versions[worker.name] = hello["versions"]
+            kinds = hello["kinds"]
         else:
             unavailable[worker.name] = hello["error"]
             worker.close()
-    return ready, versions, unavailable
+    return ready, versions, unavailable, kinds
 
 
 def _measure(args: argparse.Namespace, workers: list[_Worker], run: report.Run) -> None:
     order = random.Random(args.seed)
     for round_number in range(1, args.rounds + 1):
         print(f"round {round_number}/{args.rounds}", end="\r", file=sys.stderr, flush=True)
-        for worker in order.sample(workers, len(workers)):
-            batch = worker.ask(cmd="run", calls=args.calls, warmup=args.warmup)
-            run.kinds = list(batch["median_ns"])
-            for kind, ns in batch["median_ns"].items():
-                run.median_ns.setdefault(worker.name, {}).setdefault(kind, []).append(ns)
-            for kind, ns in batch.get("deferred_ns", {}).items():
-                run.deferred_ns.setdefault(worker.name, {}).setdefault(kind, []).append(ns)
-            spans = run.spans_per_call.setdefault(worker.name, {})
-            for kind, count in batch["spans_per_call"].items():
-                spans[kind] = max(spans.get(kind, 0.0), count)
+        # Kind by kind, every worker in a fresh random order: the batches compared are seconds apart, not tens.
+        for kind in run.kinds:
+            for worker in order.sample(workers, len(workers)):
+                _record(run, worker.name, worker.ask(cmd="run", calls=args.calls, warmup=args.warmup, kind=kind))
     print(file=sys.stderr)
     if args.mem_calls:
         for worker in workers:
             run.memory[worker.name] = worker.ask(cmd="mem", calls=args.mem_calls)
+
+
+def _record(run: report.Run, name: str, batch: dict) -> None:
+    for kind, ns in batch["median_ns"].items():
+        run.median_ns.setdefault(name, {}).setdefault(kind, []).append(ns)
+    for kind, ns in batch.get("deferred_ns", {}).items():
+        run.deferred_ns.setdefault(name, {}).setdefault(kind, []).append(ns)
+    spans = run.spans_per_call.setdefault(name, {})
+    for kind, count in batch["spans_per_call"].items():
+        spans[kind] = max(spans.get(kind, 0.0), count)
 
 
 def _command(argv: list[str]) -> str:
@@ -122,7 +128,7 @@ def main(argv: list[str]) -> None:
     if unknown:
         sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants.VARIANTS)}")
     started = time.monotonic()
-    workers, versions, unavailable = _start(names)
+    workers, versions, unavailable, kinds = _start(names)
     if variants.BARE not in versions:
         sys.exit(f"the bare SDK does not run: {unavailable[variants.BARE]}")
     meta = {
@@ -131,7 +137,7 @@ def main(argv: list[str]) -> None:
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "config": f"{args.rounds} rounds × {args.calls} calls per kind after {args.warmup} warm-up calls",
     }
-    run = report.Run(meta=meta, versions=versions, unavailable=unavailable, kinds=[])
+    run = report.Run(meta=meta, versions=versions, unavailable=unavailable, kinds=kinds)
     try:
         _measure(args, workers, run)
     finally:

@@ -1,10 +1,11 @@
 """One variant's worker process: ``python -m bench.worker VARIANT``, driven by JSON lines on stdin.
 
-It sets the variant up, answers ``{"ok": ..., "versions": ...}``, then serves commands, one JSON reply each:
-``{"cmd": "run", "calls": N, "warmup": W}`` times N calls of every kind after W warm-up calls and replies with the
-median nanoseconds, the spans exported per call and, for a variant that defers work to a background thread, that
-work's nanoseconds per call (done and timed right after the batch); ``{"cmd": "mem", "calls": N}`` replies with
-tracemalloc's peak bytes during one call and the bytes still held per call after N; ``{"cmd": "quit"}`` ends it.
+It sets the variant up, answers ``{"ok": ..., "versions": ..., "kinds": [...]}``, then serves commands, one JSON
+reply each: ``{"cmd": "run", "calls": N, "warmup": W[, "kind": K]}`` times N calls of every kind (or of K) after W
+warm-up calls and replies with the median nanoseconds, the spans exported per call and, for a variant that defers
+work to a background thread, that work's nanoseconds per call (done and timed right after the batch);
+``{"cmd": "mem", "calls": N}`` replies with tracemalloc's peak bytes during one call and the bytes still held per
+call after N; ``{"cmd": "quit"}`` ends it.
 """
 
 from __future__ import annotations
@@ -144,11 +145,13 @@ def main(name: str) -> None:
         _reply({"ok": False, "error": str(exc)})
         return
     kinds = _kinds()
-    _reply({"ok": True, "versions": _versions(variant_version)})
+    _reply({"ok": True, "versions": _versions(variant_version), "kinds": list(kinds)})
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "run":
-            _reply(_run(kinds, exporter, command["calls"], command["warmup"], variants.DEFERRED.get(name)))
+            # One kind per command when asked ("kind"), so the orchestrator can interleave the variants per kind.
+            chosen = {command["kind"]: kinds[command["kind"]]} if "kind" in command else kinds
+            _reply(_run(chosen, exporter, command["calls"], command["warmup"], variants.DEFERRED.get(name)))
         elif command["cmd"] == "mem":
             _reply(_memory(kinds, command["calls"]))
         else:
