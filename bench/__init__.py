@@ -1,6 +1,6 @@
 """Benchmarks. ``python -m bench`` (``make bench``): per-call overhead of spendwatch and its peers over the bare SDK.
 
-One long-lived worker process per variant (instrumentors patch the SDK globally) serves an in-process mock of the
+One worker process per variant and round (instrumentors patch the SDK globally) serves an in-process mock of the
 OpenAI API; the orchestrator interleaves timed batches across workers and reports, per call kind, the median over
 rounds of the paired difference variant − bare from the same round, so machine-wide drift cancels out.
 """

@@ -1,9 +1,8 @@
 """``python -m bench [--quick] [--rounds R] [--calls N] [--variants a,b]``: run the overhead benchmark, print the table.
 
-One worker process per variant stays up for the whole run; each round, kind by kind, sends every worker, in a fresh
-random order and one at a time (the machine has two cores), a batch of N timed calls of that kind. The markdown
-report goes to stdout and to ``bench/results/latest.md`` (``--out``), the raw per-round medians beside it as
-``latest.json``.
+Each round starts one fresh worker process per variant and, kind by kind, sends every worker, in a fresh random order
+and one at a time (the machine has two cores), a batch of N timed calls of that kind. The markdown report goes to
+stdout and to ``bench/results/latest.md`` (``--out``), the raw per-round medians beside it as ``latest.json``.
 Defaults can also be set with ``BENCH_ROUNDS``, ``BENCH_CALLS``, ``BENCH_WARMUP`` and ``BENCH_MEM_CALLS``.
 """
 
@@ -91,10 +90,16 @@ def _start(names: list[str]) -> tuple[list[_Worker], dict[str, dict], dict[str, 
     return ready, versions, unavailable, kinds
 
 
-def _measure(args: argparse.Namespace, workers: list[_Worker], run: report.Run) -> None:
+def _measure(args: argparse.Namespace, workers: list[_Worker], run: report.Run) -> list[_Worker]:
+    """Every round in fresh worker processes: each process has its own memory layout, which moves a call's time
+    by a few per cent for as long as the process lives; new processes each round turn that into noise the median
+    over rounds absorbs, instead of a bias that stays with a variant for the whole run. Returns the last workers."""
     order = random.Random(args.seed)
     for round_number in range(1, args.rounds + 1):
         print(f"round {round_number}/{args.rounds}", end="\r", file=sys.stderr, flush=True)
+        if round_number > 1:
+            _close(workers)
+            workers = _start([worker.name for worker in workers])[0]
         # Kind by kind, every worker in a fresh random order: the batches compared are seconds apart, not tens.
         for kind in run.kinds:
             for worker in order.sample(workers, len(workers)):
@@ -103,6 +108,12 @@ def _measure(args: argparse.Namespace, workers: list[_Worker], run: report.Run) 
     if args.mem_calls:
         for worker in workers:
             run.memory[worker.name] = worker.ask(cmd="mem", calls=args.mem_calls)
+    return workers
+
+
+def _close(workers: list[_Worker]) -> None:
+    for worker in workers:
+        worker.close()
 
 
 def _record(run: report.Run, name: str, batch: dict) -> None:
@@ -139,10 +150,9 @@ def main(argv: list[str]) -> None:
     }
     run = report.Run(meta=meta, versions=versions, unavailable=unavailable, kinds=kinds)
     try:
-        _measure(args, workers, run)
+        workers = _measure(args, workers, run)
     finally:
-        for worker in workers:
-            worker.close()
+        _close(workers)
     text = report.markdown(run)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

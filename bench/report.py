@@ -182,7 +182,8 @@ def markdown(run: Run) -> str:
         lines += [f"- {v}: {why}" for v, why in run.unavailable.items()]
     lines += [
         "",
-        "Every variant runs in its own long-lived worker process over an in-process mock transport on the SDK's "
+        "Every variant runs in its own worker process, a fresh one each round, over an in-process mock transport on "
+        "the SDK's "
         "own HTTP client, with the same OpenTelemetry SDK (SimpleSpanProcessor into a counting no-op exporter, "
         "InMemoryMetricReader). Each instrumentation runs with its defaults; OpenLLMetry's default records prompts "
         "and completions on spans, so openllmetry-nocontent sets TRACELOOP_TRACE_CONTENT=false, as the others "

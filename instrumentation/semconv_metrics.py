@@ -5,8 +5,9 @@ Three histogram recordings cost the OpenTelemetry SDK about 20 µs a call, a thi
 appends a tuple of plain values to a queue (~0.1 µs; no object the garbage collector has to walk, no thread to wake).
 One background thread per process records every queue into its histograms each :data:`FLUSH_INTERVAL_S`, or at once
 when a queue reaches :data:`MAX_PENDING`; and an observable callback, which every collection runs before it reads the
-histograms, records the queue first, so no reader ever misses a call. The cost: measurements carry the time they were
-recorded (at most a second late), and no exemplars.
+histograms, records the queue first, so no reader ever misses a call. Should calls ever outpace the thread, past
+:data:`MAX_BACKLOG` each call records one queued call itself (as an instrumentation without a queue would), so memory
+stays bounded. The cost: measurements carry the time they were recorded (at most a second late), and no exemplars.
 """
 
 from __future__ import annotations
@@ -21,13 +22,22 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from spendwatch.instrumentation.records import UsageRecord
 
-__all__ = ["DURATION_BUCKETS", "FLUSH_INTERVAL_S", "MAX_PENDING", "SemconvMetrics", "TOKEN_USAGE_BUCKETS", "flush_all"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "FLUSH_INTERVAL_S",
+    "MAX_BACKLOG",
+    "MAX_PENDING",
+    "SemconvMetrics",
+    "TOKEN_USAGE_BUCKETS",
+    "flush_all",
+]
 
 # Explicit bucket boundaries from the GenAI semantic conventions (gen-ai-metrics.md).
 TOKEN_USAGE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 FLUSH_INTERVAL_S = 1.0
 MAX_PENDING = 8192
+MAX_BACKLOG = 8 * MAX_PENDING
 _MAX_CACHED_KEYS = 1024
 
 _logger = logging.getLogger(__name__)
@@ -63,6 +73,8 @@ class SemconvMetrics:
         pending.append((key, record.duration_s, record.input_tokens, record.output_tokens))
         if len(pending) >= MAX_PENDING or not _flusher.running:
             _flusher.wake()
+            if len(pending) >= MAX_BACKLOG:  # calls outpace the thread: record one here, so the queue stops growing
+                self._record_oldest()
 
     def flush(self) -> int:
         """Record the queue now; returns how many calls this recorded."""
@@ -76,6 +88,13 @@ class SemconvMetrics:
             self._record(key, duration, input_tokens, output_tokens)
             recorded += 1
         return recorded
+
+    def _record_oldest(self) -> None:
+        try:
+            oldest = self._pending.popleft()
+        except IndexError:  # the thread emptied it first
+            return
+        self._record(*oldest)
 
     def _flush_before_collect(self, options: CallbackOptions) -> list[Observation]:
         self.flush()

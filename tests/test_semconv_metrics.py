@@ -9,7 +9,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from spendwatch.instrumentation.records import UsageRecord
-from spendwatch.instrumentation.semconv_metrics import FLUSH_INTERVAL_S, MAX_PENDING, SemconvMetrics
+from spendwatch.instrumentation.semconv_metrics import FLUSH_INTERVAL_S, MAX_BACKLOG, MAX_PENDING, SemconvMetrics
 
 
 def a_record() -> UsageRecord:
@@ -108,3 +108,16 @@ def test_a_forked_child_starts_its_own_background_thread():
     _, status = os.waitpid(pid, 0)
 
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_calls_that_outpace_the_thread_record_inline_so_the_queue_stays_bounded():
+    reader = InMemoryMetricReader()
+    metrics = SemconvMetrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    calls = MAX_BACKLOG + 5000
+    longest = 0
+    for _ in range(calls):  # a tight loop queues far faster than the SDK records (~7 µs a measurement)
+        metrics.add(a_record())
+        longest = max(longest, len(metrics._pending))
+
+    assert longest <= MAX_BACKLOG
+    assert durations_counted(reader) == calls  # and nothing was dropped
