@@ -73,7 +73,6 @@ class Usage:
     cache_read_tokens: int = 0
     reasoning_tokens: int = 0
     response_model: str | None = None
-    response_id: str | None = None
     service_tier: str | None = None  # priced by; on the span unless "default"
     estimated: bool = False
     reported_cost_usd: float | None = None  # a cost the caller knows (spendwatch.track's set_cost): not priced here
@@ -234,8 +233,6 @@ def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, 
     if response_model:
         response_model = storable(response_model)
         attributes["gen_ai.response.model"] = record.response_model = response_model
-    if usage.response_id:
-        attributes["gen_ai.response.id"] = storable(usage.response_id)
     tier = usage.service_tier
     if tier == "default":  # what every response says unless the caller picked a tier: nothing to tell
         tier = None

@@ -13,7 +13,7 @@ import json
 import logging
 from typing import Any
 
-from openai import AsyncStream, Stream
+from openai import AsyncStream, BaseModel, Stream
 from openai._legacy_response import LegacyAPIResponse
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from wrapt import ObjectProxy
@@ -167,6 +167,9 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
     """End ``call`` from ``result`` and return what the caller gets: ``result`` itself or a proxy over a stream."""
     try:
         call.deactivate()
+        if isinstance(result, BaseModel) and not capture:  # the usual case: a parsed response
+            call.succeed(usage_from_result(kind, result, kwargs))
+            return result
         if isinstance(result, Stream):
             return SyncStreamProxy(result, call, new_stream_state(kind, kwargs))
         if isinstance(result, AsyncStream):

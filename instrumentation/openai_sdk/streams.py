@@ -17,6 +17,7 @@ from spendwatch.instrumentation.calls import Call, Usage
 from spendwatch.instrumentation.openai_sdk.usage import (
     CHAT_USAGE_FIELDS,
     RESPONSES,
+    estimate_missing,
     estimate_tokens,
     fill_tokens,
     items,
@@ -68,8 +69,9 @@ class ChatStreamState:
 
     def to_usage(self) -> Usage:
         usage = response_identity(self.first)
+        missing = fill_tokens(usage, self.usage, CHAT_USAGE_FIELDS)
         estimate_input = lambda: estimate_tokens(request_text_length(self.kwargs))  # noqa: E731
-        return fill_tokens(usage, self.usage, CHAT_USAGE_FIELDS, estimate_input, self.content_deltas)
+        return estimate_missing(usage, missing, estimate_input, self.content_deltas)
 
 
 def _carries_content(chunk: Any) -> bool:

@@ -22,6 +22,7 @@ __all__ = [
     "COMPLETION",
     "EMBEDDINGS",
     "RESPONSES",
+    "estimate_missing",
     "estimate_tokens",
     "request_text_length",
     "response_identity",
@@ -134,41 +135,55 @@ CHAT_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "prompt_tokens_detail
 RESPONSES_USAGE_FIELDS = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
 
 
-def fill_tokens(
-    usage: Usage, raw: Any, fields: tuple[str, str, str, str], estimate_input: Callable[[], int], estimate_output
-) -> Usage:
-    """Copy the counts of a provider ``usage`` object into ``usage``; when input or output is missing or malformed,
-    estimate it (``estimate_*`` are called only then) and flag the usage as estimated."""
+def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tuple[bool, bool]:
+    """Copy the counts of a provider ``usage`` object into ``usage``. Returns whether input and output are still to
+    be estimated (missing or malformed); the caller estimates them and flags the usage as estimated."""
     input_name, output_name, input_details, output_details = fields
-    input_tokens = count(getattr(raw, input_name, None))
-    output_tokens = count(getattr(raw, output_name, None))
-    if input_tokens is None or output_tokens is None:
-        usage.estimated = True
-        input_tokens = estimate_input() if input_tokens is None else input_tokens
-        output_tokens = estimate_output() if output_tokens is None else output_tokens
-    usage.input_tokens, usage.output_tokens = input_tokens, output_tokens
+    input_tokens = getattr(raw, input_name, None)
+    output_tokens = getattr(raw, output_name, None)
+    input_missing = type(input_tokens) is not int or input_tokens < 0
+    output_missing = type(output_tokens) is not int or output_tokens < 0
+    if not input_missing:
+        usage.input_tokens = input_tokens
+    if not output_missing:
+        usage.output_tokens = output_tokens
     usage.cache_read_tokens = count(getattr(getattr(raw, input_details, None), "cached_tokens", None)) or 0
     usage.reasoning_tokens = count(getattr(getattr(raw, output_details, None), "reasoning_tokens", None)) or 0
+    return input_missing, output_missing
+
+
+def estimate_missing(
+    usage: Usage, missing: tuple[bool, bool], estimate_input: Callable[[], int], estimate_output: Callable[[], int]
+) -> Usage:
+    """Estimate what :func:`fill_tokens` could not read, and flag the usage as estimated."""
+    input_missing, output_missing = missing
+    if input_missing or output_missing:
+        usage.estimated = True
+        if input_missing:
+            usage.input_tokens = estimate_input()
+        if output_missing:
+            usage.output_tokens = estimate_output()
     return usage
 
 
 def response_identity(result: Any) -> Usage:
-    return Usage(
-        response_model=text(getattr(result, "model", None)),
-        response_id=text(getattr(result, "id", None)),
-        service_tier=text(getattr(result, "service_tier", None)),
-    )
+    """A usage naming the response: its model (what is priced) and service tier (which price)."""
+    model = text(getattr(result, "model", None))
+    return Usage(response_model=model, service_tier=text(getattr(result, "service_tier", None)))
 
 
 def _chat_usage(result: Any, kwargs: dict) -> Usage:
     """Chat completions and legacy completions: ``prompt_tokens`` / ``completion_tokens``."""
-    return fill_tokens(
-        response_identity(result),
-        getattr(result, "usage", None),
-        CHAT_USAGE_FIELDS,
-        lambda: estimate_tokens(request_text_length(kwargs)),
-        lambda: estimate_tokens(_chat_output_length(result)),
-    )
+    usage = response_identity(result)
+    missing = fill_tokens(usage, getattr(result, "usage", None), CHAT_USAGE_FIELDS)
+    if missing[0] or missing[1]:
+        estimate_missing(
+            usage,
+            missing,
+            lambda: estimate_tokens(request_text_length(kwargs)),
+            lambda: estimate_tokens(_chat_output_length(result)),
+        )
+    return usage
 
 
 def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
@@ -183,13 +198,16 @@ def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
 
 def responses_usage(response: Any, kwargs: dict) -> Usage:
     """A Responses API ``Response`` (also the one inside a stream's ``response.completed`` event)."""
-    return fill_tokens(
-        response_identity(response),
-        getattr(response, "usage", None),
-        RESPONSES_USAGE_FIELDS,
-        lambda: estimate_tokens(request_text_length(kwargs)),
-        lambda: estimate_tokens(_responses_output_length(response)),
-    )
+    usage = response_identity(response)
+    missing = fill_tokens(usage, getattr(response, "usage", None), RESPONSES_USAGE_FIELDS)
+    if missing[0] or missing[1]:
+        estimate_missing(
+            usage,
+            missing,
+            lambda: estimate_tokens(request_text_length(kwargs)),
+            lambda: estimate_tokens(_responses_output_length(response)),
+        )
+    return usage
 
 
 _EXTRACTORS: dict[str, Callable[[Any, dict], Usage]] = {
