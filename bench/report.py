@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from bench.transport import STREAM_CHUNKS
-from bench.variants import BARE, CONTROL, PEERS, SPENDWATCH, VARIANTS
+from bench.variants import BARE, CONTROL, FLOOR, PEERS, SPENDWATCH, VARIANTS
 
 __all__ = ["Run", "markdown"]
 
@@ -187,6 +187,8 @@ def markdown(run: Run) -> str:
         "own HTTP client, with the same OpenTelemetry SDK (SimpleSpanProcessor into a counting no-op exporter, "
         "InMemoryMetricReader). Each instrumentation runs with its defaults; OpenLLMetry's default records prompts "
         "and completions on spans, so openllmetry-nocontent sets TRACELOOP_TRACE_CONTENT=false, as the others "
-        "default. OpenLIT is not measured: it requires openai<3 and fetches prices from the internet at start-up.",
+        "default. OpenLIT is not measured: it requires openai<3 and fetches prices from the internet at start-up. "
+        f"{FLOOR} is a reference, not a peer: one CLIENT span made current around each call with the attributes "
+        "DESIGN.md requires and nothing else (bench/span_floor.py), the OpenTelemetry SDK's share of any overhead.",
     ]
     return "\n".join(lines) + "\n"

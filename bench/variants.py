@@ -28,6 +28,7 @@ __all__ = [
     "BARE",
     "CONTROL",
     "DEFERRED",
+    "FLOOR",
     "PEERS",
     "SPENDWATCH",
     "VARIANTS",
@@ -91,6 +92,13 @@ def _spendwatch_with_ledger() -> str:
     return installed
 
 
+def _span_floor() -> str:
+    from bench import span_floor
+
+    span_floor.instrument()
+    return _version("opentelemetry-sdk")
+
+
 def _version(distribution: str) -> str:
     try:
         return version(distribution)
@@ -102,6 +110,7 @@ BARE = "bare"
 CONTROL = "bare-again"  # an A/A control: a second bare process, so the table shows its own noise floor
 SPENDWATCH = ("spendwatch", "spendwatch+ledger")
 PEERS = ("openai-v2", "openllmetry", "openllmetry-nocontent")
+FLOOR = "span-floor"  # a reference, not a peer: the OpenTelemetry SDK's own span work (bench/span_floor.py)
 _OPENLLMETRY = _instrument("opentelemetry.instrumentation.openai", "opentelemetry-instrumentation-openai")
 VARIANTS: dict[str, Callable[[], str]] = {
     BARE: lambda: _version("openai"),
@@ -113,6 +122,7 @@ VARIANTS: dict[str, Callable[[], str]] = {
     "openllmetry-nocontent": _with_env(_OPENLLMETRY, TRACELOOP_TRACE_CONTENT="false"),  # like the others' default
     "spendwatch": _instrument("spendwatch.instrumentation.openai_sdk", "spendwatch"),
     "spendwatch+ledger": _spendwatch_with_ledger,  # plus the durable ledger behind it, as configure() attaches
+    FLOOR: _span_floor,
 }
 
 
