@@ -172,18 +172,24 @@ def response_identity(result: Any) -> Usage:
     return Usage(response_model=model, service_tier=text(getattr(result, "service_tier", None)))
 
 
-def _chat_usage(result: Any, kwargs: dict) -> Usage:
-    """Chat completions and legacy completions: ``prompt_tokens`` / ``completion_tokens``."""
+def _read_usage(result: Any, kwargs: dict, fields: tuple[str, str, str, str], output_length) -> Usage:
+    """The usage a response reports under ``fields``; what it lacks is estimated from the request and from
+    ``output_length(result)``, the characters it answered."""
     usage = response_identity(result)
-    missing = fill_tokens(usage, getattr(result, "usage", None), CHAT_USAGE_FIELDS)
+    missing = fill_tokens(usage, getattr(result, "usage", None), fields)
     if missing[0] or missing[1]:
         estimate_missing(
             usage,
             missing,
             lambda: estimate_tokens(request_text_length(kwargs)),
-            lambda: estimate_tokens(_chat_output_length(result)),
+            lambda: estimate_tokens(output_length(result)),
         )
     return usage
+
+
+def _chat_usage(result: Any, kwargs: dict) -> Usage:
+    """Chat completions and legacy completions: ``prompt_tokens`` / ``completion_tokens``."""
+    return _read_usage(result, kwargs, CHAT_USAGE_FIELDS, _chat_output_length)
 
 
 def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
@@ -198,16 +204,7 @@ def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
 
 def responses_usage(response: Any, kwargs: dict) -> Usage:
     """A Responses API ``Response`` (also the one inside a stream's ``response.completed`` event)."""
-    usage = response_identity(response)
-    missing = fill_tokens(usage, getattr(response, "usage", None), RESPONSES_USAGE_FIELDS)
-    if missing[0] or missing[1]:
-        estimate_missing(
-            usage,
-            missing,
-            lambda: estimate_tokens(request_text_length(kwargs)),
-            lambda: estimate_tokens(_responses_output_length(response)),
-        )
-    return usage
+    return _read_usage(response, kwargs, RESPONSES_USAGE_FIELDS, _responses_output_length)
 
 
 _EXTRACTORS: dict[str, Callable[[Any, dict], Usage]] = {
