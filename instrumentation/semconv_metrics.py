@@ -2,11 +2,10 @@
 recorded off the caller's path.
 
 Three histogram recordings cost the OpenTelemetry SDK about 20 µs a call, a third of our whole budget. So a call only
-appends a tuple of plain values to a queue (~0.1 µs; no object the garbage collector has to walk, no thread to wake
-but once a second). One background thread per process records every queue into its histograms
-:data:`FLUSH_INTERVAL_S` after the first call queued since it last did (it sleeps while no calls come), or at once
-when a queue reaches :data:`MAX_PENDING`; and an observable callback, which every collection runs before it reads
-the histograms, records the queue first, so no reader ever misses a call. Should calls ever outpace the thread, past
+appends a tuple of plain values to a queue (~0.1 µs; no object the garbage collector has to walk, no thread to wake).
+One background thread per process records every queue into its histograms each :data:`FLUSH_INTERVAL_S`, or at once
+when a queue reaches :data:`MAX_PENDING`; and an observable callback, which every collection runs before it reads the
+histograms, records the queue first, so no reader ever misses a call. Should calls ever outpace the thread, past
 :data:`MAX_BACKLOG` each call records one queued call itself (as an instrumentation without a queue would), so memory
 stays bounded. The cost: measurements carry the time they were recorded (at most a second late), and no exemplars.
 """
@@ -72,10 +71,9 @@ class SemconvMetrics:
         pending = self._pending
         key = (record.operation, record.provider, record.request_model, record.response_model, record.error_type)
         pending.append((key, record.duration_s, record.input_tokens, record.output_tokens))
-        queued = len(pending)
-        if queued == 1 or queued >= MAX_PENDING or not _flusher.running:  # the first since a flush, or a full queue
+        if len(pending) >= MAX_PENDING or not _flusher.running:
             _flusher.wake()
-            if queued >= MAX_BACKLOG:  # calls outpace the thread: record one here, so the queue stops growing
+            if len(pending) >= MAX_BACKLOG:  # calls outpace the thread: record one here, so the queue stops growing
                 self._record_oldest()
 
     def flush(self) -> int:
@@ -170,9 +168,7 @@ class _Flusher:
 
     def _flush_forever(self) -> None:
         while True:
-            self._wake.wait()  # idle until a call queues something: no wake-ups in a process that makes no calls
-            self._wake.clear()
-            self._wake.wait(FLUSH_INTERVAL_S)  # gather a second's worth; a full queue cuts this short
+            self._wake.wait(FLUSH_INTERVAL_S)
             self._wake.clear()
             self.flush_all()
 
