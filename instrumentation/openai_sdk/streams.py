@@ -2,7 +2,8 @@
 
 The caller sees the same chunks, the same exceptions and the same object (``isinstance`` still holds: these are
 ``wrapt.ObjectProxy``). The call ends when the stream is exhausted, fails, is closed, leaves its ``with`` block, or
-is garbage-collected half-read. Per chunk we only look: one attribute read for usage, a counter for the estimate.
+is garbage-collected half-read (leaving a ``for`` loop early does not end it: the caller may read on). Per chunk we
+only look: one attribute read for usage and a counter; the estimate, when no usage came, is worked out at the end.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class ChatStreamState:
     def __init__(self, kwargs: dict) -> None:
         self.kwargs = kwargs
         self.usage = None
-        self.first = None  # names the response: model, id, service tier
+        self.first = None  # names the response: its model and service tier
         self.last = None  # the last chunk without usage
         self.chunks = 0  # chunks without usage
 
