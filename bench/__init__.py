@@ -5,6 +5,8 @@ OpenAI API; the orchestrator interleaves timed batches across workers and report
 rounds of the paired difference variant − bare from the same round, so machine-wide drift cancels out.
 """
 
+import argparse
+import os
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -17,3 +19,11 @@ def publish(filename: str, text: str) -> Path:
     path.write_text(text)
     print(text)
     return path
+
+
+def fill_defaults(args: argparse.Namespace, full: dict[str, int], quick: dict[str, int]) -> argparse.Namespace:
+    """Options left unset take ``BENCH_<NAME>`` from the environment, else the full (or ``--quick``) default."""
+    for key, default in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, int(os.environ.get(f"BENCH_{key.upper()}", default)))
+    return args

@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import RESULTS, report, variants
+from bench import RESULTS, fill_defaults, report, variants
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,11 +68,7 @@ def _settings(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--variants", default=",".join(variants.VARIANTS), help="comma-separated; bare is implied")
     parser.add_argument("--seed", type=int, help="seed of the per-round variant order")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.md", help="where the markdown report goes")
-    args = parser.parse_args(argv)
-    for key, default in (_QUICK if args.quick else _FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, int(os.environ.get(f"BENCH_{key.upper()}", default)))
-    return args
+    return fill_defaults(parser.parse_args(argv), _FULL, _QUICK)
 
 
 def _start(names: list[str]) -> tuple[list[_Worker], dict[str, dict], dict[str, str], list[str]]:

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from bench import publish
+from bench import fill_defaults, publish
 from spendwatch.exporter.journal import SUFFIX
 from spendwatch.exporter.ledger import Ledger, LedgerEntry
 from spendwatch.exporter.ledger_backends import open_backend
@@ -259,11 +259,7 @@ def _settings(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--records", type=int, help=f"records each process writes ({_FULL['records']})")
     parser.add_argument("--processes", type=int, help=f"writers in the concurrent runs ({_FULL['processes']})")
     parser.add_argument("--seed", type=int, help="seed of the per-round order")
-    args = parser.parse_args(argv)
-    for key, default in (_QUICK if args.quick else _FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, default)
-    return args
+    return fill_defaults(parser.parse_args(argv), _FULL, _QUICK)
 
 
 def main(argv: list[str]) -> int:

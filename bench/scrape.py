@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bench import publish
+from bench import fill_defaults, publish
 from spendwatch.exporter import ledger_backends
 from spendwatch.exporter.budgets import budget_statuses
 from spendwatch.exporter.collector import SpendCollector
@@ -379,11 +379,7 @@ def _settings(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scrapes", type=int, help=f"timed scrapes of each ledger (default {_FULL['scrapes']})")
     parser.add_argument("--rebuild", action="store_true", help="build the big ledger even when it is cached")
     parser.add_argument("--seed", type=int, help="seed of the per-round order")
-    args = parser.parse_args(argv)
-    for key, default in (_QUICK if args.quick else _FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, default)
-    return args
+    return fill_defaults(parser.parse_args(argv), _FULL, _QUICK)
 
 
 def _with_endpoints(paths: dict[str, Path], tmp: Path, use: Callable[[dict[str, _Endpoint]], object]) -> object:

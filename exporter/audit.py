@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from spendwatch.exporter.ledger_backends import is_postgres_location, state_directory
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = [
@@ -101,9 +102,8 @@ class AuditKey:
 
 def key_file_path(location: str, environ=os.environ) -> Path:
     """``<ledger>.key`` beside a SQLite ledger; ``$XDG_STATE_HOME/spendwatch/audit.key`` for PostgreSQL."""
-    if location.startswith(("postgresql://", "postgres://")):
-        state = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        return Path(state) / "spendwatch" / "audit.key"
+    if is_postgres_location(location):
+        return state_directory(environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")) / "audit.key"
     return Path(f"{location}.key")
 
 

@@ -15,7 +15,16 @@ from pathlib import Path
 
 from spendwatch.instrumentation.errors import ConfigError
 
-__all__ = ["open_backend", "SQLiteBackend", "PostgresBackend", "LEDGER_ENV"]
+__all__ = [
+    "LEDGER_ENV",
+    "PostgresBackend",
+    "SQLiteBackend",
+    "first_line",
+    "is_postgres_location",
+    "open_backend",
+    "shown_location",
+    "state_directory",
+]
 
 LEDGER_ENV = "SPENDWATCH_LEDGER"
 _SCHEMA_LOCK = 0x5350454E44  # "SPEND": the advisory lock key for creating the schema
@@ -263,8 +272,8 @@ class PostgresBackend(_SqlBackend):
 
 def open_backend(location: str) -> SQLiteBackend | PostgresBackend:
     """Open (creating on first use) the ledger at a path or ``postgresql://`` URL, or raise ConfigError."""
-    is_postgres = location.startswith(("postgresql://", "postgres://"))
-    shown = _redacted(location) if is_postgres else location
+    is_postgres = is_postgres_location(location)
+    shown = shown_location(location)
     try:
         backend = PostgresBackend(location) if is_postgres else SQLiteBackend(_checked_path(location))
         backend.prepare()
@@ -272,7 +281,7 @@ def open_backend(location: str) -> SQLiteBackend | PostgresBackend:
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001 - every driver error becomes the one start-up sentence
-        raise ConfigError(f"{LEDGER_ENV}={shown!r} cannot be opened as a ledger: {_reason(error)}") from None
+        raise ConfigError(f"{LEDGER_ENV}={shown!r} cannot be opened as a ledger: {first_line(error)}") from None
     if tables and "spendwatch_meta" not in tables:
         raise ConfigError(f"{LEDGER_ENV}={shown!r} is a database of something else, not a spendwatch ledger")
     try:
@@ -284,7 +293,7 @@ def open_backend(location: str) -> SQLiteBackend | PostgresBackend:
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001
-        raise ConfigError(f"{LEDGER_ENV}={shown!r} cannot be used as a ledger: {_reason(error)}") from None
+        raise ConfigError(f"{LEDGER_ENV}={shown!r} cannot be used as a ledger: {first_line(error)}") from None
     return backend
 
 
@@ -296,14 +305,27 @@ def _checked_path(path: str) -> str:
     return path
 
 
-def _reason(error: Exception) -> str:
+def is_postgres_location(location: str) -> bool:
+    """A ``postgresql://`` URL, not a SQLite path."""
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def state_directory(state_home: str | None = None) -> Path:
+    """spendwatch's directory under ``$XDG_STATE_HOME`` (or ``state_home``): what a PostgreSQL ledger keeps locally."""
+    return Path(state_home or os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "spendwatch"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type when it has none): enough for a one-sentence report."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def _redacted(url: str) -> str:
-    """A PostgreSQL URL without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
+def shown_location(location: str) -> str:
+    """A ledger location fit to print: a PostgreSQL URL loses its password."""
+    if not is_postgres_location(location):
+        return location
+    scheme, sep, rest = location.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not at or ":" not in credentials:
-        return url
+        return location
     return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"

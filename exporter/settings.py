@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from spendwatch.exporter.ledger_backends import is_postgres_location
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = ["BudgetSpec", "Settings", "load_settings", "default_ledger_path", "GLOBAL_BUDGET", "PERIODS"]
@@ -91,7 +92,7 @@ class Settings:
 
     @property
     def is_postgres(self) -> bool:
-        return self.ledger.startswith(("postgresql://", "postgres://"))
+        return is_postgres_location(self.ledger)
 
 
 def default_ledger_path(environ: Mapping[str, str] = os.environ) -> str:

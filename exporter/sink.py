@@ -19,6 +19,7 @@ from pathlib import Path
 from spendwatch.exporter import codec
 from spendwatch.exporter.journal import JournalFile, JournalWriter, orphaned_journals
 from spendwatch.exporter.ledger import Ledger, LedgerEntry
+from spendwatch.exporter.ledger_backends import is_postgres_location, state_directory
 from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = ["LedgerSink", "journal_directory"]
@@ -32,10 +33,9 @@ _BATCH = 2000
 
 def journal_directory(ledger_location: str, state_home: str | None = None) -> Path:
     """Beside a SQLite ledger; under the state directory, one per URL, for PostgreSQL."""
-    if ledger_location.startswith(("postgresql://", "postgres://")):
-        state = Path(state_home or os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    if is_postgres_location(ledger_location):
         digest = hashlib.sha256(ledger_location.encode()).hexdigest()[:16]
-        return state / "spendwatch" / f"journal-{digest}"
+        return state_directory(state_home) / f"journal-{digest}"
     return Path(f"{ledger_location}.journal")
 
 

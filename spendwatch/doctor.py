@@ -31,6 +31,7 @@ from importlib.metadata import PackageNotFoundError, distribution, entry_points
 from pathlib import Path
 from typing import Any
 
+from spendwatch.exporter.ledger_backends import first_line, shown_location
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = [
@@ -244,17 +245,6 @@ def _open_ledger(settings) -> tuple[Any, str | None]:
     return ledger, None
 
 
-def shown_location(location: str) -> str:
-    """A ledger location fit to print: a PostgreSQL URL loses its password."""
-    if not location.startswith(("postgresql://", "postgres://")):
-        return location
-    parts = urllib.parse.urlsplit(location)
-    if parts.password is None:
-        return location
-    netloc = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
-
-
 def check_ledger(context: DoctorContext) -> CheckResult:
     if context.settings is None:
         return _not_checked("ledger")
@@ -293,7 +283,7 @@ def _write_test(ledger) -> str | None:
     except _RollBack:
         return None
     except Exception as error:  # noqa: BLE001 - any driver error is the answer
-        return printable(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        return printable(first_line(error))
 
 
 def _existing_ancestor(path: Path) -> Path:

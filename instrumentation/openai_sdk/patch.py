@@ -140,15 +140,8 @@ def _admit(call: Call, kind: str, kwargs: dict) -> dict:
     return {**kwargs, **ticket.request_changes}
 
 
-def _block(call: Call, error: BudgetExceededError) -> None:
-    try:
-        call.deactivate()
-        call.fail(error)
-    except Exception:  # noqa: BLE001
-        _logger.debug("spendwatch: could not record a refused call", exc_info=True)
-
-
 def _fail(call: Call, error: BaseException) -> None:
+    """End ``call`` as failed: the SDK raised, or the guard refused it (``BudgetExceededError``)."""
     try:
         call.deactivate()
         call.fail(error)
@@ -233,7 +226,7 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
             try:
                 kwargs = _admit(call, kind, kwargs)
             except BudgetExceededError as refusal:
-                _block(call, refusal)
+                _fail(call, refusal)
                 raise
         try:
             result = wrapped(*args, **kwargs)
@@ -256,7 +249,7 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
             try:
                 kwargs = _admit(call, kind, kwargs)
             except BudgetExceededError as refusal:
-                _block(call, refusal)
+                _fail(call, refusal)
                 raise
         try:
             result = await wrapped(*args, **kwargs)
