@@ -31,11 +31,11 @@ from datetime import UTC, date, datetime
 
 from spendwatch.exporter import audit
 from spendwatch.exporter.ledger import TOTAL_KEYS, Ledger
+from spendwatch.instrumentation.calls import REPORTED
 from spendwatch.instrumentation.pricing import Price, PriceTable
 
 __all__ = ["RepriceResult", "reprice"]
 
-_REPORTED = "reported"  # instrumentation.calls.REPORTED: the provider said what the call cost
 _MATCHING = """
 SELECT id, ts, day, provider, model, operation, category, response_model, input_tokens, output_tokens,
        cache_read_tokens, cost_usd, pricing
@@ -101,7 +101,7 @@ def reprice(
     clock = _CallClock()
     table = PriceTable(overrides, clock=clock)
     with ledger.chained_transaction() as cursor:
-        parameters = (model, model, since.isoformat(), until.isoformat(), _REPORTED)
+        parameters = (model, model, since.isoformat(), until.isoformat(), REPORTED)
         calls = ledger.backend.execute(cursor, _MATCHING, parameters)
         changes, unpriced = _changes(calls, table, clock)
         old = sum(change.old_cost or 0.0 for change in changes)

@@ -26,9 +26,10 @@ from spendwatch.instrumentation.semconv_metrics import SemconvMetrics
 __all__ = [
     "CALL_ATTRIBUTES_KEY",
     "CATEGORY_BAGGAGE_KEY",
-    "NOT_BILLED",
+    "REPORTED",
     "Call",
     "CallRecorder",
+    "current_category",
     "Usage",
     "safe_instrumentation",
     "storable",
@@ -53,6 +54,13 @@ def storable(text: str) -> str:
     if text.isascii() and "\x00" not in text:
         return text
     return _UNSTORABLE.sub("\ufffd", text)
+
+
+def current_category(ctx: context.Context | None = None) -> str | None:
+    """The attribution category in force (the ``spendwatch.category`` baggage), cut to 100 characters and made
+    storable; None when none is set. Baggage can come from upstream services, so it is cleaned like any input."""
+    category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY, ctx)
+    return None if category is None else storable(str(category)[:_MAX_CATEGORY_LENGTH])
 
 
 @contextmanager
@@ -101,9 +109,8 @@ class CallRecorder:
             "gen_ai.request.model": request_model,
         }
         current = context.get_current()
-        category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY, current)
+        category = current_category(current)
         if category is not None:
-            category = storable(str(category)[:_MAX_CATEGORY_LENGTH])
             span_attributes["spendwatch.category"] = category
         if attributes:
             span_attributes.update(attributes)

@@ -15,9 +15,6 @@ class ConfigError(SystemExit):
         super().__init__(f"spendwatch: {message}")
         self.message = message
 
-    def __str__(self) -> str:
-        return f"spendwatch: {self.message}"
-
 
 class BudgetExceededError(Exception):
     """A call refused before it was sent, because it would take a budget past its limit (or a guard rule said no).

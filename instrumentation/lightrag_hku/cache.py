@@ -20,18 +20,17 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from opentelemetry import baggage, context, trace
+from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind
 
 from spendwatch.instrumentation import records
-from spendwatch.instrumentation.calls import CALL_ATTRIBUTES_KEY, CATEGORY_BAGGAGE_KEY
+from spendwatch.instrumentation.calls import CALL_ATTRIBUTES_KEY, current_category
 from spendwatch.instrumentation.lightrag_hku.scopes import CACHE_HIT, Tally, current_scope
 from spendwatch.instrumentation.pricing import PriceTable
 
 __all__ = ["CacheAccounting"]
 
 MAX_REMEMBERED = 4096  # cache entries whose original usage is kept (LRU); older hits fall back to an estimate
-_MAX_CATEGORY_LENGTH = 100
 # LightRAG's cache types and the LLM role whose model answers them (for estimating a hit's price).
 _ROLE_BY_CACHE_TYPE = {"extract": "extract", "summary": "extract", "keywords": "keyword", "query": "query"}
 
@@ -88,8 +87,7 @@ class CacheAccounting:
         return estimate, cost
 
     def _emit(self, model: str, attributes: dict[str, str]) -> None:
-        category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY)
-        category = None if category is None else str(category)[:_MAX_CATEGORY_LENGTH]
+        category = current_category()
         record = records.UsageRecord(
             provider="lightrag",
             operation=CACHE_HIT,

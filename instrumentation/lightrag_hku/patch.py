@@ -19,12 +19,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import baggage, trace
+from opentelemetry import trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from wrapt import wrap_function_wrapper
 
-from spendwatch.instrumentation.calls import CATEGORY_BAGGAGE_KEY, safe_instrumentation
+from spendwatch.instrumentation.calls import current_category, safe_instrumentation
 from spendwatch.instrumentation.lightrag_hku.cache import CacheAccounting
 from spendwatch.instrumentation.lightrag_hku.scopes import Scope, current_scope, pop, push
 
@@ -166,9 +166,9 @@ def _open(tracer: trace.Tracer, operation: str, args: tuple, kwargs: dict) -> _O
     with safe_instrumentation("start a LightRAG operation span"):
         call_attributes = _operation_attributes(operation, args, kwargs)
         span_attributes = dict(call_attributes)
-        category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY)
+        category = current_category()
         if category is not None:
-            span_attributes["spendwatch.category"] = str(category)[:100]
+            span_attributes["spendwatch.category"] = category
         if operation in _DEFAULT_STAGE:
             call_attributes[_PREFIX + "stage"] = _DEFAULT_STAGE[operation]
         span = tracer.start_span(f"lightrag.{operation}", kind=SpanKind.INTERNAL, attributes=span_attributes)

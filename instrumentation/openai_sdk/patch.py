@@ -109,12 +109,9 @@ def _start(recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, 
         return None
 
 
-def _admit(call: Call, kind: str, kwargs: dict) -> dict:
-    """Ask the registered budget guard, if any; returns the keyword arguments to send (a guard may degrade them).
+def _admit(guard: records.Guard, call: Call, kind: str, kwargs: dict) -> dict:
+    """Ask the budget guard; returns the keyword arguments to send (a guard may degrade them).
     Raises ``BudgetExceededError`` when the guard refuses: the one deliberate exception we raise."""
-    guard = records.current_guard()
-    if guard is None:  # unregistered since the caller looked
-        return kwargs
     try:
         cap_argument, cap = output_cap(kwargs)
         if kind == EMBEDDINGS:
@@ -149,11 +146,14 @@ def _fail(call: Call, error: BaseException) -> None:
         _logger.debug("spendwatch: could not record a failed call", exc_info=True)
 
 
-def _output_content(result: Any) -> dict:
+def _output_content(result: Any) -> dict | None:
+    """The output as span attributes (content capture), or None when it cannot be serialised."""
     try:
-        return {"output": json.dumps(result.model_dump(include={"choices", "output", "data"}), default=str)}
+        return {
+            "gen_ai.output.messages": json.dumps(result.model_dump(include={"choices", "output", "data"}), default=str)
+        }
     except Exception:  # noqa: BLE001
-        return {}
+        return None
 
 
 def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> Any:
@@ -169,8 +169,7 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
             return AsyncStreamProxy(result, call, new_stream_state(kind, kwargs))
         if isinstance(result, LegacyAPIResponse):
             return _finish_raw(call, kind, result, kwargs)
-        extra = {"gen_ai.output.messages": _output_content(result).get("output")} if capture else None
-        call.succeed(usage_from_result(kind, result, kwargs), extra)
+        call.succeed(usage_from_result(kind, result, kwargs), _output_content(result) if capture else None)
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a call", exc_info=True)
     return result
@@ -222,9 +221,10 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return wrapped(*args, **kwargs)
-        if records.current_guard() is not None:
+        guard = records.current_guard()
+        if guard is not None:
             try:
-                kwargs = _admit(call, kind, kwargs)
+                kwargs = _admit(guard, call, kind, kwargs)
             except BudgetExceededError as refusal:
                 _fail(call, refusal)
                 raise
@@ -245,9 +245,10 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)
-        if records.current_guard() is not None:
+        guard = records.current_guard()
+        if guard is not None:
             try:
-                kwargs = _admit(call, kind, kwargs)
+                kwargs = _admit(guard, call, kind, kwargs)
             except BudgetExceededError as refusal:
                 _fail(call, refusal)
                 raise
