@@ -7,6 +7,7 @@ rounds of the paired difference variant − bare from the same round, so machine
 
 import argparse
 import os
+import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,3 +28,11 @@ def fill_defaults(args: argparse.Namespace, full: dict[str, int], quick: dict[st
         if getattr(args, key) is None:
             setattr(args, key, int(os.environ.get(f"BENCH_{key.upper()}", default)))
     return args
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """Median, first and third quartile of per-round results (a single round is all three)."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return median, q1, q3

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from bench import fill_defaults, publish
+from bench import fill_defaults, publish, spread
 from spendwatch.exporter.journal import SUFFIX
 from spendwatch.exporter.ledger import Ledger, LedgerEntry
 from spendwatch.exporter.ledger_backends import open_backend
@@ -186,15 +186,8 @@ def _measure(args: argparse.Namespace) -> dict[tuple[str, int], _Samples]:
 
 
 # --- the report ----------------------------------------------------------------------------------------------------
-def _spread(values: list[float]) -> tuple[float, float, float]:
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return median, q1, q3
-
-
 def _cell(values: list[float], digits: int) -> str:
-    median, q1, q3 = _spread(values)
+    median, q1, q3 = spread(values)
     return f"{median:,.{digits}f} ({q1:,.{digits}f}–{q3:,.{digits}f})"
 
 

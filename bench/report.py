@@ -6,9 +6,9 @@ the bare batch of the same round; the report gives the median of those deltas ov
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 
+from bench import spread
 from bench.transport import STREAM_CHUNKS
 from bench.variants import BARE, CONTROL, FLOOR, PEERS, SPENDWATCH, VARIANTS
 
@@ -31,13 +31,6 @@ class Run:
     deferred_ns: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
-def _spread(values: list[float]) -> tuple[float, float, float]:
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q2, q1, q3
-
-
 def _instruments(run: Run, variant: str, kind: str) -> bool:
     return variant == CONTROL or run.spans_per_call[variant][kind] > 0
 
@@ -49,7 +42,7 @@ def _overheads(run: Run, variant: str, kind: str, scale: float = 1.0) -> tuple[f
     deltas = [
         (v - b) / 1000 / scale for v, b in zip(run.median_ns[variant][kind], run.median_ns[BARE][kind], strict=True)
     ]
-    return _spread(deltas)
+    return spread(deltas)
 
 
 def _cell(stats: tuple[float, float, float] | None) -> str:
@@ -80,7 +73,7 @@ def _overhead_table(run: Run, instrumented: list[str], peers: list[str], ours: l
     header += [f"{v} ÷ lightest peer" for v in ours]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, kind, scale in _rows(run):
-        bare = _spread([ns / 1000 / scale for ns in run.median_ns[BARE][kind]])
+        bare = spread([ns / 1000 / scale for ns in run.median_ns[BARE][kind]])
         stats = {v: _overheads(run, v, kind, scale) for v in instrumented}
         peer_stats = [stats[p] for p in peers if stats[p] is not None]
         lightest = min(peer_stats, key=lambda s: s[0]) if peer_stats else None
@@ -109,7 +102,7 @@ def _deferred_table(run: Run, peers: list[str], ours: list[str]) -> list[str]:
     header += [f"{v} overhead + deferred ÷ lightest peer" for v in deferring]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for kind in run.kinds:
-        deferred = {v: _spread([ns / 1000 for ns in run.deferred_ns[v].get(kind, [0])]) for v in deferring}
+        deferred = {v: spread([ns / 1000 for ns in run.deferred_ns[v].get(kind, [0])]) for v in deferring}
         peer_stats = [s for s in (_overheads(run, p, kind) for p in peers) if s is not None]
         lightest = min(peer_stats, key=lambda s: s[0]) if peer_stats else None
         cells = [kind, *(_cell(deferred[v]) for v in deferring)]

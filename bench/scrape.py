@@ -24,7 +24,6 @@ import os
 import platform
 import random
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bench import fill_defaults, publish
+from bench import fill_defaults, publish, spread
 from spendwatch.exporter import ledger_backends
 from spendwatch.exporter.budgets import budget_statuses
 from spendwatch.exporter.collector import SpendCollector
@@ -306,19 +305,14 @@ def _row_counts(ledger: Ledger) -> dict[str, int]:
 
 
 # --- the report ----------------------------------------------------------------------------------------------------
-def _spread(values: list[float]) -> tuple[float, float, float]:
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return median, q1, q3
-
-
 def _cell(values: list[float], digits: int = 2) -> str:
-    median, q1, q3 = _spread(values)
+    median, q1, q3 = spread(values)
     return f"{median:.{digits}f} ({q1:.{digits}f}–{q3:.{digits}f})"
 
 
 def _ratio(ms: dict, step: str) -> tuple[list[float], float]:
     ratios = [b / s for b, s in zip(ms["big", step], ms["small", step], strict=True)]
-    return ratios, _spread(ratios)[0]
+    return ratios, spread(ratios)[0]
 
 
 def _markdown(meta: str, rows: dict, ms: dict, shape: tuple[int, int], build: dict, big: int) -> str:

@@ -12,6 +12,8 @@ from pathlib import Path
 import genai_prices
 import pytest
 
+from tests.servers import in_ci
+
 _VENV_SCRIPT = Path(sys.executable).parent / "spendwatch"
 # The installed console script when there is one, else the module itself (same main()).
 SPENDWATCH = [str(_VENV_SCRIPT)] if _VENV_SCRIPT.exists() else [sys.executable, "-m", "spendwatch.cli"]
@@ -107,8 +109,9 @@ def test_help_does_not_load_the_price_data():
     assert result.stdout.strip() == "False"
 
 
-@pytest.mark.skipif(shutil.which("spendwatch", path=str(_VENV_SCRIPT.parent)) is None, reason="not installed")
 def test_the_console_script_and_the_module_agree():
+    if shutil.which("spendwatch", path=str(_VENV_SCRIPT.parent)) is None:
+        (pytest.fail if in_ci() else pytest.skip)("the spendwatch console script is not installed")
     module = subprocess.run(
         [sys.executable, "-m", "spendwatch.cli", "prices", "gpt-4o-mini"], capture_output=True, text=True
     )

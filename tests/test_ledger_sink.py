@@ -185,9 +185,12 @@ def test_a_forked_worker_writes_its_own_journal(tmp_path):
     sink = LedgerSink(ledger, tmp_path / "journal")
     pid = os.fork()
     if pid == 0:  # the child: record and close, as a gunicorn worker would at shutdown
-        sink.record(a_record())
-        sink.close()
-        os._exit(0)
+        try:
+            sink.record(a_record())
+            sink.close()
+            os._exit(0)
+        finally:
+            os._exit(1)  # never return into the parent's test run
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     sink.record(a_record())

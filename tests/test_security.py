@@ -24,6 +24,7 @@ import pytest
 
 import spendwatch
 from spendwatch import runtime
+from tests.servers import in_ci
 from tests.test_auto_instrumentation import console_spans
 from tests.test_hostile_input import instrumentors_in_use, undo_instrumentation
 
@@ -241,15 +242,20 @@ def _a_non_loopback_address() -> str | None:
     return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
+def _skip_unless_ci(why: str) -> None:
+    # A busy default port on a developer's machine is a reason to skip; in CI it is a failure, never a skip.
+    (pytest.fail if in_ci() else pytest.skip)(why)
+
+
 def test_configure_serves_metrics_on_loopback_port_9464_by_default(attach):
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 9464)) == 0:
-            pytest.skip("something else already listens on 127.0.0.1:9464")
+            _skip_unless_ci("something else already listens on 127.0.0.1:9464")
 
     try:
         attached = attach()
     except spendwatch.ConfigError as error:  # taken between the probe and the bind, by another test run
-        pytest.skip(str(error))
+        _skip_unless_ci(str(error))
 
     assert (attached.metrics_server.host, attached.metrics_server.port) == ("127.0.0.1", 9464)
     assert _listening_addresses(9464) == {"0100007F"}  # 127.0.0.1, little-endian hex; nothing on 0.0.0.0 or ::

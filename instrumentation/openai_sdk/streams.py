@@ -155,8 +155,8 @@ class _StreamProxyBase(ObjectProxy):
 
 class SyncStreamProxy(_StreamProxyBase):
     def __iter__(self):
-        # A generator, as the SDK's own ``Stream.__iter__`` is: resuming one per chunk costs less than a ``__next__``
-        # call through the proxy. ``next(stream)`` still works, through ``__next__`` below.
+        # A generator, as the SDK's own ``Stream.__iter__`` is: no Python ``__next__`` call through the proxy per
+        # chunk. ``next(stream)`` still works, through ``__next__`` below.
         return self._self_iterate()
 
     def _self_iterate(self):
