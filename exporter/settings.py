@@ -28,11 +28,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from spendwatch.exporter.ledger_backends import is_postgres_location
 from spendwatch.instrumentation.errors import ConfigError
+
+if TYPE_CHECKING:
+    from spendwatch.instrumentation.pricing import PriceTable
 
 __all__ = ["BudgetSpec", "Settings", "load_settings", "default_ledger_path", "GLOBAL_BUDGET", "PERIODS"]
 
@@ -93,6 +96,13 @@ class Settings:
     @property
     def is_postgres(self) -> bool:
         return is_postgres_location(self.ledger)
+
+    def price_table(self) -> PriceTable:
+        """The bundled prices with the overrides of ``prices_file``, wherever it was set (keyword, environment or
+        the config file): the one way spendwatch builds the prices it charges and shows."""
+        from spendwatch.instrumentation.pricing import PriceTable, load_overrides  # genai-prices loads on first use
+
+        return PriceTable(load_overrides(self.prices_file) if self.prices_file else None)
 
 
 def default_ledger_path(environ: Mapping[str, str] = os.environ) -> str:

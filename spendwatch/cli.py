@@ -79,9 +79,9 @@ def _add_prices_command(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _run_prices(args: argparse.Namespace) -> int:
-    from spendwatch.instrumentation.pricing import price_table_from_env
+    from spendwatch.exporter.settings import load_settings
 
-    table = price_table_from_env()
+    table = load_settings().price_table()  # the prices_file of the environment or of the SPENDWATCH_CONFIG file
     options = {"provider": args.provider, "service_tier": args.service_tier, "batch": args.batch}
     price = table.lookup(args.model, **options)
     if args.json:

@@ -33,6 +33,7 @@ from typing import Any
 
 from spendwatch.exporter.ledger_backends import first_line, shown_location
 from spendwatch.instrumentation.errors import ConfigError
+from spendwatch.runtime import DISABLED_ENV, instrumentation_disabled
 
 __all__ = [
     "CHECKS",
@@ -53,7 +54,6 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 
 INSTRUMENTOR_GROUP = "opentelemetry_instrumentor"
 POST_INSTRUMENT_GROUP = "opentelemetry_post_instrument"
-DISABLED_ENV = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
 PRICE_DATA_MAX_AGE_DAYS = 180
 CLOCK_SKEW_LIMIT_S = 300.0
 HTTP_TIMEOUT_S = 3.0
@@ -141,10 +141,6 @@ def check_configuration(context: DoctorContext) -> CheckResult:
     return CheckResult("configuration", OK, f"settings load from {source}")
 
 
-def _disabled(environ: Mapping[str, str]) -> set[str]:
-    return {name.strip() for name in environ.get(DISABLED_ENV, "").split(",") if name.strip()}
-
-
 def _instrumentor_check(name: str, library: str, optional: bool) -> Callable[[DoctorContext], CheckResult]:
     def check(context: DoctorContext) -> CheckResult:
         return check_instrumentor(context, name, library, optional=optional)
@@ -179,8 +175,7 @@ def check_instrumentor(context: DoctorContext, name: str, library: str, *, optio
         return CheckResult(
             name, WARN, f"{library} is not installed: there is nothing to instrument", f"pip install '{needs}'"
         )
-    disabled = _disabled(context.environ)
-    if name in disabled or "*" in disabled:
+    if instrumentation_disabled(name, context.environ):
         fix = f"remove {name} from {DISABLED_ENV} unless you mean it"
         return CheckResult(name, WARN, f"disabled by {DISABLED_ENV}: {library} calls are not counted", fix)
     return CheckResult(name, OK, f"active for {library} {_version(library)} (needs {needs})")
@@ -206,7 +201,6 @@ def check_exporter_hook(context: DoctorContext) -> CheckResult:
 
 def check_other_instrumentations(context: DoctorContext) -> CheckResult:
     """Another OpenAI instrumentation active beside ours doubles every span and the gen_ai metrics."""
-    disabled = _disabled(context.environ)
     active, names = [], []
     for dist_name, known_as in OTHER_OPENAI_INSTRUMENTATIONS.items():
         try:
@@ -214,7 +208,7 @@ def check_other_instrumentations(context: DoctorContext) -> CheckResult:
         except PackageNotFoundError:
             continue
         points = [point.name for point in dist.entry_points if point.group == INSTRUMENTOR_GROUP]
-        if points and all(point in disabled for point in points):
+        if points and all(instrumentation_disabled(point, context.environ) for point in points):
             continue
         active.append(f"{dist_name} {dist.version} ({known_as})")
         names += points
@@ -337,12 +331,11 @@ def check_price_overrides(context: DoctorContext) -> CheckResult:
 
 def check_unpriced_models(context: DoctorContext) -> CheckResult:
     if context.ledger is None:
-        return _not_checked("unpriced_models", "no ledger to read")
-    from spendwatch.instrumentation.pricing import PriceTable, load_overrides
+        return _not_checked("unpriced_models", "no ledger to read", OK)
+    from spendwatch.instrumentation.pricing import PriceTable
 
     try:
-        prices_file = context.settings.prices_file
-        table = PriceTable(load_overrides(prices_file) if prices_file else None)
+        table = context.settings.price_table()
     except ConfigError:  # reported by price_overrides; judge by the bundled prices alone
         table = PriceTable()
     unpriced: dict[tuple[str, str], int] = {}
@@ -479,8 +472,7 @@ def _next_offset_change(zone, now: float) -> datetime | None:
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _not_checked(name: str, why: str = "the configuration does not load") -> CheckResult:
-    status = OK if why == "no ledger to read" else WARN
+def _not_checked(name: str, why: str = "the configuration does not load", status: str = WARN) -> CheckResult:
     return CheckResult(name, status, f"not checked: {why}")
 
 

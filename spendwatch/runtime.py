@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from spendwatch.exporter.guard_rules import guard_config
 from spendwatch.exporter.ledger import Ledger
 from spendwatch.exporter.thresholds import ThresholdWatcher
 from spendwatch.instrumentation import register_sink, unregister_sink
-from spendwatch.instrumentation.pricing import PriceTable, load_overrides
+from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.records import register_guard, unregister_guard
 
 __all__ = ["Runtime", "attach", "current", "detach"]
@@ -60,7 +61,7 @@ def attach(**settings: Any) -> Runtime:
         if _runtime is not None:
             return _runtime
         resolved = load_settings(settings)
-        prices = PriceTable(load_overrides(resolved.prices_file) if resolved.prices_file else None)
+        prices = resolved.price_table()
         guard_rules = guard_config(resolved.raw.get("guard"), f"SPENDWATCH_CONFIG={resolved.config_path!r}")
         ledger = open_ledger(resolved)
         _record_startup(ledger, resolved, prices)
@@ -152,17 +153,25 @@ def _serve_metrics(runtime: Runtime) -> None:
     )
 
 
+DISABLED_ENV = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+
+
+def instrumentation_disabled(name: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the user turned instrumentor ``name`` off the OpenTelemetry way (by name, or all of them with ``*``)."""
+    disabled = {entry.strip() for entry in environ.get(DISABLED_ENV, "").split(",")}
+    return name in disabled or "*" in disabled
+
+
 def _instrument_installed(prices: PriceTable) -> None:
     """Instrument each supported library that is installed and not instrumented yet (opentelemetry-instrument
     may have done it already), except those the user disabled the OpenTelemetry way."""
-    disabled = {name.strip() for name in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
-    if "spendwatch_openai" not in disabled and importlib.util.find_spec("openai") is not None:
+    if not instrumentation_disabled("spendwatch_openai") and importlib.util.find_spec("openai") is not None:
         from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 
         instrumentor = OpenAIInstrumentor()
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(price_table=prices)
-    if "spendwatch_lightrag" not in disabled and importlib.util.find_spec("lightrag") is not None:
+    if not instrumentation_disabled("spendwatch_lightrag") and importlib.util.find_spec("lightrag") is not None:
         from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
 
         lightrag = LightRAGInstrumentor()

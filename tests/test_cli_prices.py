@@ -116,3 +116,16 @@ def test_the_console_script_and_the_module_agree():
         [sys.executable, "-m", "spendwatch.cli", "prices", "gpt-4o-mini"], capture_output=True, text=True
     )
     assert module.stdout == spendwatch("prices", "gpt-4o-mini").stdout
+
+
+def test_a_prices_file_set_in_the_config_file_is_the_one_prices_shows(tmp_path):
+    prices_file = tmp_path / "prices.toml"
+    prices_file.write_text('[models."my-finetune"]\ninput_per_mtok = 1.5\noutput_per_mtok = 2\n')
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(f"prices_file = {str(prices_file)!r}\n")
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("SPENDWATCH_")}
+    environ["SPENDWATCH_CONFIG"] = str(config)
+    result = subprocess.run([*SPENDWATCH, "prices", "my-finetune"], capture_output=True, text=True, env=environ)
+
+    assert result.returncode == 0, result.stderr
+    assert f"source: file {prices_file}" in result.stdout

@@ -21,6 +21,7 @@ from spendwatch.exporter.ledger_backends import open_backend
 from spendwatch.exporter.server import start_metrics_server
 from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.records import UsageRecord
+from spendwatch.runtime import instrumentation_disabled
 from tests.servers import free_port
 
 SPENDWATCH = Path(sys.executable).parent / "spendwatch"
@@ -336,3 +337,12 @@ def test_ledger_locations_are_shown_without_passwords(location, shown):
 )
 def test_printable_neutralises_terminal_escapes_and_caps_length(text, shown):
     assert printable(text, 60) == shown
+
+
+@pytest.mark.parametrize(("setting", "disabled"), [("", False), ("spendwatch_openai", True), ("other, *", True)])
+def test_the_runtime_and_doctor_read_disabled_instrumentations_alike(setting, disabled):
+    environ = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": setting}
+
+    assert instrumentation_disabled("spendwatch_openai", environ) is disabled
+    context = DoctorContext(environ=environ, now=0.0)
+    assert (check_instrumentor(context, "spendwatch_openai", "openai").status == WARN) is disabled
