@@ -49,9 +49,13 @@ class _PeriodState:
     settled_since_usd: float = 0.0  # costs settled here since then
 
     @property
+    def spent(self) -> float:
+        """The period's spend as this process knows it: at the last renewal, plus what it settled since."""
+        return self.spent_usd + self.settled_since_usd
+
+    @property
     def share(self) -> float:
-        spent = self.spent_usd + self.settled_since_usd
-        return spent / self.limit_usd if self.limit_usd > 0 else float("inf")
+        return self.spent / self.limit_usd if self.limit_usd > 0 else float("inf")
 
 
 @dataclass
@@ -190,7 +194,7 @@ class BudgetGuard:
                     rule.budget,
                     state.spec.period,
                     state.limit_usd,
-                    state.spent_usd + state.settled_since_usd,
+                    state.spent,
                     0.0,
                     reason=f"is past {rule.at:.0%} of its limit, where a guard rule blocks calls",
                 )
@@ -223,7 +227,7 @@ class BudgetGuard:
                 rule.budget,
                 state.spec.period,
                 state.limit_usd,
-                state.spent_usd + state.settled_since_usd,
+                state.spent,
                 0.0,
                 action="throttle",
                 reason=f"is past {rule.at:.0%} of its limit and throttled to {_rate(rule)}",
