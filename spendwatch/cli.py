@@ -17,13 +17,13 @@ import json
 import sys
 from collections.abc import Sequence
 
+from spendwatch._cli_common import EXIT_USAGE, usage
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = ["build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_NO = 1
-EXIT_USAGE = 2
 
 _PROVIDERS = ("openai", "azure.ai.openai")
 # Modules that add their own subcommands with add_commands(subcommands).
@@ -51,8 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return usage(parser)
     try:
         return handler(args)
     except ConfigError as error:

@@ -18,11 +18,12 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
+from spendwatch._cli_common import usage
+
 __all__ = ["add_commands", "build_test_alert"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 ALERT_NAME = "SpendwatchTestAlert"
 LIFETIME = timedelta(minutes=5)
@@ -38,7 +39,7 @@ def add_commands(subcommands: argparse._SubParsersAction) -> None:
         description="Commands for spendwatch's Prometheus alerts and Alertmanager routing.",
     )
     actions = alert.add_subparsers(title="commands", metavar="COMMAND")
-    alert.set_defaults(handler=lambda _args: _help(alert))
+    alert.set_defaults(handler=lambda _args: usage(alert))
     test = actions.add_parser(
         "test",
         help="send a test alert to Alertmanager",
@@ -50,11 +51,6 @@ def add_commands(subcommands: argparse._SubParsersAction) -> None:
     test.add_argument("--severity", choices=("warning", "critical"), default="warning", help="default: warning")
     test.add_argument("--budget", metavar="NAME", help="add a budget label, to exercise a budget's routing")
     test.set_defaults(handler=_run_test)
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def build_test_alert(severity: str, budget: str | None = None, *, now: datetime | None = None) -> dict:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import date
+
+from spendwatch._cli_common import EXIT_USAGE, iso_day, usage
 
 __all__ = ["add_commands"]
 
 EXIT_OK = 0
 EXIT_TAMPERED = 1
-EXIT_USAGE = 2
 
 _KIND_NAMES = {"call": "calls", "event": "events", "reprice": "repricings"}
 
@@ -51,12 +51,7 @@ def _add_audit_command(subcommands: argparse._SubParsersAction) -> None:
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     verify.set_defaults(handler=_run_audit_verify)
-    command.set_defaults(handler=lambda args: _usage(command))
-
-
-def _usage(command: argparse.ArgumentParser) -> int:
-    command.print_help(sys.stderr)
-    return EXIT_USAGE
+    command.set_defaults(handler=lambda args: usage(command))
 
 
 def _run_audit_verify(args: argparse.Namespace) -> int:
@@ -100,21 +95,14 @@ def _add_reprice_command(subcommands: argparse._SubParsersAction) -> None:
         "trail, and budgets and /metrics reflect it at once. Running it twice changes nothing more.",
     )
     command.add_argument("--model", required=True, help="model name as sent to the API or as billed")
-    command.add_argument("--since", required=True, type=_iso_day, metavar="YYYY-MM-DD", help="first day")
-    command.add_argument("--until", type=_iso_day, metavar="YYYY-MM-DD", help="last day, included (default: today)")
+    command.add_argument("--since", required=True, type=iso_day, metavar="YYYY-MM-DD", help="first day")
+    command.add_argument("--until", type=iso_day, metavar="YYYY-MM-DD", help="last day, included (default: today)")
     command.add_argument(
         "--prices-file", metavar="FILE", help="corrected prices (TOML or JSON, as SPENDWATCH_PRICES_FILE)"
     )
     command.add_argument("--reason", default="", help="why, kept with the change in the audit trail")
     command.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     command.set_defaults(handler=_run_reprice)
-
-
-def _iso_day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date written as YYYY-MM-DD") from None
 
 
 def _run_reprice(args: argparse.Namespace) -> int:

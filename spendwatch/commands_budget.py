@@ -12,10 +12,11 @@ import argparse
 import sys
 from datetime import date, timedelta
 
+from spendwatch._cli_common import EXIT_USAGE, iso_day
+
 __all__ = ["add_commands"]
 
 EXIT_OK = 0
-EXIT_USAGE = 2
 
 _GROUPINGS = ("day", "model", "category", "operation")
 _LIGHTRAG_GROUPINGS = ("stage", "document", "mode")  # LightRAG spend, from the calls' recorded stage attributes
@@ -139,8 +140,8 @@ def _add_report_command(subcommands: argparse._SubParsersAction) -> None:
         description="Show spend, tokens and requests from --since to --until (both days included; by default "
         f"the last {_DEFAULT_REPORT_DAYS} days, today included), grouped by --by.",
     )
-    command.add_argument("--since", type=_iso_day, metavar="YYYY-MM-DD", help="first day (default: 6 days ago)")
-    command.add_argument("--until", type=_iso_day, metavar="YYYY-MM-DD", help="last day, included (default: today)")
+    command.add_argument("--since", type=iso_day, metavar="YYYY-MM-DD", help="first day (default: 6 days ago)")
+    command.add_argument("--until", type=iso_day, metavar="YYYY-MM-DD", help="last day, included (default: today)")
     command.add_argument(
         "--by",
         choices=_GROUPINGS + _LIGHTRAG_GROUPINGS,
@@ -155,13 +156,6 @@ def _add_report_command(subcommands: argparse._SubParsersAction) -> None:
     )
     command.add_argument("--days", type=_positive_int, metavar="N", help="complete days the trend averages (default 7)")
     command.set_defaults(handler=_run_report)
-
-
-def _iso_day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date written as YYYY-MM-DD") from None
 
 
 def _positive_int(text: str) -> int:
