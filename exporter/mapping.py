@@ -26,6 +26,7 @@ __all__ = [
     "BUDGET_THRESHOLD_RATIO",
     "BUDGET_PERIOD_END",
     "GUARD_DECISIONS",
+    "printable",
     "LEDGER_ERRORS",
     "PRICING_DATA_TIMESTAMP",
     "OTHER_CATEGORY",
@@ -71,6 +72,14 @@ OUTCOMES = ("success", "error", "blocked")
 # C0/C1 control characters and lone surrogates: prometheus_client escapes only \\, \n and ", and a surrogate would
 # make its UTF-8 encoding of the whole scrape fail.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text a terminal shows as text: control characters (escape sequences, newlines) and lone surrogates become
+    ``?``, and it is cut at ``limit`` characters, so a hostile model or category name cannot rewrite or stretch a
+    table."""
+    text = _UNPRINTABLE.sub("?", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def counter_family_name(name: str) -> str:

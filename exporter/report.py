@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 
+from spendwatch.exporter.mapping import printable
 from spendwatch.exporter.periods import local_day, period_bounds, period_days
 
 __all__ = [
@@ -239,19 +240,10 @@ def _cell(column: str, value) -> str:
         return f"{value:.6f}"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return _printable(str(value))
+    return printable(str(value), _MAX_CELL)
 
 
 _MAX_CELL = 60
-_CONTROL = dict.fromkeys([*range(32), 127], "?")
-
-
-def _printable(text: str) -> str:
-    """A cell a terminal shows as text: control characters (escape sequences, newlines) become ``?`` and a name
-    longer than a column should be is cut, so a hostile model or category name cannot rewrite or stretch the
-    table."""
-    text = text.translate(_CONTROL)
-    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
 
 
 def _is_numeric_column(rows: Sequence[dict], column: str) -> bool:

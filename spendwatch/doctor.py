@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import socket
 import ssl
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from spendwatch.exporter.ledger_backends import first_line, shown_location
+from spendwatch.exporter.mapping import printable
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.runtime import DISABLED_ENV, instrumentation_disabled
 
@@ -65,7 +65,6 @@ OTHER_OPENAI_INSTRUMENTATIONS = {
     "openinference-instrumentation-openai": "OpenInference",
     "openlit": "OpenLIT",
 }
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _LOOPBACK_FOR_WILDCARD = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
@@ -474,12 +473,6 @@ def _next_offset_change(zone, now: float) -> datetime | None:
 
 def _not_checked(name: str, why: str = "the configuration does not load", status: str = WARN) -> CheckResult:
     return CheckResult(name, status, f"not checked: {why}")
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """Text from a ledger or an error, safe on a terminal: control characters become ``?``, length is capped."""
-    text = _UNPRINTABLE.sub("?", text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 CHECKS: tuple[Callable[[DoctorContext], CheckResult], ...] = (

@@ -250,3 +250,12 @@ def test_table_cells_cannot_carry_terminal_escapes_or_stretch_the_table():
 
     assert "\x1b" not in table and len(table.splitlines()) == 3
     assert max(len(line) for line in table.splitlines()) < 100
+
+
+def test_table_cells_cannot_carry_c1_controls_or_lone_surrogates():
+    from spendwatch.exporter.report import format_table
+
+    table = format_table([{"model": "evil\x9b2Jname\ud800", "cost_usd": 1.0}], ["model", "cost_usd"])
+
+    assert "\x9b" not in table and "\ud800" not in table
+    assert "evil?2Jname?" in table
