@@ -30,7 +30,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from spendwatch.instrumentation.errors import ConfigError
 
-__all__ = ["MetricsServer", "start_metrics_server", "DEFAULT_ADDRESS"]
+__all__ = ["DEFAULT_ADDRESS", "MetricsServer", "serve_as_configured", "start_metrics_server"]
 
 _logger = logging.getLogger(__name__)
 
@@ -59,6 +59,17 @@ class MetricsServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
+
+
+def serve_as_configured(registry, settings) -> MetricsServer:
+    """Serve ``registry`` where and how ``settings`` say: address, basic auth, TLS."""
+    return start_metrics_server(
+        registry,
+        settings.metrics_address,
+        basic_auth=settings.metrics_basic_auth,
+        certfile=settings.metrics_tls_certfile,
+        keyfile=settings.metrics_tls_keyfile,
+    )
 
 
 def start_metrics_server(

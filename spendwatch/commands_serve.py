@@ -37,7 +37,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from spendwatch.exporter import load_settings, open_ledger
     from spendwatch.exporter.budgets import budget_statuses
     from spendwatch.exporter.collector import SpendCollector
-    from spendwatch.exporter.server import start_metrics_server
+    from spendwatch.exporter.server import serve_as_configured
     from spendwatch.instrumentation.errors import ConfigError
 
     settings = load_settings({"metrics_address": args.address})
@@ -49,16 +49,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         ledger,
         categories=settings.categories,
         budget_statuses=lambda: budget_statuses(ledger, settings),
+        guard_decisions=ledger.guard_decisions,
         pricing_data_timestamp=_pricing_data_timestamp(),
         registry=registry,
     )
-    server = start_metrics_server(
-        registry,
-        settings.metrics_address,
-        basic_auth=settings.metrics_basic_auth,
-        certfile=settings.metrics_tls_certfile,
-        keyfile=settings.metrics_tls_keyfile,
-    )
+    server = serve_as_configured(registry, settings)
     print(f"serving {server.url}", flush=True)
     try:
         _wait_for_stop_signal()

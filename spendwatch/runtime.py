@@ -130,7 +130,7 @@ def _serve_metrics(runtime: Runtime) -> None:
     from prometheus_client import CollectorRegistry
 
     from spendwatch.exporter.collector import SpendCollector
-    from spendwatch.exporter.server import start_metrics_server
+    from spendwatch.exporter.server import serve_as_configured
 
     settings = runtime.settings
     runtime.registry = CollectorRegistry()
@@ -144,13 +144,7 @@ def _serve_metrics(runtime: Runtime) -> None:
         before_collect=runtime.sink.flush,
         registry=runtime.registry,
     )
-    runtime.metrics_server = start_metrics_server(
-        runtime.registry,
-        settings.metrics_address,
-        basic_auth=settings.metrics_basic_auth,
-        certfile=settings.metrics_tls_certfile,
-        keyfile=settings.metrics_tls_keyfile,
-    )
+    runtime.metrics_server = serve_as_configured(runtime.registry, settings)
 
 
 DISABLED_ENV = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"

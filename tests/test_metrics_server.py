@@ -177,7 +177,7 @@ def test_spendwatch_serve_prints_its_url_serves_the_ledger_and_exits_0_on_a_stop
         assert line.startswith("serving http://127.0.0.1:"), line or process.stderr.read()
         with get(line.removeprefix("serving ")) as response:
             names = metric_names(response.read())
-        assert {"llm_cost_usd", "llm_budget_limit_usd", "spendwatch_ledger_errors"} <= names
+        assert {"llm_cost_usd", "llm_budget_limit_usd", "spendwatch_ledger_errors", "llm_guard_decisions"} <= names
         process.send_signal(stop_signal)
         assert process.wait(timeout=10) == 0
     finally:
