@@ -177,7 +177,7 @@ def test_spendwatch_serve_prints_its_url_serves_the_ledger_and_exits_0_on_a_stop
         assert line.startswith("serving http://127.0.0.1:"), line or process.stderr.read()
         with get(line.removeprefix("serving ")) as response:
             names = metric_names(response.read())
-        assert {"llm_cost_usd", "llm_budget_limit_usd", "spendwatch_ledger_errors", "llm_guard_decisions"} <= names
+        assert {"llm_cost_usd", "llm_budget_limit_usd", "spendwatch_ledger_errors"} <= names
         process.send_signal(stop_signal)
         assert process.wait(timeout=10) == 0
     finally:
@@ -186,6 +186,28 @@ def test_spendwatch_serve_prints_its_url_serves_the_ledger_and_exits_0_on_a_stop
             process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_spendwatch_serve_shows_the_guard_decisions_every_host_recorded_in_the_ledger(tmp_path):
+    ledger = Ledger(open_backend(str(tmp_path / "ledger.db")), ZoneInfo("UTC"))
+    refused = UsageRecord("openai", "chat", "gpt-4o", outcome="blocked", guard_actions=(("global", "block"),))
+    ledger.ingest([LedgerEntry("refused", refused)])
+    ledger.close()
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("SPENDWATCH_")}
+    environ["SPENDWATCH_LEDGER"] = str(tmp_path / "ledger.db")
+    process = subprocess.Popen(
+        [*SPENDWATCH, "serve", "--address", "127.0.0.1:0"], env=environ, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        url = process.stdout.readline().strip().removeprefix("serving ")
+        with get(url) as response:
+            body = response.read().decode()
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+
+    assert 'llm_guard_decisions_total{action="block",budget="global"} 1.0' in body
 
 
 def test_spendwatch_serve_on_a_port_in_use_exits_2_naming_the_setting(tmp_path):
