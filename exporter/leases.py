@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import date
 
-from spendwatch.exporter.ledger import Ledger
+from spendwatch.exporter.ledger import Ledger, budget_scope
 from spendwatch.exporter.settings import BudgetSpec
 
 __all__ = ["LeaseGrant", "renew_lease", "release_lease"]
@@ -60,7 +60,7 @@ def renew_lease(
 ) -> LeaseGrant:
     """Extend a lease by ``want_usd`` (or whatever is left, if at least ``need_usd``), atomically."""
     first, end = period
-    scope, scope_values = _scope(budget)
+    scope, scope_values = budget_scope(budget.category, budget.model)
     with ledger._lock, ledger.backend.transaction() as cursor:
         backend = ledger.backend
         backend.lock_budget(cursor, zlib.crc32(f"{budget.name}/{budget.period}".encode()))
@@ -84,14 +84,3 @@ def release_lease(ledger: Ledger, lease_id: str) -> None:
     """Give a lease back (at exit, after the journal was drained: its costs are spend by then)."""
     with ledger._lock, ledger.backend.transaction() as cursor:
         ledger.backend.execute(cursor, "DELETE FROM leases WHERE lease_id = ?", (lease_id,))
-
-
-def _scope(budget: BudgetSpec) -> tuple[str, tuple]:
-    clauses, values = "", ()
-    if budget.category is not None:
-        clauses += " AND category = ?"
-        values += (budget.category,)
-    if budget.model is not None:
-        clauses += " AND model = ?"
-        values += (budget.model,)
-    return clauses, values

@@ -26,7 +26,7 @@ from spendwatch.exporter import audit
 from spendwatch.exporter.periods import local_day
 from spendwatch.instrumentation.records import UsageRecord
 
-__all__ = ["Ledger", "LedgerEntry", "DURATION_BUCKETS", "TOTAL_KEYS", "TOTAL_COUNTERS"]
+__all__ = ["Ledger", "LedgerEntry", "DURATION_BUCKETS", "TOTAL_KEYS", "TOTAL_COUNTERS", "budget_scope"]
 
 # Upper bounds (seconds) of llm_request_duration_seconds; LLM calls take from 100 ms to minutes.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -238,15 +238,9 @@ class Ledger:
         return self._select_dicts(query, (first_day.isoformat(), end_day.isoformat()))
 
     def spend(self, first_day: date, end_day: date, *, category: str | None = None, model: str | None = None) -> float:
-        query = "SELECT COALESCE(SUM(cost_usd), 0) FROM daily_totals WHERE day >= ? AND day < ?"
-        parameters: list = [first_day.isoformat(), end_day.isoformat()]
-        if category is not None:
-            query += " AND category = ?"
-            parameters.append(category)
-        if model is not None:
-            query += " AND model = ?"
-            parameters.append(model)
-        return float(self._select(query, parameters)[0][0])
+        scope, scope_values = budget_scope(category, model)
+        query = f"SELECT COALESCE(SUM(cost_usd), 0) FROM daily_totals WHERE day >= ? AND day < ?{scope}"
+        return float(self._select(query, (first_day.isoformat(), end_day.isoformat(), *scope_values))[0][0])
 
     def accepts_writes(self) -> bool:
         """Whether a write transaction commits now (to tell an outage from a record the ledger cannot store)."""
@@ -290,3 +284,15 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self.backend.close()
+
+
+def budget_scope(category: str | None, model: str | None) -> tuple[str, tuple]:
+    """The ``AND ...`` clauses (and their values) that narrow ``daily_totals`` rows to a budget's category or model."""
+    clauses, values = "", ()
+    if category is not None:
+        clauses += " AND category = ?"
+        values += (category,)
+    if model is not None:
+        clauses += " AND model = ?"
+        values += (model,)
+    return clauses, values
