@@ -121,10 +121,7 @@ class CallRecorder:
         span = self.tracer.start_span(
             f"{operation} {request_model}", context=current, kind=SpanKind.CLIENT, attributes=span_attributes
         )
-        call = Call(self, span, operation, provider, request_model, category)
-        call.attributes = context_attributes
-        call._parent_context = current
-        return call
+        return Call(self, span, operation, provider, request_model, category, context_attributes, current)
 
 
 class Call:
@@ -147,7 +144,15 @@ class Call:
     )
 
     def __init__(
-        self, recorder: CallRecorder, span: trace.Span, operation: str, provider: str, model: str, category: str | None
+        self,
+        recorder: CallRecorder,
+        span: trace.Span,
+        operation: str,
+        provider: str,
+        model: str,
+        category: str | None,
+        attributes: dict[str, str] | None = None,
+        parent_context: context.Context | None = None,
     ) -> None:
         self.recorder = recorder
         self.span = span
@@ -158,9 +163,9 @@ class Call:
         self.start_time = time.time()
         self._start_perf = time.perf_counter()
         self._context_token = None
-        self._parent_context = None  # the context the span was started in, when the recorder knows it
+        self._parent_context = parent_context  # the context the span was started in: activate() builds on it
         self._ended = False
-        self.attributes: dict[str, str] | None = None  # from the context: e.g. a LightRAG stage
+        self.attributes = attributes  # from the context: e.g. a LightRAG stage
         self.ticket: records.Ticket | None = None  # the budget guard's reservation, settled when the call ends
 
     def activate(self) -> None:

@@ -132,7 +132,7 @@ class PriceTable:
         """The price in force now, or None when the model is unpriced (its calls are counted, not free)."""
         key = (model, provider, service_tier, batch)
         resolution = self._cache.get(key)
-        if resolution is None or self._now_seconds() >= resolution.valid_until:
+        if resolution is None or (resolution.valid_until != _NEVER and self._now_seconds() >= resolution.valid_until):
             resolution = self._resolve_and_cache(key)
         return resolution.price
 
