@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 
 import openai
 from openai import _base_client
+
+from spendwatch import _stub_responses
 
 __all__ = ["CHAT_MODEL", "EMBEDDING_MODEL", "STREAM_CHUNKS", "http_library", "make_clients"]
 
@@ -21,7 +22,8 @@ _httpx = getattr(_base_client, "httpx2", None) or _base_client.httpx
 
 CHAT_MODEL = "gpt-4o-mini"
 _CHAT_RESPONSE_MODEL = "gpt-4o-mini-2024-07-18"
-EMBEDDING_MODEL = "text-embedding-3-small"
+EMBEDDING_MODEL = "text-embedding-3-small"  # 1536 dimensions
+_EMBEDDED_TEXT = "Say this is a test"
 STREAM_CHUNKS = 27  # role + 24 content deltas + finish + usage, as with stream_options.include_usage
 
 _CHAT_USAGE = {
@@ -134,16 +136,10 @@ def _responses_body() -> bytes:
     )
 
 
-def _embeddings_body() -> bytes:
-    vector = [round(math.sin(i) * 0.05, 9) for i in range(1536)]  # text-embedding-3-small's dimension
-    return _json(
-        {
-            "object": "list",
-            "data": [{"object": "embedding", "index": 0, "embedding": vector}],
-            "model": EMBEDDING_MODEL,
-            "usage": {"prompt_tokens": 8, "total_tokens": 8},
-        }
-    )
+def _embeddings_body(encoding_format: str) -> bytes:
+    # base64 is what the API sends when asked, and the SDK asks unless the caller picks "float"
+    usage = {"prompt_tokens": 8, "total_tokens": 8}
+    return _json(_stub_responses.embeddings(EMBEDDING_MODEL, [_EMBEDDED_TEXT], 1536, encoding_format, usage))
 
 
 def _headers(content_type: str) -> dict[str, str]:
@@ -159,7 +155,8 @@ def _headers(content_type: str) -> dict[str, str]:
 
 _JSON = _headers("application/json")
 _SSE = _headers("text/event-stream; charset=utf-8")
-_CHAT, _STREAM, _RESPONSES, _EMBEDDINGS = _chat_body(), _stream_body(), _responses_body(), _embeddings_body()
+_CHAT, _STREAM, _RESPONSES = _chat_body(), _stream_body(), _responses_body()
+_EMBEDDINGS = {encoding: _embeddings_body(encoding) for encoding in ("float", "base64")}
 
 
 _ids = itertools.count()
@@ -179,7 +176,8 @@ def _handle(request):
     if path.endswith("/responses"):
         return _httpx.Response(200, headers=_JSON, content=_unique(_RESPONSES))
     if path.endswith("/embeddings"):
-        return _httpx.Response(200, headers=_JSON, content=_EMBEDDINGS)
+        encoding = json.loads(request.content).get("encoding_format") or "float"
+        return _httpx.Response(200, headers=_JSON, content=_EMBEDDINGS[encoding])
     return _httpx.Response(404, headers=_JSON, content=_json({"error": {"message": f"no mock for {path}"}}))
 
 

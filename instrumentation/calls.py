@@ -193,14 +193,8 @@ class Call:
     def _finish(self, usage: Usage | None, error: BaseException | None, extra_attributes: dict | None) -> None:
         duration = time.perf_counter() - self._start_perf
         recorder = self.recorder
-        record = records.UsageRecord(
-            provider=self.provider,
-            operation=self.operation,
-            request_model=self.request_model,
-            duration_s=duration,
-            start_time=self.start_time,
-            category=self.category,
-        )
+        record = records.UsageRecord(self.provider, self.operation, self.request_model)
+        record.duration_s, record.start_time, record.category = duration, self.start_time, self.category
         if self.attributes:
             record.attributes = dict(self.attributes)
         attributes: dict = {}
