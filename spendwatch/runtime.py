@@ -156,18 +156,22 @@ def instrumentation_disabled(name: str, environ: Mapping[str, str] = os.environ)
     return name in disabled or "*" in disabled
 
 
+# (name in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, library it instruments, module, instrumentor class)
+_INSTRUMENTORS = (
+    ("spendwatch_openai", "openai", "spendwatch.instrumentation.openai_sdk", "OpenAIInstrumentor"),
+    ("spendwatch_lightrag", "lightrag", "spendwatch.instrumentation.lightrag_hku", "LightRAGInstrumentor"),
+)
+
+
 def _instrument_installed(prices: PriceTable) -> None:
-    """Instrument each supported library that is installed and not instrumented yet (opentelemetry-instrument
-    may have done it already), except those the user disabled the OpenTelemetry way."""
-    if not instrumentation_disabled("spendwatch_openai") and importlib.util.find_spec("openai") is not None:
-        from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
-
-        instrumentor = OpenAIInstrumentor()
-        if not instrumentor.is_instrumented_by_opentelemetry:
+    """Instrument each supported library that is installed, except those the user disabled the OpenTelemetry way.
+    One that opentelemetry-instrument instrumented already, before spendwatch's settings were read, is handed the
+    configured price table, so a config file's ``prices_file`` prices its calls too."""
+    for name, library, module, class_name in _INSTRUMENTORS:
+        if instrumentation_disabled(name) or importlib.util.find_spec(library) is None:
+            continue
+        instrumentor = getattr(importlib.import_module(module), class_name)()
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.use_configured_prices(prices)
+        else:
             instrumentor.instrument(price_table=prices)
-    if not instrumentation_disabled("spendwatch_lightrag") and importlib.util.find_spec("lightrag") is not None:
-        from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
-
-        lightrag = LightRAGInstrumentor()
-        if not lightrag.is_instrumented_by_opentelemetry:
-            lightrag.instrument(price_table=prices)

@@ -84,6 +84,30 @@ def test_a_malformed_price_file_stops_the_app_at_start_up_with_one_sentence(tmp_
     assert stub.requests == []
 
 
+@pytest.mark.parametrize("where", ["environment", "config file"])
+def test_the_prices_file_prices_the_calls_wherever_it_is_set(tmp_path, stub, where):
+    # $1,000,000 per million tokens: one dollar a token, so the cost is the token count.
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."gpt-4o-mini"]\ninput_per_mtok = 1000000\noutput_per_mtok = 1000000\n')
+    if where == "environment":
+        env = {"SPENDWATCH_PRICES_FILE": str(prices)}
+    else:
+        config = tmp_path / "spendwatch.toml"
+        config.write_text(f"prices_file = {str(prices)!r}\n")
+        env = {"SPENDWATCH_CONFIG": str(config)}
+
+    result = run_instrumented(tmp_path, stub, **env)
+
+    assert result.returncode == 0, result.stderr
+    (span,) = [span for span in console_spans(result.stdout) if span["name"] == "chat gpt-4o-mini"]
+    (usage,) = stub.usage_log
+    tokens = usage.input_tokens + usage.output_tokens
+    assert span["attributes"]["gen_ai.usage.cost"] == pytest.approx(tokens)
+    assert span["attributes"]["spendwatch.pricing"] == f"file {prices}"
+    (total,) = ledger_in(tmp_path).totals()
+    assert total["cost_usd"] == pytest.approx(tokens)
+
+
 @pytest.mark.parametrize("disabled", ["spendwatch_openai"])
 def test_disabling_the_instrumentor_by_name_works(tmp_path, stub, disabled):
     result = run_instrumented(tmp_path, stub, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=disabled)

@@ -35,7 +35,7 @@ from spendwatch.exporter.stage_report import stage_rows
 from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
 from spendwatch.instrumentation.lightrag_hku.patch import llm_cache_stage
 from spendwatch.instrumentation.lightrag_hku.scopes import CACHE_HIT
-from spendwatch.instrumentation.pricing import PriceTable
+from spendwatch.instrumentation.pricing import PriceTable, load_overrides
 from spendwatch.instrumentation.records import UsageRecord
 from spendwatch.stub import ReportedUsage, StubServer
 from tests.conftest import FAKE_API_KEY
@@ -242,17 +242,8 @@ def test_a_cache_hit_on_an_entry_made_by_another_process_estimates_what_it_avoid
 ):
     """A new process (a fresh instrumentor) never saw the call that filled LightRAG's cache: it prices the hit
     from the cached prompt and answer, at the extraction role's model, and says it is an estimate."""
-    asyncio.run(index_once(make_rag(tmp_path / "first", lightrag_stub), tracer_provider))
-    second = make_rag(tmp_path / "second", lightrag_stub)
-    cache_file = next((tmp_path / "first").rglob("kv_store_llm_response_cache.json"))
-    (tmp_path / "second" / second.workspace).mkdir(parents=True, exist_ok=True)
-    shutil.copy(cache_file, tmp_path / "second" / second.workspace / cache_file.name)
-    sink.records.clear()
-    lightrag_stub.reset()
+    hits = cache_hits_in_a_second_process(tmp_path, lightrag_stub, tracer_provider, sink)
 
-    asyncio.run(index_once(second, tracer_provider))
-
-    hits = [r for r in sink.records if r.operation == CACHE_HIT]
     assert {stage_of(hit) for hit in hits} >= {"extraction", "gleaning"}
     assert not [u for u in lightrag_stub.usage_log if u.endpoint == "chat.completions"]  # all from the cache
     for hit in hits:
@@ -262,10 +253,46 @@ def test_a_cache_hit_on_an_entry_made_by_another_process_estimates_what_it_avoid
         assert int(hit.attributes["spendwatch.lightrag.avoided_input_tokens"]) > 0
 
 
-async def index_once(rag: LightRAG, tracer_provider) -> None:
+def test_the_configured_price_table_handed_over_after_instrumenting_prices_what_hits_avoided(
+    tmp_path, lightrag_stub, instrument_openai, tracer_provider, sink
+):
+    # What spendwatch.configure() does when opentelemetry-instrument instrumented first: $1 a token here.
+    prices_file = tmp_path / "prices.toml"
+    prices_file.write_text('[models."gpt-4o-mini"]\ninput_per_mtok = 1000000\noutput_per_mtok = 1000000\n')
+    prices = PriceTable(load_overrides(prices_file))
+
+    hits = cache_hits_in_a_second_process(tmp_path, lightrag_stub, tracer_provider, sink, prices)
+
+    assert hits
+    for hit in hits:
+        tokens = sum(int(hit.attributes[f"spendwatch.lightrag.avoided_{kind}_tokens"]) for kind in ("input", "output"))
+        assert float(hit.attributes["spendwatch.lightrag.avoided_usd"]) == pytest.approx(tokens)
+
+
+def cache_hits_in_a_second_process(
+    tmp_path, stub, tracer_provider, sink, prices: PriceTable | None = None
+) -> list[UsageRecord]:
+    """Index the Acme document, then index it again in a "second process" that only has the first one's LLM cache;
+    the cache hits that second run recorded."""
+    asyncio.run(index_once(make_rag(tmp_path / "first", stub), tracer_provider))
+    second = make_rag(tmp_path / "second", stub)
+    cache_file = next((tmp_path / "first").rglob("kv_store_llm_response_cache.json"))
+    (tmp_path / "second" / second.workspace).mkdir(parents=True, exist_ok=True)
+    shutil.copy(cache_file, tmp_path / "second" / second.workspace / cache_file.name)
+    sink.records.clear()
+    stub.reset()
+
+    asyncio.run(index_once(second, tracer_provider, prices))
+
+    return [r for r in sink.records if r.operation == CACHE_HIT]
+
+
+async def index_once(rag: LightRAG, tracer_provider, configured_prices: PriceTable | None = None) -> None:
     """Index the Acme document under an instrumentor of its own (as a process of its own would)."""
     instrumentor = LightRAGInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider)
+    if configured_prices is not None:
+        instrumentor.use_configured_prices(configured_prices)
     await rag.initialize_storages()
     try:
         await rag.ainsert(DOCUMENTS["doc-acme"], ids="doc-acme")

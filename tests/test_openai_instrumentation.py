@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind, StatusCode
 
-from spendwatch.instrumentation.pricing import PriceTable
+from spendwatch.instrumentation.pricing import PriceTable, load_overrides
 from spendwatch.stub import StubServer
 from tests.conftest import FAKE_API_KEY
 
@@ -331,6 +331,27 @@ def test_instrument_uninstrument_instrument(instrument_openai, tracer_provider, 
     instrument_openai.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     only_span(span_exporter)
+
+
+@pytest.mark.parametrize("own_table", [False, True], ids=["default-table", "table-given-to-instrument"])
+def test_the_configured_prices_replace_the_default_table_only(
+    own_table, tmp_path, tracer_provider, meter_provider, client, span_exporter
+):
+    # spendwatch.configure() hands its table over when opentelemetry-instrument instrumented first; a table the
+    # caller gave instrument() is the caller's choice and stays.
+    prices_file = tmp_path / "prices.toml"
+    prices_file.write_text('[models."gpt-4o-mini"]\ninput_per_mtok = 1000000\noutput_per_mtok = 1000000\n')
+    configured = PriceTable(load_overrides(prices_file))
+    from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
+
+    OpenAIInstrumentor().uninstrument()
+    own = {"price_table": PRICES} if own_table else {}
+    OpenAIInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, **own)
+    OpenAIInstrumentor().use_configured_prices(configured)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    pricing = only_span(span_exporter).attributes["spendwatch.pricing"]
+    assert pricing.startswith("genai-prices") if own_table else pricing == f"file {prices_file}"
 
 
 def test_content_and_api_key_are_not_recorded_by_default(client, span_exporter, sink):

@@ -26,7 +26,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.trace import get_tracer
 
 from spendwatch.instrumentation.lightrag_hku.package import _instruments
-from spendwatch.instrumentation.pricing import price_table_from_env
+from spendwatch.instrumentation.pricing import PriceTable, price_table_from_env
 from spendwatch.instrumentation.records import register_sink, unregister_sink
 
 __all__ = ["LightRAGInstrumentor"]
@@ -47,10 +47,12 @@ class LightRAGInstrumentor(BaseInstrumentor):
         from spendwatch.instrumentation.lightrag_hku.scopes import RollupSink
 
         prices = kwargs.get("price_table") or price_table_from_env()
+        self._prices_chosen_by_caller = kwargs.get("price_table") is not None
         tracer = get_tracer(__name__, "", kwargs.get("tracer_provider"), schema_url=_SCHEMA_URL)
         self._rollup = RollupSink()
         register_sink(self._rollup)
-        self._wrapped_targets = patch.apply(tracer, CacheAccounting(tracer, prices))
+        self._cache_accounting = CacheAccounting(tracer, prices)
+        self._wrapped_targets = patch.apply(tracer, self._cache_accounting)
 
     def _uninstrument(self, **kwargs):
         for owner, name in getattr(self, "_wrapped_targets", ()):
@@ -60,3 +62,11 @@ class LightRAGInstrumentor(BaseInstrumentor):
         if rollup is not None:
             unregister_sink(rollup)
             self._rollup = None
+        self._cache_accounting = None
+
+    def use_configured_prices(self, prices: PriceTable) -> None:
+        """Price what cache hits avoided with spendwatch's configured table from now on, unless ``instrument()`` was
+        given a table of its own (see ``OpenAIInstrumentor.use_configured_prices``)."""
+        accounting = getattr(self, "_cache_accounting", None)
+        if accounting is not None and not self._prices_chosen_by_caller:
+            accounting.prices = prices

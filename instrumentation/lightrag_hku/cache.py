@@ -40,7 +40,7 @@ class CacheAccounting:
 
     def __init__(self, tracer: trace.Tracer, prices: PriceTable, max_remembered: int = MAX_REMEMBERED) -> None:
         self._tracer = tracer
-        self._prices = prices
+        self.prices = prices  # replaced when the exporter hands over its configured table
         self._max = max_remembered
         self._originals: OrderedDict[tuple[str, str, str], Tally] = OrderedDict()
 
@@ -82,7 +82,7 @@ class CacheAccounting:
     def _estimate(self, hashing_kv: Any, model: str, prompt: str, content: Any) -> tuple[Tally, float | None]:
         tokenizer = _global_config(hashing_kv).get("tokenizer")
         estimate = Tally(input_tokens=_count_tokens(tokenizer, prompt), output_tokens=_count_tokens(tokenizer, content))
-        price = self._prices.lookup(model)
+        price = self.prices.lookup(model)
         cost = None if price is None else price.cost(estimate.input_tokens, estimate.output_tokens)
         return estimate, cost
 

@@ -9,7 +9,8 @@ Usage::
 Covers chat completions (``create``/``parse``, streaming), the Responses API, embeddings and legacy completions,
 sync and async, ``with_raw_response`` and Azure clients. Prompts and completions are recorded only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``. Prices come from bundled data plus
-``SPENDWATCH_PRICES_FILE``; a model without a price is marked ``spendwatch.pricing="unpriced"``, never costed at $0.
+``SPENDWATCH_PRICES_FILE`` (``spendwatch.configure()`` later hands over its own table, which also honours a config
+file's ``prices_file``); a model without a price is marked ``spendwatch.pricing="unpriced"``, never costed at $0.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from wrapt import wrap_function_wrapper
 
 from spendwatch.instrumentation.calls import CallRecorder
 from spendwatch.instrumentation.openai_sdk.package import _instruments
-from spendwatch.instrumentation.pricing import price_table_from_env
+from spendwatch.instrumentation.pricing import PriceTable, price_table_from_env
 
 __all__ = ["OpenAIInstrumentor"]
 
@@ -49,9 +50,10 @@ class OpenAIInstrumentor(BaseInstrumentor):
         from spendwatch.instrumentation.openai_sdk import patch
 
         prices = kwargs.get("price_table") or price_table_from_env()
+        self._prices_chosen_by_caller = kwargs.get("price_table") is not None
         tracer = get_tracer(__name__, "", kwargs.get("tracer_provider"), schema_url=_SCHEMA_URL)
         meter = get_meter(__name__, "", kwargs.get("meter_provider"), schema_url=_SCHEMA_URL)
-        recorder = CallRecorder(tracer, meter, prices)
+        self._recorder = recorder = CallRecorder(tracer, meter, prices)
         capture = content_capture_enabled()
         self._wrapped_targets = []
         for module_name, class_name, method, kind, operation, is_async in patch.TARGETS:
@@ -66,6 +68,15 @@ class OpenAIInstrumentor(BaseInstrumentor):
         for owner, method in getattr(self, "_wrapped_targets", ()):
             unwrap(owner, method)
         self._wrapped_targets = []
+        self._recorder = None
+
+    def use_configured_prices(self, prices: PriceTable) -> None:
+        """Price the calls made from now on with ``prices``, spendwatch's configured table, unless ``instrument()``
+        was given a table of its own. ``opentelemetry-instrument`` instruments before spendwatch reads its settings
+        (a config file's ``prices_file``), so the exporter hands its table over this way."""
+        recorder = getattr(self, "_recorder", None)
+        if recorder is not None and not self._prices_chosen_by_caller:
+            recorder.prices = prices
 
 
 def _import_or_none(module_name: str):
