@@ -34,13 +34,15 @@ _recorder: CallRecorder | None = None
 
 
 def _shared_recorder() -> CallRecorder:
+    """The recorder of every tracked call; it prices with the table of ``configure()`` once that has run."""
     global _recorder
-    if _recorder is None:
-        from spendwatch import runtime
+    from spendwatch import runtime
 
-        attached = runtime.current()
-        prices = attached.prices if attached is not None else price_table_from_env()
-        _recorder = CallRecorder(get_tracer("spendwatch.track"), get_meter("spendwatch.track"), prices)
+    if _recorder is None:
+        _recorder = CallRecorder(get_tracer("spendwatch.track"), get_meter("spendwatch.track"), price_table_from_env())
+    attached = runtime.current()
+    if attached is not None:
+        _recorder.prices = attached.prices
     return _recorder
 
 

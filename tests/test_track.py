@@ -43,6 +43,24 @@ def test_tracked_call_is_priced_from_its_tokens_and_lands_in_the_ledger(attached
     assert total["cost_usd"] == pytest.approx(expected)
 
 
+def test_calls_tracked_after_configure_are_priced_by_its_prices_file_even_if_track_ran_before(
+    attached, span_exporter, tmp_path
+):
+    with spendwatch.track("chat", model="gpt-4o-mini") as op:  # before configure(): the bundled prices
+        op.set_tokens(input=10, output=5)
+    prices_file = tmp_path / "prices.toml"
+    prices_file.write_text('[models."gpt-4o-mini"]\ninput_per_mtok = 1000000\noutput_per_mtok = 1000000\n')
+    attached(prices_file=str(prices_file))
+
+    with spendwatch.track("chat", model="gpt-4o-mini") as op:
+        op.set_tokens(input=10, output=5)
+
+    before, after = span_exporter.get_finished_spans()
+    assert before.attributes["spendwatch.pricing"].startswith("genai-prices")
+    assert after.attributes["spendwatch.pricing"] == f"file {prices_file}"
+    assert after.attributes["gen_ai.usage.cost"] == pytest.approx(15)
+
+
 def test_a_reported_cost_wins_over_pricing(attached, span_exporter):
     attached()
 
