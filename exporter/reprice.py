@@ -7,10 +7,10 @@ Usage::
 
 Which calls: successful calls whose request or response model is ``model``, on the local days ``since`` to ``until``
 (both included: the ledger's ``day`` column), except costs the provider reported itself. Each is priced the way the
-instrumentation prices a call (the response model first, then the request model, for its provider) by the bundled
-data plus ``overrides``, at the price in force on the call's own date. The ledger keeps no service tier or batch
-flag, so a flex, priority or Batch API call is re-priced at the standard price. A call the corrected table does not
-price is left as it was.
+instrumentation prices a call (:meth:`PriceTable.lookup_call`: an override for either model name, then the bundled
+data for the response model, then for the request model, for its provider), at the price in force on the call's own
+date. The ledger keeps no service tier or batch flag, so a flex, priority or Batch API call is re-priced at the
+standard price. A call the corrected table does not price is left as it was.
 
 All in one transaction that holds the audit chain's head: for each call whose cost or price source changes, a
 ``repricings`` row keeps the old and new cost and source, the ``calls`` row takes the new ones, and ``totals`` and
@@ -127,9 +127,7 @@ def _changes(calls: list[tuple], table: PriceTable, clock: _CallClock) -> tuple[
     changes, unpriced = [], 0
     for call_id, ts, day, provider, model, operation, category, response_model, *usage, cost, pricing in calls:
         clock.at = float(ts)
-        price = (response_model and table.lookup(response_model, provider=provider)) or table.lookup(
-            model, provider=provider
-        )
+        price = table.lookup_call(response_model, model, provider=provider)
         if price is None:
             unpriced += 1
             continue

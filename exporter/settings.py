@@ -9,7 +9,7 @@ TOML file (every key optional)::
     thresholds = [0.75, 0.9, 1.0]
     enforce = "off"                               # or "block"
     categories = ["metabolite_identification", "literature_review"]
-    prices_file = "prices.toml"
+    prices_file = "prices.toml"                   # a relative path here (or in ledger) is from this file's directory
 
     [budgets.global]                              # SPENDWATCH_DAILY/MONTHLY_BUDGET_USD set the same budget
     daily_usd = 50
@@ -92,6 +92,8 @@ class Settings:
     metrics_tls_keyfile: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     config_path: str | None = None
+    # Where prices_file was set, as its errors name it: "prices_file='/etc/p.toml' in SPENDWATCH_CONFIG='...'".
+    prices_file_label: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_postgres(self) -> bool:
@@ -102,7 +104,7 @@ class Settings:
         the config file): the one way spendwatch builds the prices it charges and shows."""
         from spendwatch.instrumentation.pricing import PriceTable, load_overrides  # genai-prices loads on first use
 
-        return PriceTable(load_overrides(self.prices_file) if self.prices_file else None)
+        return PriceTable(load_overrides(self.prices_file, self.prices_file_label) if self.prices_file else None)
 
 
 def default_ledger_path(environ: Mapping[str, str] = os.environ) -> str:
@@ -130,6 +132,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
             return from_file[name], f"{name} in {CONFIG_ENV}={config_path!r}"
         return None, name
 
+    prices_file, prices_file_name = pick("prices_file")
+    prices_file = _optional_text(prices_file, prices_file_name)
     return Settings(
         ledger=_ledger(*pick("ledger"), environ),
         metrics_address=_address(*pick("metrics_address")),
@@ -138,12 +142,13 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         enforce=_enforce(*pick("enforce")),
         categories=_categories(*pick("categories")),
         budgets=_budgets(pick, from_file.get("budgets"), config_path),
-        prices_file=_optional_text(*pick("prices_file")),
+        prices_file=prices_file,
         metrics_basic_auth=_basic_auth(*pick("metrics_basic_auth")),
         metrics_tls_certfile=_optional_text(*pick("metrics_tls_certfile")),
         metrics_tls_keyfile=_optional_text(*pick("metrics_tls_keyfile")),
         raw=from_file,
         config_path=config_path,
+        prices_file_label=_label(prices_file_name, prices_file),
     )
 
 
@@ -161,7 +166,30 @@ def _read_config_file(path: str) -> dict[str, Any]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{CONFIG_ENV}={path!r} has an unknown key {unknown[0]!r}")
+    return _relative_to_file(data, path)
+
+
+# Settings that name a file: in the config file a relative path is relative to the config file's directory (where
+# its author put the file next to it), not to whatever directory the app happens to start in.
+_PATH_SETTINGS = ("ledger", "prices_file")
+
+
+def _relative_to_file(data: dict[str, Any], path: str) -> dict[str, Any]:
+    directory = os.path.dirname(os.path.abspath(path))
+    for key in _PATH_SETTINGS:
+        value = data.get(key)
+        if isinstance(value, str) and value.strip() and not is_postgres_location(value.strip()):
+            data[key] = os.path.join(directory, value.strip())
     return data
+
+
+def _label(name: str, value: str | None) -> str | None:
+    """How an error names a setting (``name`` as ``pick`` gives it) and its value: ``SPENDWATCH_PRICES_FILE='p.toml'``,
+    or from the config file ``prices_file='/etc/p.toml' in SPENDWATCH_CONFIG='/etc/x.toml'``."""
+    if value is None:
+        return None
+    setting, in_file, config = name.partition(" in ")
+    return f"{setting}={value!r}{in_file}{config}"
 
 
 def _ledger(value: Any, name: str, environ: Mapping[str, str]) -> str:

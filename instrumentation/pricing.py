@@ -20,7 +20,9 @@ Overrides file (TOML, or JSON with the same structure when the name ends in ``.j
     output_per_mtok = 2.0         # USD per million output tokens, required (write 0 for an embedding model)
     cache_read_per_mtok = 0.5     # USD per million cached input tokens, optional, defaults to input_per_mtok
 
-An override wins over the bundled data for every provider, service tier and batch mode.
+An override wins over the bundled data for every provider, service tier and batch mode, and for a call whichever of
+its two names it is keyed on (:meth:`PriceTable.lookup_call`): an Azure deployment name or an alias overridden as the
+request model beats the bundled price of the snapshot the response names.
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ class PriceTable:
         self, overrides: Mapping[str, Price] | None = None, *, clock: Callable[[], datetime] | None = None
     ) -> None:
         self._overrides = {name.lower(): price for name, price in (overrides or {}).items()}
+        # lookup_call asks this for both names of every call: cached, so the date-suffix regex runs once per name.
+        self._find_override = functools.lru_cache(maxsize=_MAX_CACHED_LOOKUPS)(self._match_override)
         self._clock = clock or _utc_now
         # The cache check runs on every call: a float clock keeps it to a compare.
         self._now_seconds: Callable[[], float] = time.time if clock is None else (lambda: clock().timestamp())
@@ -135,6 +139,29 @@ class PriceTable:
         if resolution is None or (resolution.valid_until != _NEVER and self._now_seconds() >= resolution.valid_until):
             resolution = self._resolve_and_cache(key)
         return resolution.price
+
+    def lookup_call(
+        self,
+        response_model: str | None,
+        request_model: str,
+        provider: str,
+        service_tier: str | None = None,
+        batch: bool = False,
+    ) -> Price | None:
+        """The price of a call known by two names. The response model names what was billed (a dated snapshot, an
+        Azure deployment's model); the request model is what the user chose (an alias, a deployment name). An
+        override for either name wins over the bundled data, the response model's first; then the bundled price of
+        the response model, then of the request model. It runs on every instrumented call: without overrides it is
+        the cached lookups alone, and the hot path passes its arguments by position (keywords cost ~10 ns more)."""
+        if self._overrides:
+            override = self._find_override(response_model) or self._find_override(request_model)
+            if override is not None:
+                return override
+        if response_model:
+            price = self.lookup(response_model, provider=provider, service_tier=service_tier, batch=batch)
+            if price is not None:
+                return price
+        return self.lookup(request_model, provider=provider, service_tier=service_tier, batch=batch)
 
     def describe(
         self, model: str, *, provider: str = "openai", service_tier: str | None = None, batch: bool = False
@@ -172,23 +199,26 @@ class PriceTable:
             return _Resolution(override)
         return _resolve_bundled(model, provider, _price_context(service_tier, batch), self._clock())
 
-    def _find_override(self, model: str) -> Price | None:
-        if not self._overrides:
+    def _match_override(self, model: str) -> Price | None:
+        if not self._overrides or not isinstance(model, str):
             return None
         name = model.lower()
         return self._overrides.get(name) or self._overrides.get(_DATE_SUFFIX.sub("", name))
 
 
-def load_overrides(path: str | os.PathLike) -> dict[str, Price]:
-    """Parse an overrides file (format in the module docstring); any problem raises :class:`ConfigError`."""
-    raw = _parse_overrides_file(path)
+def load_overrides(path: str | os.PathLike, label: str | None = None) -> dict[str, Price]:
+    """Parse an overrides file (format in the module docstring); any problem raises :class:`ConfigError`, whose
+    sentence starts with ``label``: the setting that named the file and its value, ``SPENDWATCH_PRICES_FILE='...'``
+    unless told otherwise (``prices_file='...' in SPENDWATCH_CONFIG='...'``)."""
+    label = label or f"{PRICES_FILE_ENV}={os.fspath(path)!r}"
+    raw = _parse_overrides_file(path, label)
     source = f"file {os.path.abspath(path)}"
-    models = _models_table(raw, path)
+    models = _models_table(raw, label)
     overrides: dict[str, Price] = {}
     for name, entry in models.items():
         if name.lower() in overrides:
-            raise _file_error(path, f"model {name!r} is listed twice (names are case-insensitive)")
-        overrides[name.lower()] = _override_price(name, entry, source, path)
+            raise _file_error(label, f"model {name!r} is listed twice (names are case-insensitive)")
+        overrides[name.lower()] = _override_price(name, entry, source, label)
     return overrides
 
 
@@ -204,52 +234,55 @@ _REQUIRED_KEYS = ("input_per_mtok", "output_per_mtok")
 _OPTIONAL_KEYS = ("cache_read_per_mtok",)
 
 
-def _file_error(path: str | os.PathLike, problem: str) -> ConfigError:
-    return ConfigError(f"{PRICES_FILE_ENV}={os.fspath(path)!r}: {problem}")
+def _file_error(label: str, problem: str) -> ConfigError:
+    return ConfigError(f"{label}: {problem}")
 
 
-def _parse_overrides_file(path: str | os.PathLike) -> Any:
+def _parse_overrides_file(path: str | os.PathLike, label: str) -> Any:
     try:
         with open(path, "rb") as file:
             content = file.read()
     except OSError as error:
-        raise _file_error(path, f"cannot read the file ({error.strerror or error})") from None
+        raise _file_error(label, f"cannot read the file ({error.strerror or error})") from None
     try:
         if os.fspath(path).lower().endswith(".json"):
             return json.loads(content)
         return tomllib.loads(content.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as error:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         kind = "JSON" if os.fspath(path).lower().endswith(".json") else "TOML"
-        raise _file_error(path, f"not valid {kind} ({error})") from None
+        raise _file_error(label, f"not valid {kind} ({error})") from None
     except RecursionError:  # both parsers recurse per nesting level: a hostile file would escape as a traceback
-        raise _file_error(path, "nested too deeply to be a prices file") from None
+        raise _file_error(label, "nested too deeply to be a prices file") from None
 
 
-def _models_table(raw: Any, path: str | os.PathLike) -> Mapping[str, Any]:
+def _models_table(raw: Any, label: str) -> Mapping[str, Any]:
     if not isinstance(raw, dict) or "models" not in raw:
-        raise _file_error(path, 'expected a [models] table, with one [models."NAME"] table per model')
+        raise _file_error(label, 'expected a [models] table, with one [models."NAME"] table per model')
     unknown = sorted(set(raw) - {"models"})
     if unknown:
-        raise _file_error(path, f"unknown top-level key {unknown[0]!r} (only [models] is allowed)")
+        raise _file_error(label, f"unknown top-level key {unknown[0]!r} (only [models] is allowed)")
     if not isinstance(raw["models"], dict):
-        raise _file_error(path, "'models' must be a table of model names")
+        raise _file_error(label, "'models' must be a table of model names")
     return raw["models"]
 
 
-def _override_price(name: str, entry: Any, source: str, path: str | os.PathLike) -> Price:
+def _override_price(name: str, entry: Any, source: str, label: str) -> Price:
     where = f"[models.{json.dumps(name)}]"
     if not name.strip():
-        raise _file_error(path, "a model name is empty")
+        raise _file_error(label, "a model name is empty")
     if not isinstance(entry, dict):
-        raise _file_error(path, f"{where} must be a table with input_per_mtok and output_per_mtok")
+        raise _file_error(label, f"{where} must be a table with input_per_mtok and output_per_mtok")
+    if any(isinstance(value, dict) for value in entry.values()):
+        meant = f"[models.{json.dumps(_dotted_name(name, entry))}]"
+        raise _file_error(label, f"{where} holds a table: model names containing '.' must be quoted, e.g. {meant}")
     unknown = sorted(set(entry) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
     if unknown:
         allowed = ", ".join(_REQUIRED_KEYS + _OPTIONAL_KEYS)
-        raise _file_error(path, f"{where} has unknown key {unknown[0]!r} (allowed: {allowed})")
+        raise _file_error(label, f"{where} has unknown key {unknown[0]!r} (allowed: {allowed})")
     for key in _REQUIRED_KEYS:
         if key not in entry:
-            raise _file_error(path, f"{where} is missing the required key {key!r}")
-    per_mtok = {key: _per_mtok_value(entry[key], f"{where} {key!r}", path) for key in entry}
+            raise _file_error(label, f"{where} is missing the required key {key!r}")
+    per_mtok = {key: _per_mtok_value(entry[key], f"{where} {key!r}", label) for key in entry}
     input_per_mtok = per_mtok["input_per_mtok"]
     return Price(
         model=name,
@@ -260,11 +293,25 @@ def _override_price(name: str, entry: Any, source: str, path: str | os.PathLike)
     )
 
 
-def _per_mtok_value(value: Any, where: str, path: str | os.PathLike) -> float:
+def _dotted_name(name: str, entry: dict) -> str:
+    """The name an unquoted ``[models.gpt-4.1]`` meant: TOML reads it as table "1" inside table "gpt-4"."""
+    while nested := [key for key, value in entry.items() if isinstance(value, dict)]:
+        name, entry = f"{name}.{nested[0]}", entry[nested[0]]
+    return name
+
+
+def _per_mtok_value(value: Any, where: str, label: str) -> float:
+    problem = f"{where} must be a non-negative number of USD per million tokens"
     # bool is an int subclass, and true/false is never a price.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise _file_error(path, f"{where} must be a non-negative number of USD per million tokens, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _file_error(label, f"{problem}, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past the largest float (~1.8e308)
+        raise _file_error(label, f"{problem}, got an integer of {len(str(abs(value)))} digits") from None
+    if not math.isfinite(number) or number < 0:
+        raise _file_error(label, f"{problem}, got {value!r}")
+    return number
 
 
 def _price_context(service_tier: str | None, batch: bool) -> dict[str, str]:

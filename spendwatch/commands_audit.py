@@ -118,10 +118,9 @@ def _run_reprice(args: argparse.Namespace) -> int:
     if args.since > until:
         print(f"spendwatch reprice: --since {args.since} is after --until {until}", file=sys.stderr)
         return EXIT_USAGE
-    overrides = {}
-    for path in (settings.prices_file, args.prices_file):
-        if path:
-            overrides |= load_overrides(path)
+    overrides = load_overrides(settings.prices_file, settings.prices_file_label) if settings.prices_file else {}
+    if args.prices_file:
+        overrides |= load_overrides(args.prices_file, f"--prices-file={args.prices_file!r}")
     ledger = open_ledger(settings)
     try:
         result = reprice(

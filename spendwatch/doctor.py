@@ -322,7 +322,7 @@ def check_price_overrides(context: DoctorContext) -> CheckResult:
     if not path:
         return CheckResult("price_overrides", OK, "none (SPENDWATCH_PRICES_FILE is not set)")
     try:
-        overrides = load_overrides(path)
+        overrides = load_overrides(path, context.settings.prices_file_label)
     except ConfigError as error:
         return CheckResult("price_overrides", FAIL, str(error), "correct the file; the app refuses to start with it")
     return CheckResult("price_overrides", OK, f"{len(overrides)} model prices from {path}")

@@ -203,13 +203,26 @@ def test_odd_model_names_in_a_price_file_are_priced_as_written(tmp_path, name):
         ("prices.toml", '[models."m"]\ninput_per_mtok = -1\noutput_per_mtok = 1\n'),
         ("prices.toml", '[models."m"]\ninput_per_mtok = "1; DROP TABLE"\noutput_per_mtok = 1\n'),
         ("prices.json", '{"models": {"m": {"input_per_mtok": 1e400, "output_per_mtok": 1}}}'),
+        ("prices.toml", '[models."m"]\ninput_per_mtok = 1' + "0" * 4000 + "\noutput_per_mtok = 1\n"),
         ("prices.json", '{"models": ' + "[" * 100_000 + "]" * 100_000 + "}"),
         ("prices.toml", "x = " + "[" * 100_000 + "]" * 100_000),
         ("prices.toml", b"\xff\xfe\x00garbage\x00" * 1000),
         ("prices.toml", ""),
         ("prices.json", '{"models": {"": {"input_per_mtok": 1, "output_per_mtok": 1}}}'),
     ],
-    ids=["nan", "inf", "negative", "text", "overflow", "deep-json", "deep-toml", "binary", "empty", "empty-name"],
+    ids=[
+        "nan",
+        "inf",
+        "negative",
+        "text",
+        "overflow",
+        "int-overflow",
+        "deep-json",
+        "deep-toml",
+        "binary",
+        "empty",
+        "empty-name",
+    ],
 )
 def test_a_malformed_price_file_is_one_config_error_naming_the_setting(tmp_path, file_name, content):
     path = write(tmp_path, file_name, content)
@@ -220,6 +233,63 @@ def test_a_malformed_price_file_is_one_config_error_naming_the_setting(tmp_path,
     message = str(error.value)
     assert message.startswith(f"spendwatch: SPENDWATCH_PRICES_FILE={str(path)!r}") and "\n" not in message
     assert len(message) < 1000
+
+
+# --- inconsistent usage: a part above its whole -------------------------------------------------------------------
+
+PARTS_ABOVE_WHOLE = [
+    # (usage the provider reports, (input, output, cached, reasoning) counted)
+    pytest.param(
+        {"prompt_tokens": 100, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 5000}},
+        (5000, 10, 5000, 0),
+        id="cached-above-prompt",
+    ),
+    pytest.param(
+        {"prompt_tokens": None, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 4096}},
+        (4096, 10, 4096, 0),
+        id="prompt-missing-cached-present",
+    ),
+    pytest.param(
+        {"prompt_tokens": 100, "completion_tokens": 10, "completion_tokens_details": {"reasoning_tokens": 500}},
+        (100, 500, 0, 500),
+        id="reasoning-above-completion",
+    ),
+]
+
+
+def chat_body(usage: dict, stream: bool) -> bytes:
+    model = "gpt-4o-mini-2024-07-18"
+    if not stream:
+        message = {"role": "assistant", "content": "Hello there friend"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": model, "choices": [choice],
+                           "usage": usage}).encode()  # fmt: skip
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model}
+    delta = {"index": 0, "delta": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}
+    events = [chunk | {"choices": [delta]}, chunk | {"choices": [], "usage": usage}]
+    return "".join(f"data: {json.dumps(event)}\n\n" for event in events).encode() + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["response", "stream"])
+@pytest.mark.parametrize(("usage", "counted"), PARTS_ABOVE_WHOLE)
+def test_a_usage_part_above_its_whole_counts_the_whole_as_the_part_estimated_and_never_below_zero(
+    usage, counted, stream
+):
+    client = client_answering(200, chat_body(usage, stream), "text/event-stream" if stream else "application/json")
+
+    with instrumented() as (sink, errors):
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=stream)
+        if stream:
+            list(reply)
+
+    (record,) = sink.records
+    input_tokens, output_tokens, cached, reasoning = counted
+    assert (record.input_tokens, record.output_tokens) == (input_tokens, output_tokens)
+    assert (record.cache_read_tokens, record.reasoning_tokens) == (cached, reasoning)
+    assert record.estimated is True
+    assert _spans.get_finished_spans()[0].attributes["spendwatch.cost.estimated"] is True
+    price = PriceTable().lookup("gpt-4o-mini-2024-07-18")
+    assert record.cost_usd == pytest.approx(price.cost(input_tokens, output_tokens, cached)) and record.cost_usd > 0
 
 
 # --- malformed provider responses, property-tested ----------------------------------------------------------------

@@ -300,6 +300,43 @@ def test_price_table_from_env(overrides_file, environ, expected_source):
     assert price_table_from_env(environ).lookup("gpt-4o-mini").source.startswith(expected_source)
 
 
+# --- a call's two names: the response model (what was billed) and the request model (what the user chose) ---------
+
+DEPLOYMENT = Price("prod-chat", "file overrides", input=1e-6, output=2e-6, cache_read=1e-6)
+SNAPSHOT = Price("my-ft", "file overrides", input=3e-6, output=4e-6, cache_read=3e-6)
+
+
+@pytest.mark.parametrize(
+    ("response_model", "request_model", "priced_as"),
+    [
+        pytest.param("gpt-4o-2024-11-20", "prod-chat", DEPLOYMENT, id="request override beats bundled response"),
+        pytest.param("my-ft-2025-01-01", "prod-chat", SNAPSHOT, id="response override beats request override"),
+        pytest.param("not-in-data", "prod-chat", DEPLOYMENT, id="request override for an unknown response"),
+        pytest.param(None, "prod-chat", DEPLOYMENT, id="request override without a response model"),
+        pytest.param("gpt-4o-mini-2024-07-18", "gpt-4o", "gpt-4o-mini", id="no override: bundled response first"),
+        pytest.param("not-in-data", "gpt-4o", "gpt-4o", id="no override: bundled request for an unknown response"),
+        pytest.param(None, "gpt-4o", "gpt-4o", id="no override: bundled request without a response model"),
+        pytest.param("not-in-data", "also-not-in-data", None, id="neither priced: unpriced"),
+    ],
+)
+def test_a_call_is_priced_by_an_override_of_either_name_then_the_bundled_response_then_request_model(
+    response_model, request_model, priced_as
+):
+    table = PriceTable({"prod-chat": DEPLOYMENT, "my-ft": SNAPSHOT}, clock=lambda: NOW)
+
+    price = table.lookup_call(response_model, request_model, "openai")
+
+    expected = PriceTable(clock=lambda: NOW).lookup(priced_as) if isinstance(priced_as, str) else priced_as
+    assert price == expected
+
+
+@pytest.mark.parametrize("options", [{"service_tier": "priority"}, {"batch": True}], ids=["priority", "batch"])
+def test_a_call_is_priced_at_its_service_tier_and_batch_mode(table, options):
+    price = table.lookup_call("gpt-4o-2024-11-20", "gpt-4o", "openai", **options)
+
+    assert price == table.lookup("gpt-4o-2024-11-20", **options) != table.lookup("gpt-4o-2024-11-20")
+
+
 MALFORMED = [
     ("prices.toml", "[models.x\ninput_per_mtok = 1", "not valid TOML"),
     ("prices.json", '{"models": ', "not valid JSON"),
@@ -322,6 +359,10 @@ MALFORMED = [
     ("prices.json", '{"models": {"x": {"input_per_mtok": null, "output_per_mtok": 1}}}', "got None"),
     ("prices.json", '{"models": {"X": {"input_per_mtok": 1, "output_per_mtok": 1}, "x": {}}}', "listed twice"),
     ("prices.toml", '[models.""]\ninput_per_mtok = 1\noutput_per_mtok = 1', "model name is empty"),
+    ("prices.toml", "[models.gpt-4.1]\ninput_per_mtok = 1\noutput_per_mtok = 1", """e.g. [models."gpt-4.1"]"""),
+    ("prices.toml", "[models.a.b.c]\ninput_per_mtok = 1\noutput_per_mtok = 1", """e.g. [models."a.b.c"]"""),
+    ("prices.toml", f"[models.x]\ninput_per_mtok = 1{'0' * 400}\noutput_per_mtok = 1", "got an integer of 401 digits"),
+    ("prices.json", f'{{"models": {{"x": {{"input_per_mtok": 1, "output_per_mtok": -1{"0" * 400}}}}}}}', "401 digits"),
 ]
 
 

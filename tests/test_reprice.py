@@ -103,6 +103,18 @@ def test_only_successful_calls_of_the_model_in_the_date_range_are_repriced(fille
     assert result.difference_usd == pytest.approx(2 * (CORRECTED_COST - 0.01))
 
 
+def test_an_override_of_the_request_model_beats_the_bundled_price_of_the_response_model(ledger):
+    # An Azure deployment: the call asked for "prod-chat"; the response named a snapshot the bundled data prices.
+    call = usage("prod-chat", provider="azure.ai.openai", response_model="gpt-4o-2024-11-20")
+    ledger.ingest([LedgerEntry("azure:27", call)])
+    overrides = {"prod-chat": Price("prod-chat", "file corrected.toml", input=1e-6, output=2e-6, cache_read=0.5e-6)}
+
+    result = reprice(ledger, "prod-chat", NOV_27, NOV_27, overrides=overrides)
+
+    assert (result.matched, result.repriced) == (1, 1)
+    assert costs(ledger)["azure:27"] == pytest.approx(CORRECTED_COST)
+
+
 def test_totals_and_daily_totals_equal_a_scan_of_calls_after_a_reprice(filled):
     reprice(filled, "gpt-4o-mini", NOV_26, NOV_27, overrides=CORRECTED)
 

@@ -105,3 +105,47 @@ def test_metrics_can_be_turned_off_and_basic_auth_is_never_echoed():
 def test_unknown_keyword_is_refused():
     with pytest.raises(ConfigError, match="unknown setting 'daily_budget'"):
         load_settings({"daily_budget": 5}, environ={})
+
+
+@pytest.mark.parametrize("setting", ["ledger", "prices_file"])
+def test_a_relative_path_in_the_config_file_is_relative_to_the_config_files_directory(tmp_path, monkeypatch, setting):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "spendwatch.toml").write_text(f'{setting} = "data/file"\n')
+    monkeypatch.chdir(tmp_path)
+
+    settings = load_settings(environ={"SPENDWATCH_CONFIG": "etc/spendwatch.toml"})
+
+    assert getattr(settings, setting) == str(tmp_path / "etc" / "data" / "file")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("ledger", "postgresql://spendwatch@db/ledger"), ("ledger", "/var/lib/ledger.db"), ("prices_file", "/etc/p.toml")],
+)
+def test_absolute_paths_and_urls_in_the_config_file_are_kept_as_written(tmp_path, setting, value):
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(f"{setting} = {value!r}\n")
+
+    assert getattr(load_settings(environ={"SPENDWATCH_CONFIG": str(config)}), setting) == value
+
+
+@pytest.mark.parametrize(
+    ("where", "named"),
+    [
+        ("keyword", "prices_file={prices!r}: "),
+        ("environment", "SPENDWATCH_PRICES_FILE={prices!r}: "),
+        ("config file", "prices_file={prices!r} in SPENDWATCH_CONFIG={config!r}: "),
+    ],
+    ids=["keyword", "environment", "config-file"],
+)
+def test_a_broken_prices_file_is_named_by_the_setting_that_set_it(tmp_path, where, named):
+    prices, config = str(tmp_path / "missing.toml"), str(tmp_path / "spendwatch.toml")
+    (tmp_path / "spendwatch.toml").write_text('prices_file = "missing.toml"\n')
+    keywords = {"prices_file": prices} if where == "keyword" else {}
+    environ = {"SPENDWATCH_PRICES_FILE": prices} if where == "environment" else {"SPENDWATCH_CONFIG": config}
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(keywords, environ=environ).price_table()
+
+    assert raised.value.message.startswith(named.format(prices=prices, config=config))
+    assert "cannot read the file" in raised.value.message and "\n" not in raised.value.message

@@ -137,7 +137,10 @@ RESPONSES_USAGE_FIELDS = ("input_tokens", "output_tokens", "input_tokens_details
 
 def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tuple[bool, bool]:
     """Copy the counts of a provider ``usage`` object into ``usage``. Returns whether input and output are still to
-    be estimated (missing or malformed); the caller estimates them and flags the usage as estimated."""
+    be estimated (missing or malformed); the caller estimates them and flags the usage as estimated.
+
+    A count below its own part (cached above input, reasoning above output: a proxy's inconsistent usage) is raised
+    to the part and flagged as estimated: the call is never undercounted, and never priced below zero."""
     input_name, output_name, input_details, output_details = fields
     input_tokens = getattr(raw, input_name, None)
     output_tokens = getattr(raw, output_name, None)
@@ -149,20 +152,25 @@ def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tu
         usage.output_tokens = output_tokens
     usage.cache_read_tokens = count(getattr(getattr(raw, input_details, None), "cached_tokens", None)) or 0
     usage.reasoning_tokens = count(getattr(getattr(raw, output_details, None), "reasoning_tokens", None)) or 0
+    if usage.input_tokens < usage.cache_read_tokens or usage.output_tokens < usage.reasoning_tokens:
+        usage.estimated = True
+        usage.input_tokens = max(usage.input_tokens, usage.cache_read_tokens)
+        usage.output_tokens = max(usage.output_tokens, usage.reasoning_tokens)
     return input_missing, output_missing
 
 
 def estimate_missing(
     usage: Usage, missing: tuple[bool, bool], estimate_input: Callable[[], int], estimate_output: Callable[[], int]
 ) -> Usage:
-    """Estimate what :func:`fill_tokens` could not read, and flag the usage as estimated."""
+    """Estimate what :func:`fill_tokens` could not read, never below the cached or reasoning tokens it did read,
+    and flag the usage as estimated."""
     input_missing, output_missing = missing
     if input_missing or output_missing:
         usage.estimated = True
         if input_missing:
-            usage.input_tokens = estimate_input()
+            usage.input_tokens = max(estimate_input(), usage.cache_read_tokens)
         if output_missing:
-            usage.output_tokens = estimate_output()
+            usage.output_tokens = max(estimate_output(), usage.reasoning_tokens)
     return usage
 
 
