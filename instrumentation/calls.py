@@ -98,6 +98,7 @@ class CallRecorder:
         self.tracer = tracer
         self.prices = prices
         self.metrics = SemconvMetrics(meter)
+        self.active = True  # False once its instrumentor is uninstrumented
 
     def start(self, operation: str, provider: str, request_model: str, attributes: dict | None = None) -> Call:
         """Open the CLIENT span ``"{operation} {model}"``; ``activate()`` makes it current for the wrapped call."""
@@ -224,7 +225,10 @@ class Call:
         span_context = span.get_span_context()
         record.trace_id = span_context.trace_id
         record.span_id = span_context.span_id
-        span.end()
+        try:
+            span.end()
+        except Exception:  # noqa: BLE001 - a span processor's failure must not cost the record: spend is counted anyway
+            _logger.debug("spendwatch: ending a span failed", exc_info=True)
         recorder.metrics.add(record)
         records.emit(record)
 
@@ -255,7 +259,7 @@ def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, 
     if usage.reported_cost_usd is not None:
         cost, source = usage.reported_cost_usd, REPORTED
     else:
-        price = _find_price(prices, record.provider, response_model, record.request_model, tier)
+        price = prices.lookup_call(response_model, record.request_model, record.provider, tier)
         if price is None:
             attributes["spendwatch.pricing"] = "unpriced"
             return
@@ -267,16 +271,6 @@ def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, 
     attributes["gen_ai.usage.cost.currency"] = "USD"
     attributes["gen_ai.usage.cost.source"] = "local"
     attributes["spendwatch.pricing"] = source
-
-
-def _find_price(prices: PriceTable, provider: str, response_model: str | None, request_model: str, tier: str | None):
-    """The response model names what was billed (a dated snapshot, an Azure deployment's model); the request
-    model is the fallback when the response does not say or names something the data does not know."""
-    if response_model:
-        price = prices.lookup(response_model, provider=provider, service_tier=tier)
-        if price is not None:
-            return price
-    return prices.lookup(request_model, provider=provider, service_tier=tier)
 
 
 def _settle(ticket: records.Ticket, record: records.UsageRecord) -> None:

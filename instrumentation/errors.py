@@ -1,6 +1,6 @@
 """Errors spendwatch raises on purpose."""
 
-__all__ = ["BudgetExceededError", "ConfigError"]
+__all__ = ["BudgetExceededError", "ConfigError", "ReportedError"]
 
 
 class ConfigError(SystemExit):
@@ -45,3 +45,12 @@ class BudgetExceededError(Exception):
             f"spendwatch refused the call: budget {budget!r} ({period}) {why}; "
             f"the call's worst-case cost was estimated at ${estimated_cost_usd:.6f}"
         )
+
+
+class ReportedError(Exception):
+    """Stands for a failure reported as data, not raised: ``spendwatch.track``'s ``set_error``, a Responses stream's
+    ``error`` or ``response.failed`` event. Its ``spendwatch_error_type`` is what ``error.type`` says."""
+
+    def __init__(self, type_name: str) -> None:
+        super().__init__(type_name)
+        self.spendwatch_error_type = type_name

@@ -12,12 +12,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from spendwatch.instrumentation.errors import BudgetExceededError
+
 __all__ = [
     "CallRequest",
     "Guard",
     "Ticket",
     "UsageRecord",
     "UsageSink",
+    "admit",
     "current_guard",
     "emit",
     "register_guard",
@@ -134,3 +137,16 @@ def unregister_guard(guard: Guard) -> None:
 
 def current_guard() -> Guard | None:
     return _guard
+
+
+def admit(guard: Guard, request: CallRequest) -> Ticket | None:
+    """Ask ``guard``. Its refusal (``BudgetExceededError``) reaches the caller, as the user asked; any other failure
+    of the guard (its ledger unreachable, say) is logged and the call goes ahead unguarded: the guard exists to stop
+    spending, not to turn its own trouble into the caller's."""
+    try:
+        return guard.admit(request)
+    except BudgetExceededError:
+        raise
+    except Exception:  # noqa: BLE001
+        _logger.debug("spendwatch: the budget guard failed; the call goes ahead unguarded", exc_info=True)
+        return None

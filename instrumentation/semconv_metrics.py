@@ -17,6 +17,7 @@ import os
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -30,6 +31,7 @@ __all__ = [
     "SemconvMetrics",
     "TOKEN_USAGE_BUCKETS",
     "flush_all",
+    "run_with_each_flush",
 ]
 
 # Explicit bucket boundaries from the GenAI semantic conventions (gen-ai-metrics.md).
@@ -78,6 +80,10 @@ class SemconvMetrics:
 
     def flush(self) -> int:
         """Record the queue now; returns how many calls this recorded."""
+        with _flusher.recording:
+            return self._record_all()
+
+    def _record_all(self) -> int:
         pending = self._pending
         recorded = 0
         while pending:
@@ -94,7 +100,8 @@ class SemconvMetrics:
             oldest = self._pending.popleft()
         except IndexError:  # the thread emptied it first
             return
-        self._record(*oldest)
+        with _flusher.recording:
+            self._record(*oldest)
 
     def _flush_before_collect(self, options: CallbackOptions) -> list[Observation]:
         self.flush()
@@ -134,6 +141,9 @@ class _Flusher:
 
     def __init__(self) -> None:
         self._watched: weakref.WeakSet[SemconvMetrics] = weakref.WeakSet()
+        self.tasks: list[Callable[[], None]] = []  # other deferred work of the instrumentation, run before each flush
+        # Held while recording into the SDK, and by a fork: a child must not inherit an SDK lock this thread held.
+        self.recording = threading.RLock()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self.running = False
@@ -154,10 +164,20 @@ class _Flusher:
         # Threads do not survive a fork, and the parent's thread may have held these locks: the child's first call
         # starts its own thread, with fresh ones.
         self.running = False
+        self.recording = threading.RLock()
         self._lock = threading.Lock()
         self._wake = threading.Event()
 
     def flush_all(self) -> int:
+        with self.recording:
+            return self._run_tasks_and_record()
+
+    def _run_tasks_and_record(self) -> int:
+        for task in self.tasks:
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - must not end the thread
+                _logger.debug("spendwatch: a deferred task failed", exc_info=True)
         recorded = 0
         for metrics in list(self._watched):
             try:
@@ -174,10 +194,21 @@ class _Flusher:
 
 
 _flusher = _Flusher()
-os.register_at_fork(after_in_child=_flusher.forget_thread)
+os.register_at_fork(
+    before=lambda: _flusher.recording.acquire(),
+    after_in_parent=lambda: _flusher.recording.release(),
+    after_in_child=_flusher.forget_thread,
+)
+
+
+def run_with_each_flush(task: Callable[[], None]) -> None:
+    """Have the background thread run ``task`` each interval too (and :func:`flush_all`): one thread does the
+    instrumentation's deferred work."""
+    _flusher.tasks.append(task)
 
 
 def flush_all() -> int:
-    """Record every queue of this process now (what the background thread does each interval); returns how many
-    calls this recorded. For a clean shutdown, and for ``bench`` to time the work done off the caller's path."""
+    """Do now what the background thread does each interval (its tasks, then every queue of this process); returns
+    how many calls this recorded. For a clean shutdown, and for ``bench`` to time the work done off the caller's
+    path."""
     return _flusher.flush_all()

@@ -21,6 +21,7 @@ from spendwatch.exporter.guard_rules import guard_config
 from spendwatch.exporter.ledger import Ledger
 from spendwatch.exporter.thresholds import ThresholdWatcher
 from spendwatch.instrumentation import register_sink, unregister_sink
+from spendwatch.instrumentation.openai_sdk.streams import end_abandoned
 from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.records import register_guard, unregister_guard
 
@@ -88,6 +89,7 @@ def detach() -> None:
         runtime, _runtime = _runtime, None
     if runtime is None:
         return
+    end_abandoned()  # calls whose streams were dropped unfinished: counted before the sink closes
     if runtime.guard is not None:
         unregister_guard(runtime.guard)
     unregister_sink(runtime.sink)

@@ -24,7 +24,7 @@ from opentelemetry.trace import get_tracer
 from spendwatch.attribution import clean_category
 from spendwatch.instrumentation import records
 from spendwatch.instrumentation.calls import CATEGORY_BAGGAGE_KEY, Call, CallRecorder, Usage
-from spendwatch.instrumentation.errors import BudgetExceededError
+from spendwatch.instrumentation.errors import BudgetExceededError, ReportedError
 from spendwatch.instrumentation.pricing import price_table_from_env
 
 __all__ = ["track", "TrackedCall"]
@@ -93,17 +93,9 @@ class TrackedCall:
         if exception is not None:
             call.fail(exception, self._usage)
         elif self._error is not None:
-            call.fail(_ReportedError(self._error[0]), self._usage)
+            call.fail(ReportedError(self._error[0]), self._usage)
         else:
             call.succeed(self._usage)
-
-
-class _ReportedError(Exception):
-    """Stands for an error the caller reported with ``set_error``; its name is the reported type."""
-
-    def __init__(self, type_name: str) -> None:
-        super().__init__(type_name)
-        self.spendwatch_error_type = type_name
 
 
 class track:  # noqa: N801 - used like a function: `with spendwatch.track(...)`
@@ -142,7 +134,7 @@ class track:  # noqa: N801 - used like a function: `with spendwatch.track(...)`
             self.provider, self.operation, self.model, call.category, input_tokens, max_output, None
         )
         try:
-            call.ticket = guard.admit(request)
+            call.ticket = records.admit(guard, request)
         except BudgetExceededError as refusal:
             call.deactivate()
             call.fail(refusal)

@@ -10,6 +10,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind, StatusCode
 
 from spendwatch.instrumentation.pricing import PriceTable, load_overrides
+from spendwatch.instrumentation.semconv_metrics import flush_all
 from spendwatch.stub import StubServer
 from tests.conftest import FAKE_API_KEY
 
@@ -118,6 +119,7 @@ def test_a_loop_abandoned_midway_ends_the_span_when_the_stream_is_dropped(client
             break
     del stream
     gc.collect()
+    flush_all()  # what the background thread does within a second: a finaliser only queues the call's end
 
     assert only_span(span_exporter).attributes["spendwatch.cost.estimated"] is True
     assert sink.records[0].output_tokens == 2  # the role chunk carries no content: two deltas were read
@@ -148,6 +150,7 @@ def test_stream_abandoned_half_read_still_ends_its_span(client, span_exporter, s
     next(stream)
     del stream
     gc.collect()
+    flush_all()
 
     only_span(span_exporter)
     assert len(sink.records) == 1
@@ -352,6 +355,39 @@ def test_the_configured_prices_replace_the_default_table_only(
 
     pricing = only_span(span_exporter).attributes["spendwatch.pricing"]
     assert pricing.startswith("genai-prices") if own_table else pricing == f"file {prices_file}"
+
+
+@pytest.mark.parametrize(
+    ("azure", "request_model", "response_model"),
+    [
+        pytest.param(True, "prod-chat", "gpt-4o-2024-11-20", id="azure-deployment-name"),
+        pytest.param(False, "gpt-4-turbo-preview", "gpt-4-0125-preview", id="openai-alias"),
+    ],
+)
+def test_an_override_of_the_request_model_beats_the_bundled_price_of_the_response_model(
+    azure, request_model, response_model, tmp_path, tracer_provider, meter_provider, span_exporter, sink
+):
+    prices_file = tmp_path / "prices.toml"
+    prices_file.write_text(f'[models."{request_model}"]\ninput_per_mtok = 1\noutput_per_mtok = 2\n')
+    from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
+
+    OpenAIInstrumentor().uninstrument()
+    prices = PriceTable(load_overrides(prices_file))
+    OpenAIInstrumentor().instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, price_table=prices)
+    with StubServer(response_models={request_model: response_model}) as stub:
+        if azure:
+            client = openai.AzureOpenAI(
+                azure_endpoint=stub.origin, api_version="2024-10-21", api_key=FAKE_API_KEY, max_retries=0
+            )
+        else:
+            client = openai.OpenAI(api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=0)
+        client.chat.completions.create(model=request_model, messages=MESSAGES)
+
+    (usage,) = stub.usage_log
+    span = only_span(span_exporter)
+    assert span.attributes["gen_ai.response.model"] == response_model
+    assert span.attributes["spendwatch.pricing"] == f"file {prices_file}"
+    assert sink.records[0].cost_usd == pytest.approx(usage.input_tokens * 1e-6 + usage.output_tokens * 2e-6)
 
 
 def test_content_and_api_key_are_not_recorded_by_default(client, span_exporter, sink):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -121,3 +123,45 @@ def test_calls_that_outpace_the_thread_record_inline_so_the_queue_stays_bounded(
 
     assert longest <= MAX_BACKLOG
     assert durations_counted(reader) == calls  # and nothing was dropped
+
+
+def test_a_fork_while_the_histograms_are_being_recorded_leaves_the_child_no_held_lock():
+    # A fork copies the locks of the OpenTelemetry SDK as they are: one the recording thread held would stay held in
+    # the child forever, and the child's first collection would hang.
+    reader = InMemoryMetricReader()
+    metrics = SemconvMetrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    stop = threading.Event()
+
+    def keep_recording() -> None:
+        while not stop.is_set():
+            for _ in range(2000):
+                metrics.add(a_record())
+            metrics.flush()
+
+    recorder = threading.Thread(target=keep_recording, daemon=True)
+    recorder.start()
+    hung = 0
+    try:
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    durations_counted(reader)  # takes the SDK's locks
+                finally:
+                    os._exit(0)
+            hung += not _exited_within(pid, seconds=5)
+    finally:
+        stop.set()
+        recorder.join()
+    assert hung == 0
+
+
+def _exited_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return True
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False

@@ -63,11 +63,21 @@ class OpenAIInstrumentor(BaseInstrumentor):
             factory = patch.async_wrapper if is_async else patch.sync_wrapper
             wrap_function_wrapper(module_name, f"{class_name}.{method}", factory(recorder, kind, operation, capture))
             self._wrapped_targets.append((owner, method))
+        for module_name, class_name, is_async in patch.HELPER_TARGETS:
+            owner = getattr(_import_or_none(module_name), class_name, None)
+            if owner is None:
+                continue
+            wrap_function_wrapper(owner, "close", patch.async_helper_close if is_async else patch.helper_close)
+            self._wrapped_targets.append((owner, "close"))
 
     def _uninstrument(self, **kwargs):
         for owner, method in getattr(self, "_wrapped_targets", ()):
             unwrap(owner, method)
         self._wrapped_targets = []
+        if getattr(self, "_recorder", None) is not None:
+            # with_raw_response / with_streaming_response bind the method when first touched and keep it:
+            # a wrapper bound while instrumented passes every call straight through from now on.
+            self._recorder.active = False
         self._recorder = None
 
     def use_configured_prices(self, prices: PriceTable) -> None:

@@ -15,13 +15,21 @@ from typing import Any
 
 from openai import AsyncStream, BaseModel, Stream
 from openai._legacy_response import LegacyAPIResponse
+from openai._response import APIResponse, AsyncAPIResponse
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from wrapt import ObjectProxy
 
 from spendwatch.instrumentation import records
 from spendwatch.instrumentation.calls import Call, CallRecorder, Usage
 from spendwatch.instrumentation.errors import BudgetExceededError
-from spendwatch.instrumentation.openai_sdk.streams import AsyncStreamProxy, SyncStreamProxy, new_stream_state
+from spendwatch.instrumentation.openai_sdk import streams
+from spendwatch.instrumentation.openai_sdk.streams import (
+    AsyncStreamProxy,
+    SyncStreamProxy,
+    end_helper_stream,
+    new_stream_state,
+    queue_end,
+)
 from spendwatch.instrumentation.openai_sdk.usage import (
     CHAT,
     COMPLETION,
@@ -36,7 +44,7 @@ from spendwatch.instrumentation.openai_sdk.usage import (
 )
 from spendwatch.instrumentation.records import CallRequest
 
-__all__ = ["TARGETS", "sync_wrapper", "async_wrapper"]
+__all__ = ["HELPER_TARGETS", "TARGETS", "async_helper_close", "async_wrapper", "helper_close", "sync_wrapper"]
 
 _logger = logging.getLogger(__name__)
 
@@ -55,6 +63,15 @@ TARGETS = (
     ("openai.resources.responses", "Responses", "parse", RESPONSES, "chat", False),
     ("openai.resources.responses", "AsyncResponses", "create", RESPONSES, "chat", True),
     ("openai.resources.responses", "AsyncResponses", "parse", RESPONSES, "chat", True),
+)
+
+# The SDK's ``.stream()`` helpers (module, class, is_async): their ``close()`` closes the HTTP response past our
+# stream proxy, so it is wrapped to end the call too.
+HELPER_TARGETS = (
+    ("openai.lib.streaming.chat._completions", "ChatCompletionStream", False),
+    ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStream", True),
+    ("openai.lib.streaming.responses._responses", "ResponseStream", False),
+    ("openai.lib.streaming.responses._responses", "AsyncResponseStream", True),
 )
 
 _REQUEST_ATTRIBUTES = (
@@ -130,20 +147,27 @@ def _admit(guard: records.Guard, call: Call, kind: str, kwargs: dict) -> dict:
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not describe a call to the guard", exc_info=True)
         return kwargs
-    call.ticket = ticket = guard.admit(request)
+    call.ticket = ticket = records.admit(guard, request)
     if ticket is None or not ticket.request_changes:
         return kwargs
     call.span.set_attribute("spendwatch.guard.degraded", json.dumps(ticket.request_changes, sort_keys=True))
     return {**kwargs, **ticket.request_changes}
 
 
-def _fail(call: Call, error: BaseException) -> None:
+def _fail(call: Call, error: BaseException, kind: str, kwargs: dict) -> None:
     """End ``call`` as failed: the SDK raised, or the guard refused it (``BudgetExceededError``)."""
     try:
         call.deactivate()
-        call.fail(error)
+        call.fail(error, _billed_usage(kind, error, kwargs))
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a failed call", exc_info=True)
+
+
+def _billed_usage(kind: str, error: BaseException, kwargs: dict) -> Usage | None:
+    """The usage of a call the provider answered, and billed, before the SDK raised: ``parse()``'s
+    ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` carry the completion."""
+    completion = getattr(error, "completion", None)
+    return None if completion is None else usage_from_result(kind, completion, kwargs)
 
 
 def _output_content(result: Any) -> dict | None:
@@ -169,9 +193,14 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
             return AsyncStreamProxy(result, call, new_stream_state(kind, kwargs))
         if isinstance(result, LegacyAPIResponse):
             return _finish_raw(call, kind, result, kwargs)
+        if isinstance(result, APIResponse):
+            return StreamedResponseProxy(result, call, kind, kwargs)
+        if isinstance(result, AsyncAPIResponse):
+            return AsyncStreamedResponseProxy(result, call, kind, kwargs)
         call.succeed(usage_from_result(kind, result, kwargs), _output_content(result) if capture else None)
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a call", exc_info=True)
+        _succeed_unread(call, kwargs)  # counted from the request rather than lost (a no-op if it did end)
     return result
 
 
@@ -181,43 +210,115 @@ def _finish_raw(call: Call, kind: str, raw: LegacyAPIResponse, kwargs: dict) -> 
     a proxy whose ``parse()`` hands out the stream behind our stream proxy."""
     if kwargs.get("stream") is True:
         return RawStreamResponseProxy(raw, call, kind, kwargs)
-    call.succeed(usage_from_result(kind, raw.parse(), kwargs))
+    try:
+        parsed = raw.parse()
+    except Exception as error:  # noqa: BLE001 - the caller's own parse() raises it: the call failed, maybe billed
+        _fail(call, error, kind, kwargs)
+        return raw
+    call.succeed(usage_from_result(kind, parsed, kwargs))
     return raw
 
 
-class RawStreamResponseProxy(ObjectProxy):
-    def __init__(self, raw: LegacyAPIResponse, call: Call, kind: str, kwargs: dict) -> None:
-        super().__init__(raw)
+class _UnparsedResponseProxy(ObjectProxy):
+    """A response whose body the caller parses later: its ``parse()`` ends the call from what it returns (a stream
+    goes behind our stream proxy); dropped unparsed, the call ends from the request alone."""
+
+    def __init__(self, response: Any, call: Call, kind: str, kwargs: dict) -> None:
+        super().__init__(response)
         self._self_call = call
         self._self_kind = kind
         self._self_kwargs = kwargs
         self._self_stream = None
 
-    def parse(self, *args, **kwargs):
-        parsed = self.__wrapped__.parse(*args, **kwargs)
-        if self._self_stream is None and self._self_call is not None:
+    def _self_adopt(self, parsed: Any) -> Any:
+        """End the call from ``parsed`` (or hand it to a stream proxy); returns what the caller gets."""
+        call = self._self_call
+        if self._self_stream is None and call is not None:
             try:
-                state = new_stream_state(self._self_kind, self._self_kwargs)
-                proxy_type = AsyncStreamProxy if isinstance(parsed, AsyncStream) else SyncStreamProxy
                 if isinstance(parsed, Stream | AsyncStream):
-                    self._self_stream, self._self_call = proxy_type(parsed, self._self_call, state), None
+                    state = new_stream_state(self._self_kind, self._self_kwargs)
+                    proxy_type = AsyncStreamProxy if isinstance(parsed, AsyncStream) else SyncStreamProxy
+                    self._self_stream, self._self_call = proxy_type(parsed, call, state), None
+                else:
+                    self._self_call = None
+                    call.succeed(usage_from_result(self._self_kind, parsed, self._self_kwargs))
             except Exception:  # noqa: BLE001
-                _logger.debug("spendwatch: could not proxy a raw stream", exc_info=True)
+                _logger.debug("spendwatch: could not read a parsed response", exc_info=True)
         return self._self_stream if self._self_stream is not None else parsed
 
+    def _self_fail(self, error: BaseException) -> None:
+        call, self._self_call = self._self_call, None
+        if call is not None:
+            _fail(call, error, self._self_kind, self._self_kwargs)
+
+    def _self_parse(self, args: tuple, kwargs: dict) -> Any:
+        try:
+            parsed = self.__wrapped__.parse(*args, **kwargs)
+        except Exception as error:
+            self._self_fail(error)  # parse() raises on a billed answer too (LengthFinishReasonError)
+            raise
+        return self._self_adopt(parsed)
+
+    def _self_end_unparsed(self) -> None:
+        call, self._self_call = self._self_call, None
+        if call is not None:
+            _succeed_unread(call, self._self_kwargs)
+
     def __del__(self) -> None:
-        # The stream was never parsed, so never read: all we know is what the request carried.
+        # Never parsed, so never read: all we know is what the request carried. Ended later, as a finaliser must not
+        # end a call (see streams.queue_end).
         with contextlib.suppress(Exception):  # a finaliser must stay silent
             call, self._self_call = self._self_call, None
             if call is not None:
-                input_tokens = estimate_tokens(request_text_length(self._self_kwargs))
-                call.succeed(Usage(input_tokens=input_tokens, estimated=True))
+                queue_end(lambda kwargs=self._self_kwargs: _succeed_unread(call, kwargs))
+
+
+class RawStreamResponseProxy(_UnparsedResponseProxy):
+    """``with_raw_response`` on a stream: the stream is only reachable through ``parse()``."""
+
+    def parse(self, *args, **kwargs):
+        return self._self_parse(args, kwargs)
+
+
+class StreamedResponseProxy(_UnparsedResponseProxy):
+    """``with_streaming_response``: the body is read when the caller parses it; its ``with`` block closes it."""
+
+    def parse(self, *args, **kwargs):
+        return self._self_parse(args, kwargs)
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_end_unparsed()
+
+
+class AsyncStreamedResponseProxy(_UnparsedResponseProxy):
+    async def parse(self, *args, **kwargs):
+        try:
+            parsed = await self.__wrapped__.parse(*args, **kwargs)
+        except Exception as error:
+            self._self_fail(error)
+            raise
+        return self._self_adopt(parsed)
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_end_unparsed()
+
+
+def _succeed_unread(call: Call, kwargs: dict) -> None:
+    call.succeed(Usage(input_tokens=estimate_tokens(request_text_length(kwargs)), estimated=True))
 
 
 def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bool):
     def traced(wrapped, instance, args, kwargs):
-        if not is_instrumentation_enabled():
+        if not is_instrumentation_enabled() or not recorder.active:
             return wrapped(*args, **kwargs)
+        if streams._abandoned:
+            streams.end_abandoned()
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return wrapped(*args, **kwargs)
@@ -226,12 +327,12 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
             try:
                 kwargs = _admit(guard, call, kind, kwargs)
             except BudgetExceededError as refusal:
-                _fail(call, refusal)
+                _fail(call, refusal, kind, kwargs)
                 raise
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as error:
-            _fail(call, error)
+            _fail(call, error, kind, kwargs)
             raise
         return _finish(call, kind, result, kwargs, capture)
 
@@ -240,8 +341,10 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
 
 def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bool):
     async def traced(wrapped, instance, args, kwargs):
-        if not is_instrumentation_enabled():
+        if not is_instrumentation_enabled() or not recorder.active:
             return await wrapped(*args, **kwargs)
+        if streams._abandoned:
+            streams.end_abandoned()
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)
@@ -250,13 +353,27 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
             try:
                 kwargs = _admit(guard, call, kind, kwargs)
             except BudgetExceededError as refusal:
-                _fail(call, refusal)
+                _fail(call, refusal, kind, kwargs)
                 raise
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:
-            _fail(call, error)
+            _fail(call, error, kind, kwargs)
             raise
         return _finish(call, kind, result, kwargs, capture)
 
     return traced
+
+
+def helper_close(wrapped, instance, args, kwargs):
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        end_helper_stream(instance)
+
+
+async def async_helper_close(wrapped, instance, args, kwargs):
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        end_helper_stream(instance)

@@ -1,20 +1,24 @@
 """Transparent proxies over the SDK's ``Stream`` / ``AsyncStream`` that end the call's span exactly once.
 
 The caller sees the same chunks, the same exceptions and the same object (``isinstance`` still holds: these are
-``wrapt.ObjectProxy``). The call ends when the stream is exhausted, fails, is closed, leaves its ``with`` block, or
-is garbage-collected half-read (leaving a ``for`` loop early does not end it: the caller may read on). Per chunk we
-only look: one attribute read for usage and a counter; the estimate, when no usage came, is worked out at the end.
+``wrapt.ObjectProxy``). The call ends when the stream is exhausted, fails, is closed (also through the SDK's
+``.stream()`` helpers), leaves its ``with`` block, or is garbage-collected half-read (leaving a ``for`` loop early
+does not end it: the caller may read on). Per chunk we only look: one attribute read for usage and a counter; the
+estimate, when no usage came, is worked out at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from wrapt import ObjectProxy
 
 from spendwatch.instrumentation.calls import Call, Usage
+from spendwatch.instrumentation.errors import ReportedError
 from spendwatch.instrumentation.openai_sdk.usage import (
     CHAT_USAGE_FIELDS,
     RESPONSES,
@@ -27,8 +31,9 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     responses_usage,
     text,
 )
+from spendwatch.instrumentation.semconv_metrics import run_with_each_flush
 
-__all__ = ["SyncStreamProxy", "AsyncStreamProxy", "new_stream_state"]
+__all__ = ["SyncStreamProxy", "AsyncStreamProxy", "end_abandoned", "end_helper_stream", "new_stream_state", "queue_end"]
 
 _logger = logging.getLogger(__name__)
 
@@ -38,12 +43,13 @@ _RESPONSE_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete",
 class ChatStreamState:
     """Chat and legacy completion chunks: usage arrives in a last chunk only with ``include_usage``."""
 
-    __slots__ = ("kwargs", "usage", "first", "last", "chunks")
+    __slots__ = ("kwargs", "usage", "first", "named", "last", "chunks")
 
     def __init__(self, kwargs: dict) -> None:
         self.kwargs = kwargs
         self.usage = None
-        self.first = None  # names the response: its model and service tier
+        self.first = None
+        self.named = None  # the first chunk naming a model: its model and service tier are the response's
         self.last = None  # the last chunk without usage
         self.chunks = 0  # chunks without usage
 
@@ -51,6 +57,8 @@ class ChatStreamState:
         # Per chunk only look: one attribute read. The SDK builds chunks without validation, so it may be missing.
         if self.first is None:
             self.first = chunk
+        if self.named is None and getattr(chunk, "model", None):  # Azure opens with a filter chunk naming none
+            self.named = chunk
         usage = getattr(chunk, "usage", None)
         if usage is None:
             self.last = chunk
@@ -69,7 +77,7 @@ class ChatStreamState:
         return deltas
 
     def to_usage(self) -> Usage:
-        usage = response_identity(self.first)
+        usage = response_identity(self.named)
         missing = fill_tokens(usage, self.usage, CHAT_USAGE_FIELDS)
         estimate_input = lambda: estimate_tokens(request_text_length(self.kwargs))  # noqa: E731
         return estimate_missing(usage, missing, estimate_input, self.content_deltas)
@@ -89,13 +97,14 @@ def _carries_content(chunk: Any) -> bool:
 class ResponsesStreamState:
     """Responses API events: the final ``response.completed`` event carries the whole response with usage."""
 
-    __slots__ = ("kwargs", "response", "deltas", "model")
+    __slots__ = ("kwargs", "response", "deltas", "model", "failure")
 
     def __init__(self, kwargs: dict) -> None:
         self.kwargs = kwargs
         self.response = None
         self.model = None
         self.deltas = 0
+        self.failure = None  # the error a stream reported in an event: the SDK yields those, it does not raise
 
     def observe(self, event: Any) -> None:
         kind = text(getattr(event, "type", None))
@@ -103,8 +112,12 @@ class ResponsesStreamState:
             self.deltas += 1
         elif kind in _RESPONSE_FINAL_EVENTS:
             self.response = getattr(event, "response", None)
+            if kind == "response.failed":
+                self.failure = _error_code(getattr(self.response, "error", None), "response.failed")
         elif kind == "response.created":
             self.model = text(getattr(getattr(event, "response", None), "model", None))
+        elif kind == "error":
+            self.failure = _error_code(event, "error")
 
     def to_usage(self) -> Usage:
         if self.response is not None:
@@ -115,6 +128,10 @@ class ResponsesStreamState:
             output_tokens=self.deltas,
             estimated=True,
         )
+
+
+def _error_code(error: Any, default: str) -> str:
+    return text(getattr(error, "code", None)) or default
 
 
 def new_stream_state(kind: str, kwargs: dict) -> ChatStreamState | ResponsesStreamState:
@@ -138,19 +155,62 @@ class _StreamProxyBase(ObjectProxy):
         if call is None:
             return
         self._self_call = None
-        try:
-            usage = self._self_state.to_usage()
-            if error is None:
-                call.succeed(usage)
-            else:
-                call.fail(error, usage)
-        except Exception:  # noqa: BLE001
-            _logger.debug("spendwatch: could not end a stream's span", exc_info=True)
+        _end_call(call, self._self_state, error)
 
     def __del__(self) -> None:
-        # Abandoned half-read: count what was seen so far rather than lose the call.
+        # Abandoned half-read: count what was seen so far rather than lose the call, but later (see queue_end).
         with contextlib.suppress(Exception):  # a finaliser must stay silent (half-built proxy, interpreter exit)
-            self._self_end()
+            call, self._self_call = self._self_call, None
+            if call is not None:
+                queue_end(lambda state=self._self_state: _end_call(call, state, None))
+
+
+def _end_call(call: Call, state: ChatStreamState | ResponsesStreamState, error: BaseException | None) -> None:
+    try:
+        usage = state.to_usage()
+        failure = getattr(state, "failure", None)
+        if error is None and failure is not None:
+            error = ReportedError(failure)
+        if error is None:
+            call.succeed(usage)
+        else:
+            call.fail(error, usage)
+    except Exception:  # noqa: BLE001
+        _logger.debug("spendwatch: could not end a stream's span", exc_info=True)
+
+
+# Calls whose stream was garbage-collected unfinished. A finaliser runs inside the garbage collector, at whatever
+# allocation triggered it, possibly while this very thread holds a lock that ending a call takes (the budget guard's,
+# the journal's, a span processor's): ending the call there could deadlock, so the finaliser only queues it (an
+# atomic append) and the next instrumented call, or the exporter's shutdown, ends it.
+_abandoned: deque[Callable[[], None]] = deque()
+
+
+def queue_end(end: Callable[[], None]) -> None:
+    _abandoned.append(end)
+
+
+def end_abandoned() -> None:
+    """End the calls queued by finalisers."""
+    while _abandoned:
+        try:
+            end = _abandoned.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        try:
+            end()
+        except Exception:  # noqa: BLE001
+            _logger.debug("spendwatch: could not end an abandoned call", exc_info=True)
+
+
+run_with_each_flush(end_abandoned)  # so an abandoned call ends within a second even if no other call comes
+
+
+def end_helper_stream(helper: Any) -> None:
+    """The SDK's ``.stream()`` helpers close the HTTP response themselves, past our proxy: end the call they read."""
+    raw = getattr(helper, "_raw_stream", None)
+    if isinstance(raw, _StreamProxyBase):
+        raw._self_end()
 
 
 class SyncStreamProxy(_StreamProxyBase):
@@ -206,7 +266,24 @@ class SyncStreamProxy(_StreamProxyBase):
 
 class AsyncStreamProxy(_StreamProxyBase):
     def __aiter__(self):
-        return self
+        # An async generator, as the SDK's own ``AsyncStream.__aiter__`` is (``aclosing(aiter(stream))`` needs one).
+        return self._self_iterate()
+
+    async def _self_iterate(self):
+        observe = self._self_state.observe
+        try:
+            async for item in self.__wrapped__:
+                try:
+                    observe(item)
+                except Exception:  # noqa: BLE001 - a malformed chunk must not break the caller's stream
+                    _logger.debug("spendwatch: could not read a stream chunk", exc_info=True)
+                yield item
+        except GeneratorExit:  # the caller left the loop: it may iterate on later, or close or drop the stream
+            raise
+        except BaseException as error:
+            self._self_end(error)
+            raise
+        self._self_end()
 
     async def __anext__(self):
         try:
@@ -233,5 +310,11 @@ class AsyncStreamProxy(_StreamProxyBase):
     async def close(self) -> None:
         try:
             await self.__wrapped__.close()
+        finally:
+            self._self_end()
+
+    async def aclose(self) -> None:  # openai 3.x's alias of close(), which contextlib.aclosing calls
+        try:
+            await self.__wrapped__.aclose()
         finally:
             self._self_end()
