@@ -155,10 +155,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
 def _read_config_file(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as file:
-            data = tomllib.load(file)
+            data = tomllib.loads(file.read().decode("utf-8-sig"))  # -sig: editors on Windows may start with a BOM
     except OSError as error:
         raise ConfigError(f"{CONFIG_ENV}={path!r} cannot be read: {error.strerror or error}") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{CONFIG_ENV}={path!r} is not valid TOML: {error}") from None
     except RecursionError:
         raise ConfigError(f"{CONFIG_ENV}={path!r} is nested too deeply to be a spendwatch configuration") from None
@@ -171,7 +171,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
 
 # Settings that name a file: in the config file a relative path is relative to the config file's directory (where
 # its author put the file next to it), not to whatever directory the app happens to start in.
-_PATH_SETTINGS = ("ledger", "prices_file")
+_PATH_SETTINGS = ("ledger", "prices_file", "metrics_tls_certfile", "metrics_tls_keyfile")
 
 
 def _relative_to_file(data: dict[str, Any], path: str) -> dict[str, Any]:
@@ -224,7 +224,7 @@ def _timezone(value: Any, name: str) -> ZoneInfo:
 def _number(value: Any, name: str) -> float:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too big for a float
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number) or number < 0:
         raise ConfigError(f"{name}={value!r} must be a non-negative number")

@@ -247,7 +247,7 @@ def _parse_overrides_file(path: str | os.PathLike, label: str) -> Any:
     try:
         if os.fspath(path).lower().endswith(".json"):
             return json.loads(content)
-        return tomllib.loads(content.decode("utf-8"))
+        return tomllib.loads(content.decode("utf-8-sig"))  # -sig: editors on Windows may start with a BOM
     except (ValueError, UnicodeDecodeError) as error:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         kind = "JSON" if os.fspath(path).lower().endswith(".json") else "TOML"
         raise _file_error(label, f"not valid {kind} ({error})") from None
@@ -270,6 +270,8 @@ def _override_price(name: str, entry: Any, source: str, label: str) -> Price:
     where = f"[models.{json.dumps(name)}]"
     if not name.strip():
         raise _file_error(label, "a model name is empty")
+    if name != name.strip():  # it would never match a model name, silently
+        raise _file_error(label, f"model name {name!r} starts or ends with spaces")
     if not isinstance(entry, dict):
         raise _file_error(label, f"{where} must be a table with input_per_mtok and output_per_mtok")
     if any(isinstance(value, dict) for value in entry.values()):

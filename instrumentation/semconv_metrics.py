@@ -104,7 +104,9 @@ class SemconvMetrics:
             self._record(*oldest)
 
     def _flush_before_collect(self, options: CallbackOptions) -> list[Observation]:
-        self.flush()
+        # Every queue, not only this one: a meter keeps the first callback of an instrument name and drops later
+        # ones, so after instrument -> uninstrument -> instrument on one MeterProvider only the first one runs.
+        _flusher.record_queues()
         return []
 
     def _record(self, key: _Key, duration: float, input_tokens: int, output_tokens: int) -> None:
@@ -178,12 +180,17 @@ class _Flusher:
                 task()
             except Exception:  # noqa: BLE001 - must not end the thread
                 _logger.debug("spendwatch: a deferred task failed", exc_info=True)
+        return self.record_queues()
+
+    def record_queues(self) -> int:
+        """Record every watched queue; returns how many calls this recorded."""
         recorded = 0
-        for metrics in list(self._watched):
-            try:
-                recorded += metrics.flush()
-            except Exception:  # noqa: BLE001 - the SDK's failure must not end the thread
-                _logger.debug("spendwatch: recording semconv metrics failed", exc_info=True)
+        with self.recording:
+            for metrics in list(self._watched):
+                try:
+                    recorded += metrics.flush()
+                except Exception:  # noqa: BLE001 - the SDK's failure must not end the thread
+                    _logger.debug("spendwatch: recording semconv metrics failed", exc_info=True)
         return recorded
 
     def _flush_forever(self) -> None:

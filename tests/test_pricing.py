@@ -359,6 +359,7 @@ MALFORMED = [
     ("prices.json", '{"models": {"x": {"input_per_mtok": null, "output_per_mtok": 1}}}', "got None"),
     ("prices.json", '{"models": {"X": {"input_per_mtok": 1, "output_per_mtok": 1}, "x": {}}}', "listed twice"),
     ("prices.toml", '[models.""]\ninput_per_mtok = 1\noutput_per_mtok = 1', "model name is empty"),
+    ("prices.toml", '[models."gpt-4o "]\ninput_per_mtok = 1\noutput_per_mtok = 1', "starts or ends with spaces"),
     ("prices.toml", "[models.gpt-4.1]\ninput_per_mtok = 1\noutput_per_mtok = 1", """e.g. [models."gpt-4.1"]"""),
     ("prices.toml", "[models.a.b.c]\ninput_per_mtok = 1\noutput_per_mtok = 1", """e.g. [models."a.b.c"]"""),
     ("prices.toml", f"[models.x]\ninput_per_mtok = 1{'0' * 400}\noutput_per_mtok = 1", "got an integer of 401 digits"),
@@ -372,6 +373,13 @@ def test_a_malformed_overrides_file_is_a_config_error(tmp_path, name, content, p
     with pytest.raises(ConfigError) as raised:
         load_overrides(path)
     assert_names_file_and_problem(raised.value, path, problem)
+
+
+def test_an_overrides_file_starting_with_a_byte_order_mark_is_read(tmp_path):
+    # Notepad and other Windows editors save UTF-8 with a BOM.
+    path = write(tmp_path, "prices.toml", "\ufeff" + OVERRIDES_TOML)
+
+    assert "gpt-4o-mini" in load_overrides(path)
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory"])

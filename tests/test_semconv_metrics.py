@@ -165,3 +165,16 @@ def _exited_within(pid: int, seconds: float) -> bool:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return False
+
+
+def test_a_collection_records_the_queue_of_a_second_instrumentation_on_the_same_meter():
+    # instrument -> uninstrument -> instrument on one MeterProvider: the meter keeps only the first flush callback.
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    SemconvMetrics(meter)
+    again = SemconvMetrics(meter)
+
+    for _ in range(3):
+        again.add(a_record())
+
+    assert durations_counted(reader) == 3

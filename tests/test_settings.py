@@ -82,6 +82,7 @@ def test_bad_settings_fail_in_one_sentence_naming_setting_and_value(environ, nam
         ("[budgets.team]\ncategory = 'x'", "needs daily_usd or monthly_usd"),
         ("[budgets.global]\ncategory = 'x'\ndaily_usd = 1", "cannot be scoped"),
         ("[budgets.team]\ndaily_usd = -1", "non-negative"),
+        ("[budgets.team]\ndaily_usd = 1" + "0" * 400, "non-negative"),  # an integer too big for a float
     ],
 )
 def test_bad_config_files_name_the_file_and_the_problem(tmp_path, toml, problem):
@@ -93,6 +94,13 @@ def test_bad_config_files_name_the_file_and_the_problem(tmp_path, toml, problem)
 
     assert str(config) in str(raised.value)
     assert problem in str(raised.value)
+
+
+def test_a_config_file_starting_with_a_byte_order_mark_is_read(tmp_path):
+    config = tmp_path / "spendwatch.toml"
+    config.write_text("\ufefftimezone = 'Europe/Berlin'\n", encoding="utf-8")
+
+    assert load_settings(environ={"SPENDWATCH_CONFIG": str(config)}).timezone.key == "Europe/Berlin"
 
 
 def test_metrics_can_be_turned_off_and_basic_auth_is_never_echoed():
@@ -107,7 +115,7 @@ def test_unknown_keyword_is_refused():
         load_settings({"daily_budget": 5}, environ={})
 
 
-@pytest.mark.parametrize("setting", ["ledger", "prices_file"])
+@pytest.mark.parametrize("setting", ["ledger", "prices_file", "metrics_tls_certfile", "metrics_tls_keyfile"])
 def test_a_relative_path_in_the_config_file_is_relative_to_the_config_files_directory(tmp_path, monkeypatch, setting):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "spendwatch.toml").write_text(f'{setting} = "data/file"\n')
