@@ -310,7 +310,11 @@ class AsyncStreamedResponseProxy(_UnparsedResponseProxy):
 
 
 def _succeed_unread(call: Call, kwargs: dict) -> None:
-    call.succeed(Usage(input_tokens=estimate_tokens(request_text_length(kwargs)), estimated=True))
+    """End ``call`` from the request alone (its answer was never read); never raises."""
+    try:
+        call.succeed(Usage(input_tokens=estimate_tokens(request_text_length(kwargs)), estimated=True))
+    except Exception:  # noqa: BLE001
+        _logger.debug("spendwatch: could not record an unread call", exc_info=True)
 
 
 def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bool):
