@@ -328,3 +328,18 @@ def test_a_span_processor_that_raises_costs_neither_the_call_nor_its_usage_recor
 
     assert reply.choices[0].message.content
     assert len(sink.records) == 1 and sink.records[0].cost_usd > 0
+
+
+def test_a_responses_stream_closed_early_estimates_tool_call_output_too(span_exporter, sink):
+    arguments = {"type": "response.function_call_arguments.delta", "item_id": "f", "output_index": 0}
+    events = [{"type": "response.created", "response": RESPONSE}] + [{**arguments, "delta": part} for part in "abc"]
+    body = sse([{**event, "sequence_number": number} for number, event in enumerate(events)], named=True)
+    client = openai.OpenAI(api_key="k", base_url="http://mock.invalid/v1", http_client=serving(body))
+
+    stream = client.responses.create(model="gpt-4o-mini", input="hi", stream=True)
+    for _ in stream:
+        pass  # the server ended the stream without its response.completed event
+    stream.close()
+
+    (record,) = sink.records
+    assert (record.output_tokens, record.estimated) == (3, True)

@@ -108,8 +108,11 @@ class ResponsesStreamState:
 
     def observe(self, event: Any) -> None:
         kind = text(getattr(event, "type", None))
-        if kind == "response.output_text.delta":
-            self.deltas += 1
+        if kind is None:
+            return
+        if kind.endswith(".delta"):  # text, tool-call arguments, reasoning summaries, refusals: about a token each
+            if kind != "response.audio.delta":  # audio bytes, not tokens
+                self.deltas += 1
         elif kind in _RESPONSE_FINAL_EVENTS:
             self.response = getattr(event, "response", None)
             if kind == "response.failed":
