@@ -23,4 +23,4 @@ __all__ = [
 
 def open_ledger(settings: Settings) -> Ledger:
     """The ledger ``settings.ledger`` names, created on first use; a ConfigError if it cannot be one."""
-    return Ledger(open_backend(settings.ledger), settings.timezone)
+    return Ledger(open_backend(settings.ledger, settings.ledger_label), settings.timezone)

@@ -270,38 +270,40 @@ class PostgresBackend(_SqlBackend):
             self._connection.close()
 
 
-def open_backend(location: str) -> SQLiteBackend | PostgresBackend:
-    """Open (creating on first use) the ledger at a path or ``postgresql://`` URL, or raise ConfigError."""
+def open_backend(location: str, setting: str | None = None) -> SQLiteBackend | PostgresBackend:
+    """Open (creating on first use) the ledger at a path or ``postgresql://`` URL, or raise ConfigError. Its
+    sentence starts with ``setting``, the setting that named the ledger and its (password-masked) value:
+    ``SPENDWATCH_LEDGER='...'`` unless told otherwise."""
     is_postgres = is_postgres_location(location)
-    shown = shown_location(location)
+    named = setting or f"{LEDGER_ENV}={shown_location(location)!r}"
     try:
-        backend = PostgresBackend(location) if is_postgres else SQLiteBackend(_checked_path(location))
+        backend = PostgresBackend(location) if is_postgres else SQLiteBackend(_checked_path(location, named))
         backend.prepare()
         tables = backend.table_names()
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001 - every driver error becomes the one start-up sentence
-        raise ConfigError(f"{LEDGER_ENV}={shown!r} cannot be opened as a ledger: {first_line(error)}") from None
+        raise ConfigError(f"{named} cannot be opened as a ledger: {first_line(error)}") from None
     if tables and "spendwatch_meta" not in tables:
-        raise ConfigError(f"{LEDGER_ENV}={shown!r} is a database of something else, not a spendwatch ledger")
+        raise ConfigError(f"{named} is a database of something else, not a spendwatch ledger")
     try:
         if "spendwatch_meta" in tables:
             version = backend.select("SELECT value FROM spendwatch_meta WHERE key = ?", ("schema_version",))
             if version and version[0][0] != SCHEMA_VERSION:
-                raise ConfigError(f"{LEDGER_ENV}={shown!r} has ledger schema {version[0][0]}, this is {SCHEMA_VERSION}")
+                raise ConfigError(f"{named} has ledger schema {version[0][0]}, this is {SCHEMA_VERSION}")
         backend.create_schema()
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001
-        raise ConfigError(f"{LEDGER_ENV}={shown!r} cannot be used as a ledger: {first_line(error)}") from None
+        raise ConfigError(f"{named} cannot be used as a ledger: {first_line(error)}") from None
     return backend
 
 
-def _checked_path(path: str) -> str:
+def _checked_path(path: str, named: str) -> str:
     if os.path.isdir(path):
-        raise ConfigError(f"{LEDGER_ENV}={path!r} is a directory; give the path of a ledger file")
+        raise ConfigError(f"{named} is a directory; give the path of a ledger file")
     if os.path.exists(path) and not os.access(path, os.R_OK):
-        raise ConfigError(f"{LEDGER_ENV}={path!r} cannot be read (permission denied)")
+        raise ConfigError(f"{named} cannot be read (permission denied)")
     return path
 
 

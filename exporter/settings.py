@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from spendwatch.exporter.ledger_backends import is_postgres_location
+from spendwatch.exporter.ledger_backends import is_postgres_location, shown_location
 from spendwatch.instrumentation.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class Settings:
     config_path: str | None = None
     # Where prices_file was set, as its errors name it: "prices_file='/etc/p.toml' in SPENDWATCH_CONFIG='...'".
     prices_file_label: str | None = field(default=None, compare=False, repr=False)
+    ledger_label: str | None = field(default=None, compare=False, repr=False)  # password masked
 
     @property
     def is_postgres(self) -> bool:
@@ -134,8 +135,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
 
     prices_file, prices_file_name = pick("prices_file")
     prices_file = _optional_text(prices_file, prices_file_name)
+    ledger_value, ledger_name = pick("ledger")
+    ledger = _ledger(ledger_value, ledger_name, environ)
     return Settings(
-        ledger=_ledger(*pick("ledger"), environ),
+        ledger=ledger,
         metrics_address=_address(*pick("metrics_address")),
         timezone=_timezone(*pick("timezone")),
         thresholds=_thresholds(*pick("thresholds")),
@@ -149,6 +152,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         raw=from_file,
         config_path=config_path,
         prices_file_label=_label(prices_file_name, prices_file),
+        ledger_label=None if ledger_value is None else _label(ledger_name, shown_location(ledger)),
     )
 
 

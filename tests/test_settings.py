@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from spendwatch.exporter import open_ledger
 from spendwatch.exporter.settings import BudgetSpec, load_settings
 from spendwatch.instrumentation.errors import ConfigError
 
@@ -157,3 +158,28 @@ def test_a_broken_prices_file_is_named_by_the_setting_that_set_it(tmp_path, wher
 
     assert raised.value.message.startswith(named.format(prices=prices, config=config))
     assert "cannot read the file" in raised.value.message and "\n" not in raised.value.message
+
+
+def test_a_bad_ledger_set_in_the_config_file_is_named_as_set_there(tmp_path):
+    (tmp_path / "ledger-dir").mkdir()
+    config = tmp_path / "spendwatch.toml"
+    config.write_text('ledger = "ledger-dir"\n')
+
+    with pytest.raises(ConfigError) as raised:
+        open_ledger(load_settings(environ={"SPENDWATCH_CONFIG": str(config)}))
+
+    expected = f"ledger={str(tmp_path / 'ledger-dir')!r} in SPENDWATCH_CONFIG={str(config)!r} is a directory"
+    assert raised.value.message.startswith(expected)
+
+
+def test_a_ledger_url_in_the_config_file_keeps_its_password_out_of_the_error(tmp_path):
+    config = tmp_path / "spendwatch.toml"
+    config.write_text('ledger = "postgresql://spendwatch:s3cret@127.0.0.1:1/ledger"\n')
+
+    with pytest.raises(ConfigError) as raised:
+        open_ledger(load_settings(environ={"SPENDWATCH_CONFIG": str(config)}))
+
+    assert "s3cret" not in raised.value.message
+    assert raised.value.message.startswith(
+        "ledger='postgresql://spendwatch:***@127.0.0.1:1/ledger' in SPENDWATCH_CONFIG="
+    )
