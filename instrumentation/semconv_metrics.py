@@ -32,6 +32,7 @@ __all__ = [
     "TOKEN_USAGE_BUCKETS",
     "flush_all",
     "run_with_each_flush",
+    "start_background_thread",
 ]
 
 # Explicit bucket boundaries from the GenAI semantic conventions (gen-ai-metrics.md).
@@ -153,13 +154,17 @@ class _Flusher:
     def watch(self, metrics: SemconvMetrics) -> None:
         self._watched.add(metrics)
 
-    def wake(self) -> None:
-        """Start the thread if this process has none yet (a forked child starts its own), and have it flush now."""
+    def start(self) -> None:
+        """Start the thread if this process has none yet (a forked child starts its own)."""
         if not self.running:
             with self._lock:
                 if not self.running:
                     threading.Thread(target=self._flush_forever, name="spendwatch-semconv", daemon=True).start()
                     self.running = True
+
+    def wake(self) -> None:
+        """Start the thread if need be, and have it flush now."""
+        self.start()
         self._wake.set()
 
     def forget_thread(self) -> None:
@@ -171,26 +176,22 @@ class _Flusher:
         self._wake = threading.Event()
 
     def flush_all(self) -> int:
-        with self.recording:
-            return self._run_tasks_and_record()
-
-    def _run_tasks_and_record(self) -> int:
-        for task in self.tasks:
-            try:
-                task()
-            except Exception:  # noqa: BLE001 - must not end the thread
-                _logger.debug("spendwatch: a deferred task failed", exc_info=True)
-        return self.record_queues()
+        with self.recording:  # the tasks end calls (sinks, span processors): a fork must not catch them midway
+            for task in self.tasks:
+                try:
+                    task()
+                except Exception:  # noqa: BLE001 - must not end the thread
+                    _logger.debug("spendwatch: a deferred task failed", exc_info=True)
+            return self.record_queues()
 
     def record_queues(self) -> int:
-        """Record every watched queue; returns how many calls this recorded."""
+        """Record every watched queue (each under ``recording``); returns how many calls this recorded."""
         recorded = 0
-        with self.recording:
-            for metrics in list(self._watched):
-                try:
-                    recorded += metrics.flush()
-                except Exception:  # noqa: BLE001 - the SDK's failure must not end the thread
-                    _logger.debug("spendwatch: recording semconv metrics failed", exc_info=True)
+        for metrics in list(self._watched):
+            try:
+                recorded += metrics.flush()
+            except Exception:  # noqa: BLE001 - the SDK's failure must not end the thread
+                _logger.debug("spendwatch: recording semconv metrics failed", exc_info=True)
         return recorded
 
     def _flush_forever(self) -> None:
@@ -212,6 +213,11 @@ def run_with_each_flush(task: Callable[[], None]) -> None:
     """Have the background thread run ``task`` each interval too (and :func:`flush_all`): one thread does the
     instrumentation's deferred work."""
     _flusher.tasks.append(task)
+
+
+def start_background_thread() -> None:
+    """Make sure this process's background thread runs (say, before anything can be left for its tasks)."""
+    _flusher.start()
 
 
 def flush_all() -> int:

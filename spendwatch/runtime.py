@@ -21,9 +21,9 @@ from spendwatch.exporter.guard_rules import guard_config
 from spendwatch.exporter.ledger import Ledger
 from spendwatch.exporter.thresholds import ThresholdWatcher
 from spendwatch.instrumentation import register_sink, unregister_sink
-from spendwatch.instrumentation.openai_sdk.streams import end_abandoned
 from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.records import register_guard, unregister_guard
+from spendwatch.instrumentation.semconv_metrics import flush_all
 
 __all__ = ["Runtime", "attach", "current", "detach"]
 
@@ -89,7 +89,7 @@ def detach() -> None:
         runtime, _runtime = _runtime, None
     if runtime is None:
         return
-    end_abandoned()  # calls whose streams were dropped unfinished: counted before the sink closes
+    flush_all()  # the instrumentation's deferred work (dropped streams' calls) reaches the sink before it closes
     if runtime.guard is not None:
         unregister_guard(runtime.guard)
     unregister_sink(runtime.sink)

@@ -11,6 +11,7 @@ import gc
 import inspect
 import json
 import threading
+import time
 
 import openai
 import pydantic
@@ -343,3 +344,15 @@ def test_a_responses_stream_closed_early_estimates_tool_call_output_too(span_exp
 
     (record,) = sink.records
     assert (record.output_tokens, record.estimated) == (3, True)
+
+
+def test_a_dropped_stream_is_counted_by_the_background_thread_within_a_second_or_two(client, sink):
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    next(stream)
+    del stream
+    gc.collect()
+
+    deadline = time.monotonic() + 5  # the thread's interval is one second
+    while not sink.records and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(sink.records) == 1

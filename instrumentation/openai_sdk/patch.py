@@ -22,7 +22,6 @@ from wrapt import ObjectProxy
 from spendwatch.instrumentation import records
 from spendwatch.instrumentation.calls import Call, CallRecorder, Usage
 from spendwatch.instrumentation.errors import BudgetExceededError
-from spendwatch.instrumentation.openai_sdk import streams
 from spendwatch.instrumentation.openai_sdk.streams import (
     AsyncStreamProxy,
     SyncStreamProxy,
@@ -43,6 +42,7 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     usage_from_result,
 )
 from spendwatch.instrumentation.records import CallRequest
+from spendwatch.instrumentation.semconv_metrics import start_background_thread
 
 __all__ = ["HELPER_TARGETS", "TARGETS", "async_helper_close", "async_wrapper", "helper_close", "sync_wrapper"]
 
@@ -225,6 +225,7 @@ class _UnparsedResponseProxy(ObjectProxy):
 
     def __init__(self, response: Any, call: Call, kind: str, kwargs: dict) -> None:
         super().__init__(response)
+        start_background_thread()  # ends the call within a second should the caller drop this unparsed
         self._self_call = call
         self._self_kind = kind
         self._self_kwargs = kwargs
@@ -251,7 +252,7 @@ class _UnparsedResponseProxy(ObjectProxy):
         if call is not None:
             _fail(call, error, self._self_kind, self._self_kwargs)
 
-    def _self_parse(self, args: tuple, kwargs: dict) -> Any:
+    def parse(self, *args, **kwargs):
         try:
             parsed = self.__wrapped__.parse(*args, **kwargs)
         except Exception as error:
@@ -276,15 +277,9 @@ class _UnparsedResponseProxy(ObjectProxy):
 class RawStreamResponseProxy(_UnparsedResponseProxy):
     """``with_raw_response`` on a stream: the stream is only reachable through ``parse()``."""
 
-    def parse(self, *args, **kwargs):
-        return self._self_parse(args, kwargs)
-
 
 class StreamedResponseProxy(_UnparsedResponseProxy):
     """``with_streaming_response``: the body is read when the caller parses it; its ``with`` block closes it."""
-
-    def parse(self, *args, **kwargs):
-        return self._self_parse(args, kwargs)
 
     def close(self) -> None:
         try:
@@ -294,6 +289,8 @@ class StreamedResponseProxy(_UnparsedResponseProxy):
 
 
 class AsyncStreamedResponseProxy(_UnparsedResponseProxy):
+    """``with_streaming_response`` on an async client: ``parse()`` and ``close()`` are coroutines."""
+
     async def parse(self, *args, **kwargs):
         try:
             parsed = await self.__wrapped__.parse(*args, **kwargs)
@@ -321,8 +318,6 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
     def traced(wrapped, instance, args, kwargs):
         if not is_instrumentation_enabled() or not recorder.active:
             return wrapped(*args, **kwargs)
-        if streams._abandoned:
-            streams.end_abandoned()
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return wrapped(*args, **kwargs)
@@ -347,8 +342,6 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
     async def traced(wrapped, instance, args, kwargs):
         if not is_instrumentation_enabled() or not recorder.active:
             return await wrapped(*args, **kwargs)
-        if streams._abandoned:
-            streams.end_abandoned()
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)

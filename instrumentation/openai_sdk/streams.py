@@ -31,7 +31,7 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     responses_usage,
     text,
 )
-from spendwatch.instrumentation.semconv_metrics import run_with_each_flush
+from spendwatch.instrumentation.semconv_metrics import run_with_each_flush, start_background_thread
 
 __all__ = ["SyncStreamProxy", "AsyncStreamProxy", "end_abandoned", "end_helper_stream", "new_stream_state", "queue_end"]
 
@@ -44,6 +44,7 @@ class ChatStreamState:
     """Chat and legacy completion chunks: usage arrives in a last chunk only with ``include_usage``."""
 
     __slots__ = ("kwargs", "usage", "first", "named", "last", "chunks")
+    failure = None  # a chat stream's in-band error is raised by the SDK, never reported in a chunk
 
     def __init__(self, kwargs: dict) -> None:
         self.kwargs = kwargs
@@ -144,6 +145,7 @@ def new_stream_state(kind: str, kwargs: dict) -> ChatStreamState | ResponsesStre
 class _StreamProxyBase(ObjectProxy):
     def __init__(self, stream: Any, call: Call, state: ChatStreamState | ResponsesStreamState) -> None:
         super().__init__(stream)
+        start_background_thread()  # ends the call within a second should the caller drop this half-read
         self._self_call = call
         self._self_state = state
 
@@ -171,9 +173,8 @@ class _StreamProxyBase(ObjectProxy):
 def _end_call(call: Call, state: ChatStreamState | ResponsesStreamState, error: BaseException | None) -> None:
     try:
         usage = state.to_usage()
-        failure = getattr(state, "failure", None)
-        if error is None and failure is not None:
-            error = ReportedError(failure)
+        if error is None and state.failure is not None:
+            error = ReportedError(state.failure)
         if error is None:
             call.succeed(usage)
         else:
@@ -185,7 +186,7 @@ def _end_call(call: Call, state: ChatStreamState | ResponsesStreamState, error: 
 # Calls whose stream was garbage-collected unfinished. A finaliser runs inside the garbage collector, at whatever
 # allocation triggered it, possibly while this very thread holds a lock that ending a call takes (the budget guard's,
 # the journal's, a span processor's): ending the call there could deadlock, so the finaliser only queues it (an
-# atomic append) and the next instrumented call, or the exporter's shutdown, ends it.
+# atomic append) and the background thread ends it within a second (or the exporter's shutdown, sooner).
 _abandoned: deque[Callable[[], None]] = deque()
 
 
@@ -206,7 +207,7 @@ def end_abandoned() -> None:
             _logger.debug("spendwatch: could not end an abandoned call", exc_info=True)
 
 
-run_with_each_flush(end_abandoned)  # so an abandoned call ends within a second even if no other call comes
+run_with_each_flush(end_abandoned)
 
 
 def end_helper_stream(helper: Any) -> None:
