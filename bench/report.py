@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from bench import spread
 from bench.transport import STREAM_CHUNKS
-from bench.variants import BARE, CONTROL, FLOOR, PEERS, SPENDWATCH, VARIANTS
+from bench.variants import BARE, CONTROL, FLOOR, PEERS, SPENDWATCH, VARIANTS, WORK_FLOOR
 
 __all__ = ["Run", "markdown"]
 
@@ -136,6 +136,7 @@ def markdown(run: Run) -> str:
     instrumented = [v for v in VARIANTS if v != BARE and v in run.median_ns]
     peers = [v for v in PEERS if v in run.median_ns]
     ours = [v for v in SPENDWATCH if v in run.median_ns]
+    references = [v for v in (FLOOR, WORK_FLOOR) if v in run.median_ns]  # what any instrumentation must spend
     meta = run.meta
     lines = [
         "# spendwatch: per-call overhead over the bare OpenAI SDK",
@@ -147,7 +148,7 @@ def markdown(run: Run) -> str:
         f"{CONTROL} is a second uninstrumented process: its column is the noise floor between processes. "
         f"The stream has {STREAM_CHUNKS} chunks (stream_options.include_usage) and is consumed fully.",
         "",
-        *_overhead_table(run, instrumented, peers, ours),
+        *_overhead_table(run, instrumented, peers, ours + references),
     ]
     if peers and ours:
         lines += ["", "Ratio of overheads (median deltas):", "", *_ratio_table(run, peers, ours)]
@@ -182,6 +183,10 @@ def markdown(run: Run) -> str:
         "and completions on spans, so openllmetry-nocontent sets TRACELOOP_TRACE_CONTENT=false, as the others "
         "default. OpenLIT is not measured: it requires openai<3 and fetches prices from the internet at start-up. "
         f"{FLOOR} is a reference, not a peer: one CLIENT span made current around each call with the attributes "
-        "DESIGN.md requires and nothing else (bench/span_floor.py), the OpenTelemetry SDK's share of any overhead.",
+        "DESIGN.md requires and nothing else (bench/span_floor.py), the OpenTelemetry SDK's share of any overhead. "
+        f"{WORK_FLOOR} is a reference too: {FLOOR} plus the least per-call work spendwatch's job needs (the "
+        "suppression check, the category, the usage read, the price looked up and multiplied out, the cost "
+        "attributes, the metrics' values queued) and nothing else (bench/work_floor.py): no instrumentation doing "
+        "spendwatch's job can cost less.",
     ]
     return "\n".join(lines) + "\n"

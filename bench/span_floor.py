@@ -10,9 +10,9 @@ from __future__ import annotations
 from opentelemetry import context, trace
 from wrapt import wrap_function_wrapper
 
-__all__ = ["instrument"]
+__all__ = ["METHODS", "instrument"]
 
-_METHODS = (
+METHODS = (
     ("openai.resources.chat.completions", "Completions.create"),
     ("openai.resources.chat.completions", "AsyncCompletions.create"),
     ("openai.resources.responses", "Responses.create"),
@@ -63,5 +63,5 @@ def instrument() -> None:
         finally:
             end(span, token)
 
-    for module, method in _METHODS:
+    for module, method in METHODS:
         wrap_function_wrapper(module, method, async_call if method.startswith("Async") else sync_call)

@@ -29,6 +29,7 @@ __all__ = [
     "CONTROL",
     "DEFERRED",
     "FLOOR",
+    "WORK_FLOOR",
     "PEERS",
     "SPENDWATCH",
     "VARIANTS",
@@ -99,6 +100,13 @@ def _span_floor() -> str:
     return _version("opentelemetry-sdk")
 
 
+def _work_floor() -> str:
+    from bench import work_floor
+
+    work_floor.instrument()
+    return _version("spendwatch")
+
+
 def _version(distribution: str) -> str:
     try:
         return version(distribution)
@@ -111,6 +119,7 @@ CONTROL = "bare-again"  # an A/A control: a second bare process, so the table sh
 SPENDWATCH = ("spendwatch", "spendwatch+ledger")
 PEERS = ("openai-v2", "openllmetry", "openllmetry-nocontent")
 FLOOR = "span-floor"  # a reference, not a peer: the OpenTelemetry SDK's own span work (bench/span_floor.py)
+WORK_FLOOR = "work-floor"  # a reference too: span-floor plus the least work our job needs (bench/work_floor.py)
 _OPENLLMETRY = _instrument("opentelemetry.instrumentation.openai", "opentelemetry-instrumentation-openai")
 VARIANTS: dict[str, Callable[[], str]] = {
     BARE: lambda: _version("openai"),
@@ -123,6 +132,7 @@ VARIANTS: dict[str, Callable[[], str]] = {
     "spendwatch": _instrument("spendwatch.instrumentation.openai_sdk", "spendwatch"),
     "spendwatch+ledger": _spendwatch_with_ledger,  # plus the durable ledger behind it, as configure() attaches
     FLOOR: _span_floor,
+    WORK_FLOOR: _work_floor,
 }
 
 
