@@ -213,6 +213,24 @@ def test_a_cached_price_is_replaced_when_a_dated_price_starts(model, options, be
     assert price_after.cost(1000, 100) == pytest.approx(reference_cost(model, **_ref(options), when=after))
 
 
+@pytest.mark.parametrize(
+    ("response_model", "request_model"),
+    [("o3", "my-o3-alias"), (None, "o3"), ("o3-snapshot-not-in-the-data", "o3")],
+    ids=["priced by the response model", "no response model", "unpriced response model"],
+)
+def test_a_cached_call_price_is_replaced_when_a_dated_price_starts(response_model, request_model):
+    # lookup_call caches per pair of names: the pair's answer must expire with the dated price it came from.
+    before, after = datetime(2025, 6, 9, 23, 59, tzinfo=UTC), datetime(2025, 6, 10, tzinfo=UTC)
+    clock = MovableClock(before)
+    table = PriceTable(clock=clock)
+    price_before = table.lookup_call(response_model, request_model, "openai")
+    clock.now = after
+    price_after = table.lookup_call(response_model, request_model, "openai")
+
+    assert price_before.cost(1000, 100) == pytest.approx(reference_cost("o3", **_ref({}), when=before))
+    assert price_after.cost(1000, 100) == pytest.approx(reference_cost("o3", **_ref({}), when=after))
+
+
 def _ref(options: dict) -> dict:
     return {
         "provider": options.get("provider", "openai"),
