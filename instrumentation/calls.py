@@ -43,7 +43,6 @@ CATEGORY_BAGGAGE_KEY = "spendwatch.category"
 CALL_ATTRIBUTES_KEY = context.create_key("spendwatch.call_attributes")
 NOT_BILLED = "not billed"
 _MAX_CATEGORY_LENGTH = 100
-_MAX_CACHED_SPAN_STARTS = 1024
 # What no text store or exporter takes: a lone surrogate cannot be encoded as UTF-8 (SQLite, PostgreSQL, OTLP all
 # refuse it) and PostgreSQL's text type refuses NUL. One such model name would make every ledger write of its batch
 # fail, and an OTLP export drop the whole batch of spans, so they are replaced before they leave the call.
@@ -100,43 +99,30 @@ class CallRecorder:
         self.prices = prices
         self.metrics = SemconvMetrics(meter)
         self.active = True  # False once its instrumentor is uninstrumented
-        self._span_starts: dict[tuple[str, str, str], tuple[str, dict, str]] = {}
 
     def start(self, operation: str, provider: str, request_model: str, attributes: dict | None = None) -> Call:
         """Open the CLIENT span ``"{operation} {model}"``; ``activate()`` makes it current for the wrapped call."""
-        known = self._span_starts.get((operation, provider, request_model))
-        if known is None:
-            known = self._remember_span_start(operation, provider, request_model)
-        name, span_attributes, request_model = known
-        current = context.get_current()
-        category = current_category(current)
-        context_attributes = current.get(CALL_ATTRIBUTES_KEY)
-        if category is not None or attributes or context_attributes:
-            span_attributes = dict(span_attributes)
-            if category is not None:
-                span_attributes["spendwatch.category"] = category
-            if attributes:
-                span_attributes.update(attributes)
-            if context_attributes:
-                context_attributes = {key: _storable_value(value) for key, value in context_attributes.items()}
-                span_attributes.update(context_attributes)
-        span = self.tracer.start_span(name, context=current, kind=SpanKind.CLIENT, attributes=span_attributes)
-        return Call(self, span, operation, provider, request_model, category, context_attributes, current)
-
-    def _remember_span_start(self, operation: str, provider: str, request_model: str) -> tuple[str, dict, str]:
-        """The span's name and first attributes, and the model name made storable: the same for every call of a
-        model, so made once per model (the SDK copies the attributes it is given)."""
-        if len(self._span_starts) >= _MAX_CACHED_SPAN_STARTS:  # model names come from callers: keep it bounded
-            self._span_starts.clear()
-        model = storable(request_model)
-        attributes = {
+        request_model = storable(request_model)
+        span_attributes = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": provider,
             "gen_ai.system": provider,
-            "gen_ai.request.model": model,
+            "gen_ai.request.model": request_model,
         }
-        known = self._span_starts[(operation, provider, request_model)] = (f"{operation} {model}", attributes, model)
-        return known
+        current = context.get_current()
+        category = current_category(current)
+        if category is not None:
+            span_attributes["spendwatch.category"] = category
+        if attributes:
+            span_attributes.update(attributes)
+        context_attributes = current.get(CALL_ATTRIBUTES_KEY)
+        if context_attributes:
+            context_attributes = {key: _storable_value(value) for key, value in context_attributes.items()}
+            span_attributes.update(context_attributes)
+        span = self.tracer.start_span(
+            f"{operation} {request_model}", context=current, kind=SpanKind.CLIENT, attributes=span_attributes
+        )
+        return Call(self, span, operation, provider, request_model, category, context_attributes, current)
 
 
 class Call:
@@ -229,12 +215,13 @@ class Call:
         if self.ticket is not None:
             _settle(self.ticket, record)
         span = self.span
-        if extra_attributes:
-            attributes.update(extra_attributes)
-        span.set_attributes(attributes)  # a span sampled out ignores them
-        if error is not None:
-            # The type only: provider error messages can quote a (masked) API key or the prompt.
-            span.set_status(Status(StatusCode.ERROR, record.error_type))
+        if span.is_recording():
+            if extra_attributes:
+                attributes.update(extra_attributes)
+            span.set_attributes(attributes)
+            if error is not None:
+                # The type only: provider error messages can quote a (masked) API key or the prompt.
+                span.set_status(Status(StatusCode.ERROR, record.error_type))
         span_context = span.get_span_context()
         record.trace_id = span_context.trace_id
         record.span_id = span_context.span_id

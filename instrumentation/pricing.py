@@ -129,13 +129,16 @@ class PriceTable:
         # The cache check runs on every call: a float clock keeps it to a compare.
         self._now_seconds: Callable[[], float] = time.time if clock is None else (lambda: clock().timestamp())
         self._cache: dict[tuple[str, str, str | None, bool], _Resolution] = {}
-        self._call_cache: dict[tuple[str | None, str, str, str | None, bool], _Resolution] = {}
 
     def lookup(
         self, model: str, *, provider: str = "openai", service_tier: str | None = None, batch: bool = False
     ) -> Price | None:
         """The price in force now, or None when the model is unpriced (its calls are counted, not free)."""
-        return self._current(self._cache, (model, provider, service_tier, batch), self._resolve_model).price
+        key = (model, provider, service_tier, batch)
+        resolution = self._cache.get(key)
+        if resolution is None or (resolution.valid_until != _NEVER and self._now_seconds() >= resolution.valid_until):
+            resolution = self._resolve_and_cache(key)
+        return resolution.price
 
     def lookup_call(
         self,
@@ -148,46 +151,23 @@ class PriceTable:
         """The price of a call known by two names. The response model names what was billed (a dated snapshot, an
         Azure deployment's model); the request model is what the user chose (an alias, a deployment name). An
         override for either name wins over the bundled data, the response model's first; then the bundled price of
-        the response model, then of the request model. It runs on every instrumented call, so the answer is cached
-        per pair of names as lookups are per name (and the hot path passes its arguments by position: keywords cost
-        more)."""
-        key = (response_model, request_model, provider, service_tier, batch)
-        resolution = self._call_cache.get(key)  # _current's fast path, inlined: one Python call less on every call
-        if resolution is None or (resolution.valid_until != _NEVER and self._now_seconds() >= resolution.valid_until):
-            resolution = self._current(self._call_cache, key, self._resolve_call)
-        return resolution.price
-
-    def _current(self, cache: dict, key: tuple, resolve: Callable[..., _Resolution]) -> _Resolution:
-        """``cache[key]``, resolved again by ``resolve(*key)`` when missing or past its ``valid_until``."""
-        resolution = cache.get(key)
-        if resolution is None or (resolution.valid_until != _NEVER and self._now_seconds() >= resolution.valid_until):
-            resolution = resolve(*key)
-            if len(cache) >= _MAX_CACHED_LOOKUPS:
-                cache.clear()
-            cache[key] = resolution
-        return resolution
-
-    def _resolve_call(
-        self, response_model: str | None, request_model: str, provider: str, service_tier: str | None, batch: bool
-    ) -> _Resolution:
-        override = self._find_override(response_model) or self._find_override(request_model)
-        if override is not None:
-            return _Resolution(override)
-        key_rest = (provider, service_tier, batch)
-        by_response = _Resolution(None)
+        the response model, then of the request model. It runs on every instrumented call: without overrides it is
+        the cached lookups alone, and the hot path passes its arguments by position (keywords cost ~10 ns more)."""
+        if self._overrides:
+            override = self._find_override(response_model) or self._find_override(request_model)
+            if override is not None:
+                return override
         if response_model:
-            by_response = self._current(self._cache, (response_model, *key_rest), self._resolve_model)
-            if by_response.price is not None:
-                return by_response
-        by_request = self._current(self._cache, (request_model, *key_rest), self._resolve_model)
-        # Valid until either name's price may change: an unpriced response model may get a price on a later date.
-        return _Resolution(by_request.price, min(by_response.valid_until, by_request.valid_until))
+            price = self.lookup(response_model, provider=provider, service_tier=service_tier, batch=batch)
+            if price is not None:
+                return price
+        return self.lookup(request_model, provider=provider, service_tier=service_tier, batch=batch)
 
     def describe(
         self, model: str, *, provider: str = "openai", service_tier: str | None = None, batch: bool = False
     ) -> str:
         """Human-readable price in force for ``model``: USD per million tokens, tiers, source and matched model."""
-        resolution = self._current(self._cache, (model, provider, service_tier, batch), self._resolve_model)
+        resolution = self._resolve_and_cache((model, provider, service_tier, batch))
         return _describe(model, provider, resolution, self.data_version)
 
     @property
@@ -204,7 +184,14 @@ class PriceTable:
         """
         return _bundled_data_mtime()
 
-    def _resolve_model(self, model: str, provider: str, service_tier: str | None, batch: bool) -> _Resolution:
+    def _resolve_and_cache(self, key: tuple[str, str, str | None, bool]) -> _Resolution:
+        resolution = self._resolve(*key)
+        if len(self._cache) >= _MAX_CACHED_LOOKUPS:
+            self._cache.clear()
+        self._cache[key] = resolution
+        return resolution
+
+    def _resolve(self, model: str, provider: str, service_tier: str | None, batch: bool) -> _Resolution:
         if not model or not isinstance(model, str):
             return _Resolution(None, note="no model name")
         override = self._find_override(model)

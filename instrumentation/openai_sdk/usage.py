@@ -146,17 +146,16 @@ def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tu
     output_tokens = getattr(raw, output_name, None)
     input_missing = type(input_tokens) is not int or input_tokens < 0
     output_missing = type(output_tokens) is not int or output_tokens < 0
-    if input_missing:
-        input_tokens = usage.input_tokens
-    if output_missing:
-        output_tokens = usage.output_tokens
-    cached = count(getattr(getattr(raw, input_details, None), "cached_tokens", None)) or 0
-    reasoning = count(getattr(getattr(raw, output_details, None), "reasoning_tokens", None)) or 0
-    if input_tokens < cached or output_tokens < reasoning:
+    if not input_missing:
+        usage.input_tokens = input_tokens
+    if not output_missing:
+        usage.output_tokens = output_tokens
+    usage.cache_read_tokens = count(getattr(getattr(raw, input_details, None), "cached_tokens", None)) or 0
+    usage.reasoning_tokens = count(getattr(getattr(raw, output_details, None), "reasoning_tokens", None)) or 0
+    if usage.input_tokens < usage.cache_read_tokens or usage.output_tokens < usage.reasoning_tokens:
         usage.estimated = True
-        input_tokens, output_tokens = max(input_tokens, cached), max(output_tokens, reasoning)
-    usage.input_tokens, usage.output_tokens = input_tokens, output_tokens
-    usage.cache_read_tokens, usage.reasoning_tokens = cached, reasoning
+        usage.input_tokens = max(usage.input_tokens, usage.cache_read_tokens)
+        usage.output_tokens = max(usage.output_tokens, usage.reasoning_tokens)
     return input_missing, output_missing
 
 
@@ -177,10 +176,8 @@ def estimate_missing(
 
 def response_identity(result: Any) -> Usage:
     """A usage naming the response: its model (what is priced) and service tier (which price)."""
-    usage = Usage()  # then assigned: keyword arguments to the dataclass cost twice as much, on every call
-    usage.response_model = text(getattr(result, "model", None))
-    usage.service_tier = text(getattr(result, "service_tier", None))
-    return usage
+    model = text(getattr(result, "model", None))
+    return Usage(response_model=model, service_tier=text(getattr(result, "service_tier", None)))
 
 
 def _read_usage(result: Any, kwargs: dict, fields: tuple[str, str, str, str], output_length) -> Usage:
@@ -204,8 +201,7 @@ def _chat_usage(result: Any, kwargs: dict) -> Usage:
 
 
 def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
-    usage = Usage()
-    usage.response_model = text(getattr(result, "model", None))
+    usage = Usage(response_model=text(getattr(result, "model", None)))
     prompt_tokens = count(getattr(getattr(result, "usage", None), "prompt_tokens", None))
     if prompt_tokens is None:
         usage.estimated = True
