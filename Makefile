@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean dashboards
+.PHONY: demo test lint bench bench-against clean dashboards
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ bench: $(BENCH_STAMP)
 	$(BENCH_BIN)/python -m bench.ledger $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.scrape $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.guard $(BENCH_ARGS)
+
+# The working tree against spendwatch at a git revision, in one run (bench/baseline.py): make bench-against REV=main
+REV ?= HEAD
+bench-against: $(BENCH_STAMP)
+	$(BENCH_BIN)/python -m bench --against $(REV) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,14 +1,18 @@
-"""``python -m bench [--quick] [--rounds R] [--calls N] [--variants a,b]``: run the overhead benchmark, print the table.
+"""``python -m bench [--quick] [--rounds R] [--calls N] [--variants a,b] [--against REV]``: run the overhead benchmark,
+print the table.
 
 Each round starts one fresh worker process per variant and, kind by kind, sends every worker, in a fresh random order
 and one at a time (the machine has two cores), a batch of N timed calls of that kind. The markdown report goes to
 stdout and to ``bench/results/latest.md`` (``--out``), the raw per-round medians beside it as ``latest.json``.
+``--against REV`` adds spendwatch as committed at git revision REV as one more variant (see ``bench.baseline``); its
+report goes to ``bench/results/against.md`` unless ``--out`` says otherwise.
 Defaults can also be set with ``BENCH_ROUNDS``, ``BENCH_CALLS``, ``BENCH_WARMUP`` and ``BENCH_MEM_CALLS``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,7 +24,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import RESULTS, fill_defaults, report, variants
+from bench import RESULTS, baseline, fill_defaults, report, variants
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,11 +33,14 @@ _QUICK = {"rounds": 7, "calls": 60, "warmup": 10, "mem_calls": 30}
 
 
 class _Worker:
-    def __init__(self, name: str) -> None:
-        self.name = name
+    """A worker process: ``name`` in the report, running ``variant`` from ``cwd`` (where ``--against`` puts an older
+    spendwatch)."""
+
+    def __init__(self, name: str, variant: str | None = None, cwd: Path = _ROOT) -> None:
+        self.name, self.variant, self.cwd = name, variant or name, cwd
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.worker", name],
-            cwd=_ROOT,
+            [sys.executable, "-m", "bench.worker", self.variant],
+            cwd=cwd,
             env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts in every worker
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -67,12 +74,14 @@ def _settings(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mem-calls", type=int, help="calls per kind under tracemalloc, 0 to skip (default 100)")
     parser.add_argument("--variants", default=",".join(variants.VARIANTS), help="comma-separated; bare is implied")
     parser.add_argument("--seed", type=int, help="seed of the per-round variant order")
-    parser.add_argument("--out", type=Path, default=RESULTS / "latest.md", help="where the markdown report goes")
+    parser.add_argument("--against", metavar="REV", help="also time spendwatch as committed at git revision REV")
+    parser.add_argument("--out", type=Path, help="where the markdown report goes (default bench/results/latest.md)")
     return fill_defaults(parser.parse_args(argv), _FULL, _QUICK)
 
 
-def _start(names: list[str]) -> tuple[list[_Worker], dict[str, dict], dict[str, str], list[str]]:
-    workers = [_Worker(name) for name in names]  # they import and instrument in parallel
+def _start(specs: list[tuple]) -> tuple[list[_Worker], dict[str, dict], dict[str, str], list[str]]:
+    """Start a worker per ``(name[, variant, cwd])``."""
+    workers = [_Worker(*spec) for spec in specs]  # they import and instrument in parallel
     ready, versions, unavailable, kinds = [], {}, {}, []
     for worker in workers:
         hello = worker.receive()
@@ -95,7 +104,7 @@ def _measure(args: argparse.Namespace, workers: list[_Worker], run: report.Run) 
         print(f"round {round_number}/{args.rounds}", end="\r", file=sys.stderr, flush=True)
         if round_number > 1:
             _close(workers)
-            workers = _start([worker.name for worker in workers])[0]
+            workers = _start([(worker.name, worker.variant, worker.cwd) for worker in workers])[0]
         # Kind by kind, every worker in a fresh random order: the batches compared are seconds apart, not tens.
         for kind in run.kinds:
             for worker in order.sample(workers, len(workers)):
@@ -134,8 +143,22 @@ def main(argv: list[str]) -> None:
     unknown = [n for n in names if n not in variants.VARIANTS]
     if unknown:
         sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants.VARIANTS)}")
+    with contextlib.ExitStack() as cleanup:
+        specs = [(name,) for name in names]
+        if args.against:
+            specs.append(
+                (
+                    baseline.variant_name(args.against),
+                    "spendwatch",
+                    cleanup.enter_context(baseline.checkout(args.against)),
+                )
+            )
+        _run(args, argv, specs)
+
+
+def _run(args: argparse.Namespace, argv: list[str], specs: list[tuple]) -> None:
     started = time.monotonic()
-    workers, versions, unavailable, kinds = _start(names)
+    workers, versions, unavailable, kinds = _start(specs)
     if variants.BARE not in versions:
         sys.exit(f"the bare SDK does not run: {unavailable[variants.BARE]}")
     meta = {
@@ -144,17 +167,19 @@ def main(argv: list[str]) -> None:
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "config": f"{args.rounds} rounds × {args.calls} calls per kind after {args.warmup} warm-up calls",
     }
-    run = report.Run(meta=meta, versions=versions, unavailable=unavailable, kinds=kinds)
+    against = baseline.variant_name(args.against) if args.against else None
+    run = report.Run(meta=meta, versions=versions, unavailable=unavailable, kinds=kinds, baseline=against)
     try:
         workers = _measure(args, workers, run)
     finally:
         _close(workers)
     text = report.markdown(run)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(run), indent=1) + "\n")
+    out = args.out or RESULTS / ("against.md" if args.against else "latest.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(run), indent=1) + "\n")
     print(text)
-    print(f"({time.monotonic() - started:.0f} s; written to {args.out})", file=sys.stderr)
+    print(f"({time.monotonic() - started:.0f} s; written to {out})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ class Run:
     spans_per_call: dict[str, dict[str, float]] = field(default_factory=dict)
     memory: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     deferred_ns: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    baseline: str | None = None  # spendwatch at an earlier revision (--against), a variant of this run
 
 
 def _instruments(run: Run, variant: str, kind: str) -> bool:
@@ -132,10 +133,25 @@ def _memory_table(run: Run, instrumented: list[str]) -> list[str]:
     return lines
 
 
+def _against_table(run: Run, ours: str) -> list[str]:
+    """``ours`` against the baseline revision: the median and IQR of their per-round paired difference."""
+    header = ["kind", f"{ours} − {run.baseline} µs", f"{ours} ÷ {run.baseline}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, kind, scale in _rows(run):
+        pairs = zip(run.median_ns[ours][kind], run.median_ns[run.baseline][kind], strict=True)
+        difference = spread([(new - old) / 1000 / scale for new, old in pairs])
+        ratio = _ratio(_overheads(run, ours, kind, scale), _overheads(run, run.baseline, kind, scale))
+        lines.append(f"| {label} | {_cell(difference)} | {ratio} |")
+    return lines
+
+
 def markdown(run: Run) -> str:
     instrumented = [v for v in VARIANTS if v != BARE and v in run.median_ns]
     peers = [v for v in PEERS if v in run.median_ns]
     ours = [v for v in SPENDWATCH if v in run.median_ns]
+    if run.baseline in run.median_ns:
+        instrumented.append(run.baseline)
+        ours.append(run.baseline)
     references = [v for v in (FLOOR, WORK_FLOOR) if v in run.median_ns]  # what any instrumentation must spend
     meta = run.meta
     lines = [
@@ -150,6 +166,15 @@ def markdown(run: Run) -> str:
         "",
         *_overhead_table(run, instrumented, peers, ours + references),
     ]
+    if run.baseline in run.median_ns and SPENDWATCH[0] in run.median_ns:
+        lines += [
+            "",
+            f"Against the baseline revision (`--against`): the median over rounds of the paired per-round difference "
+            f"of median calls, {SPENDWATCH[0]} − {run.baseline} (negative: the working tree is faster), and the ratio "
+            "of their overheads.",
+            "",
+            *_against_table(run, SPENDWATCH[0]),
+        ]
     if peers and ours:
         lines += ["", "Ratio of overheads (median deltas):", "", *_ratio_table(run, peers, ours)]
     if run.deferred_ns and peers:
