@@ -81,6 +81,49 @@ def test_an_azure_stream_opening_with_a_filter_chunk_is_priced_by_the_model_the_
     assert sink.records[0].cost_usd > 0
 
 
+ANSWER = json.dumps(
+    {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}],
+        "usage": USAGE,
+    }
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("base_url", "provider"),
+    [
+        ("https://my-resource.openai.azure.com/openai/v1/", "azure.ai.openai"),
+        ("https://My-Resource.cognitiveservices.azure.com/openai/v1/", "azure.ai.openai"),
+        ("https://api.openai.com/v1/", "openai"),
+        ("https://openai.azure.com.example.org/v1/", "openai"),
+    ],
+)
+def test_a_plain_client_on_azure_openai_v1_reports_azure(base_url, provider, span_exporter, sink):
+    # Microsoft's v1 API is reached with the plain OpenAI client: its host, not its class, says Azure.
+    client = openai.OpenAI(api_key="k", base_url=base_url, http_client=serving(ANSWER, "application/json"))
+
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    (span,) = span_exporter.get_finished_spans()
+    assert span.attributes["gen_ai.provider.name"] == sink.records[0].provider == provider
+    assert sink.records[0].cost_usd > 0
+
+
+def test_a_client_whose_base_url_is_set_again_reports_the_new_provider(span_exporter, sink):
+    client = openai.OpenAI(
+        api_key="k", base_url="https://api.openai.com/v1/", http_client=serving(ANSWER, "application/json")
+    )
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    client.base_url = "https://my-resource.openai.azure.com/openai/v1/"
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert [record.provider for record in sink.records] == ["openai", "azure.ai.openai"]
+
+
 RESPONSE = {
     "id": "resp_1",
     "object": "response",
