@@ -145,14 +145,9 @@ def main(argv: list[str]) -> None:
         sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants.VARIANTS)}")
     with contextlib.ExitStack() as cleanup:
         specs = [(name,) for name in names]
-        if args.against:
-            specs.append(
-                (
-                    baseline.variant_name(args.against),
-                    "spendwatch",
-                    cleanup.enter_context(baseline.checkout(args.against)),
-                )
-            )
+        if args.against:  # the revision's spendwatch, started from its own checkout, as one more variant
+            revision_dir = cleanup.enter_context(baseline.checkout(args.against))
+            specs.append((baseline.variant_name(args.against), "spendwatch", revision_dir))
         _run(args, argv, specs)
 
 
