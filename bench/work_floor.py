@@ -38,13 +38,14 @@ _queued: deque = deque(maxlen=8192)  # the metrics' values, as spendwatch queues
 def instrument() -> None:
     tracer = trace.get_tracer("bench.work_floor")
     prices = price_table_from_env()
-    span_starts: dict[str, tuple[str, dict]] = {}
+    span_starts: dict[tuple[str, str], tuple[str, dict]] = {}
 
     def start(operation: str, kwargs: dict):
         current = context.get_current()
         category = baggage.get_baggage("spendwatch.category", current)
         model = kwargs.get("model")
-        name, attributes = span_starts.get(model) or span_starts.setdefault(model, _span_start(operation, model))
+        key = (operation, model)
+        name, attributes = span_starts.get(key) or span_starts.setdefault(key, _span_start(operation, model))
         if category is not None:
             attributes = {**attributes, "spendwatch.category": category}
         span = tracer.start_span(name, context=current, kind=trace.SpanKind.CLIENT, attributes=attributes)
