@@ -218,7 +218,7 @@ def load_overrides(path: str | os.PathLike, label: str | None = None) -> dict[st
     for name, entry in models.items():
         if name.lower() in overrides:
             raise _file_error(label, f"model {name!r} is listed twice (names are case-insensitive)")
-        overrides[name.lower()] = _override_price(name, entry, source, label)
+        overrides[name.lower()] = _override_price(name, entry, source, label, _is_json(path))
     return overrides
 
 
@@ -245,14 +245,18 @@ def _parse_overrides_file(path: str | os.PathLike, label: str) -> Any:
     except OSError as error:
         raise _file_error(label, f"cannot read the file ({error.strerror or error})") from None
     try:
-        if os.fspath(path).lower().endswith(".json"):
+        if _is_json(path):
             return json.loads(content)
         return tomllib.loads(content.decode("utf-8-sig"))  # -sig: editors on Windows may start with a BOM
     except (ValueError, UnicodeDecodeError) as error:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-        kind = "JSON" if os.fspath(path).lower().endswith(".json") else "TOML"
+        kind = "JSON" if _is_json(path) else "TOML"
         raise _file_error(label, f"not valid {kind} ({error})") from None
     except RecursionError:  # both parsers recurse per nesting level: a hostile file would escape as a traceback
         raise _file_error(label, "nested too deeply to be a prices file") from None
+
+
+def _is_json(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith(".json")
 
 
 def _models_table(raw: Any, label: str) -> Mapping[str, Any]:
@@ -266,15 +270,18 @@ def _models_table(raw: Any, label: str) -> Mapping[str, Any]:
     return raw["models"]
 
 
-def _override_price(name: str, entry: Any, source: str, label: str) -> Price:
-    where = f"[models.{json.dumps(name)}]"
+def _override_price(name: str, entry: Any, source: str, label: str, json_file: bool) -> Price:
+    where = f"model {json.dumps(name)}" if json_file else f"[models.{json.dumps(name)}]"
     if not name.strip():
         raise _file_error(label, "a model name is empty")
     if name != name.strip():  # it would never match a model name, silently
         raise _file_error(label, f"model name {name!r} starts or ends with spaces")
     if not isinstance(entry, dict):
         raise _file_error(label, f"{where} must be a table with input_per_mtok and output_per_mtok")
-    if any(isinstance(value, dict) for value in entry.values()):
+    nested = [key for key, value in entry.items() if isinstance(value, dict)]
+    if nested and json_file:
+        raise _file_error(label, f"{where} holds an object under {nested[0]!r}: a model's entry holds only prices")
+    if nested:  # in TOML, most likely an unquoted name with a dot: [models.gpt-4.1] is table "1" in table "gpt-4"
         meant = f"[models.{json.dumps(_dotted_name(name, entry))}]"
         raise _file_error(label, f"{where} holds a table: model names containing '.' must be quoted, e.g. {meant}")
     unknown = sorted(set(entry) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))

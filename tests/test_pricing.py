@@ -380,6 +380,9 @@ MALFORMED = [
     ("prices.toml", '[models."gpt-4o "]\ninput_per_mtok = 1\noutput_per_mtok = 1', "starts or ends with spaces"),
     ("prices.toml", "[models.gpt-4.1]\ninput_per_mtok = 1\noutput_per_mtok = 1", """e.g. [models."gpt-4.1"]"""),
     ("prices.toml", "[models.a.b.c]\ninput_per_mtok = 1\noutput_per_mtok = 1", """e.g. [models."a.b.c"]"""),
+    # JSON names are written whole: a nested object is a wrong entry, never an unquoted dot.
+    ("prices.json", '{"models": {"x": {"input_per_mtok": 1, "tiers": {}}}}', "object under 'tiers': a model's entry"),
+    ("prices.json", '{"models": {"x": {"output_per_mtok": 1}}}', """model "x" is missing the required key"""),
     ("prices.toml", f"[models.x]\ninput_per_mtok = 1{'0' * 400}\noutput_per_mtok = 1", "got an integer of 401 digits"),
     ("prices.json", f'{{"models": {{"x": {{"input_per_mtok": 1, "output_per_mtok": -1{"0" * 400}}}}}}}', "401 digits"),
 ]
