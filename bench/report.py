@@ -36,14 +36,15 @@ def _instruments(run: Run, variant: str, kind: str) -> bool:
     return variant == CONTROL or run.spans_per_call[variant][kind] > 0
 
 
-def _overheads(run: Run, variant: str, kind: str, scale: float = 1.0) -> tuple[float, float, float] | None:
-    """Median and IQR, in µs, of the per-round paired delta variant − bare; None if the variant made no span."""
+def _overheads(
+    run: Run, variant: str, kind: str, scale: float = 1.0, reference: str = BARE
+) -> tuple[float, float, float] | None:
+    """Median and IQR, in µs, of the per-round paired delta variant − reference (bare unless told); None if the
+    variant made no span."""
     if not _instruments(run, variant, kind):
         return None
-    deltas = [
-        (v - b) / 1000 / scale for v, b in zip(run.median_ns[variant][kind], run.median_ns[BARE][kind], strict=True)
-    ]
-    return spread(deltas)
+    paired = zip(run.median_ns[variant][kind], run.median_ns[reference][kind], strict=True)
+    return spread([(v - r) / 1000 / scale for v, r in paired])
 
 
 def _cell(stats: tuple[float, float, float] | None) -> str:
@@ -138,8 +139,7 @@ def _against_table(run: Run, ours: str) -> list[str]:
     header = ["kind", f"{ours} − {run.baseline} µs", f"{ours} ÷ {run.baseline}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, kind, scale in _rows(run):
-        pairs = zip(run.median_ns[ours][kind], run.median_ns[run.baseline][kind], strict=True)
-        difference = spread([(new - old) / 1000 / scale for new, old in pairs])
+        difference = _overheads(run, ours, kind, scale, reference=run.baseline)
         ratio = _ratio(_overheads(run, ours, kind, scale), _overheads(run, run.baseline, kind, scale))
         lines.append(f"| {label} | {_cell(difference)} | {ratio} |")
     return lines
