@@ -151,7 +151,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         metrics_tls_keyfile=_optional_text(*pick("metrics_tls_keyfile")),
         raw=from_file,
         config_path=config_path,
-        prices_file_label=_label(prices_file_name, prices_file),
+        prices_file_label=None if prices_file is None else _label(prices_file_name, prices_file),
         ledger_label=None if ledger_value is None else _label(ledger_name, shown_location(ledger)),
     )
 
@@ -187,11 +187,9 @@ def _relative_to_file(data: dict[str, Any], path: str) -> dict[str, Any]:
     return data
 
 
-def _label(name: str, value: str | None) -> str | None:
+def _label(name: str, value: Any) -> str:
     """How an error names a setting (``name`` as ``pick`` gives it) and its value: ``SPENDWATCH_PRICES_FILE='p.toml'``,
     or from the config file ``prices_file='/etc/p.toml' in SPENDWATCH_CONFIG='/etc/x.toml'``."""
-    if value is None:
-        return None
     setting, in_file, config = name.partition(" in ")
     return f"{setting}={value!r}{in_file}{config}"
 
@@ -200,7 +198,7 @@ def _ledger(value: Any, name: str, environ: Mapping[str, str]) -> str:
     if value is None:
         return default_ledger_path(environ)
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{name}={value!r} must be a SQLite file path or a postgresql:// URL")
+        raise ConfigError(f"{_label(name, value)} must be a SQLite file path or a postgresql:// URL")
     return value.strip()
 
 
@@ -212,7 +210,7 @@ def _address(value: Any, name: str) -> tuple[str, int] | None:
         return None
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{name}={value!r} must be host:port (such as 127.0.0.1:9464) or off")
+        raise ConfigError(f"{_label(name, value)} must be host:port (such as 127.0.0.1:9464) or off")
     return host.strip("[]"), int(port)
 
 
@@ -222,7 +220,8 @@ def _timezone(value: Any, name: str) -> ZoneInfo:
     try:
         return ZoneInfo(str(value))
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not a known IANA time zone (such as UTC or Europe/Berlin)") from None
+        problem = "is not a known IANA time zone (such as UTC or Europe/Berlin)"
+        raise ConfigError(f"{_label(name, value)} {problem}") from None
 
 
 def _number(value: Any, name: str) -> float:
@@ -231,7 +230,7 @@ def _number(value: Any, name: str) -> float:
     except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too big for a float
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number) or number < 0:
-        raise ConfigError(f"{name}={value!r} must be a non-negative number")
+        raise ConfigError(f"{_label(name, value)} must be a non-negative number")
     return number
 
 
@@ -240,17 +239,17 @@ def _thresholds(value: Any, name: str) -> tuple[float, float, float]:
         return (0.75, 0.9, 1.0)
     parts = value.split(",") if isinstance(value, str) else value
     if not isinstance(parts, list | tuple) or len(parts) != 3:
-        raise ConfigError(f"{name}={value!r} must be three ratios warning,critical,exceeded such as 0.75,0.9,1.0")
+        raise ConfigError(f"{_label(name, value)} must be three ratios warning,critical,exceeded such as 0.75,0.9,1.0")
     ratios = tuple(_number(part, name) for part in parts)
     if not 0 < ratios[0] <= ratios[1] <= ratios[2]:
-        raise ConfigError(f"{name}={value!r} must be positive ratios in rising order, such as 0.75,0.9,1.0")
+        raise ConfigError(f"{_label(name, value)} must be positive ratios in rising order, such as 0.75,0.9,1.0")
     return ratios
 
 
 def _enforce(value: Any, name: str) -> str:
     mode = "off" if value is None else str(value).strip().lower()
     if mode not in ENFORCE_MODES:
-        raise ConfigError(f"{name}={value!r} must be one of {', '.join(ENFORCE_MODES)}")
+        raise ConfigError(f"{_label(name, value)} must be one of {', '.join(ENFORCE_MODES)}")
     return mode
 
 
@@ -259,7 +258,7 @@ def _categories(value: Any, name: str) -> frozenset[str]:
         return frozenset()
     parts = value.split(",") if isinstance(value, str) else value
     if not isinstance(parts, list | tuple) or not all(isinstance(part, str) for part in parts):
-        raise ConfigError(f"{name}={value!r} must be a comma-separated list of category names")
+        raise ConfigError(f"{_label(name, value)} must be a comma-separated list of category names")
     return frozenset(part.strip() for part in parts if part.strip())
 
 
@@ -267,7 +266,7 @@ def _optional_text(value: Any, name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ConfigError(f"{name}={value!r} must be text")
+        raise ConfigError(f"{_label(name, value)} must be text")
     return value.strip() or None
 
 
@@ -276,7 +275,7 @@ def _basic_auth(value: Any, name: str) -> tuple[str, str] | None:
         return None
     user, colon, password = str(value).partition(":")
     if not colon or not user or not password:
-        raise ConfigError(f"{name}=<hidden> must be user:password")
+        raise ConfigError(f"{_label(name, '<hidden>')} must be user:password")
     return user, password
 
 

@@ -172,6 +172,25 @@ def test_a_bad_ledger_set_in_the_config_file_is_named_as_set_there(tmp_path):
     assert raised.value.message.startswith(expected)
 
 
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ('timezone = "Nope/Nowhere"', "timezone='Nope/Nowhere'"),
+        ('enforce = "maybe"', "enforce='maybe'"),
+        ("thresholds = [0.9, 0.5, 1.0]", "thresholds=[0.9, 0.5, 1.0]"),
+    ],
+)
+def test_every_bad_setting_in_the_config_file_is_named_as_set_there(tmp_path, line, named):
+    # One sentence reads "SETTING=VALUE in SPENDWATCH_CONFIG=PATH ...", whichever setting is wrong.
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(line + "\n")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"SPENDWATCH_CONFIG": str(config)})
+
+    assert raised.value.message.startswith(f"{named} in SPENDWATCH_CONFIG={str(config)!r} ")
+
+
 def test_a_ledger_url_in_the_config_file_keeps_its_password_out_of_the_error(tmp_path):
     config = tmp_path / "spendwatch.toml"
     config.write_text('ledger = "postgresql://spendwatch:s3cret@127.0.0.1:1/ledger"\n')
