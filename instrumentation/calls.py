@@ -248,13 +248,22 @@ def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, 
         tier = None
     elif tier:
         attributes["openai.response.service_tier"] = storable(tier)
-    record.input_tokens = attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
-    record.output_tokens = attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+    input_tokens, output_tokens, estimated = usage.input_tokens, usage.output_tokens, usage.estimated
+    if input_tokens < usage.cache_read_tokens or output_tokens < usage.reasoning_tokens:
+        # A whole below its own part (a proxy's inconsistent usage, a caller's set_tokens): raised to the part and
+        # flagged, so the call is never undercounted and never priced below zero.
+        input_tokens, output_tokens = (
+            max(input_tokens, usage.cache_read_tokens),
+            max(output_tokens, usage.reasoning_tokens),
+        )
+        estimated = True
+    record.input_tokens = attributes["gen_ai.usage.input_tokens"] = input_tokens
+    record.output_tokens = attributes["gen_ai.usage.output_tokens"] = output_tokens
     if usage.cache_read_tokens:
         record.cache_read_tokens = attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
     if usage.reasoning_tokens:
         record.reasoning_tokens = attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
-    record.estimated = attributes["spendwatch.cost.estimated"] = usage.estimated
+    record.estimated = attributes["spendwatch.cost.estimated"] = estimated
     record.calls, record.failed_calls = usage.calls, usage.failed_calls
     if usage.reported_cost_usd is not None:
         cost, source = usage.reported_cost_usd, REPORTED
@@ -263,7 +272,7 @@ def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, 
         if price is None:
             attributes["spendwatch.pricing"] = "unpriced"
             return
-        cost, source = price.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens), price.source
+        cost, source = price.cost(input_tokens, output_tokens, usage.cache_read_tokens), price.source
     record.cost_usd = cost
     record.pricing = source
     attributes["gen_ai.usage.cost"] = cost

@@ -43,6 +43,19 @@ def test_tracked_call_is_priced_from_its_tokens_and_lands_in_the_ledger(attached
     assert total["cost_usd"] == pytest.approx(expected)
 
 
+def test_cached_tokens_above_input_are_never_priced_below_zero(attached, span_exporter):
+    # The same rule as for a provider's inconsistent usage: the whole is raised to its part, and flagged.
+    attached()
+
+    with spendwatch.track("chat", model="gpt-4o-mini") as op:
+        op.set_tokens(input=10, output=5, cache_read=100)
+
+    (span,) = span_exporter.get_finished_spans()
+    assert span.attributes["gen_ai.usage.input_tokens"] == 100
+    assert span.attributes["spendwatch.cost.estimated"] is True
+    assert span.attributes["gen_ai.usage.cost"] == pytest.approx(PriceTable().lookup("gpt-4o-mini").cost(100, 5, 100))
+
+
 def test_calls_tracked_after_configure_are_priced_by_its_prices_file_even_if_track_ran_before(
     attached, span_exporter, tmp_path
 ):

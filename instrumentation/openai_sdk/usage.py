@@ -137,10 +137,8 @@ RESPONSES_USAGE_FIELDS = ("input_tokens", "output_tokens", "input_tokens_details
 
 def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tuple[bool, bool]:
     """Copy the counts of a provider ``usage`` object into ``usage``. Returns whether input and output are still to
-    be estimated (missing or malformed); the caller estimates them and flags the usage as estimated.
-
-    A count below its own part (cached above input, reasoning above output: a proxy's inconsistent usage) is raised
-    to the part and flagged as estimated: the call is never undercounted, and never priced below zero."""
+    be estimated (missing or malformed); the caller estimates them and flags the usage as estimated. A count below
+    its own part (cached above input) is left as reported: pricing raises it (``calls``), whatever the source."""
     input_name, output_name, input_details, output_details = fields
     input_tokens = getattr(raw, input_name, None)
     output_tokens = getattr(raw, output_name, None)
@@ -152,10 +150,6 @@ def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tu
         usage.output_tokens = output_tokens
     usage.cache_read_tokens = count(getattr(getattr(raw, input_details, None), "cached_tokens", None)) or 0
     usage.reasoning_tokens = count(getattr(getattr(raw, output_details, None), "reasoning_tokens", None)) or 0
-    if usage.input_tokens < usage.cache_read_tokens or usage.output_tokens < usage.reasoning_tokens:
-        usage.estimated = True
-        usage.input_tokens = max(usage.input_tokens, usage.cache_read_tokens)
-        usage.output_tokens = max(usage.output_tokens, usage.reasoning_tokens)
     return input_missing, output_missing
 
 
