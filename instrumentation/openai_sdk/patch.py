@@ -264,6 +264,8 @@ class _UnparsedResponseProxy(ObjectProxy):
                     call.succeed(usage_from_result(self._self_kind, parsed, self._self_kwargs))
             except Exception:  # noqa: BLE001
                 _logger.debug("spendwatch: could not read a parsed response", exc_info=True)
+                if self._self_stream is None:
+                    _succeed_unread(call, self._self_kwargs)  # counted from the request, as _finish does
         return self._self_stream if self._self_stream is not None else parsed
 
     def _self_fail(self, error: BaseException) -> None:
