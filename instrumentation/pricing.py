@@ -152,7 +152,7 @@ class PriceTable:
         Azure deployment's model); the request model is what the user chose (an alias, a deployment name). An
         override for either name wins over the bundled data, the response model's first; then the bundled price of
         the response model, then of the request model. It runs on every instrumented call: without overrides it is
-        the cached lookups alone, and the hot path passes its arguments by position (keywords cost ~10 ns more)."""
+        the cached lookups alone."""
         if self._overrides:
             override = self._find_override(response_model) or self._find_override(request_model)
             if override is not None:
@@ -211,14 +211,15 @@ def load_overrides(path: str | os.PathLike, label: str | None = None) -> dict[st
     sentence starts with ``label``: the setting that named the file and its value, ``SPENDWATCH_PRICES_FILE='...'``
     unless told otherwise (``prices_file='...' in SPENDWATCH_CONFIG='...'``)."""
     label = label or f"{PRICES_FILE_ENV}={os.fspath(path)!r}"
-    raw = _parse_overrides_file(path, label)
+    json_file = _is_json(path)
+    raw = _parse_overrides_file(path, label, json_file)
     source = f"file {os.path.abspath(path)}"
     models = _models_table(raw, label)
     overrides: dict[str, Price] = {}
     for name, entry in models.items():
         if name.lower() in overrides:
             raise _file_error(label, f"model {name!r} is listed twice (names are case-insensitive)")
-        overrides[name.lower()] = _override_price(name, entry, source, label, _is_json(path))
+        overrides[name.lower()] = _override_price(name, entry, source, label, json_file)
     return overrides
 
 
@@ -238,18 +239,18 @@ def _file_error(label: str, problem: str) -> ConfigError:
     return ConfigError(f"{label}: {problem}")
 
 
-def _parse_overrides_file(path: str | os.PathLike, label: str) -> Any:
+def _parse_overrides_file(path: str | os.PathLike, label: str, json_file: bool) -> Any:
     try:
         with open(path, "rb") as file:
             content = file.read()
     except OSError as error:
         raise _file_error(label, f"cannot read the file ({error.strerror or error})") from None
     try:
-        if _is_json(path):
+        if json_file:
             return json.loads(content)
         return tomllib.loads(content.decode("utf-8-sig"))  # -sig: editors on Windows may start with a BOM
     except (ValueError, UnicodeDecodeError) as error:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-        kind = "JSON" if _is_json(path) else "TOML"
+        kind = "JSON" if json_file else "TOML"
         raise _file_error(label, f"not valid {kind} ({error})") from None
     except RecursionError:  # both parsers recurse per nesting level: a hostile file would escape as a traceback
         raise _file_error(label, "nested too deeply to be a prices file") from None

@@ -219,7 +219,7 @@ def test_a_cached_price_is_replaced_when_a_dated_price_starts(model, options, be
     ids=["priced by the response model", "no response model", "unpriced response model"],
 )
 def test_a_cached_call_price_is_replaced_when_a_dated_price_starts(response_model, request_model):
-    # lookup_call caches per pair of names: the pair's answer must expire with the dated price it came from.
+    # Either name's dated price decides: any cache of call prices must expire with the price it came from.
     before, after = datetime(2025, 6, 9, 23, 59, tzinfo=UTC), datetime(2025, 6, 10, tzinfo=UTC)
     clock = MovableClock(before)
     table = PriceTable(clock=clock)
