@@ -13,8 +13,11 @@ anthropic, grpcio and a dozen web-framework instrumentations, and fetches its pr
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
@@ -80,7 +83,6 @@ def _with_env(setup: Callable[[], str], **env: str) -> Callable[[], str]:
 def _spendwatch_with_ledger() -> str:
     """spendwatch as a user runs it: every call also journaled into a real SQLite ledger (drained by its thread)."""
     installed = _instrument("spendwatch.instrumentation.openai_sdk", "spendwatch")()
-    import tempfile
     from zoneinfo import ZoneInfo
 
     from spendwatch.exporter import Ledger, LedgerSink
@@ -89,8 +91,17 @@ def _spendwatch_with_ledger() -> str:
 
     directory = tempfile.mkdtemp(prefix="spendwatch-bench-")
     ledger = Ledger(open_backend(f"{directory}/ledger.db"), ZoneInfo("UTC"))
-    register_sink(LedgerSink(ledger, f"{directory}/ledger.db.journal"))
+    sink = LedgerSink(ledger, f"{directory}/ledger.db.journal")
+    register_sink(sink)
+    # A full run starts a worker per round: each would leave megabytes of ledger behind in the temporary directory.
+    atexit.register(_remove_ledger, sink, directory)
     return installed
+
+
+def _remove_ledger(sink, directory: str) -> None:
+    sink.close()
+    sink.ledger.close()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _span_floor() -> str:
