@@ -37,6 +37,7 @@ import functools
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,9 +141,11 @@ class StubServer(LocalHTTPServer):
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
         response_models: Mapping[str, str] | None = None,
+        reply_delay_s: float = 0.0,
     ) -> None:
         super().__init__(host, port)
         self.cached_tokens = cached_tokens
+        self.reply_delay_s = reply_delay_s  # each answer waits this long first: for client timeouts, cancelled calls
         self.reasoning_tokens = reasoning_tokens
         self.response_models = dict(response_models or {})
         self._lock = threading.Lock()
@@ -212,6 +215,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None))
         else:
             call = _Call(stub, body, route["deployment"] or str(body.get("model", "")), route["endpoint"])
+            if stub.reply_delay_s:
+                time.sleep(stub.reply_delay_s)
             self._send(_misbehaviour(call.model) or _ENDPOINTS[call.endpoint](call))
 
     def do_GET(self) -> None:

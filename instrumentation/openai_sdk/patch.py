@@ -13,7 +13,7 @@ import json
 import logging
 from typing import Any
 
-from openai import AsyncStream, BaseModel, Stream
+from openai import APIConnectionError, APIStatusError, AsyncStream, BaseModel, Stream
 from openai._legacy_response import LegacyAPIResponse
 from openai._response import APIResponse, AsyncAPIResponse
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
@@ -117,6 +117,11 @@ def _remember_provider(client: Any, url: Any) -> str:
     return provider
 
 
+# The HTTP library's failures before a whole request left the process: nothing reached the provider to bill.
+_NOT_SENT = frozenset(
+    {"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol", "WriteError", "WriteTimeout"}
+)
+
 _REQUEST_ARGUMENTS = frozenset(argument for argument, _ in _REQUEST_ATTRIBUTES)
 
 
@@ -183,10 +188,27 @@ def _fail(call: Call, error: BaseException, kind: str, kwargs: dict) -> None:
 
 
 def _billed_usage(kind: str, error: BaseException, kwargs: dict) -> Usage | None:
-    """The usage of a call the provider answered, and billed, before the SDK raised: ``parse()``'s
-    ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` carry the completion."""
+    """What a failed call may have been billed for; None when nothing was.
+
+    - ``parse()``'s ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` carry the billed completion.
+    - Nothing was billed when the provider answered with an error status, the guard refused the call, or the
+      request never left the process (no connection could be made).
+    - Otherwise the request went out and no answer was read: a timeout, a cancelled task, a dropped connection, an
+      answer the SDK could not parse. The provider may well have billed it, so it is counted from the request's
+      input and flagged as estimated, never recorded as free.
+    """
     completion = getattr(error, "completion", None)
-    return None if completion is None else usage_from_result(kind, completion, kwargs)
+    if completion is not None:
+        return usage_from_result(kind, completion, kwargs)
+    if isinstance(error, APIStatusError | BudgetExceededError) or _never_sent(error):
+        return None
+    return Usage(input_tokens=estimate_tokens(request_text_length(kwargs)), estimated=True)
+
+
+def _never_sent(error: BaseException) -> bool:
+    # The SDK raises APIConnectionError (or its APITimeoutError) from the HTTP library's own error, whose class says
+    # whether the request got as far as a connection (httpx and httpx2 name them alike).
+    return isinstance(error, APIConnectionError) and type(error.__cause__).__name__ in _NOT_SENT
 
 
 def _output_content(result: Any) -> dict | None:

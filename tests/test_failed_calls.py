@@ -1,0 +1,100 @@
+"""What a failed call counts as. Nothing was billed when the provider answered with an error or the request never
+reached it: the call costs $0, "not billed". When the request went out and no answer was read (a client timeout,
+a cancelled task, an answer the SDK could not parse), the provider may well have billed it: the call is counted from
+the request's input, flagged as estimated, and never recorded as free."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import openai
+import pydantic
+import pytest
+
+from spendwatch.stub import StubServer
+from tests.conftest import FAKE_API_KEY
+
+pytestmark = pytest.mark.usefixtures("instrument_openai")
+
+MESSAGES = [{"role": "user", "content": "How much does this call cost?"}]  # 29 characters: 8 tokens at 4 a token
+ESTIMATED_INPUT_TOKENS = 8
+
+
+class Answer(pydantic.BaseModel):
+    amount_usd: float
+
+
+@pytest.fixture(scope="module")
+def slow_stub():
+    with StubServer(reply_delay_s=1.0) as server:
+        yield server
+
+
+def assert_counted_from_the_request(span_exporter, sink, error_type: str) -> None:
+    (span,) = span_exporter.get_finished_spans()
+    (record,) = sink.records
+    assert (record.outcome, record.error_type, record.estimated) == ("error", error_type, True)
+    assert (record.input_tokens, record.output_tokens) == (ESTIMATED_INPUT_TOKENS, 0)
+    assert record.pricing.startswith("genai-prices") and record.cost_usd > 0
+    assert span.attributes["error.type"] == error_type
+    assert span.attributes["spendwatch.cost.estimated"] is True
+    assert span.attributes["gen_ai.usage.input_tokens"] == ESTIMATED_INPUT_TOKENS
+    assert span.attributes["gen_ai.usage.cost"] == record.cost_usd
+
+
+def assert_not_billed(span_exporter, sink, error_type: str) -> None:
+    (span,) = span_exporter.get_finished_spans()
+    (record,) = sink.records
+    assert (record.outcome, record.error_type) == ("error", error_type)
+    assert (record.cost_usd, record.pricing) == (0.0, "not billed")
+    assert span.attributes["error.type"] == error_type
+    assert "gen_ai.usage.cost" not in span.attributes
+
+
+def test_a_client_timeout_is_counted_from_the_request(slow_stub, span_exporter, sink):
+    client = openai.OpenAI(api_key=FAKE_API_KEY, base_url=slow_stub.base_url, max_retries=0, timeout=0.2)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert_counted_from_the_request(span_exporter, sink, "APITimeoutError")
+
+
+async def test_a_cancelled_async_call_is_counted_from_the_request(slow_stub, span_exporter, sink):
+    client = openai.AsyncOpenAI(api_key=FAKE_API_KEY, base_url=slow_stub.base_url, max_retries=0)
+    with pytest.raises(TimeoutError):
+        call = client.embeddings.create(model="text-embedding-3-small", input=MESSAGES[0]["content"])
+        await asyncio.wait_for(call, 0.2)
+
+    (record,) = sink.records
+    assert (record.operation, record.error_type, record.estimated) == ("embeddings", "CancelledError", True)
+    assert record.input_tokens == ESTIMATED_INPUT_TOKENS and record.cost_usd > 0
+
+
+def test_an_answer_the_sdk_cannot_parse_is_counted_from_the_request(client, stub, span_exporter, sink):
+    # The stub answers in prose, which is no Answer: the provider billed the call, then parse() raises.
+    with pytest.raises(pydantic.ValidationError):
+        client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES, response_format=Answer)
+
+    assert len(stub.usage_log) == 1  # it was answered
+    assert_counted_from_the_request(span_exporter, sink, "ValidationError")
+
+
+@pytest.mark.parametrize("model, error_class", [("stub-error-500", openai.InternalServerError),
+                                                ("stub-error-429", openai.RateLimitError)])  # fmt: skip
+def test_an_error_the_provider_answered_with_is_not_billed(client, span_exporter, sink, model, error_class):
+    with pytest.raises(error_class):
+        client.chat.completions.create(model=model, messages=MESSAGES)
+
+    assert_not_billed(span_exporter, sink, error_class.__name__)
+
+
+def test_a_request_that_never_reached_the_provider_is_not_billed(span_exporter, sink):
+    with socket.socket() as placeholder:  # a port nobody listens on
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+    client = openai.OpenAI(api_key=FAKE_API_KEY, base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+    with pytest.raises(openai.APIConnectionError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert_not_billed(span_exporter, sink, "APIConnectionError")
