@@ -69,17 +69,20 @@ $(BENCH_STAMP): pyproject.toml
 	$(BENCH_BIN)/pip install --quiet $(BENCH_PEERS) || echo "bench: some peers did not install; they will show as not available"
 	touch $@
 
-# Instrumentation overhead against the bare call and the peers, then ledger ingest and /metrics scrape cost.
-bench: $(BENCH_STAMP)
+# Instrumentation overhead against the bare call and the peers (timed, then in instructions under valgrind), then
+# ledger ingest and /metrics scrape cost.
+bench: $(BENCH_STAMP) test-servers
 	$(BENCH_BIN)/python -m bench $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.instructions $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.ledger $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.scrape $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.guard $(BENCH_ARGS)
 
 # The working tree against spendwatch at a git revision, in one run (bench/baseline.py): make bench-against REV=main
 REV ?= HEAD
-bench-against: $(BENCH_STAMP)
+bench-against: $(BENCH_STAMP) test-servers
 	$(BENCH_BIN)/python -m bench --against $(REV) $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.instructions --variants spendwatch --against $(REV) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installs the real servers the tests start: Debian's postgresql, prometheus and prometheus-alertmanager.
+# Installs the real servers the tests start: Debian's postgresql, prometheus and prometheus-alertmanager; and
+# valgrind, which the instruction-count benchmark (bench/instructions.py) and its test run under.
 # Idempotent and quick when they are present (no apt call then). Needs root to install; without it, it only
 # says what is missing and exits 0, so local tests skip (and CI, where CI=true, fails instead).
 set -eu
@@ -22,8 +23,10 @@ if ! command -v prometheus-alertmanager >/dev/null 2>&1 || ! command -v amtool >
     missing="$missing prometheus-alertmanager"
 fi
 
+command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
+
 if [ -z "$missing" ]; then
-    echo "test servers: postgresql, prometheus and prometheus-alertmanager are installed"
+    echo "test servers: postgresql, prometheus, prometheus-alertmanager and valgrind are installed"
     exit 0
 fi
 

@@ -1,0 +1,216 @@
+"""``python -m bench.instructions [--quick] [--variants a,b] [--calls N] [--against REV]``: the CPU instructions each
+variant adds to a call, counted by valgrind's callgrind, side by side with the peers.
+
+On this machine a wall-clock overhead (``python -m bench``) moves by several µs between runs of the same code, more
+than most changes to the call path save or cost. The instructions a call executes do not move. So this counts, per
+variant and kind, the instructions the caller's thread executes over N calls after warm-up, divided by N, minus the
+bare call's. The garbage collector is paused during each counted batch, so that a collection cannot land in one
+variant's batch and not another's. Background threads are not counted (spendwatch's deferred metrics; the timed
+benchmark reports their CPU).
+
+It is not a time: cache misses are not in it, and a real call costs 2–3× what its instructions suggest. So the
+timed benchmark stays the measure of record, and this one tells whether a change made the call path cheaper.
+
+Each variant runs in one process under ``valgrind --tool=callgrind``. The worker marks each batch with two system
+calls that callgrind is told to watch: ``sched_yield`` zeroes the counters, ``getppid`` dumps them. The report goes
+to ``bench/results/instructions.md`` (``against-instructions.md`` with ``--against``) unless ``--out`` says
+otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import RESULTS, baseline, fill_defaults, variants, worker
+from bench.transport import STREAM_CHUNKS
+
+__all__ = ["main"]
+
+_ROOT = Path(__file__).resolve().parent.parent
+_FULL = {"calls": 100, "warmup": 30}
+_QUICK = {"calls": 20, "warmup": 10}
+_CALLGRIND = (
+    "valgrind",
+    "--tool=callgrind",
+    "--separate-threads=yes",
+    "--zero-before=*sched_yield",
+    "--dump-before=getppid",
+)
+_OURS = (*variants.SPENDWATCH, variants.FLOOR, variants.WORK_FLOOR)
+# Where objects land in memory changes the work of the same calls a little (hash and dict layouts by address): with
+# address randomisation off, two bare processes agree within half a thousand instructions a call, not several.
+_NO_ADDRESS_RANDOMISATION = ("setarch", "-R") if shutil.which("setarch") else ()
+
+
+def _serve(variant: str, calls: int, warmup: int, result: Path) -> None:
+    """The worker, run under callgrind: every kind's counted batch between the two marks; the outcome to ``result``."""
+    try:
+        exporter, version = variants.setup(variant)
+    except variants.Unavailable as exc:
+        result.write_text(json.dumps({"ok": False, "error": str(exc)}))
+        return
+    kinds, spans = worker._kinds(), {}
+    for kind, call in kinds.items():
+        worker._sample(call, warmup)
+        gc.collect()
+        gc.disable()
+        before = exporter.spans
+        os.sched_yield()  # callgrind zeroes its counters here
+        worker._sample(call, calls)
+        os.getppid()  # and dumps them here
+        gc.enable()
+        spans[kind] = (exporter.spans - before) / calls
+    result.write_text(json.dumps({"ok": True, "version": version, "kinds": list(kinds), "spans_per_call": spans}))
+
+
+def _count(name: str, variant: str, cwd: Path, calls: int, warmup: int) -> dict:
+    """Run one variant under callgrind; its outcome with ``instructions`` per call of each kind (caller's thread)."""
+    with tempfile.TemporaryDirectory(prefix="spendwatch-bench-instructions-") as tmp:
+        out, result = Path(tmp, "callgrind.out"), Path(tmp, "result.json")
+        worker_command = [sys.executable, "-m", "bench.instructions", "--worker", variant, "--result", str(result)]
+        worker_command += ["--calls", str(calls), "--warmup", str(warmup)]
+        finished = subprocess.run(
+            [*_NO_ADDRESS_RANDOMISATION, *_CALLGRIND, f"--callgrind-out-file={out}", *worker_command],
+            cwd=cwd,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if not result.exists():
+            raise RuntimeError(f"{name} under callgrind exited with {finished.returncode}: {finished.stderr[-2000:]}")
+        outcome = json.loads(result.read_text())
+        if outcome["ok"]:
+            # Dump k is the k-th kind's batch; file suffix -01 is the main thread, the caller's.
+            dumps = [_total(Path(f"{out}.{k}-01")) for k in range(1, len(outcome["kinds"]) + 1)]
+            outcome["instructions"] = {kind: total / calls for kind, total in zip(outcome["kinds"], dumps, strict=True)}
+        return outcome
+
+
+def _total(dump: Path) -> int:
+    for line in dump.read_text().splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"{dump} has no totals line")
+
+
+def _ratio(ours: float | None, lightest: float | None) -> str:
+    return "—" if ours is None or not lightest or lightest <= 0 else f"{ours / lightest:.2f}"
+
+
+def _thousands(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / 1000:.1f} k"
+
+
+def markdown(outcomes: dict[str, dict], command: str, calls: int, reference: str | None = None) -> str:
+    """The report: per kind, the bare call's instructions, each variant's over bare, and our ratios to the lightest
+    peer (and, with ``--against``, to the revision)."""
+    bare = outcomes[variants.BARE]["instructions"]
+    present = [name for name, outcome in outcomes.items() if outcome["ok"] and name != variants.BARE]
+    peers = [name for name in variants.PEERS if name in present]
+    ours = [name for name in present if name in _OURS or name == reference]
+    rows = []
+    for kind in outcomes[variants.BARE]["kinds"]:
+        rows.append((kind, kind, 1))
+        if kind == "chat stream":
+            rows.append(("stream, per chunk", kind, STREAM_CHUNKS))
+
+    def over_bare(name: str, kind: str, scale: int) -> float | None:
+        outcome = outcomes[name]
+        if name != variants.CONTROL and outcome["spans_per_call"][kind] <= 0:
+            return None  # the variant made no span for this kind
+        return (outcome["instructions"][kind] - bare[kind]) / scale
+
+    header = ["kind", "bare per call", *[f"{name} over bare" for name in present]]
+    header += [f"{name} ÷ lightest peer" for name in ours]
+    if reference:
+        header += [f"spendwatch ÷ {reference}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, kind, scale in rows:
+        added = {name: over_bare(name, kind, scale) for name in present}
+        peer_values = [added[name] for name in peers if added[name] is not None]
+        lightest = min(peer_values) if peer_values else None
+        cells = [label, _thousands(bare[kind] / scale), *[_thousands(added[name]) for name in present]]
+        cells += [_ratio(added[name], lightest) for name in ours]
+        if reference:
+            cells.append(_ratio(added.get(variants.SPENDWATCH[0]), added.get(reference)))
+        lines.append("| " + " | ".join(cells) + " |")
+    unavailable = [f"- {name}: {outcome['error']}" for name, outcome in outcomes.items() if not outcome["ok"]]
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join(
+        [
+            "# spendwatch: instructions per call over the bare OpenAI SDK",
+            "",
+            f"`{command}` — {when}; {calls} counted calls per kind, caller's thread, garbage collector paused.",
+            "",
+            "Instructions the caller's thread executes per call (valgrind's callgrind), minus the bare call's; "
+            "thousands. bare-again is a second bare process: its column shows how repeatable the count is within a "
+            "run. Between runs the stream's counts move more than the others' (by up to about 100 k a call here, "
+            "bare's too), so its row is a rough guide. Not a time (cache misses are not in it): `python -m bench` "
+            "is the measure of record.",
+            "",
+            *lines,
+            *(["", "Not available:", *unavailable] if unavailable else []),
+            "",
+        ]
+    )
+
+
+def _settings(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls per kind")
+    parser.add_argument("--calls", type=int, help=f"counted calls per kind (default {_FULL['calls']})")
+    parser.add_argument("--warmup", type=int, help=f"calls per kind before counting (default {_FULL['warmup']})")
+    parser.add_argument("--variants", default=",".join(variants.VARIANTS), help="comma-separated; bare is implied")
+    parser.add_argument("--against", metavar="REV", help="also count spendwatch as committed at git revision REV")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="variants counted at once")
+    parser.add_argument("--out", type=Path, help="where the report goes (default bench/results/instructions.md)")
+    parser.add_argument("--worker", metavar="VARIANT", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return fill_defaults(parser.parse_args(argv), _FULL, _QUICK)
+
+
+def main(argv: list[str]) -> int:
+    args = _settings(argv)
+    if args.worker:
+        _serve(args.worker, args.calls, args.warmup, args.result)
+        return 0
+    names = [variants.BARE, *[name for name in args.variants.split(",") if name and name != variants.BARE]]
+    unknown = [name for name in names if name not in variants.VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants.VARIANTS)}")
+    if shutil.which("valgrind") is None:
+        sys.exit("bench.instructions needs valgrind (Debian: apt-get install valgrind)")
+    reference = baseline.variant_name(args.against) if args.against else None
+    with contextlib.ExitStack() as cleanup:
+        specs = [(name, name, _ROOT) for name in names]
+        if args.against:  # the revision's spendwatch, started from its own checkout
+            specs.append((reference, variants.SPENDWATCH[0], cleanup.enter_context(baseline.checkout(args.against))))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            counting = {
+                name: pool.submit(_count, name, variant, cwd, args.calls, args.warmup) for name, variant, cwd in specs
+            }
+            outcomes = {name: future.result() for name, future in counting.items()}
+    if not outcomes[variants.BARE]["ok"]:
+        sys.exit(f"the bare SDK does not run: {outcomes[variants.BARE]['error']}")
+    text = markdown(outcomes, " ".join(["python -m bench.instructions", *argv]), args.calls, reference)
+    out = args.out or RESULTS / ("against-instructions.md" if args.against else "instructions.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
