@@ -2,11 +2,12 @@
 variant adds to a call, counted by valgrind's callgrind, side by side with the peers.
 
 On this machine a wall-clock overhead (``python -m bench``) moves by several µs between runs of the same code, more
-than most changes to the call path save or cost. The instructions a call executes do not move. So this counts, per
-variant and kind, the instructions the caller's thread executes over N calls after warm-up, divided by N, minus the
-bare call's. The garbage collector is paused during each counted batch, so that a collection cannot land in one
-variant's batch and not another's. Background threads are not counted (spendwatch's deferred metrics; the timed
-benchmark reports their CPU).
+than most changes to the call path save or cost. The instructions a call executes move far less: two bare processes
+of one run agree within about 3 thousand a call, and a variant moves by up to about 12 thousand between runs (the
+stream by up to about 100 thousand). So this counts, per variant and kind, the instructions the caller's thread
+executes over N calls after warm-up, divided by N, minus the bare call's. The garbage collector is paused during
+each counted batch, so that a collection cannot land in one variant's batch and not another's. Background threads
+are not counted (spendwatch's deferred metrics; the timed benchmark reports their CPU).
 
 It is not a time: cache misses are not in it, and a real call costs 2–3× what its instructions suggest. So the
 timed benchmark stays the measure of record, and this one tells whether a change made the call path cheaper.
