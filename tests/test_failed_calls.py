@@ -1,7 +1,8 @@
-"""What a failed call counts as. Nothing was billed when the provider answered with an error or the request never
-reached it: the call costs $0, "not billed". When the request went out and no answer was read (a client timeout,
-a cancelled task, an answer the SDK could not parse), the provider may well have billed it: the call is counted from
-the request's input, flagged as estimated, and never recorded as free."""
+"""What a failed call counts as. Nothing was billed when the provider answered with an error, the request never
+reached it, or the SDK refused the arguments: the call costs $0, "not billed". When the request went out and no
+usable answer came back (a client timeout, a cancelled task, an answer the SDK could not validate or parse), the
+provider may well have billed it: the call is counted from the request's input, flagged as estimated, and never
+recorded as free."""
 
 from __future__ import annotations
 
@@ -78,6 +79,26 @@ def test_an_answer_the_sdk_cannot_parse_is_counted_from_the_request(client, stub
 
     assert len(stub.usage_log) == 1  # it was answered
     assert_counted_from_the_request(span_exporter, sink, "ValidationError")
+
+
+def test_an_answer_that_fails_strict_validation_is_counted_from_the_request(stub, span_exporter, sink):
+    client = openai.OpenAI(
+        api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=0, _strict_response_validation=True
+    )
+    with pytest.raises(openai.APIResponseValidationError):  # the stub's usage fields hold strings: billed, unreadable
+        client.chat.completions.create(model="stub-malformed-usage", messages=MESSAGES)
+
+    (record,) = sink.records
+    assert (record.error_type, record.estimated, record.input_tokens) == ("APIResponseValidationError", True, 8)
+    assert record.pricing == "unpriced"  # the stub's model has no price: counted, never free
+
+
+def test_arguments_the_sdk_refuses_before_sending_are_not_billed(client, stub, span_exporter, sink):
+    with pytest.raises(TypeError):
+        client.chat.completions.create(model="gpt-4o-mini")  # no messages: refused before any request
+
+    assert stub.requests == []
+    assert_not_billed(span_exporter, sink, "TypeError")
 
 
 @pytest.mark.parametrize("model, error_class", [("stub-error-500", openai.InternalServerError),

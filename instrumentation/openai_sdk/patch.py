@@ -8,12 +8,14 @@ untouched; everything spendwatch does around them is contained.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 from typing import Any
 
-from openai import APIConnectionError, APIStatusError, AsyncStream, BaseModel, Stream
+import pydantic
+from openai import APIConnectionError, APIResponseValidationError, AsyncStream, BaseModel, Stream
 from openai._legacy_response import LegacyAPIResponse
 from openai._response import APIResponse, AsyncAPIResponse
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
@@ -121,6 +123,9 @@ def _remember_provider(client: Any, url: Any) -> str:
 _NOT_SENT = frozenset(
     {"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol", "WriteError", "WriteTimeout"}
 )
+# Failures that come after the request was sent, with no usable answer: an answer that does not validate, or the
+# caller giving up on the wait (which is where a call spends its time).
+_AFTER_SENDING = (APIResponseValidationError, pydantic.ValidationError, asyncio.CancelledError, KeyboardInterrupt)
 
 _REQUEST_ARGUMENTS = frozenset(argument for argument, _ in _REQUEST_ATTRIBUTES)
 
@@ -191,24 +196,26 @@ def _billed_usage(kind: str, error: BaseException, kwargs: dict) -> Usage | None
     """What a failed call may have been billed for; None when nothing was.
 
     - ``parse()``'s ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` carry the billed completion.
-    - Nothing was billed when the provider answered with an error status, the guard refused the call, or the
-      request never left the process (no connection could be made).
-    - Otherwise the request went out and no answer was read: a timeout, a cancelled task, a dropped connection, an
-      answer the SDK could not parse. The provider may well have billed it, so it is counted from the request's
-      input and flagged as estimated, never recorded as free.
+    - A failure after the request went out, with no answer read (a timeout, a dropped connection, a cancelled task,
+      an interrupt) or with an answer the SDK could not validate: the provider may well have billed it, so it is
+      counted from the request's input and flagged as estimated, never recorded as free.
+    - Anything else was not billed: the provider answered with an error status, the guard refused the call, the
+      request never left (no connection could be made), or the SDK refused its arguments before sending.
     """
     completion = getattr(error, "completion", None)
     if completion is not None:
         return usage_from_result(kind, completion, kwargs)
-    if isinstance(error, APIStatusError | BudgetExceededError) or _never_sent(error):
+    if not _maybe_billed(error):
         return None
     return Usage(input_tokens=estimate_tokens(request_text_length(kwargs)), estimated=True)
 
 
-def _never_sent(error: BaseException) -> bool:
-    # The SDK raises APIConnectionError (or its APITimeoutError) from the HTTP library's own error, whose class says
-    # whether the request got as far as a connection (httpx and httpx2 name them alike).
-    return isinstance(error, APIConnectionError) and type(error.__cause__).__name__ in _NOT_SENT
+def _maybe_billed(error: BaseException) -> bool:
+    if isinstance(error, APIConnectionError):  # APITimeoutError too
+        # The SDK raises it from the HTTP library's own error, whose class says whether the request got as far as a
+        # connection (httpx and httpx2 name them alike).
+        return type(error.__cause__).__name__ not in _NOT_SENT
+    return isinstance(error, _AFTER_SENDING)
 
 
 def _output_content(result: Any) -> dict | None:
