@@ -12,7 +12,9 @@ import socket
 import openai
 import pydantic
 import pytest
+from openai import _base_client
 
+from spendwatch.instrumentation.semconv_metrics import flush_all
 from spendwatch.stub import StubServer
 from tests.conftest import FAKE_API_KEY
 
@@ -20,6 +22,8 @@ pytestmark = pytest.mark.usefixtures("instrument_openai")
 
 MESSAGES = [{"role": "user", "content": "How much does this call cost?"}]  # 29 characters: 8 tokens at 4 a token
 ESTIMATED_INPUT_TOKENS = 8
+# openai 3.x sends through httpx2, older releases through httpx.
+_httpx = getattr(_base_client, "httpx2", None) or _base_client.httpx
 
 
 class Answer(pydantic.BaseModel):
@@ -119,3 +123,59 @@ def test_a_request_that_never_reached_the_provider_is_not_billed(span_exporter, 
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
     assert_not_billed(span_exporter, sink, "APIConnectionError")
+
+
+class _CutBody(_httpx.SyncByteStream):
+    """A response body that ends with the connection dropped after its first bytes."""
+
+    def __iter__(self):
+        yield b'{"id": "chatcmpl-1", "object": "chat.completion", '
+        raise _httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    def close(self) -> None:
+        pass
+
+
+def _cut_client() -> openai.OpenAI:
+    def answer(request):
+        return _httpx.Response(200, headers={"content-type": "application/json"}, stream=_CutBody())
+
+    http_client = _httpx.Client(transport=_httpx.MockTransport(answer))
+    return openai.OpenAI(
+        api_key=FAKE_API_KEY, base_url="http://mock.invalid/v1", http_client=http_client, max_retries=0
+    )
+
+
+def test_an_answer_cut_short_is_counted_from_the_request(span_exporter, sink):
+    with pytest.raises(openai.APIConnectionError):
+        _cut_client().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert_counted_from_the_request(span_exporter, sink, "APIConnectionError")
+
+
+def test_an_answer_cut_short_while_the_caller_parses_it_is_counted_from_the_request(span_exporter, sink):
+    api = _cut_client().chat.completions.with_streaming_response
+    with api.create(model="gpt-4o-mini", messages=MESSAGES) as response, pytest.raises(_httpx.RemoteProtocolError):
+        response.parse()
+
+    assert_counted_from_the_request(span_exporter, sink, "RemoteProtocolError")
+
+
+async def test_a_call_whose_coroutine_is_closed_mid_wait_is_counted_from_the_request(slow_stub, sink):
+    client = openai.AsyncOpenAI(api_key=FAKE_API_KEY, base_url=slow_stub.base_url, max_retries=0)
+    call = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    task = asyncio.ensure_future(_drive_then_close(call))
+    await task
+
+    flush_all()  # the background thread ends it: closing may happen in a finaliser, which must not end a call
+    (record,) = sink.records
+    assert (record.error_type, record.estimated, record.input_tokens) == ("GeneratorExit", True, ESTIMATED_INPUT_TOKENS)
+
+
+async def _drive_then_close(coroutine) -> None:
+    """Start ``coroutine`` by hand until it waits for the answer, then close it, as a dropped coroutine is closed."""
+    waiting = coroutine.send(None)
+    while waiting is None or not isinstance(waiting, asyncio.Future):
+        waiting = coroutine.send(None)
+    await asyncio.sleep(0.1)
+    coroutine.close()

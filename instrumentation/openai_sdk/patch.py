@@ -8,14 +8,13 @@ untouched; everything spendwatch does around them is contained.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 from typing import Any
 
-import pydantic
-from openai import APIConnectionError, APIResponseValidationError, AsyncStream, BaseModel, Stream
+from openai import APIConnectionError, APIStatusError, AsyncStream, BaseModel, Stream
+from openai import _base_client as openai_base_client
 from openai._legacy_response import LegacyAPIResponse
 from openai._response import APIResponse, AsyncAPIResponse
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
@@ -36,11 +35,10 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     COMPLETION,
     EMBEDDINGS,
     RESPONSES,
-    estimate_tokens,
     input_token_bound,
     output_cap,
-    request_text_length,
     text,
+    usage_from_request,
     usage_from_result,
 )
 from spendwatch.instrumentation.records import CallRequest
@@ -119,14 +117,6 @@ def _remember_provider(client: Any, url: Any) -> str:
     return provider
 
 
-# The HTTP library's failures before a whole request left the process: nothing reached the provider to bill.
-_NOT_SENT = frozenset(
-    {"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol", "WriteError", "WriteTimeout"}
-)
-# Failures that come after the request was sent, with no usable answer: an answer that does not validate, or the
-# caller giving up on the wait (which is where a call spends its time).
-_AFTER_SENDING = (APIResponseValidationError, pydantic.ValidationError, asyncio.CancelledError, KeyboardInterrupt)
-
 _REQUEST_ARGUMENTS = frozenset(argument for argument, _ in _REQUEST_ATTRIBUTES)
 
 
@@ -183,39 +173,56 @@ def _admit(guard: records.Guard, call: Call, kind: str, kwargs: dict) -> dict:
     return {**kwargs, **ticket.request_changes}
 
 
-def _fail(call: Call, error: BaseException, kind: str, kwargs: dict) -> None:
-    """End ``call`` as failed: the SDK raised, or the guard refused it (``BudgetExceededError``)."""
+def _fail(call: Call, error: BaseException, kind: str, kwargs: dict, *, answered: bool = False) -> None:
+    """End ``call`` as failed: the SDK raised (``answered``: while reading an answer that had arrived), or the guard
+    refused it (``BudgetExceededError``)."""
     try:
         call.deactivate()
-        call.fail(error, _billed_usage(kind, error, kwargs))
+        call.fail(error, _billed_usage(kind, error, kwargs, answered))
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a failed call", exc_info=True)
 
 
-def _billed_usage(kind: str, error: BaseException, kwargs: dict) -> Usage | None:
-    """What a failed call may have been billed for; None when nothing was.
+def _billed_usage(kind: str, error: BaseException, kwargs: dict, answered: bool) -> Usage | None:
+    """What a failed call may have been billed for; None when it cannot have been billed.
 
-    - ``parse()``'s ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` carry the billed completion.
-    - A failure after the request went out, with no answer read (a timeout, a dropped connection, a cancelled task,
-      an interrupt) or with an answer the SDK could not validate: the provider may well have billed it, so it is
-      counted from the request's input and flagged as estimated, never recorded as free.
-    - Anything else was not billed: the provider answered with an error status, the guard refused the call, the
-      request never left (no connection could be made), or the SDK refused its arguments before sending.
+    ``parse()``'s ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` carry the billed completion
+    (openai 3.x). Otherwise a call that may have reached the provider is counted from the request's input and flagged
+    as estimated: a timeout, a lost connection, a cancelled task, an answer the SDK could not read. Only the SDK's
+    last attempt is looked at (it retries twice by default).
     """
     completion = getattr(error, "completion", None)
     if completion is not None:
         return usage_from_result(kind, completion, kwargs)
-    if not _maybe_billed(error):
+    if not answered and _cannot_be_billed(error):
         return None
-    return Usage(input_tokens=estimate_tokens(request_text_length(kwargs)), estimated=True)
+    return usage_from_request(kwargs)
 
 
-def _maybe_billed(error: BaseException) -> bool:
-    if isinstance(error, APIConnectionError):  # APITimeoutError too
-        # The SDK raises it from the HTTP library's own error, whose class says whether the request got as far as a
-        # connection (httpx and httpx2 name them alike).
-        return type(error.__cause__).__name__ not in _NOT_SENT
-    return isinstance(error, _AFTER_SENDING)
+# The HTTP library's errors (httpx and httpx2 name them alike) that come after the whole request was sent.
+_LOST_IN_FLIGHT = frozenset({"ReadTimeout", "ReadError", "RemoteProtocolError"})
+_SDK_REQUEST_FILE = openai_base_client.__file__
+
+
+def _cannot_be_billed(error: BaseException) -> bool:
+    if isinstance(error, APIStatusError | BudgetExceededError):
+        return True  # the provider answered with an error status; the guard refused the call before sending it
+    if isinstance(error, APIConnectionError):  # APITimeoutError too, raised from the HTTP library's own error
+        return type(error.__cause__).__name__ not in _LOST_IN_FLIGHT  # e.g. no connection: nothing was sent
+    # A closed coroutine's GeneratorExit starts a fresh traceback at the outermost frame: it says nothing of where the
+    # call was waiting, which is for the answer nearly always.
+    return not isinstance(error, GeneratorExit) and not _entered_the_sdks_request(error)
+
+
+def _entered_the_sdks_request(error: BaseException) -> bool:
+    """Whether ``error`` came from inside the SDK's request machinery: it checks a call's arguments before entering
+    it, so an error raised outside it (a missing argument's TypeError) was raised before anything was sent."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_filename == _SDK_REQUEST_FILE:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _output_content(result: Any) -> dict | None:
@@ -261,7 +268,7 @@ def _finish_raw(call: Call, kind: str, raw: LegacyAPIResponse, kwargs: dict) -> 
     try:
         parsed = raw.parse()
     except Exception as error:  # noqa: BLE001 - the caller's own parse() raises it: the call failed, maybe billed
-        _fail(call, error, kind, kwargs)
+        _fail(call, error, kind, kwargs, answered=True)
         return raw
     call.succeed(usage_from_result(kind, parsed, kwargs))
     return raw
@@ -300,13 +307,13 @@ class _UnparsedResponseProxy(ObjectProxy):
     def _self_fail(self, error: BaseException) -> None:
         call, self._self_call = self._self_call, None
         if call is not None:
-            _fail(call, error, self._self_kind, self._self_kwargs)
+            _fail(call, error, self._self_kind, self._self_kwargs, answered=True)
 
     def parse(self, *args, **kwargs):
         try:
             parsed = self.__wrapped__.parse(*args, **kwargs)
         except Exception as error:
-            self._self_fail(error)  # parse() raises on a billed answer too (LengthFinishReasonError)
+            self._self_fail(error)  # the answer had arrived: e.g. its body cut short, or LengthFinishReasonError
             raise
         return self._self_adopt(parsed)
 
@@ -359,7 +366,7 @@ class AsyncStreamedResponseProxy(_UnparsedResponseProxy):
 def _succeed_unread(call: Call, kwargs: dict) -> None:
     """End ``call`` from the request alone (its answer was never read); never raises."""
     try:
-        call.succeed(Usage(input_tokens=estimate_tokens(request_text_length(kwargs)), estimated=True))
+        call.succeed(usage_from_request(kwargs))
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record an unread call", exc_info=True)
 
@@ -404,6 +411,10 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
                 raise
         try:
             result = await wrapped(*args, **kwargs)
+        except GeneratorExit as error:  # the coroutine was closed mid-call, maybe by the garbage collector: ended
+            call.deactivate()  # later, as a finaliser must not end a call (see streams.queue_end)
+            queue_end(lambda error=error: _fail(call, error, kind, kwargs))
+            raise
         except BaseException as error:
             _fail(call, error, kind, kwargs)
             raise

@@ -26,6 +26,7 @@ __all__ = [
     "estimate_tokens",
     "request_text_length",
     "response_identity",
+    "usage_from_request",
     "usage_from_result",
 ]
 
@@ -215,6 +216,11 @@ _EXTRACTORS: dict[str, Callable[[Any, dict], Usage]] = {
     EMBEDDINGS: _embeddings_usage,
     RESPONSES: responses_usage,
 }
+
+
+def usage_from_request(kwargs: dict) -> Usage:
+    """A call counted from its request alone (its answer never read): the input estimated, nothing for the output."""
+    return Usage(input_tokens=estimate_tokens(request_text_length(kwargs)), estimated=True)
 
 
 def usage_from_result(kind: str, result: Any, kwargs: dict) -> Usage:
