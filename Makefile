@@ -22,8 +22,8 @@ test: $(STAMP) test-servers
 	$(MAKE) test-openai-compat
 
 # The instrumentation's tests again on the older openai lines it supports (1.x and 2.x use httpx, 3.x httpx2).
-COMPAT_TESTS := tests/test_openai_instrumentation.py tests/test_openai_edges.py tests/test_cassette_replay_instrumented.py \
-	tests/test_failed_calls.py
+COMPAT_TESTS := tests/test_openai_instrumentation.py tests/test_openai_edges.py \
+	tests/test_cassette_replay_instrumented.py tests/test_failed_calls.py
 COMPAT_DEPS := opentelemetry-sdk opentelemetry-distro pytest pytest-asyncio pyyaml 'psycopg[binary]'
 .PHONY: test-openai-compat
 test-openai-compat:
@@ -69,14 +69,14 @@ $(BENCH_STAMP): pyproject.toml
 	$(BENCH_BIN)/pip install --quiet $(BENCH_PEERS) || echo "bench: some peers did not install; they will show as not available"
 	touch $@
 
-# Instrumentation overhead against the bare call and the peers (timed, then in instructions under valgrind), then
-# ledger ingest and /metrics scrape cost.
+# Instrumentation overhead against the bare call and the peers, ledger ingest, /metrics scrape and guard cost, then
+# the instrumentation's instructions per call under valgrind (installed with the test servers, as root).
 bench: $(BENCH_STAMP) test-servers
 	$(BENCH_BIN)/python -m bench $(BENCH_ARGS)
-	$(BENCH_BIN)/python -m bench.instructions $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.ledger $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.scrape $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.guard $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.instructions $(BENCH_ARGS)
 
 # The working tree against spendwatch at a git revision, in one run (bench/baseline.py): make bench-against REV=main
 REV ?= HEAD

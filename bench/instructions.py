@@ -33,7 +33,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import RESULTS, baseline, fill_defaults, variants, worker
+from bench import RESULTS, baseline, fill_defaults, report, variants, worker
 from bench.transport import STREAM_CHUNKS
 
 __all__ = ["main"]
@@ -45,13 +45,19 @@ _CALLGRIND = (
     "valgrind",
     "--tool=callgrind",
     "--separate-threads=yes",
-    "--zero-before=*sched_yield",
+    "--zero-before=*sched_yield",  # libc's __sched_yield or sched_yield (and CPython's os_sched_yield: harmless)
     "--dump-before=getppid",
 )
 _OURS = (*variants.SPENDWATCH, variants.FLOOR, variants.WORK_FLOOR)
-# Where objects land in memory changes the work of the same calls a little (hash and dict layouts by address): with
-# address randomisation off, two bare processes agree within half a thousand instructions a call, not several.
-_NO_ADDRESS_RANDOMISATION = ("setarch", "-R") if shutil.which("setarch") else ()
+
+
+def _no_address_randomisation() -> tuple[str, ...]:
+    """``setarch -R`` where it works (a container may forbid it). Where objects land in memory changes the work of the
+    same calls a little; with randomisation off, two bare processes of one run agree within about 3 thousand
+    instructions a call rather than 8."""
+    if shutil.which("setarch") and subprocess.run(["setarch", "-R", "true"], capture_output=True).returncode == 0:
+        return ("setarch", "-R")
+    return ()
 
 
 def _serve(variant: str, calls: int, warmup: int, result: Path) -> None:
@@ -61,18 +67,19 @@ def _serve(variant: str, calls: int, warmup: int, result: Path) -> None:
     except variants.Unavailable as exc:
         result.write_text(json.dumps({"ok": False, "error": str(exc)}))
         return
-    kinds, spans = worker._kinds(), {}
+    kinds, spans = worker.call_kinds(), {}
     for kind, call in kinds.items():
-        worker._sample(call, warmup)
+        worker.sample(call, warmup)
         gc.collect()
         gc.disable()
         before = exporter.spans
         os.sched_yield()  # callgrind zeroes its counters here
-        worker._sample(call, calls)
+        worker.sample(call, calls)
         os.getppid()  # and dumps them here
         gc.enable()
         spans[kind] = (exporter.spans - before) / calls
-    result.write_text(json.dumps({"ok": True, "version": version, "kinds": list(kinds), "spans_per_call": spans}))
+    versions = worker.versions(version)
+    result.write_text(json.dumps({"ok": True, "versions": versions, "kinds": list(kinds), "spans_per_call": spans}))
 
 
 def _count(name: str, variant: str, cwd: Path, calls: int, warmup: int) -> dict:
@@ -81,10 +88,12 @@ def _count(name: str, variant: str, cwd: Path, calls: int, warmup: int) -> dict:
         out, result = Path(tmp, "callgrind.out"), Path(tmp, "result.json")
         worker_command = [sys.executable, "-m", "bench.instructions", "--worker", variant, "--result", str(result)]
         worker_command += ["--calls", str(calls), "--warmup", str(warmup)]
+        # No OTEL_* settings: a resource detector calling getppid() would add a dump and shift every kind's count.
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
         finished = subprocess.run(
-            [*_NO_ADDRESS_RANDOMISATION, *_CALLGRIND, f"--callgrind-out-file={out}", *worker_command],
+            [*_no_address_randomisation(), *_CALLGRIND, f"--callgrind-out-file={out}", *worker_command],
             cwd=cwd,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
+            env={**environment, "PYTHONHASHSEED": "0"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -94,8 +103,15 @@ def _count(name: str, variant: str, cwd: Path, calls: int, warmup: int) -> dict:
         outcome = json.loads(result.read_text())
         if outcome["ok"]:
             # Dump k is the k-th kind's batch; file suffix -01 is the main thread, the caller's.
-            dumps = [_total(Path(f"{out}.{k}-01")) for k in range(1, len(outcome["kinds"]) + 1)]
-            outcome["instructions"] = {kind: total / calls for kind, total in zip(outcome["kinds"], dumps, strict=True)}
+            dumps = sorted(Path(tmp).glob("callgrind.out.*-01"), key=lambda dump: int(dump.name.split(".")[2][:-3]))
+            if len(dumps) != len(outcome["kinds"]):
+                raise RuntimeError(
+                    f"{name}: {len(dumps)} callgrind dumps for {len(outcome['kinds'])} kinds: {finished.stderr[-2000:]}"
+                )
+            totals = [_total(dump) for dump in dumps]
+            outcome["instructions"] = {
+                kind: total / calls for kind, total in zip(outcome["kinds"], totals, strict=True)
+            }
         return outcome
 
 
@@ -157,11 +173,13 @@ def markdown(outcomes: dict[str, dict], command: str, calls: int, reference: str
             "",
             "Instructions the caller's thread executes per call (valgrind's callgrind), minus the bare call's; "
             "thousands. bare-again is a second bare process: its column shows how repeatable the count is within a "
-            "run. Between runs the stream's counts move more than the others' (by up to about 100 k a call here, "
-            "bare's too), so its row is a rough guide. Not a time (cache misses are not in it): `python -m bench` "
-            "is the measure of record.",
+            "run. The stream's counts move by up to about 100 k a call from one process to another, so its rows are "
+            "a rough guide; its per-chunk row is the whole call's count divided by the chunks. Not a time (cache "
+            "misses are not in it): `python -m bench` is the measure of record.",
             "",
             *lines,
+            "",
+            report.versions_line({name: outcome["versions"] for name, outcome in outcomes.items() if outcome["ok"]}),
             *(["", "Not available:", *unavailable] if unavailable else []),
             "",
         ]
@@ -188,6 +206,8 @@ def main(argv: list[str]) -> int:
         _serve(args.worker, args.calls, args.warmup, args.result)
         return 0
     names = [variants.BARE, *[name for name in args.variants.split(",") if name and name != variants.BARE]]
+    if args.against and variants.SPENDWATCH[0] not in names:
+        names.append(variants.SPENDWATCH[0])  # what the revision is compared with
     unknown = [name for name in names if name not in variants.VARIANTS]
     if unknown:
         sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants.VARIANTS)}")

@@ -12,7 +12,7 @@ from bench import spread
 from bench.transport import STREAM_CHUNKS
 from bench.variants import BARE, CONTROL, FLOOR, PEERS, SPENDWATCH, VARIANTS, WORK_FLOOR
 
-__all__ = ["Run", "markdown"]
+__all__ = ["Run", "markdown", "versions_line"]
 
 _PER_CHUNK = "stream, per chunk"
 
@@ -145,6 +145,16 @@ def _against_table(run: Run, ours: str) -> list[str]:
     return lines
 
 
+def versions_line(versions: dict[str, dict[str, str]]) -> str:
+    """``Versions: python …, openai …; <variant> <its version>, …`` from each variant's worker's versions."""
+    common = ", ".join(f"{k} {x}" for k, x in versions[BARE].items() if k != "variant")
+    return (
+        f"Versions: {common}; "
+        + ", ".join(f"{v} {vs['variant']}" for v, vs in versions.items() if v not in (BARE, CONTROL))
+        + "."
+    )
+
+
 def markdown(run: Run) -> str:
     instrumented = [v for v in VARIANTS if v != BARE and v in run.median_ns]
     peers = [v for v in PEERS if v in run.median_ns]
@@ -193,9 +203,7 @@ def markdown(run: Run) -> str:
             "",
             *_memory_table(run, instrumented),
         ]
-    common = {k: x for k, x in run.versions[BARE].items() if k != "variant"}
-    lines += ["", "Versions: " + ", ".join(f"{k} {x}" for k, x in common.items()) + "; "]
-    lines[-1] += ", ".join(f"{v} {vs['variant']}" for v, vs in run.versions.items() if v not in (BARE, CONTROL)) + "."
+    lines += ["", versions_line(run.versions)]
     if run.unavailable:
         lines += ["", "Not available in this run:", ""]
         lines += [f"- {v}: {why}" for v, why in run.unavailable.items()]

@@ -20,12 +20,16 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+if TYPE_CHECKING:
+    from spendwatch.exporter import LedgerSink
 
 __all__ = [
     "BARE",
@@ -98,7 +102,10 @@ def _spendwatch_with_ledger() -> str:
     return installed
 
 
-def _remove_ledger(sink, directory: str) -> None:
+def _remove_ledger(sink: LedgerSink, directory: str) -> None:
+    from spendwatch.instrumentation import unregister_sink
+
+    unregister_sink(sink)  # as spendwatch's own detach does: no late call may reach a closed journal
     sink.close()
     sink.ledger.close()
     shutil.rmtree(directory, ignore_errors=True)

@@ -33,7 +33,7 @@ _MESSAGES = [
 ]
 
 
-def _kinds() -> dict[str, Callable[[], object]]:
+def call_kinds() -> dict[str, Callable[[], object]]:
     """Each kind's call: a plain function, or a coroutine function for the async client."""
     client, aclient = transport.make_clients()
     chat = client.chat.completions
@@ -59,7 +59,7 @@ def _kinds() -> dict[str, Callable[[], object]]:
     }
 
 
-def _sample(call: Callable[[], object], calls: int) -> list[int]:
+def sample(call: Callable[[], object], calls: int) -> list[int]:
     """Nanoseconds per call; async calls are timed inside one event loop, so the loop's start is not counted."""
     if inspect.iscoroutinefunction(call):
         return _loop.run_until_complete(_sample_async(call, calls))
@@ -83,12 +83,12 @@ async def _sample_async(call, calls: int) -> list[int]:
 def _run(kinds, exporter: variants.CountingSpanExporter, calls: int, warmup: int, deferred) -> dict:
     medians, spans, deferred_ns = {}, {}, {}
     for kind, call in kinds.items():
-        _sample(call, warmup)
+        sample(call, warmup)
         if deferred is not None:
             deferred()  # the warm-up's share
         gc.collect()
         before = exporter.spans
-        medians[kind] = int(statistics.median(_sample(call, calls)))
+        medians[kind] = int(statistics.median(sample(call, calls)))
         spans[kind] = (exporter.spans - before) / calls
         if deferred is not None:
             start = perf_counter_ns()
@@ -103,14 +103,14 @@ def _memory(kinds, calls: int) -> dict:
     peaks, retained = {}, {}
     tracemalloc.start()
     for kind, call in kinds.items():
-        _sample(call, 1)
+        sample(call, 1)
         gc.collect()
         start = tracemalloc.get_traced_memory()[0]
         samples = []
         for _ in range(calls):
             tracemalloc.reset_peak()
             base = tracemalloc.get_traced_memory()[0]
-            _sample(call, 1)
+            sample(call, 1)
             samples.append(tracemalloc.get_traced_memory()[1] - base)
         gc.collect()
         peaks[kind] = int(statistics.median(samples))
@@ -119,7 +119,7 @@ def _memory(kinds, calls: int) -> dict:
     return {"peak_bytes": peaks, "retained_bytes": retained}
 
 
-def _versions(variant_version: str) -> dict[str, str]:
+def versions(variant_version: str) -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "openai": version("openai"),
@@ -144,8 +144,8 @@ def main(name: str) -> None:
     except variants.Unavailable as exc:
         _reply({"ok": False, "error": str(exc)})
         return
-    kinds = _kinds()
-    _reply({"ok": True, "versions": _versions(variant_version), "kinds": list(kinds)})
+    kinds = call_kinds()
+    _reply({"ok": True, "versions": versions(variant_version), "kinds": list(kinds)})
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "run":

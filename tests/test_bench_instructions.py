@@ -33,7 +33,8 @@ def test_span_floor_is_counted_per_call_over_the_bare_call(tmp_path):
         "--out",
         str(out),
     ]
-    subprocess.run([sys.executable, *command], cwd=_ROOT, capture_output=True, text=True, check=True, timeout=300)
+    done = subprocess.run([sys.executable, *command], cwd=_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
     report = out.read_text()
     assert "| kind | bare per call | span-floor over bare | span-floor ÷ lightest peer |" in report
@@ -45,7 +46,9 @@ def test_span_floor_is_counted_per_call_over_the_bare_call(tmp_path):
 
 
 def _outcome(kinds: dict[str, float], spans: float = 1.0) -> dict:
-    return {"ok": True, "kinds": list(kinds), "instructions": kinds, "spans_per_call": dict.fromkeys(kinds, spans)}
+    versions = {"python": "3.11.7", "openai": "3.57.0", "variant": "1.0"}
+    return {"ok": True, "versions": versions, "kinds": list(kinds), "instructions": kinds,
+            "spans_per_call": dict.fromkeys(kinds, spans)}  # fmt: skip
 
 
 def test_the_report_gives_ratios_to_the_lightest_peer_that_instruments_the_kind_and_to_the_revision():
@@ -66,3 +69,4 @@ def test_the_report_gives_ratios_to_the_lightest_peer_that_instruments_the_kind_
     assert _row(report, "responses")[2] == "n/a"  # openai-v2 makes no Responses span
     assert _row(report, "responses")[-3:] == ["0.38", "0.38", "1.00"]  # ÷ openllmetry (800 k)
     assert "- openllmetry-nocontent: not installed" in report
+    assert "Versions: python 3.11.7, openai 3.57.0; openai-v2 1.0, openllmetry 1.0, spendwatch 1.0" in report
