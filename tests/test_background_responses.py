@@ -4,7 +4,11 @@ is never seen here is counted from its request when the instrumentation is remov
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from spendwatch.instrumentation.openai_sdk import background
 
 pytestmark = pytest.mark.usefixtures("instrument_openai")
 
@@ -85,3 +89,16 @@ def test_a_background_response_that_failed_is_counted_as_failed(client, stub, sp
     (record,) = sink.records
     assert (record.outcome, record.error_type) == ("error", "response.failed")
     assert finished_spans(span_exporter)[0].attributes["error.type"] == "response.failed"
+
+
+def test_a_forked_child_leaves_its_parents_background_calls_to_the_parent(client, sink):
+    client.responses.create(**REQUEST)
+
+    child = os.fork()
+    if child == 0:  # the child: at its exit it must not count the parent's call
+        background.end_all_from_request()
+        os._exit(len(sink.records))
+    _, status = os.waitpid(child, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sink.records == []  # the parent still holds it, until its outcome is seen

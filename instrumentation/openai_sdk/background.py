@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from typing import Any
 
@@ -77,6 +78,16 @@ def end_all_from_request() -> None:
         _parked.clear()
     for call, kwargs in parked:
         _end_from_request(call, kwargs)
+
+
+def _forget_parked_in_child() -> None:
+    # A forked child did not make its parent's calls, and the parent ends them: ending them here too counts them twice.
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it during the fork
+    _parked.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parked_in_child)
 
 
 def _end_from_request(call: Call, kwargs: dict) -> None:
