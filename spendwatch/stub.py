@@ -9,9 +9,7 @@ Point the real ``openai`` SDK at it::
 
 It serves ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and ``/v1/responses``
 (streamed and not), and the Azure form ``/openai/deployments/{deployment}/…?api-version=…``, with
-bodies shaped like the real API's (see :mod:`spendwatch._stub_responses`). A Responses request with
-``background: true`` is answered ``queued``; ``GET /v1/responses/{id}`` then finds it completed, and
-``POST /v1/responses/{id}/cancel`` cancels it.
+bodies shaped like the real API's (see :mod:`spendwatch._stub_responses`).
 
 Usage is a pure function of the request, one token per word:
 
@@ -68,8 +66,6 @@ _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 _LENGTH_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 _NOT_COUNTED = frozenset({"role", "type", "id", "name", "call_id", "tool_call_id", "status"})
 _WORD_PIECES = re.compile(r"\s*\S+")
-# A background response: GET retrieves it, POST .../cancel cancels it.
-_BACKGROUND_ROUTE = re.compile(r"^(?:/openai)?(?:/v1)?/responses/(?P<id>resp_[^/]+?)(?P<cancel>/cancel)?/?$")
 _ROUTE = re.compile(
     r"^(?:/openai/deployments/(?P<deployment>[^/]+)|/openai)?(?:/v1)?"
     r"/(?P<endpoint>chat/completions|completions|embeddings|responses)/?$"
@@ -155,7 +151,6 @@ class StubServer(LocalHTTPServer):
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
         self._usage: list[ReportedUsage] = []
-        self._background: dict[str, dict[str, Any]] = {}  # background responses by id, as they end up
 
     def handler_class(self) -> type[BaseHTTPRequestHandler]:
         return _Handler
@@ -176,19 +171,6 @@ class StubServer(LocalHTTPServer):
         with self._lock:
             self._requests.clear()
             self._usage.clear()
-            self._background.clear()
-
-    def _keep_background(self, response: dict[str, Any]) -> None:
-        with self._lock:
-            self._background[response["id"]] = response
-
-    def _background_response(self, response_id: str, status: str | None = None) -> dict[str, Any] | None:
-        """A background response as retrieved now (it has completed by then), or cancelled (``status``)."""
-        with self._lock:
-            response = self._background.get(response_id)
-            if response is not None and status is not None:
-                response = self._background[response_id] = response | {"status": status}
-            return response
 
     def _record_request(self, path: str, headers: Mapping[str, str], body: Any) -> None:
         kept = {k.lower(): v for k, v in headers.items() if k.lower() not in ("authorization", "api-key")}
@@ -227,10 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
         stub = self.server.owner
         stub._record_request(self.path, self.headers, body)
         route = _ROUTE.match(path)
-        background = _BACKGROUND_ROUTE.match(path)
-        if background is not None and background["cancel"]:
-            self._send(_background_reply(stub, background["id"], "cancelled"))
-        elif route is None:
+        if route is None:
             self._send(_error(404, f"Invalid URL (POST {path})", "invalid_request_error", None))
         elif not isinstance(body, dict):
             self._send(_error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None))
@@ -241,12 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_misbehaviour(call.model) or _ENDPOINTS[call.endpoint](call))
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        background = _BACKGROUND_ROUTE.match(path)
-        if background is None or background["cancel"]:
-            self._send(_error(404, f"Invalid URL (GET {path})", "invalid_request_error", None))
-        else:
-            self._send(_background_reply(self.server.owner, background["id"]))
+        self._send(_error(404, f"Invalid URL (GET {urlsplit(self.path).path})", "invalid_request_error", None))
 
     def _send(self, reply: _Reply) -> None:
         self.send_response(reply.status)
@@ -400,20 +374,9 @@ def _responses(call: _Call) -> _Reply:
     reasoning = call.model.startswith(_REASONING_PREFIXES)
     if not call.stream:
         output = shapes.response_output("".join(words), reasoning)
-        response = shapes.response_object(call.body, call.response_model, output, usage)
-        if call.body.get("background") is True:  # answered queued; retrieving it later finds it completed
-            call.stub._keep_background(response | {"background": True})
-            return _Reply(body=shapes.in_progress(response) | {"status": "queued", "background": True})
-        return _Reply(body=response)
+        return _Reply(body=shapes.response_object(call.body, call.response_model, output, usage))
     events = shapes.response_events(call.body, call.response_model, words, usage, reasoning)
     return _stream([shapes.sse(payload, event=kind) for kind, payload in events], call)
-
-
-def _background_reply(stub: StubServer, response_id: str, status: str | None = None) -> _Reply:
-    response = stub._background_response(response_id, status)
-    if response is None:
-        return _error(404, f"No response found with id '{response_id}'.", "invalid_request_error", None)
-    return _Reply(body=response)
 
 
 def _stream(events: list[bytes], call: _Call) -> _Reply:

@@ -63,12 +63,6 @@ class OpenAIInstrumentor(BaseInstrumentor):
             factory = patch.async_wrapper if is_async else patch.sync_wrapper
             wrap_function_wrapper(module_name, f"{class_name}.{method}", factory(recorder, kind, operation, capture))
             self._wrapped_targets.append((owner, method))
-        for module_name, class_name, method, is_async in patch.SETTLE_TARGETS:
-            owner = getattr(_import_or_none(module_name), class_name, None)
-            if owner is None or not hasattr(owner, method):
-                continue  # an SDK without background responses
-            wrap_function_wrapper(owner, method, patch.async_settle_background if is_async else patch.settle_background)
-            self._wrapped_targets.append((owner, method))
         for module_name, class_name, is_async in patch.HELPER_TARGETS:
             owner = getattr(_import_or_none(module_name), class_name, None)
             if owner is None:
@@ -80,9 +74,6 @@ class OpenAIInstrumentor(BaseInstrumentor):
         for owner, method in getattr(self, "_wrapped_targets", ()):
             unwrap(owner, method)
         self._wrapped_targets = []
-        from spendwatch.instrumentation.openai_sdk import background
-
-        background.end_all_from_request()  # their outcome can no longer be seen
         if getattr(self, "_recorder", None) is not None:
             # with_raw_response / with_streaming_response bind the method when first touched and keep it:
             # a wrapper bound while instrumented passes every call straight through from now on.

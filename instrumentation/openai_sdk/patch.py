@@ -23,7 +23,6 @@ from wrapt import ObjectProxy
 from spendwatch.instrumentation import records
 from spendwatch.instrumentation.calls import Call, CallRecorder, Usage
 from spendwatch.instrumentation.errors import BudgetExceededError
-from spendwatch.instrumentation.openai_sdk import background
 from spendwatch.instrumentation.openai_sdk.streams import (
     AsyncStreamProxy,
     SyncStreamProxy,
@@ -45,17 +44,7 @@ from spendwatch.instrumentation.openai_sdk.usage import (
 from spendwatch.instrumentation.records import CallRequest
 from spendwatch.instrumentation.semconv_metrics import start_background_thread
 
-__all__ = [
-    "HELPER_TARGETS",
-    "SETTLE_TARGETS",
-    "TARGETS",
-    "async_helper_close",
-    "async_settle_background",
-    "async_wrapper",
-    "helper_close",
-    "settle_background",
-    "sync_wrapper",
-]
+__all__ = ["HELPER_TARGETS", "TARGETS", "async_helper_close", "async_wrapper", "helper_close", "sync_wrapper"]
 
 _logger = logging.getLogger(__name__)
 
@@ -74,14 +63,6 @@ TARGETS = (
     ("openai.resources.responses", "Responses", "parse", RESPONSES, "chat", False),
     ("openai.resources.responses", "AsyncResponses", "create", RESPONSES, "chat", True),
     ("openai.resources.responses", "AsyncResponses", "parse", RESPONSES, "chat", True),
-)
-
-# Where a background response's outcome comes back (module, class, method, is_async): see background.py.
-SETTLE_TARGETS = (
-    ("openai.resources.responses", "Responses", "retrieve", False),
-    ("openai.resources.responses", "Responses", "cancel", False),
-    ("openai.resources.responses", "AsyncResponses", "retrieve", True),
-    ("openai.resources.responses", "AsyncResponses", "cancel", True),
 )
 
 # The SDK's ``.stream()`` helpers (module, class, is_async): their ``close()`` closes the HTTP response past our
@@ -259,8 +240,6 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
     try:
         call.deactivate()
         if isinstance(result, BaseModel) and not capture:  # the usual case: a parsed response
-            if kind == RESPONSES and kwargs.get("background") is True and background.park(call, result, kwargs):
-                return result  # ends when this process retrieves its outcome
             call.succeed(usage_from_result(kind, result, kwargs))
             return result
         if isinstance(result, Stream):
@@ -273,8 +252,6 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
             return StreamedResponseProxy(result, call, kind, kwargs)
         if isinstance(result, AsyncAPIResponse):
             return AsyncStreamedResponseProxy(result, call, kind, kwargs)
-        if kind == RESPONSES and kwargs.get("background") is True and background.park(call, result, kwargs):
-            return result
         call.succeed(usage_from_result(kind, result, kwargs), _output_content(result) if capture else None)
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a call", exc_info=True)
@@ -444,26 +421,6 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
         return _finish(call, kind, result, kwargs, capture)
 
     return traced
-
-
-def settle_background(wrapped, instance, args, kwargs):
-    result = wrapped(*args, **kwargs)
-    _settle(result)
-    return result
-
-
-async def async_settle_background(wrapped, instance, args, kwargs):
-    result = await wrapped(*args, **kwargs)
-    _settle(result)
-    return result
-
-
-def _settle(result: Any) -> None:
-    if isinstance(result, BaseModel):
-        try:
-            background.settle(result)
-        except Exception:  # noqa: BLE001
-            _logger.debug("spendwatch: could not end a background call", exc_info=True)
 
 
 def helper_close(wrapped, instance, args, kwargs):

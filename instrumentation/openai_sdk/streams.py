@@ -33,15 +33,7 @@ from spendwatch.instrumentation.openai_sdk.usage import (
 )
 from spendwatch.instrumentation.semconv_metrics import run_with_each_flush, start_background_thread
 
-__all__ = [
-    "SyncStreamProxy",
-    "AsyncStreamProxy",
-    "end_abandoned",
-    "end_helper_stream",
-    "error_code",
-    "new_stream_state",
-    "queue_end",
-]
+__all__ = ["SyncStreamProxy", "AsyncStreamProxy", "end_abandoned", "end_helper_stream", "new_stream_state", "queue_end"]
 
 _logger = logging.getLogger(__name__)
 
@@ -125,11 +117,11 @@ class ResponsesStreamState:
         elif kind in _RESPONSE_FINAL_EVENTS:
             self.response = getattr(event, "response", None)
             if kind == "response.failed":
-                self.failure = error_code(getattr(self.response, "error", None), "response.failed")
+                self.failure = _error_code(getattr(self.response, "error", None), "response.failed")
         elif kind == "response.created":
             self.model = text(getattr(getattr(event, "response", None), "model", None))
         elif kind == "error":
-            self.failure = error_code(event, "error")
+            self.failure = _error_code(event, "error")
 
     def to_usage(self) -> Usage:
         if self.response is not None:
@@ -142,8 +134,7 @@ class ResponsesStreamState:
         )
 
 
-def error_code(error: Any, default: str) -> str:
-    """The code of an error a response reports, or ``default``."""
+def _error_code(error: Any, default: str) -> str:
     return text(getattr(error, "code", None)) or default
 
 
