@@ -229,8 +229,11 @@ class Call:
             span.end()
         except Exception:  # noqa: BLE001 - a span processor's failure must not cost the record: spend is counted anyway
             _logger.debug("spendwatch: ending a span failed", exc_info=True)
-        recorder.metrics.add(record)
-        records.emit(record)
+        records.emit(record)  # first: the record is what counts the spend; the metrics below only describe it
+        try:
+            recorder.metrics.add(record)
+        except Exception:  # noqa: BLE001 - e.g. no new thread may start at interpreter shutdown (Python 3.12.0-1)
+            _logger.debug("spendwatch: could not queue a call's semantic-convention metrics", exc_info=True)
 
 
 def _storable_value(value):

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import inspect
 import json
+import os
 import threading
 import time
 
@@ -399,3 +400,26 @@ def test_a_dropped_stream_is_counted_by_the_background_thread_within_a_second_or
     while not sink.records and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(sink.records) == 1
+
+
+def test_a_call_ended_when_no_thread_can_start_is_still_recorded(sink):
+    # At interpreter shutdown (Python 3.12.0-1) no thread may start: a call ended then, in a process whose metrics
+    # thread was never started (here: a forked child), must still reach the sinks.
+    client = openai.OpenAI(
+        api_key="k", base_url="http://mock.invalid/v1", http_client=serving(ANSWER, "application/json")
+    )
+    pid = os.fork()
+    if pid == 0:
+        try:
+
+            def refuse(self):
+                raise RuntimeError("can't create new thread at interpreter shutdown")
+
+            threading.Thread.start = refuse
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            os._exit(0 if len(sink.records) == 1 and sink.records[0].cost_usd > 0 else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
