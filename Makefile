@@ -66,7 +66,8 @@ $(BENCH_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_BIN)/pip install --quiet --upgrade pip
 	$(BENCH_BIN)/pip install --quiet -e '.[test]'
-	$(BENCH_BIN)/pip install --quiet $(BENCH_PEERS) || echo "bench: some peers did not install; they will show as not available"
+	$(BENCH_BIN)/pip install --quiet $(BENCH_PEERS) \
+		|| echo "bench: some peers did not install; they will show as not available"
 	touch $@
 
 # Instrumentation overhead against the bare call and the peers, ledger ingest, /metrics scrape and guard cost, then
