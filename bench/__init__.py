@@ -10,13 +10,15 @@ import os
 import statistics
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+RESULTS = ROOT / "bench" / "results"
 
 
-def publish(filename: str, text: str) -> Path:
-    """Print a benchmark's markdown report and keep it in ``bench/results/`` (where the README's numbers come from)."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / filename
+def publish(filename: str | Path, text: str) -> Path:
+    """Print a benchmark's markdown report and keep it as ``bench/results/FILENAME`` (where the README's numbers come
+    from), or at a ``Path`` given instead (``--out``)."""
+    path = filename if isinstance(filename, Path) else RESULTS / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(text)
     return path

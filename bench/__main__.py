@@ -24,9 +24,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import RESULTS, baseline, fill_defaults, report, variants
-
-_ROOT = Path(__file__).resolve().parent.parent
+from bench import baseline, fill_defaults, publish, report, variants
 
 _FULL = {"rounds": 21, "calls": 150, "warmup": 20, "mem_calls": 100}
 _QUICK = {"rounds": 7, "calls": 60, "warmup": 10, "mem_calls": 30}
@@ -36,8 +34,8 @@ class _Worker:
     """A worker process: ``name`` in the report, running ``variant`` from ``cwd`` (where ``--against`` puts an older
     spendwatch)."""
 
-    def __init__(self, name: str, variant: str | None = None, cwd: Path = _ROOT) -> None:
-        self.name, self.variant, self.cwd = name, variant or name, cwd
+    def __init__(self, name: str, variant: str, cwd: Path) -> None:
+        self.name, self.variant, self.cwd = name, variant, cwd
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "bench.worker", self.variant],
             cwd=cwd,
@@ -80,7 +78,7 @@ def _settings(argv: list[str]) -> argparse.Namespace:
 
 
 def _start(specs: list[tuple]) -> tuple[list[_Worker], dict[str, dict], dict[str, str], list[str]]:
-    """Start a worker per ``(name[, variant, cwd])``."""
+    """Start a worker per ``(name, variant, cwd)``."""
     workers = [_Worker(*spec) for spec in specs]  # they import and instrument in parallel
     ready, versions, unavailable, kinds = [], {}, {}, []
     for worker in workers:
@@ -139,16 +137,8 @@ def _command(argv: list[str]) -> str:
 
 def main(argv: list[str]) -> None:
     args = _settings(argv)
-    names = [variants.BARE] + [n for n in args.variants.split(",") if n and n != variants.BARE]
-    unknown = [n for n in names if n not in variants.VARIANTS]
-    if unknown:
-        sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants.VARIANTS)}")
     with contextlib.ExitStack() as cleanup:
-        specs = [(name,) for name in names]
-        if args.against:  # the revision's spendwatch, started from its own checkout, as one more variant
-            revision_dir = cleanup.enter_context(baseline.checkout(args.against))
-            specs.append((baseline.variant_name(args.against), "spendwatch", revision_dir))
-        _run(args, argv, specs)
+        _run(args, argv, baseline.specs(variants.chosen(args.variants), args.against, cleanup))
 
 
 def _run(args: argparse.Namespace, argv: list[str], specs: list[tuple]) -> None:
@@ -168,12 +158,8 @@ def _run(args: argparse.Namespace, argv: list[str], specs: list[tuple]) -> None:
         workers = _measure(args, workers, run)
     finally:
         _close(workers)
-    text = report.markdown(run)
-    out = args.out or RESULTS / ("against.md" if args.against else "latest.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out = publish(args.out or ("against.md" if args.against else "latest.md"), report.markdown(run))
     out.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(run), indent=1) + "\n")
-    print(text)
     print(f"({time.monotonic() - started:.0f} s; written to {out})", file=sys.stderr)
 
 

@@ -33,12 +33,10 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import RESULTS, baseline, fill_defaults, report, variants, worker
-from bench.transport import STREAM_CHUNKS
+from bench import baseline, fill_defaults, publish, report, variants, worker
 
 __all__ = ["main"]
 
-_ROOT = Path(__file__).resolve().parent.parent
 _FULL = {"calls": 100, "warmup": 30}
 _QUICK = {"calls": 20, "warmup": 10}
 _CALLGRIND = (
@@ -82,7 +80,7 @@ def _serve(variant: str, calls: int, warmup: int, result: Path) -> None:
     result.write_text(json.dumps({"ok": True, "versions": versions, "kinds": list(kinds), "spans_per_call": spans}))
 
 
-def _count(name: str, variant: str, cwd: Path, calls: int, warmup: int) -> dict:
+def _count(name: str, variant: str, cwd: Path, calls: int, warmup: int, prefix: tuple[str, ...]) -> dict:
     """Run one variant under callgrind; its outcome with ``instructions`` per call of each kind (caller's thread)."""
     with tempfile.TemporaryDirectory(prefix="spendwatch-bench-instructions-") as tmp:
         out, result = Path(tmp, "callgrind.out"), Path(tmp, "result.json")
@@ -91,7 +89,7 @@ def _count(name: str, variant: str, cwd: Path, calls: int, warmup: int) -> dict:
         # No OTEL_* settings: a resource detector calling getppid() would add a dump and shift every kind's count.
         environment = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
         finished = subprocess.run(
-            [*_no_address_randomisation(), *_CALLGRIND, f"--callgrind-out-file={out}", *worker_command],
+            [*prefix, *_CALLGRIND, f"--callgrind-out-file={out}", *worker_command],
             cwd=cwd,
             env={**environment, "PYTHONHASHSEED": "0"},
             stdout=subprocess.DEVNULL,
@@ -122,10 +120,6 @@ def _total(dump: Path) -> int:
     raise RuntimeError(f"{dump} has no totals line")
 
 
-def _ratio(ours: float | None, lightest: float | None) -> str:
-    return "—" if ours is None or not lightest or lightest <= 0 else f"{ours / lightest:.2f}"
-
-
 def _thousands(value: float | None) -> str:
     return "n/a" if value is None else f"{value / 1000:.1f} k"
 
@@ -137,13 +131,8 @@ def markdown(outcomes: dict[str, dict], command: str, calls: int, reference: str
     present = [name for name, outcome in outcomes.items() if outcome["ok"] and name != variants.BARE]
     peers = [name for name in variants.PEERS if name in present]
     ours = [name for name in present if name in _OURS or name == reference]
-    rows = []
-    for kind in outcomes[variants.BARE]["kinds"]:
-        rows.append((kind, kind, 1))
-        if kind == "chat stream":
-            rows.append(("stream, per chunk", kind, STREAM_CHUNKS))
 
-    def over_bare(name: str, kind: str, scale: int) -> float | None:
+    def over_bare(name: str, kind: str, scale: float) -> float | None:
         outcome = outcomes[name]
         if name != variants.CONTROL and outcome["spans_per_call"][kind] <= 0:
             return None  # the variant made no span for this kind
@@ -154,14 +143,14 @@ def markdown(outcomes: dict[str, dict], command: str, calls: int, reference: str
     if reference:
         header += [f"spendwatch ÷ {reference}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, kind, scale in rows:
+    for label, kind, scale in report.rows(outcomes[variants.BARE]["kinds"]):
         added = {name: over_bare(name, kind, scale) for name in present}
         peer_values = [added[name] for name in peers if added[name] is not None]
         lightest = min(peer_values) if peer_values else None
         cells = [label, _thousands(bare[kind] / scale), *[_thousands(added[name]) for name in present]]
-        cells += [_ratio(added[name], lightest) for name in ours]
+        cells += [report.ratio(added[name], lightest) for name in ours]
         if reference:
-            cells.append(_ratio(added.get(variants.SPENDWATCH[0]), added.get(reference)))
+            cells.append(report.ratio(added.get(variants.SPENDWATCH[0]), added.get(reference)))
         lines.append("| " + " | ".join(cells) + " |")
     unavailable = [f"- {name}: {outcome['error']}" for name, outcome in outcomes.items() if not outcome["ok"]]
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -200,38 +189,27 @@ def _settings(argv: list[str]) -> argparse.Namespace:
     return fill_defaults(parser.parse_args(argv), _FULL, _QUICK)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
     args = _settings(argv)
     if args.worker:
         _serve(args.worker, args.calls, args.warmup, args.result)
-        return 0
-    names = [variants.BARE, *[name for name in args.variants.split(",") if name and name != variants.BARE]]
-    if args.against and variants.SPENDWATCH[0] not in names:
-        names.append(variants.SPENDWATCH[0])  # what the revision is compared with
-    unknown = [name for name in names if name not in variants.VARIANTS]
-    if unknown:
-        sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants.VARIANTS)}")
+        return
+    names = variants.chosen(args.variants)
     if shutil.which("valgrind") is None:
         sys.exit("bench.instructions needs valgrind (Debian: apt-get install valgrind)")
-    reference = baseline.variant_name(args.against) if args.against else None
-    with contextlib.ExitStack() as cleanup:
-        specs = [(name, name, _ROOT) for name in names]
-        if args.against:  # the revision's spendwatch, started from its own checkout
-            specs.append((reference, variants.SPENDWATCH[0], cleanup.enter_context(baseline.checkout(args.against))))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            counting = {
-                name: pool.submit(_count, name, variant, cwd, args.calls, args.warmup) for name, variant, cwd in specs
-            }
-            outcomes = {name: future.result() for name, future in counting.items()}
+    prefix = _no_address_randomisation()
+    with contextlib.ExitStack() as cleanup, concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        counting = {
+            name: pool.submit(_count, name, variant, cwd, args.calls, args.warmup, prefix)
+            for name, variant, cwd in baseline.specs(names, args.against, cleanup)
+        }
+        outcomes = {name: future.result() for name, future in counting.items()}
     if not outcomes[variants.BARE]["ok"]:
         sys.exit(f"the bare SDK does not run: {outcomes[variants.BARE]['error']}")
+    reference = baseline.variant_name(args.against) if args.against else None
     text = markdown(outcomes, " ".join(["python -m bench.instructions", *argv]), args.calls, reference)
-    out = args.out or RESULTS / ("against-instructions.md" if args.against else "instructions.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
-    return 0
+    publish(args.out or ("against-instructions.md" if args.against else "instructions.md"), text)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

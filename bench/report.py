@@ -12,7 +12,7 @@ from bench import spread
 from bench.transport import STREAM_CHUNKS
 from bench.variants import BARE, CONTROL, FLOOR, PEERS, SPENDWATCH, VARIANTS, WORK_FLOOR
 
-__all__ = ["Run", "markdown", "versions_line"]
+__all__ = ["Run", "markdown", "ratio", "rows", "versions_line"]
 
 _PER_CHUNK = "stream, per chunk"
 
@@ -54,33 +54,35 @@ def _cell(stats: tuple[float, float, float] | None) -> str:
     return f"{median:.1f} ({q1:.1f}–{q3:.1f})"
 
 
-def _ratio(ours: tuple | None, theirs: tuple | None) -> str:
-    if ours is None or theirs is None or theirs[0] <= 0:
+def ratio(ours: float | tuple | None, theirs: float | tuple | None) -> str:
+    """``ours ÷ theirs`` to two places, each a number or a ``(median, q1, q3)``; "—" when there is none."""
+    ours, theirs = (value[0] if isinstance(value, tuple) else value for value in (ours, theirs))
+    if ours is None or theirs is None or theirs <= 0:
         return "—"
-    return f"{ours[0] / theirs[0]:.2f}"
+    return f"{ours / theirs:.2f}"
 
 
-def _rows(run: Run) -> list[tuple[str, str, float]]:
+def rows(kinds: list[str]) -> list[tuple[str, str, float]]:
     """(label, kind, scale): every kind, plus the stream's cost per chunk right after the stream."""
-    rows = []
-    for kind in run.kinds:
-        rows.append((kind, kind, 1.0))
+    labelled = []
+    for kind in kinds:
+        labelled.append((kind, kind, 1.0))
         if kind == "chat stream":
-            rows.append((_PER_CHUNK, kind, float(STREAM_CHUNKS)))
-    return rows
+            labelled.append((_PER_CHUNK, kind, float(STREAM_CHUNKS)))
+    return labelled
 
 
 def _overhead_table(run: Run, instrumented: list[str], peers: list[str], ours: list[str]) -> list[str]:
     header = ["kind", "bare median µs", *(f"{v} overhead µs" for v in instrumented)]
     header += [f"{v} ÷ lightest peer" for v in ours]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, kind, scale in _rows(run):
+    for label, kind, scale in rows(run.kinds):
         bare = spread([ns / 1000 / scale for ns in run.median_ns[BARE][kind]])
         stats = {v: _overheads(run, v, kind, scale) for v in instrumented}
         peer_stats = [stats[p] for p in peers if stats[p] is not None]
         lightest = min(peer_stats, key=lambda s: s[0]) if peer_stats else None
         cells = [label, _cell(bare), *(_cell(stats[v]) for v in instrumented)]
-        cells += [_ratio(stats[v], lightest) for v in ours]
+        cells += [ratio(stats[v], lightest) for v in ours]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -89,10 +91,10 @@ def _ratio_table(run: Run, peers: list[str], ours: list[str]) -> list[str]:
     pairs = [(o, p) for o in ours for p in peers]
     header = ["kind", *(f"{o} ÷ {p}" for o, p in pairs)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, kind, scale in _rows(run):
+    for label, kind, scale in rows(run.kinds):
         if scale != 1.0:
             continue
-        cells = [_ratio(_overheads(run, o, kind), _overheads(run, p, kind)) for o, p in pairs]
+        cells = [ratio(_overheads(run, o, kind), _overheads(run, p, kind)) for o, p in pairs]
         lines.append("| " + " | ".join([label, *cells]) + " |")
     return lines
 
@@ -111,7 +113,7 @@ def _deferred_table(run: Run, peers: list[str], ours: list[str]) -> list[str]:
         for v in deferring:
             overhead = _overheads(run, v, kind)
             total = None if overhead is None else (overhead[0] + deferred[v][0],)
-            cells.append(_ratio(total, lightest))
+            cells.append(ratio(total, lightest))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -138,10 +140,10 @@ def _against_table(run: Run, ours: str) -> list[str]:
     """``ours`` against the baseline revision: the median and IQR of their per-round paired difference."""
     header = ["kind", f"{ours} − {run.baseline} µs", f"{ours} ÷ {run.baseline}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, kind, scale in _rows(run):
+    for label, kind, scale in rows(run.kinds):
         difference = _overheads(run, ours, kind, scale, reference=run.baseline)
-        ratio = _ratio(_overheads(run, ours, kind, scale), _overheads(run, run.baseline, kind, scale))
-        lines.append(f"| {label} | {_cell(difference)} | {ratio} |")
+        against = ratio(_overheads(run, ours, kind, scale), _overheads(run, run.baseline, kind, scale))
+        lines.append(f"| {label} | {_cell(difference)} | {against} |")
     return lines
 
 

@@ -17,6 +17,7 @@ import atexit
 import importlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -42,6 +43,7 @@ __all__ = [
     "VARIANTS",
     "CountingSpanExporter",
     "Unavailable",
+    "chosen",
     "setup",
 ]
 
@@ -111,18 +113,12 @@ def _remove_ledger(sink: LedgerSink, directory: str) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _span_floor() -> str:
-    from bench import span_floor
+def _reference(module: str, distribution: str) -> Callable[[], str]:
+    def setup() -> str:
+        importlib.import_module(module).instrument()
+        return _version(distribution)
 
-    span_floor.instrument()
-    return _version("opentelemetry-sdk")
-
-
-def _work_floor() -> str:
-    from bench import work_floor
-
-    work_floor.instrument()
-    return _version("spendwatch")
+    return setup
 
 
 def _version(distribution: str) -> str:
@@ -149,8 +145,8 @@ VARIANTS: dict[str, Callable[[], str]] = {
     "openllmetry-nocontent": _with_env(_OPENLLMETRY, TRACELOOP_TRACE_CONTENT="false"),  # like the others' default
     "spendwatch": _instrument("spendwatch.instrumentation.openai_sdk", "spendwatch"),
     "spendwatch+ledger": _spendwatch_with_ledger,  # plus the durable ledger behind it, as configure() attaches
-    FLOOR: _span_floor,
-    WORK_FLOOR: _work_floor,
+    FLOOR: _reference("bench.span_floor", "opentelemetry-sdk"),
+    WORK_FLOOR: _reference("bench.work_floor", "spendwatch"),
 }
 
 
@@ -163,6 +159,15 @@ def _flush_spendwatch_deferred() -> int:
 # Work a variant does for a call after it returned, on a background thread: a callable that does it now and says for
 # how many calls, so the worker can time it per call (the median call time cannot show it).
 DEFERRED: dict[str, Callable[[], int]] = dict.fromkeys(SPENDWATCH, _flush_spendwatch_deferred)
+
+
+def chosen(variants_option: str) -> list[str]:
+    """The variants a ``--variants a,b`` option names, bare first (always); exits naming any unknown one."""
+    names = [BARE, *[name for name in variants_option.split(",") if name and name != BARE]]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    return names
 
 
 def setup(name: str) -> tuple[CountingSpanExporter, str]:

@@ -17,18 +17,29 @@ def _worktrees() -> str:
     return subprocess.run(["git", "worktree", "list"], cwd=_ROOT, capture_output=True, text=True, check=True).stdout
 
 
+def _revision_before_the_last_change_to(path: str) -> str:
+    last = subprocess.run(["git", "log", "-1", "--format=%H", "--", path], cwd=_ROOT, capture_output=True, text=True)
+    return f"{last.stdout.strip()}~1"
+
+
 def test_the_baseline_worker_imports_the_revision_and_this_harness():
+    # A revision whose calls.py differs from the working tree's: a checkout of the working tree would fail this.
+    revision = _revision_before_the_last_change_to("instrumentation/calls.py")
     before = _worktrees()
-    with baseline.checkout("HEAD") as run_dir:
+    with baseline.checkout(revision) as run_dir:
         where = subprocess.run(
             [sys.executable, "-c", _WHERE_FROM], cwd=run_dir, capture_output=True, text=True, check=True
         ).stdout.split()
         calls, bench = (Path(path).resolve() for path in where)
         assert not calls.is_relative_to(_ROOT)  # the worktree's copy, not the installed working tree
         committed = subprocess.run(
-            ["git", "show", "HEAD:instrumentation/calls.py"], cwd=_ROOT, capture_output=True, text=True, check=True
+            ["git", "show", f"{revision}:instrumentation/calls.py"],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
-        assert calls.read_text() == committed
+        assert calls.read_text() == committed != (_ROOT / "instrumentation" / "calls.py").read_text()
         assert bench == (_ROOT / "bench" / "__init__.py").resolve()
     assert not run_dir.exists()
     assert _worktrees() == before

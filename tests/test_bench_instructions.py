@@ -45,8 +45,8 @@ def test_span_floor_is_counted_per_call_over_the_bare_call(tmp_path):
         assert ratio == "—"  # no peer in this run
 
 
-def _outcome(kinds: dict[str, float], spans: float = 1.0) -> dict:
-    versions = {"python": "3.11.7", "openai": "3.57.0", "variant": "1.0"}
+def _outcome(kinds: dict[str, float], spans: float = 1.0, version: str = "1.0") -> dict:
+    versions = {"python": "3.11.7", "openai": "3.57.0", "variant": version}
     return {"ok": True, "versions": versions, "kinds": list(kinds), "instructions": kinds,
             "spans_per_call": dict.fromkeys(kinds, spans)}  # fmt: skip
 
@@ -58,8 +58,8 @@ def test_the_report_gives_ratios_to_the_lightest_peer_that_instruments_the_kind_
             **_outcome({"chat": 1_400_000, "responses": 1_000_000}),
             "spans_per_call": {"chat": 1, "responses": 0},
         },
-        "openllmetry": _outcome({"chat": 1_500_000, "responses": 1_800_000}),
-        "spendwatch": _outcome({"chat": 1_200_000, "responses": 1_300_000}),
+        "openllmetry": _outcome({"chat": 1_500_000, "responses": 1_800_000}, version="0.62"),
+        "spendwatch": _outcome({"chat": 1_200_000, "responses": 1_300_000}, version="0.1"),
         "spendwatch@abc123": _outcome({"chat": 1_250_000, "responses": 1_300_000}),
         "openllmetry-nocontent": {"ok": False, "error": "not installed"},
     }
@@ -69,4 +69,4 @@ def test_the_report_gives_ratios_to_the_lightest_peer_that_instruments_the_kind_
     assert _row(report, "responses")[2] == "n/a"  # openai-v2 makes no Responses span
     assert _row(report, "responses")[-3:] == ["0.38", "0.38", "1.00"]  # ÷ openllmetry (800 k)
     assert "- openllmetry-nocontent: not installed" in report
-    assert "Versions: python 3.11.7, openai 3.57.0; openai-v2 1.0, openllmetry 1.0, spendwatch 1.0" in report
+    assert "Versions: python 3.11.7, openai 3.57.0; openai-v2 1.0, openllmetry 0.62, spendwatch 0.1" in report
