@@ -230,10 +230,7 @@ class Call:
         except Exception:  # noqa: BLE001 - a span processor's failure must not cost the record: spend is counted anyway
             _logger.debug("spendwatch: ending a span failed", exc_info=True)
         records.emit(record)  # first: the record is what counts the spend; the metrics below only describe it
-        try:
-            recorder.metrics.add(record)
-        except Exception:  # noqa: BLE001 - e.g. no new thread may start at interpreter shutdown (Python 3.12.0-1)
-            _logger.debug("spendwatch: could not queue a call's semantic-convention metrics", exc_info=True)
+        recorder.metrics.add(record)
 
 
 def _storable_value(value):

@@ -211,7 +211,7 @@ def load_overrides(path: str | os.PathLike, label: str | None = None) -> dict[st
     sentence starts with ``label``: the setting that named the file and its value, ``SPENDWATCH_PRICES_FILE='...'``
     unless told otherwise (``prices_file='...' in SPENDWATCH_CONFIG='...'``)."""
     label = label or f"{PRICES_FILE_ENV}={os.fspath(path)!r}"
-    json_file = _is_json(path)
+    json_file = os.fspath(path).lower().endswith(".json")
     raw = _parse_overrides_file(path, label, json_file)
     source = f"file {os.path.abspath(path)}"
     models = _models_table(raw, label)
@@ -254,10 +254,6 @@ def _parse_overrides_file(path: str | os.PathLike, label: str, json_file: bool) 
         raise _file_error(label, f"not valid {kind} ({error})") from None
     except RecursionError:  # both parsers recurse per nesting level: a hostile file would escape as a traceback
         raise _file_error(label, "nested too deeply to be a prices file") from None
-
-
-def _is_json(path: str | os.PathLike) -> bool:
-    return os.fspath(path).lower().endswith(".json")
 
 
 def _models_table(raw: Any, label: str) -> Mapping[str, Any]:

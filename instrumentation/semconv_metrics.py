@@ -159,7 +159,12 @@ class _Flusher:
         if not self.running:
             with self._lock:
                 if not self.running:
-                    threading.Thread(target=self._flush_forever, name="spendwatch-semconv", daemon=True).start()
+                    thread = threading.Thread(target=self._flush_forever, name="spendwatch-semconv", daemon=True)
+                    try:
+                        thread.start()
+                    except RuntimeError:  # no new thread at interpreter shutdown (Python 3.12.0-1): exit flushes
+                        _logger.debug("spendwatch: could not start the background thread", exc_info=True)
+                        return
                     self.running = True
 
     def wake(self) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import openai
 import pydantic
 import pytest
 from openai import _base_client
 
-from spendwatch.instrumentation.semconv_metrics import flush_all
+from spendwatch.instrumentation.semconv_metrics import FLUSH_INTERVAL_S
 from spendwatch.stub import StubServer
 from tests.conftest import FAKE_API_KEY
 
@@ -161,13 +162,34 @@ def test_an_answer_cut_short_while_the_caller_parses_it_is_counted_from_the_requ
     assert_counted_from_the_request(span_exporter, sink, "RemoteProtocolError")
 
 
+def test_a_raw_answer_that_cannot_be_parsed_is_counted_from_the_request(span_exporter, sink):
+    # with_raw_response: the answer arrived (HTTP 200) and was billed; the SDK's parse of its body then fails.
+    client = openai.OpenAI(
+        api_key=FAKE_API_KEY, base_url="http://mock.invalid/v1", http_client=_answering(b"{not json"), max_retries=0
+    )
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    assert raw.status_code == 200
+    assert_counted_from_the_request(span_exporter, sink, "JSONDecodeError")
+
+
+def _answering(body: bytes) -> _httpx.Client:
+    def answer(request):
+        return _httpx.Response(200, headers={"content-type": "application/json"}, content=body)
+
+    return _httpx.Client(transport=_httpx.MockTransport(answer))
+
+
 async def test_a_call_whose_coroutine_is_closed_mid_wait_is_counted_from_the_request(slow_stub, sink):
     client = openai.AsyncOpenAI(api_key=FAKE_API_KEY, base_url=slow_stub.base_url, max_retries=0)
     call = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     task = asyncio.ensure_future(_drive_then_close(call))
     await task
 
-    flush_all()  # the background thread ends it: closing may happen in a finaliser, which must not end a call
+    assert sink.records == []  # not ended in place: closing may happen in a finaliser, which must not end a call
+    deadline = time.monotonic() + 5 * FLUSH_INTERVAL_S
+    while not sink.records and time.monotonic() < deadline:  # the background thread ends it
+        await asyncio.sleep(0.05)
     (record,) = sink.records
     assert (record.error_type, record.estimated, record.input_tokens) == ("GeneratorExit", True, ESTIMATED_INPUT_TOKENS)
 

@@ -173,17 +173,17 @@ def _admit(guard: records.Guard, call: Call, kind: str, kwargs: dict) -> dict:
     return {**kwargs, **ticket.request_changes}
 
 
-def _fail(call: Call, error: BaseException, kind: str, kwargs: dict, *, answered: bool = False) -> None:
-    """End ``call`` as failed: the SDK raised (``answered``: while reading an answer that had arrived), or the guard
-    refused it (``BudgetExceededError``)."""
+def _fail(call: Call, error: BaseException, kind: str, kwargs: dict, *, sent: bool = False) -> None:
+    """End ``call`` as failed: the SDK raised (``sent``: known to have reached the provider), or the guard refused it
+    (``BudgetExceededError``)."""
     try:
         call.deactivate()
-        call.fail(error, _billed_usage(kind, error, kwargs, answered))
+        call.fail(error, _billed_usage(kind, error, kwargs, sent))
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a failed call", exc_info=True)
 
 
-def _billed_usage(kind: str, error: BaseException, kwargs: dict, answered: bool) -> Usage | None:
+def _billed_usage(kind: str, error: BaseException, kwargs: dict, sent: bool) -> Usage | None:
     """What a failed call may have been billed for; None when it cannot have been billed.
 
     ``parse()``'s ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` carry the billed completion
@@ -194,7 +194,7 @@ def _billed_usage(kind: str, error: BaseException, kwargs: dict, answered: bool)
     completion = getattr(error, "completion", None)
     if completion is not None:
         return usage_from_result(kind, completion, kwargs)
-    if not answered and _cannot_be_billed(error):
+    if not sent and _cannot_be_billed(error):
         return None
     return usage_from_request(kwargs)
 
@@ -205,13 +205,12 @@ _SDK_REQUEST_FILE = openai_base_client.__file__
 
 
 def _cannot_be_billed(error: BaseException) -> bool:
-    if isinstance(error, APIStatusError | BudgetExceededError):
-        return True  # the provider answered with an error status; the guard refused the call before sending it
+    if isinstance(error, APIStatusError):
+        return True  # the provider answered with an error status
     if isinstance(error, APIConnectionError):  # APITimeoutError too, raised from the HTTP library's own error
         return type(error.__cause__).__name__ not in _LOST_IN_FLIGHT  # e.g. no connection: nothing was sent
-    # A closed coroutine's GeneratorExit starts a fresh traceback at the outermost frame: it says nothing of where the
-    # call was waiting, which is for the answer nearly always.
-    return not isinstance(error, GeneratorExit) and not _entered_the_sdks_request(error)
+    # The guard's refusal, like the SDK's own argument checks, is raised before the request machinery is entered.
+    return not _entered_the_sdks_request(error)
 
 
 def _entered_the_sdks_request(error: BaseException) -> bool:
@@ -268,7 +267,7 @@ def _finish_raw(call: Call, kind: str, raw: LegacyAPIResponse, kwargs: dict) -> 
     try:
         parsed = raw.parse()
     except Exception as error:  # noqa: BLE001 - the caller's own parse() raises it: the call failed, maybe billed
-        _fail(call, error, kind, kwargs, answered=True)
+        _fail(call, error, kind, kwargs, sent=True)
         return raw
     call.succeed(usage_from_result(kind, parsed, kwargs))
     return raw
@@ -300,14 +299,13 @@ class _UnparsedResponseProxy(ObjectProxy):
                     call.succeed(usage_from_result(self._self_kind, parsed, self._self_kwargs))
             except Exception:  # noqa: BLE001
                 _logger.debug("spendwatch: could not read a parsed response", exc_info=True)
-                if self._self_stream is None:
-                    _succeed_unread(call, self._self_kwargs)  # counted from the request, as _finish does
+                _succeed_unread(call, self._self_kwargs)  # counted from the request, as _finish does
         return self._self_stream if self._self_stream is not None else parsed
 
     def _self_fail(self, error: BaseException) -> None:
         call, self._self_call = self._self_call, None
         if call is not None:
-            _fail(call, error, self._self_kind, self._self_kwargs, answered=True)
+            _fail(call, error, self._self_kind, self._self_kwargs, sent=True)
 
     def parse(self, *args, **kwargs):
         try:
@@ -411,9 +409,10 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
                 raise
         try:
             result = await wrapped(*args, **kwargs)
-        except GeneratorExit as error:  # the coroutine was closed mid-call, maybe by the garbage collector: ended
+        except GeneratorExit as error:  # closed while waiting for the answer, maybe by the garbage collector: ended
             call.deactivate()  # later, as a finaliser must not end a call (see streams.queue_end)
-            queue_end(lambda error=error: _fail(call, error, kind, kwargs))
+            start_background_thread()
+            queue_end(lambda error=error: _fail(call, error, kind, kwargs, sent=True))
             raise
         except BaseException as error:
             _fail(call, error, kind, kwargs)

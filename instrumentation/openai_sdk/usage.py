@@ -139,7 +139,7 @@ RESPONSES_USAGE_FIELDS = ("input_tokens", "output_tokens", "input_tokens_details
 def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tuple[bool, bool]:
     """Copy the counts of a provider ``usage`` object into ``usage``. Returns whether input and output are still to
     be estimated (missing or malformed); the caller estimates them and flags the usage as estimated. A count below
-    its own part (cached above input) is left as reported: pricing raises it (``calls``), whatever the source."""
+    its own part (cached above input) is left as reported: ``calls._apply_usage`` raises it for every source."""
     input_name, output_name, input_details, output_details = fields
     input_tokens = getattr(raw, input_name, None)
     output_tokens = getattr(raw, output_name, None)
@@ -157,15 +157,15 @@ def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tu
 def estimate_missing(
     usage: Usage, missing: tuple[bool, bool], estimate_input: Callable[[], int], estimate_output: Callable[[], int]
 ) -> Usage:
-    """Estimate what :func:`fill_tokens` could not read, never below the cached or reasoning tokens it did read,
-    and flag the usage as estimated."""
+    """Estimate what :func:`fill_tokens` could not read and flag the usage as estimated (an estimate below the cached
+    or reasoning tokens read is raised to them where every call is priced, ``calls._apply_usage``)."""
     input_missing, output_missing = missing
     if input_missing or output_missing:
         usage.estimated = True
         if input_missing:
-            usage.input_tokens = max(estimate_input(), usage.cache_read_tokens)
+            usage.input_tokens = estimate_input()
         if output_missing:
-            usage.output_tokens = max(estimate_output(), usage.reasoning_tokens)
+            usage.output_tokens = estimate_output()
     return usage
 
 
