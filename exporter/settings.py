@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from spendwatch.attribution import VALID_CATEGORY, is_valid_category
 from spendwatch.exporter.ledger_backends import is_postgres_location, shown_location
 from spendwatch.instrumentation.errors import ConfigError
 
@@ -243,6 +244,9 @@ def _thresholds(value: Any, name: str) -> tuple[float, float, float]:
     ratios = tuple(_number(part, name) for part in parts)
     if not 0 < ratios[0] <= ratios[1] <= ratios[2]:
         raise ConfigError(f"{_label(name, value)} must be positive ratios in rising order, such as 0.75,0.9,1.0")
+    # A warning or critical line past the limit would only ever be reached after the budget is exceeded.
+    if ratios[1] > 1:
+        raise ConfigError(f"{_label(name, value)} must have warning and critical ratios of at most 1, such as 0.75,0.9")
     return ratios
 
 
@@ -259,7 +263,18 @@ def _categories(value: Any, name: str) -> frozenset[str]:
     parts = value.split(",") if isinstance(value, str) else value
     if not isinstance(parts, list | tuple) or not all(isinstance(part, str) for part in parts):
         raise ConfigError(f"{_label(name, value)} must be a comma-separated list of category names")
-    return frozenset(part.strip() for part in parts if part.strip())
+    categories = frozenset(part.strip() for part in parts if part.strip())
+    for category in sorted(categories):
+        _check_category(category, name, value)
+    return categories
+
+
+def _check_category(category: str, name: str, value: Any) -> None:
+    # A call's category that breaks the rule is recorded as "other", so a configured one that breaks it matches nothing.
+    if not is_valid_category(category):
+        raise ConfigError(
+            f"{_label(name, value)} names the category {category!r}, which no call can have ({VALID_CATEGORY})"
+        )
 
 
 def _optional_text(value: Any, name: str) -> str | None:
@@ -295,6 +310,11 @@ def _budgets(pick, table: Any, config_path: str | None) -> tuple[BudgetSpec, ...
 
 def _file_budget(budget_name: str, entry: Any, config_path: str | None) -> list[BudgetSpec]:
     where = f"budgets.{budget_name} in {CONFIG_ENV}={config_path!r}"
+
+    def key_name(key: str) -> str:
+        """How an error names one key of this budget: ``budgets.NAME.KEY in SPENDWATCH_CONFIG='...'``."""
+        return f"budgets.{budget_name}.{key} in {CONFIG_ENV}={config_path!r}"
+
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a table")
     unknown = sorted(set(entry) - {"daily_usd", "monthly_usd", "category", "model"})
@@ -302,9 +322,11 @@ def _file_budget(budget_name: str, entry: Any, config_path: str | None) -> list[
         raise ConfigError(f"{where} has an unknown key {unknown[0]!r}")
     if budget_name == GLOBAL_BUDGET and ("category" in entry or "model" in entry):
         raise ConfigError(f"{where} covers every call and cannot be scoped to a category or model")
-    scope = {key: _optional_text(entry.get(key), f"{where}: {key}") for key in ("category", "model")}
+    scope = {key: _optional_text(entry.get(key), key_name(key)) for key in ("category", "model")}
+    if scope["category"] is not None:
+        _check_category(scope["category"], key_name("category"), entry["category"])
     specs = [
-        BudgetSpec(budget_name, period, _number(entry[key], f"{where}: {key}"), **scope)
+        BudgetSpec(budget_name, period, _number(entry[key], key_name(key)), **scope)
         for period, key in (("day", "daily_usd"), ("month", "monthly_usd"))
         if key in entry
     ]

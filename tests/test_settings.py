@@ -202,3 +202,74 @@ def test_a_ledger_url_in_the_config_file_keeps_its_password_out_of_the_error(tmp
     assert raised.value.message.startswith(
         "ledger='postgresql://spendwatch:***@127.0.0.1:1/ledger' in SPENDWATCH_CONFIG="
     )
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ("[budgets.global]\ndaily_usd = 'fifty'", "budgets.global.daily_usd='fifty' in SPENDWATCH_CONFIG="),
+        ("[budgets.team]\nmonthly_usd = -1", "budgets.team.monthly_usd=-1 in SPENDWATCH_CONFIG="),
+        ("[budgets.team]\ndaily_usd = 1\nmodel = 5", "budgets.team.model=5 in SPENDWATCH_CONFIG="),
+    ],
+)
+def test_a_bad_budget_key_in_the_config_file_is_named_down_to_the_key(tmp_path, toml, named):
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(toml + "\n")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"SPENDWATCH_CONFIG": str(config)})
+
+    assert raised.value.message.startswith(named)
+    assert "\n" not in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"SPENDWATCH_THRESHOLDS": "1.2,1.5,2"}, "SPENDWATCH_THRESHOLDS='1.2,1.5,2'"),
+        ({"SPENDWATCH_THRESHOLDS": "0.75,1.1,1.2"}, "SPENDWATCH_THRESHOLDS='0.75,1.1,1.2'"),
+    ],
+)
+def test_warning_and_critical_thresholds_above_1_fail_at_start_up(environ, named):
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ=environ)
+
+    assert raised.value.message.startswith(named)
+    assert "at most 1" in raised.value.message
+
+
+def test_an_exceeded_threshold_above_1_is_allowed():
+    assert load_settings(environ={"SPENDWATCH_THRESHOLDS": "0.75,0.9,1.1"}).thresholds == (0.75, 0.9, 1.1)
+
+
+@pytest.mark.parametrize(
+    ("environ", "named", "category"),
+    [
+        ({"SPENDWATCH_CATEGORIES": "review,has space"}, "SPENDWATCH_CATEGORIES='review,has space'", "has space"),
+        ({"SPENDWATCH_CATEGORIES": "x" * 65}, f"SPENDWATCH_CATEGORIES='{'x' * 65}'", "x" * 65),
+        ({"SPENDWATCH_CATEGORIES": "-leading-dash"}, "SPENDWATCH_CATEGORIES='-leading-dash'", "-leading-dash"),
+    ],
+)
+def test_a_category_no_call_can_have_fails_at_start_up(environ, named, category):
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ=environ)
+
+    assert raised.value.message.startswith(f"{named} names the category {category!r}, which no call can have")
+    assert "\n" not in raised.value.message
+
+
+def test_a_budget_scoped_to_a_category_no_call_can_have_fails_at_start_up(tmp_path):
+    config = tmp_path / "spendwatch.toml"
+    config.write_text("[budgets.team]\ncategory = 'team a'\ndaily_usd = 1\n")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"SPENDWATCH_CONFIG": str(config)})
+
+    assert raised.value.message.startswith(f"budgets.team.category='team a' in SPENDWATCH_CONFIG={str(config)!r} ")
+    assert "no call can have" in raised.value.message
+
+
+def test_tidy_categories_are_accepted():
+    settings = load_settings(environ={"SPENDWATCH_CATEGORIES": "metabolite_identification, team-a/feature.x:1"})
+
+    assert settings.categories == frozenset({"metabolite_identification", "team-a/feature.x:1"})
