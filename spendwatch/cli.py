@@ -5,8 +5,8 @@ arguments and sets ``handler``, and ``_run_<name>(args) -> int`` does the work a
 subcommand, write that pair and call the ``_add_`` function from :func:`build_parser`.
 
 Exit status: 0 on success, 1 when the answer is "no" (an unpriced model), 2 on bad usage or bad configuration
-(a :class:`ConfigError` prints its one sentence to stderr). Handlers import what they need when they run, so
-``spendwatch --help`` starts fast.
+(a :class:`ConfigError` prints its one sentence to stderr), 141 when the output's reader went away (`| head`).
+Handlers import what they need when they run, so ``spendwatch --help`` starts fast.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ __all__ = ["build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_NO = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program whose reader went away (`| head`)
 
 _PROVIDERS = ("openai", "azure.ai.openai")
 # Modules that add their own subcommands with add_commands(subcommands).
@@ -53,10 +55,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         return usage(parser)
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # here, so a reader that went away (`| head`) is caught below and not at exit
+        return status
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # As the Python docs' note on SIGPIPE advises: whatever is still buffered goes to devnull, so the flush at
+        # exit raises no second error. The status is what a shell reports for a program ended by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 # --- spendwatch prices MODEL --------------------------------------------------------------------------------------

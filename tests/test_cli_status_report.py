@@ -201,3 +201,21 @@ def test_report_by_stage_breaks_lightrag_spend_down(configured):
     assert result.returncode == 0, result.stderr
     rows = {row["stage"]: row["cost_usd"] for row in json.loads(result.stdout)["rows"]}
     assert rows == {"extraction": 0.75, "answer": 0.25}
+
+
+# --- a reader that goes away ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["status"], ["report"], ["report", "--format", "json"]], ids=" ".join)
+def test_a_reader_that_stops_reading_ends_the_command_quietly_with_141(configured, command):
+    write_calls(configured, (time.time(), 1.0, {}))
+    # The read end closes before the command starts writing, as `spendwatch status | head -0` does.
+    process = subprocess.Popen(
+        [*SPENDWATCH, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=configured, text=True
+    )
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.wait(timeout=60)
+
+    assert process.returncode == 141
+    assert stderr == ""
