@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from spendwatch.exporter.guard_rules import CEILING_BUDGET, GuardConfig, ShareRule
-from spendwatch.exporter.leases import release_lease, renew_lease
+from spendwatch.exporter.leases import LeaseGrant, release_lease, renew_lease
 from spendwatch.exporter.ledger import Ledger
 from spendwatch.exporter.periods import period_bounds
 from spendwatch.exporter.settings import BudgetSpec, Settings
@@ -137,7 +137,7 @@ class BudgetGuard:
     def _check_ceilings(self, request: CallRequest, worst: float) -> None:
         for ceiling in self.config.ceilings:
             if ceiling.applies(request.operation, request.model) and worst > ceiling.max_usd:
-                reason = f"refuses any single call estimated above ${ceiling.max_usd:.6f}"
+                reason = f"refuses any single call that could cost more than ${ceiling.max_usd:g}"
                 raise BudgetExceededError(CEILING_BUDGET, "call", ceiling.max_usd, 0.0, worst, reason=reason)
 
     def _state(self, spec: BudgetSpec, now: float) -> _PeriodState:
@@ -173,8 +173,9 @@ class BudgetGuard:
         state.expires_at = now + self.config.lease_ttl_s
         state.spent_usd, state.settled_since_usd = grant.spent_usd, 0.0
         if state.unspent_usd - state.inflight_usd < worst:
-            committed = grant.spent_usd + grant.others_usd + grant.outstanding_usd
-            raise BudgetExceededError(state.spec.name, state.spec.period, state.limit_usd, committed, worst)
+            spent, reserved = _standing(state, grant)
+            spec = state.spec
+            raise BudgetExceededError(spec.name, spec.period, state.limit_usd, spent, worst, reserved_usd=reserved)
 
     def _apply_rules(self, request: CallRequest, states: list[_PeriodState], now: float):
         """Share rules, in configuration order: a block or throttle refuses, degrades accumulate."""
@@ -251,6 +252,17 @@ class BudgetGuard:
             states, self._states = list(self._states.values()), {}
         for state in states:
             release_lease(self.ledger, state.lease_id)
+
+
+def _standing(state: _PeriodState, grant: LeaseGrant) -> tuple[float, float]:
+    """The budget's settled spend and what calls in flight reserve of it, for a refusal's message.
+
+    The lease in the ledger still holds costs this process settled but the ledger has not ingested yet, and the
+    unused rest of earlier reservations, which is room, not spend. Those settled costs are the lease less what this
+    process has left of it. Other processes' leases count as reserved by their calls.
+    """
+    settled_here = max(grant.outstanding_usd - state.unspent_usd, 0.0) if grant.existed else 0.0
+    return grant.spent_usd + settled_here, state.inflight_usd + grant.others_usd
 
 
 def _degrade(rule: ShareRule, request: CallRequest) -> dict:

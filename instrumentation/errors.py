@@ -1,6 +1,9 @@
 """Errors spendwatch raises on purpose."""
 
-__all__ = ["BudgetExceededError", "ConfigError", "ReportedError"]
+import math
+import threading
+
+__all__ = ["BudgetExceededError", "ConfigError", "ReportedError", "as_sdk_error", "refusal_class"]
 
 
 class ConfigError(SystemExit):
@@ -20,8 +23,13 @@ class BudgetExceededError(Exception):
     """A call refused before it was sent, because it would take a budget past its limit (or a guard rule said no).
 
     Raised only when the user enabled enforcement (``SPENDWATCH_ENFORCE=block``); no request left the process and
-    no money was spent.
+    no money was spent. ``spent_usd`` is the budget's settled spend and ``reserved_usd`` what calls still in flight
+    hold of it. A refusal of an SDK's call is raised by :func:`as_sdk_error` as an instance of that SDK's base error
+    class too, so the app's existing handlers catch it.
     """
+
+    # The SDK base error class this refusal also is (set on the classes as_sdk_error makes).
+    sdk_error: type[Exception] | None = None
 
     def __init__(
         self,
@@ -33,6 +41,7 @@ class BudgetExceededError(Exception):
         *,
         action: str = "block",
         reason: str = "",
+        reserved_usd: float = 0.0,
     ) -> None:
         self.budget = budget
         self.period = period
@@ -40,11 +49,73 @@ class BudgetExceededError(Exception):
         self.spent_usd = spent_usd
         self.estimated_cost_usd = estimated_cost_usd
         self.action = action
-        why = reason or f"would exceed its {period} limit of ${limit_usd:.6f} (spent or reserved ${spent_usd:.6f})"
-        super().__init__(
-            f"spendwatch refused the call: budget {budget!r} ({period}) {why}; "
-            f"the call's worst-case cost was estimated at ${estimated_cost_usd:.6f}"
-        )
+        self.reason = reason
+        self.reserved_usd = reserved_usd
+        super().__init__(self._message())
+
+    @property
+    def remaining_usd(self) -> float:
+        """What the budget had left for this call: its limit less settled spend and in-flight reservations."""
+        return self.limit_usd - self.spent_usd - self.reserved_usd
+
+    def _message(self) -> str:
+        cost = f"it could cost up to {_usd(self.estimated_cost_usd)}"
+        if self.reason:
+            tail = f" ({cost})" if self.estimated_cost_usd > 0 else ""
+            return f"spendwatch refused the call: budget {self.budget!r} {self.reason}{tail}"
+        limit = f"{_usd(self.limit_usd)} {_PERIOD_ADJECTIVES.get(self.period, self.period)} limit"
+        left = f"budget {self.budget!r} has {_usd(max(self.remaining_usd, 0.0))} of its {limit} left"
+        held = f"{_usd(self.spent_usd)} spent"
+        if self.reserved_usd > 0:
+            held += f", {_usd(self.reserved_usd)} reserved by calls in flight"
+        return f"spendwatch refused the call: {cost}, and {left} ({held})"
+
+    def _fields(self) -> tuple[tuple, dict]:
+        positional = (self.budget, self.period, self.limit_usd, self.spent_usd, self.estimated_cost_usd)
+        return positional, {"action": self.action, "reason": self.reason, "reserved_usd": self.reserved_usd}
+
+    def __reduce__(self):
+        # The default would call the class with the message alone; a refusal must cross processes whole.
+        return _rebuild, (self.sdk_error, *self._fields())
+
+
+_PERIOD_ADJECTIVES = {"day": "daily", "month": "monthly"}
+_refusal_classes: dict[type[Exception], type[BudgetExceededError]] = {}
+_refusal_classes_lock = threading.Lock()
+
+
+def _usd(amount: float) -> str:
+    """Dollars with cents, and for an amount below a dollar enough decimals to show four significant digits."""
+    if not math.isfinite(amount) or amount == 0 or abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    decimals = max(2, 3 - math.floor(math.log10(abs(amount))))
+    text = f"{amount:.{decimals}f}".rstrip("0")
+    return "$" + (text if len(text.partition(".")[2]) >= 2 else f"{amount:.2f}")
+
+
+def refusal_class(sdk_error: type[Exception]) -> type[BudgetExceededError]:
+    """``BudgetExceededError`` that is also an ``sdk_error`` (such as ``openai.OpenAIError``); one class per SDK
+    base error, made on first use, so instrumentation never imports an SDK it does not instrument."""
+    with _refusal_classes_lock:
+        made = _refusal_classes.get(sdk_error)
+        if made is None:
+            namespace = {"__doc__": BudgetExceededError.__doc__, "__module__": __name__, "sdk_error": sdk_error}
+            made = type("BudgetExceededError", (BudgetExceededError, sdk_error), namespace)
+            _refusal_classes[sdk_error] = made
+        return made
+
+
+def as_sdk_error(refusal: BudgetExceededError, sdk_error: type[Exception]) -> BudgetExceededError:
+    """The same refusal, raised as an instance of ``sdk_error`` too (its ``error.type`` stays BudgetExceededError)."""
+    if isinstance(refusal, sdk_error):
+        return refusal
+    positional, keywords = refusal._fields()
+    return refusal_class(sdk_error)(*positional, **keywords)
+
+
+def _rebuild(sdk_error: type[Exception] | None, positional: tuple, keywords: dict) -> BudgetExceededError:
+    cls = BudgetExceededError if sdk_error is None else refusal_class(sdk_error)
+    return cls(*positional, **keywords)
 
 
 class ReportedError(Exception):

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from spendwatch.instrumentation.errors import BudgetExceededError
+from spendwatch.instrumentation.errors import BudgetExceededError, as_sdk_error
 
 __all__ = [
     "CallRequest",
@@ -139,14 +139,21 @@ def current_guard() -> Guard | None:
     return _guard
 
 
-def admit(guard: Guard, request: CallRequest) -> Ticket | None:
+def admit(guard: Guard, request: CallRequest, sdk_error: type[Exception] | None = None) -> Ticket | None:
     """Ask ``guard``. Its refusal (``BudgetExceededError``) reaches the caller, as the user asked; any other failure
     of the guard (its ledger unreachable, say) is logged and the call goes ahead unguarded: the guard exists to stop
-    spending, not to turn its own trouble into the caller's."""
+    spending, not to turn its own trouble into the caller's.
+
+    An instrumentor passes its SDK's base error class as ``sdk_error``: the refusal is then an instance of it too,
+    so the app's handlers for that SDK's errors catch it. It is raised before the SDK's request machinery is
+    entered, so the SDK's own retries never see it.
+    """
     try:
         return guard.admit(request)
-    except BudgetExceededError:
-        raise
+    except BudgetExceededError as refusal:
+        if sdk_error is None:
+            raise
+        raise as_sdk_error(refusal, sdk_error) from None
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: the budget guard failed; the call goes ahead unguarded", exc_info=True)
         return None

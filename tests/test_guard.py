@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import multiprocessing
 import os
+import pickle
 import threading
 from zoneinfo import ZoneInfo
 
@@ -16,6 +19,7 @@ from spendwatch.exporter import Ledger, LedgerSink, load_settings
 from spendwatch.exporter.guard import BudgetGuard
 from spendwatch.exporter.guard_rules import guard_config
 from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.instrumentation.errors import as_sdk_error
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.records import CallRequest, UsageRecord
@@ -62,7 +66,7 @@ def test_a_call_that_would_break_the_budget_is_refused_before_anything_is_sent(a
     error = refused.value
     assert (error.budget, error.period, error.limit_usd) == ("global", "day", 0.0001)
     assert error.estimated_cost_usd > 0.0006
-    assert "'global'" in str(error) and "0.000100" in str(error)
+    assert "budget 'global' has $0.0001 of its $0.0001 daily limit left" in str(error)
     assert stub.requests == []
     attached.sink.flush()
     (total,) = attached.ledger.totals()
@@ -379,3 +383,88 @@ def test_on_threshold_fires_once_per_level(attach, client):
 def test_bad_guard_rules_fail_at_start_up(attach, toml, problem):
     with pytest.raises(spendwatch.ConfigError, match=problem):
         attach(toml)
+
+
+# --- the refusal as the app sees it: an SDK error, not retried, with a message that adds up -----------------------
+
+
+def test_a_refusal_is_an_openai_error_that_the_sdk_does_not_retry(attach, stub, caplog):
+    attached = attach(daily_budget_usd=0.0001)
+    patient = openai.OpenAI(api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=5)
+    caplog.set_level(logging.DEBUG, logger="openai")
+
+    with pytest.raises(openai.OpenAIError) as refused:  # what an app's handler for the SDK's errors catches
+        chat(patient, max_tokens=1000)
+
+    assert isinstance(refused.value, spendwatch.BudgetExceededError)
+    assert stub.requests == []
+    assert not [record for record in caplog.records if "Retrying" in record.getMessage()]
+    attached.sink.flush()
+    (total,) = attached.ledger.totals()
+    assert (total["blocked"], total["error"], total["success"]) == (1, 0, 0)
+    assert attached.ledger.guard_decisions() == {("global", "block"): 1}
+
+
+def test_an_async_refusal_is_an_openai_error_too(attach, stub):
+    attach(daily_budget_usd=0.0001)
+    client = openai.AsyncOpenAI(api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=5)
+
+    async def call():
+        return await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1000)
+
+    with pytest.raises(openai.OpenAIError) as refused:
+        asyncio.run(call())
+
+    assert isinstance(refused.value, spendwatch.BudgetExceededError)
+    assert stub.requests == []
+
+
+def test_a_refusal_crosses_processes_whole():
+    refusal = as_sdk_error(spendwatch.BudgetExceededError("global", "day", 1.0, 0.25, 2.0), openai.OpenAIError)
+
+    copied = pickle.loads(pickle.dumps(refusal))
+
+    assert type(copied) is type(refusal)
+    assert isinstance(copied, openai.OpenAIError)
+    assert (copied.budget, copied.spent_usd, copied.estimated_cost_usd, str(copied)) == (
+        "global",
+        0.25,
+        2.0,
+        str(refusal),
+    )
+
+
+def test_a_refusal_counts_the_last_calls_settled_cost_not_its_reservation(attach, client, stub):
+    attached = attach("[guard]\nmax_output_tokens = 1000\n", daily_budget_usd=0.001)
+    chat(client)  # no cap: reserves ~$0.0006 for 1000 output tokens; the stub answers with 12
+
+    with pytest.raises(spendwatch.BudgetExceededError) as refused:
+        chat(client, max_tokens=2000)  # could cost ~$0.0012, more than the whole limit
+
+    attached.sink.flush()
+    error = refused.value
+    settled = attached.ledger.totals()[0]["cost_usd"]
+    assert 0 < settled < MINI.cost(200, 1000) / 10
+    assert error.spent_usd == pytest.approx(settled)
+    assert error.reserved_usd == 0
+    assert error.remaining_usd == pytest.approx(0.001 - settled)
+    assert str(error).startswith("spendwatch refused the call: it could cost up to $0.001")
+    assert "of its $0.001 daily limit left" in str(error)
+    assert "would exceed" not in str(error)
+
+
+def test_a_refusal_counts_calls_in_flight_as_reserved(make_guard):
+    worst = MINI.cost(100, 1000)
+    guard, _ = make_guard(daily_budget_usd=worst * 1.5)
+    guard.admit(a_request())  # in flight: not settled yet
+
+    with pytest.raises(spendwatch.BudgetExceededError) as refused:
+        guard.admit(a_request())
+
+    assert refused.value.spent_usd == 0
+    assert refused.value.reserved_usd == pytest.approx(worst)
+    assert f"{_dollars(worst)} reserved by calls in flight" in str(refused.value)
+
+
+def _dollars(amount: float) -> str:
+    return f"${amount:.7f}".rstrip("0")

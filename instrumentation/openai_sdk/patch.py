@@ -13,7 +13,7 @@ import json
 import logging
 from typing import Any
 
-from openai import APIConnectionError, APIStatusError, AsyncStream, BaseModel, Stream
+from openai import APIConnectionError, APIStatusError, AsyncStream, BaseModel, OpenAIError, Stream
 from openai import _base_client as openai_base_client
 from openai._legacy_response import LegacyAPIResponse
 from openai._response import APIResponse, AsyncAPIResponse
@@ -147,7 +147,8 @@ def _start(recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, 
 
 def _admit(guard: records.Guard, call: Call, kind: str, kwargs: dict) -> dict:
     """Ask the budget guard; returns the keyword arguments to send (a guard may degrade them).
-    Raises ``BudgetExceededError`` when the guard refuses: the one deliberate exception we raise."""
+    Raises ``BudgetExceededError`` when the guard refuses: the one deliberate exception we raise. It is an
+    ``openai.OpenAIError`` too, so the app's handlers for the SDK's errors catch it."""
     try:
         cap_argument, cap = output_cap(kwargs)
         if kind == EMBEDDINGS:
@@ -166,7 +167,7 @@ def _admit(guard: records.Guard, call: Call, kind: str, kwargs: dict) -> dict:
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not describe a call to the guard", exc_info=True)
         return kwargs
-    call.ticket = ticket = records.admit(guard, request)
+    call.ticket = ticket = records.admit(guard, request, OpenAIError)  # a refusal is an OpenAIError too
     if ticket is None or not ticket.request_changes:
         return kwargs
     call.span.set_attribute("spendwatch.guard.degraded", json.dumps(ticket.request_changes, sort_keys=True))
