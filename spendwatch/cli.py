@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import os
 import sys
@@ -35,17 +36,26 @@ _COMMAND_MODULES = (
     "spendwatch.commands_alert",
     "spendwatch.commands_audit",
     "spendwatch.commands_doctor",
+    "spendwatch.commands_assets",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spendwatch", description="See and cap what LLM API calls cost.")
+    parser.add_argument("--version", action="version", version=f"spendwatch {_version()}")
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_prices_command(subcommands)
     _add_demo_command(subcommands)
     for module in _COMMAND_MODULES:
         importlib.import_module(module).add_commands(subcommands)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("spendwatch")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

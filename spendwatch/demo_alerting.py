@@ -1,8 +1,8 @@
 """The alerting half of ``spendwatch demo``: a real Prometheus and Alertmanager, pages printed as they arrive.
 
-When ``prometheus`` and ``prometheus-alertmanager`` (or ``alertmanager``) are on PATH and the repository's
-``alert_rules/`` is beside the package, :class:`AlertingDemo` starts both on free 127.0.0.1 ports in a temporary
-directory:
+When ``prometheus`` and ``prometheus-alertmanager`` (or ``alertmanager``) are on PATH, :class:`AlertingDemo` starts
+both on free 127.0.0.1 ports in a temporary directory, with the files shipped in the wheel (``spendwatch.alert_rules``,
+what ``spendwatch assets`` writes out):
 
 - Prometheus scrapes the demo's ``/metrics`` every second as job ``spendwatch`` (the name the rules assume),
   evaluates every second, and sends to the Alertmanager. It loads the shipped ``alert_rules/*.yml`` from a
@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import spendwatch
+from spendwatch.commands_assets import ALERT_RULES_PACKAGE, alert_rule_files, packaged_directory
 
 __all__ = ["AlertingDemo", "Page", "alert_rules_directory", "unavailable_reason"]
 
@@ -49,10 +49,9 @@ POLL = 0.05
 INSTALL_HINT = "apt-get install prometheus prometheus-alertmanager"
 
 
-def alert_rules_directory() -> Path | None:
-    """The repository's ``alert_rules/`` (beside the ``spendwatch`` package in a checkout), or None (a wheel)."""
-    directory = Path(spendwatch.__file__).resolve().parents[1] / "alert_rules"
-    return directory if (directory / "alertmanager.yml").is_file() else None
+def alert_rules_directory() -> Path:
+    """The shipped ``alert_rules/``: package data in a wheel, the repository's folder in a checkout."""
+    return packaged_directory(ALERT_RULES_PACKAGE)
 
 
 def _binaries() -> tuple[str | None, str | None]:
@@ -68,8 +67,6 @@ def unavailable_reason() -> str | None:
             f"alerting: skipped, {' and '.join(missing)} not on PATH "
             f"(`{INSTALL_HINT}` to see the budget pages arrive too)"
         )
-    if alert_rules_directory() is None:
-        return "alerting: skipped, alert_rules/ is not beside the package (run the demo from a repository checkout)"
     try:
         import yaml  # noqa: F401 - needed to adapt the shipped files
     except ImportError:
@@ -251,7 +248,7 @@ class AlertingDemo:
     def start(self, metrics_url: str) -> None:
         prometheus_binary, alertmanager_binary = _binaries()
         rules = alert_rules_directory()
-        if prometheus_binary is None or alertmanager_binary is None or rules is None:
+        if prometheus_binary is None or alertmanager_binary is None:
             raise RuntimeError(unavailable_reason() or "alerting demo unavailable")
         self._inbox = _Inbox()
         self._workdir = Path(tempfile.mkdtemp(prefix="spendwatch-demo-alerting-"))
@@ -272,7 +269,7 @@ class AlertingDemo:
             )
             staged = self._workdir / "rules-staged"
             staged.mkdir()
-            rule_files = _fast_rule_files(rules, staged)
+            rule_files = _fast_rule_files(staged)
             prom_config = self._workdir / "prometheus.yml"
             prom_config.write_text(_prometheus_config(metrics_url, self.alertmanager.port, self._workdir / "rules"))
             self.prometheus = self._launch(
@@ -427,12 +424,12 @@ class AlertingDemo:
 # --- the adapted configuration ------------------------------------------------------------------------------------
 
 
-def _fast_rule_files(rules: Path, directory: Path) -> list[Path]:
+def _fast_rule_files(directory: Path) -> list[Path]:
     """Copies of the shipped rule files (recording rules first) with every ``for:`` cut to ``DEMO_FOR``."""
     import yaml
 
     copies = []
-    for path in [*sorted(rules.glob("*.rules.yml")), *sorted(rules.glob("*.alerts.yml"))]:
+    for path in alert_rule_files():
         loaded = yaml.safe_load(path.read_text())
         for group in loaded.get("groups", []):
             for rule in group.get("rules", []):
