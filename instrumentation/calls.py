@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 from opentelemetry import baggage, context, trace
@@ -28,8 +29,11 @@ __all__ = [
     "CATEGORY_BAGGAGE_KEY",
     "REPORTED",
     "Call",
+    "CategoryTokens",
     "CallRecorder",
+    "attach_category",
     "current_category",
+    "detach_category",
     "Usage",
     "safe_instrumentation",
     "storable",
@@ -56,9 +60,34 @@ def storable(text: str) -> str:
     return _UNSTORABLE.sub("\ufffd", text)
 
 
+# The category spendwatch set (spendwatch.category, the web middleware), kept beside its baggage entry: web
+# frameworks' OpenTelemetry instrumentations attach a context extracted from the request headers, which starts
+# empty and so drops the baggage a middleware set around them. They never touch this variable.
+_category_set: ContextVar[str | None] = ContextVar("spendwatch.category", default=None)
+
+CategoryTokens = tuple[object, Token]
+
+
+def attach_category(category: str) -> CategoryTokens:
+    """Make ``category`` the one of every LLM call in this context (and its baggage entry, which travels to
+    downstream services); undo with :func:`detach_category` in the same context."""
+    category = storable(str(category)[:_MAX_CATEGORY_LENGTH])
+    return context.attach(baggage.set_baggage(CATEGORY_BAGGAGE_KEY, category)), _category_set.set(category)
+
+
+def detach_category(tokens: CategoryTokens) -> None:
+    context_token, category_token = tokens
+    with safe_instrumentation("restoring the category"):
+        _category_set.reset(category_token)
+    context.detach(context_token)
+
+
 def current_category(ctx: context.Context | None = None) -> str | None:
-    """The attribution category in force (the ``spendwatch.category`` baggage), cut to 100 characters and made
-    storable; None when none is set. Baggage can come from upstream services, so it is cleaned like any input."""
+    """The attribution category in force: the one spendwatch set, else the ``spendwatch.category`` baggage (which
+    can come from upstream services, so it is cut to 100 characters and made storable); None when neither is."""
+    category = _category_set.get()
+    if category is not None:
+        return category
     category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY, ctx)
     return None if category is None else storable(str(category)[:_MAX_CATEGORY_LENGTH])
 

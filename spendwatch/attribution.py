@@ -2,6 +2,8 @@
 
 The category travels as OpenTelemetry baggage (key ``spendwatch.category``), so it follows the OpenTelemetry
 context across threads and asyncio tasks the way OpenTelemetry does, and into every call LightRAG makes for you.
+It is also kept in a context variable of spendwatch's own, so a web framework's instrumentation that attaches a
+fresh context (extracted from the request headers) inside the block does not lose it.
 A category that is too long or holds unexpected characters never breaks a call: it is recorded as ``other``.
 """
 
@@ -12,9 +14,7 @@ import functools
 import inspect
 import re
 
-from opentelemetry import baggage, context
-
-from spendwatch.instrumentation.calls import CATEGORY_BAGGAGE_KEY
+from spendwatch.instrumentation.calls import CategoryTokens, attach_category, detach_category
 
 __all__ = ["category", "clean_category", "is_valid_category", "OTHER", "VALID_CATEGORY"]
 
@@ -39,18 +39,18 @@ class category(contextlib.ContextDecorator):  # noqa: N801 - used like a functio
 
     def __init__(self, name: str) -> None:
         self.name = clean_category(name)
-        self._tokens: list[object] = []
+        self._tokens: list[CategoryTokens] = []
 
     def _recreate_cm(self) -> category:
         # A decorated function may run in many threads at once: each run gets its own context token.
         return category(self.name)
 
     def __enter__(self) -> category:
-        self._tokens.append(context.attach(baggage.set_baggage(CATEGORY_BAGGAGE_KEY, self.name)))
+        self._tokens.append(attach_category(self.name))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        context.detach(self._tokens.pop())
+        detach_category(self._tokens.pop())
 
     def __call__(self, function):
         if inspect.iscoroutinefunction(function):

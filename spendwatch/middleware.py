@@ -1,26 +1,35 @@
-"""ASGI and WSGI middleware that attribute every LLM call made while serving a request to a category.
+"""ASGI, WSGI and Django middleware that attribute every LLM call made while serving a request to a category.
 
 The category comes from a route map (longest path prefix wins), else from an incoming OpenTelemetry baggage entry
 ``spendwatch.category`` (so a front end can say which feature a request belongs to). Either way it is cleaned like
-``spendwatch.category(...)``: a bad value becomes ``other`` and never breaks the request.
+``spendwatch.category(...)``: a bad value becomes ``other`` and never breaks the request. A
+``spendwatch.category(...)`` block inside the handler still wins for the calls inside it.
 
     app = SpendwatchASGIMiddleware(app, routes={"/annotate": "metabolite_identification"})   # FastAPI/Starlette
     app = SpendwatchWSGIMiddleware(app, routes={"/search": "literature_review"})              # Flask/Django
+    MIDDLEWARE = ["spendwatch.middleware.SpendwatchDjangoMiddleware", ...]   # Django; SPENDWATCH_ROUTES = {...}
 
-Without ``routes=``, the ``[routes]`` table of the ``SPENDWATCH_CONFIG`` file of the attached process is used.
+Without ``routes=`` (or Django's ``SPENDWATCH_ROUTES`` setting), the ``[routes]`` table of the ``SPENDWATCH_CONFIG``
+file of the attached process is used. Any placement works, outside or inside the framework's OpenTelemetry
+instrumentation: the category is kept where a context that instrumentation attaches does not replace it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
-from opentelemetry import baggage, context
+from opentelemetry import baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
 from spendwatch.attribution import clean_category
-from spendwatch.instrumentation.calls import CATEGORY_BAGGAGE_KEY
+from spendwatch.instrumentation.calls import (
+    CATEGORY_BAGGAGE_KEY,
+    CategoryTokens,
+    attach_category,
+    detach_category,
+)
 
-__all__ = ["SpendwatchASGIMiddleware", "SpendwatchWSGIMiddleware", "RouteCategories"]
+__all__ = ["SpendwatchASGIMiddleware", "SpendwatchWSGIMiddleware", "SpendwatchDjangoMiddleware", "RouteCategories"]
 
 _propagator = W3CBaggagePropagator()
 
@@ -52,8 +61,48 @@ def _configured_routes() -> Mapping[str, str]:
     return routes if isinstance(routes, dict) else {}
 
 
-def _attach(category: str | None):
-    return None if category is None else context.attach(baggage.set_baggage(CATEGORY_BAGGAGE_KEY, category))
+def _attach(category: str | None) -> CategoryTokens | None:
+    return None if category is None else attach_category(category)
+
+
+def _detach(tokens: CategoryTokens | None) -> None:
+    if tokens is not None:
+        detach_category(tokens)
+
+
+class _CategorisedBody:
+    """A streamed response body whose chunks are produced with the request's category in force.
+
+    The server iterates a WSGI body (and Django a streaming response) after the app has returned, outside the
+    middleware's context, and LLM calls made while a generator yields would otherwise go uncategorised. Each step
+    (and ``close``, which may run the generator's cleanup) gets the category and gives it back at once, so nothing
+    stays set in the server's thread between chunks.
+    """
+
+    def __init__(self, body: Iterable, category: str) -> None:
+        self._body = body
+        self._chunks = iter(body)
+        self._category = category
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        tokens = attach_category(self._category)
+        try:
+            return next(self._chunks)
+        finally:
+            detach_category(tokens)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is None:
+            return
+        tokens = attach_category(self._category)
+        try:
+            close()
+        finally:
+            detach_category(tokens)
 
 
 class SpendwatchASGIMiddleware:
@@ -65,12 +114,12 @@ class SpendwatchASGIMiddleware:
         if scope.get("type") not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         header = next((value.decode("latin-1") for key, value in scope.get("headers", ()) if key == b"baggage"), None)
-        token = _attach(self.routes.category(scope.get("path", ""), header))
+        # A streamed body is sent from inside this call (or from tasks that inherit its context), so it is covered.
+        tokens = _attach(self.routes.category(scope.get("path", ""), header))
         try:
             return await self.app(scope, receive, send)
         finally:
-            if token is not None:
-                context.detach(token)
+            _detach(tokens)
 
 
 class SpendwatchWSGIMiddleware:
@@ -79,11 +128,67 @@ class SpendwatchWSGIMiddleware:
         self.routes = RouteCategories(routes)
 
     def __call__(self, environ, start_response):
-        token = _attach(self.routes.category(environ.get("PATH_INFO", ""), environ.get("HTTP_BAGGAGE")))
+        category = self.routes.category(environ.get("PATH_INFO", ""), environ.get("HTTP_BAGGAGE"))
+        tokens = _attach(category)
         try:
-            # The LLM calls happen while the app builds its response; a streamed body may make more later,
-            # outside this context: they count as uncategorised.
-            return self.app(environ, start_response)
+            body = self.app(environ, start_response)
         finally:
-            if token is not None:
-                context.detach(token)
+            _detach(tokens)
+        if category is None or not _is_streamed(body, environ):
+            return body
+        return _CategorisedBody(body, category)
+
+
+def _is_streamed(body, environ) -> bool:
+    """Whether the server will produce ``body`` as it sends it. A list or tuple is made already (and the server may
+    take its length for Content-Length); a file wrapper must reach the server as it is, for its sendfile path."""
+    if isinstance(body, list | tuple):
+        return False
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    return not (isinstance(file_wrapper, type) and isinstance(body, file_wrapper))
+
+
+class SpendwatchDjangoMiddleware:
+    """Django middleware (``settings.MIDDLEWARE``), for sync and async stacks; routes from ``SPENDWATCH_ROUTES``."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response) -> None:
+        from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+        from django.conf import settings
+
+        self.get_response = get_response
+        self.routes = RouteCategories(getattr(settings, "SPENDWATCH_ROUTES", None))
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self._async:
+            return self._serve_async(request)
+        category = self._category(request)
+        tokens = _attach(category)
+        try:
+            response = self.get_response(request)
+        finally:
+            _detach(tokens)
+        return _categorise_stream(response, category)
+
+    async def _serve_async(self, request):
+        tokens = _attach(self._category(request))
+        try:
+            return await self.get_response(request)
+        finally:
+            _detach(tokens)
+
+    def _category(self, request) -> str | None:
+        return self.routes.category(request.path_info, request.META.get("HTTP_BAGGAGE"))
+
+
+def _categorise_stream(response, category: str | None):
+    # Django iterates a streaming response's content after the middleware returned; an async one (served over
+    # ASGI) is iterated in the handler's own task, which is left as it is.
+    if category is not None and getattr(response, "streaming", False) and not getattr(response, "is_async", False):
+        response.streaming_content = _CategorisedBody(response.streaming_content, category)
+    return response

@@ -17,13 +17,12 @@ import inspect
 import logging
 from typing import Any
 
-from opentelemetry import baggage, context
 from opentelemetry.metrics import get_meter
 from opentelemetry.trace import get_tracer
 
 from spendwatch.attribution import clean_category
 from spendwatch.instrumentation import records
-from spendwatch.instrumentation.calls import CATEGORY_BAGGAGE_KEY, Call, CallRecorder, Usage
+from spendwatch.instrumentation.calls import Call, CallRecorder, Usage, attach_category, detach_category
 from spendwatch.instrumentation.errors import BudgetExceededError, ReportedError
 from spendwatch.instrumentation.pricing import price_table_from_env
 
@@ -117,7 +116,7 @@ class track:  # noqa: N801 - used like a function: `with spendwatch.track(...)`
     def __enter__(self) -> TrackedCall:
         token = None
         if self.category is not None:
-            token = context.attach(baggage.set_baggage(CATEGORY_BAGGAGE_KEY, self.category))
+            token = attach_category(self.category)
         call = _shared_recorder().start(self.operation, self.provider, self.model)
         call.activate()
         op = TrackedCall(call)
@@ -147,7 +146,7 @@ class track:  # noqa: N801 - used like a function: `with spendwatch.track(...)`
         except Exception:  # noqa: BLE001 - recording must never replace the caller's own outcome
             _logger.debug("spendwatch: could not record a tracked call", exc_info=True)
         if token is not None:
-            context.detach(token)
+            detach_category(token)
 
     async def __aenter__(self) -> TrackedCall:
         return self.__enter__()

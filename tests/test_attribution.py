@@ -6,6 +6,7 @@ import asyncio
 
 import openai
 import pytest
+from opentelemetry import baggage, context, propagate
 
 import spendwatch
 from spendwatch.attribution import clean_category
@@ -69,3 +70,31 @@ def test_sync_decorator(client, sink):
     annotate()
 
     assert sink.records[0].category == "genomics"
+
+
+def test_a_fresh_context_attached_inside_keeps_the_category(client, sink):
+    # What web frameworks' OpenTelemetry instrumentations do inside a middleware: attach the context extracted from
+    # the request headers, which starts empty (or holds only the client's baggage).
+    with spendwatch.category("route_category"):
+        token = context.attach(propagate.extract({}))
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        context.detach(token)
+        token = context.attach(propagate.extract({"baggage": "spendwatch.category=client_says"}))
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        with spendwatch.category("handler_choice"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        context.detach(token)
+
+    assert [record.category for record in sink.records] == ["route_category", "route_category", "handler_choice"]
+
+
+def test_baggage_from_upstream_names_the_category_when_spendwatch_set_none(client, sink):
+    token = context.attach(propagate.extract({"baggage": "spendwatch.category=literature_review"}))
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    finally:
+        context.detach(token)
+    with spendwatch.category("genomics"):
+        assert baggage.get_baggage("spendwatch.category") == "genomics"  # still sent on to downstream services
+
+    assert sink.records[0].category == "literature_review"
