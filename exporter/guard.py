@@ -12,6 +12,7 @@ when the budget could not cover its worst case.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from spendwatch.exporter.guard_rules import CEILING_BUDGET, GuardConfig, ShareRule
 from spendwatch.exporter.leases import LeaseGrant, release_lease, renew_lease
 from spendwatch.exporter.ledger import Ledger
+from spendwatch.exporter.ledger_backends import first_line
 from spendwatch.exporter.periods import period_bounds
 from spendwatch.exporter.settings import BudgetSpec, Settings
 from spendwatch.instrumentation.errors import BudgetExceededError
@@ -28,6 +30,8 @@ from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.records import CallRequest, UsageRecord
 
 __all__ = ["BudgetGuard", "GuardTicket"]
+
+_logger = logging.getLogger(__name__)
 
 _RENEW_MARGIN_S = 30.0  # renew a lease this long before it would expire
 
@@ -88,8 +92,11 @@ class BudgetGuard:
         config: GuardConfig,
         *,
         clock: Callable[[], float] = time.time,
+        count_ledger_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.ledger = ledger
+        self._count_ledger_error = count_ledger_error
+        self._outage: str | None = None  # why the ledger could not be asked, while it cannot
         self.settings = settings
         self.prices = prices
         self.config = config
@@ -107,15 +114,19 @@ class BudgetGuard:
         if not specs:
             return None
         with self._lock:
-            states = [self._state(spec, now) for spec in specs]
-            for state in states:
-                if state.expires_at == 0.0:  # new: learn the period's spend before any share rule reads it
-                    self._ensure_room(state, 0.0, now)
-            changes, decisions = self._apply_rules(request, states, now)
-            if changes:
-                worst = self._worst_case(_changed(request, changes))
-            for state in states:
-                self._ensure_room(state, worst, now)
+            try:
+                states = [self._state(spec, now) for spec in specs]
+                for state in states:
+                    if state.expires_at == 0.0:  # new: learn the period's spend before any share rule reads it
+                        self._ensure_room(state, 0.0, now)
+                changes, decisions = self._apply_rules(request, states, now)
+                if changes:
+                    worst = self._worst_case(_changed(request, changes))
+                for state in states:
+                    self._ensure_room(state, worst, now)
+            except _LedgerOutage as outage:
+                return self._without_ledger(specs, worst, outage)
+            self._ledger_back()
             for state in states:
                 state.inflight_usd += worst
             for rule_state in self._rules:
@@ -146,7 +157,7 @@ class BudgetGuard:
         if state is None or now >= state.end_ts:  # first call, or the period rolled over: a new lease
             start, end = period_bounds(spec.period, now, self.settings.timezone)
             lease_id = f"{uuid.uuid4().hex}:{spec.name}:{spec.period}"
-            limit = self.ledger.budget_limits().get(key, spec.limit_usd)
+            limit = _ask(self.ledger.budget_limits).get(key, spec.limit_usd)
             state = _PeriodState(spec, limit, lease_id, start.date(), end.date(), end.timestamp())
             self._states[key] = state
         return state
@@ -155,10 +166,12 @@ class BudgetGuard:
         room = state.unspent_usd - state.inflight_usd
         if room >= worst and now < state.expires_at - _RENEW_MARGIN_S:
             return
-        state.limit_usd = self.ledger.budget_limits().get((state.spec.name, state.spec.period), state.spec.limit_usd)
+        limits = _ask(self.ledger.budget_limits)
+        state.limit_usd = limits.get((state.spec.name, state.spec.period), state.spec.limit_usd)
         need = max(worst - room, 0.0)
         want = max(need, self.config.lease_fraction * state.limit_usd)
-        grant = renew_lease(
+        grant = _ask(
+            renew_lease,
             self.ledger,
             state.lease_id,
             state.spec,
@@ -176,6 +189,36 @@ class BudgetGuard:
             spent, reserved = _standing(state, grant)
             spec = state.spec
             raise BudgetExceededError(spec.name, spec.period, state.limit_usd, spent, worst, reserved_usd=reserved)
+
+    def _without_ledger(self, specs: list[BudgetSpec], worst: float, outage: _LedgerOutage) -> GuardTicket:
+        """The ledger could not be asked. ``[guard] on_ledger_error`` decides: "block" (the default) refuses the
+        call, since the budget can no longer be kept; "admit" lets it through unguarded. Counted, logged once."""
+        self._count_ledger_error()
+        why = first_line(outage.__cause__ or outage)
+        mode = self.config.on_ledger_error
+        if self._outage is None:
+            verb = "refuses" if mode == "block" else "lets through, unguarded,"
+            _logger.warning(
+                "spendwatch: the budget guard cannot reach its ledger (%s); it %s calls that need it until it is back"
+                " ([guard] on_ledger_error = %r)",
+                why,
+                verb,
+                mode,
+            )
+        self._outage = why
+        if mode == "block":
+            spec = specs[0]
+            reason = (
+                f"cannot be checked because the ledger cannot be reached ({why});"
+                ' [guard] on_ledger_error = "admit" would let calls through meanwhile'
+            )
+            raise BudgetExceededError(spec.name, spec.period, spec.limit_usd, 0.0, worst, reason=reason)
+        return GuardTicket(self, [], worst, None, tuple(sorted({(spec.name, "allow") for spec in specs})))
+
+    def _ledger_back(self) -> None:
+        if self._outage is not None:
+            self._outage = None
+            _logger.warning("spendwatch: the budget guard reaches its ledger again")
 
     def _apply_rules(self, request: CallRequest, states: list[_PeriodState], now: float):
         """Share rules, in configuration order: a block or throttle refuses, degrades accumulate."""
@@ -251,7 +294,10 @@ class BudgetGuard:
         with self._lock:
             states, self._states = list(self._states.values()), {}
         for state in states:
-            release_lease(self.ledger, state.lease_id)
+            try:
+                release_lease(self.ledger, state.lease_id)
+            except Exception:  # noqa: BLE001 - an unreachable ledger lets the lease expire after its TTL instead
+                _logger.debug("spendwatch: cannot release lease %s", state.lease_id, exc_info=True)
 
 
 def _standing(state: _PeriodState, grant: LeaseGrant) -> tuple[float, float]:
@@ -263,6 +309,18 @@ def _standing(state: _PeriodState, grant: LeaseGrant) -> tuple[float, float]:
     """
     settled_here = max(grant.outstanding_usd - state.unspent_usd, 0.0) if grant.existed else 0.0
     return grant.spent_usd + settled_here, state.inflight_usd + grant.others_usd
+
+
+class _LedgerOutage(Exception):
+    """The guard could not ask its ledger (the cause says why)."""
+
+
+def _ask(question: Callable, *args, **kwargs):
+    """Ask the ledger; any failure of the asking (not a refusal) becomes a :class:`_LedgerOutage`."""
+    try:
+        return question(*args, **kwargs)
+    except Exception as error:
+        raise _LedgerOutage() from error
 
 
 def _degrade(rule: ShareRule, request: CallRequest) -> dict:

@@ -3,6 +3,7 @@
 [guard]
 max_output_tokens = 4096      # the worst case assumed for a request that sets no output cap
 unpriced = "allow"            # or "block": what to do with a model that has no price
+on_ledger_error = "block"     # or "admit": what to do with a call when the ledger cannot be reached to check it
 lease_fraction = 0.02         # how much of a budget one process reserves at a time
 
 [[guard.ceilings]]            # refuse any single call estimated above max_usd
@@ -66,6 +67,7 @@ class GuardConfig:
     unpriced: str = "allow"
     lease_fraction: float = 0.02
     lease_ttl_s: float = 300.0
+    on_ledger_error: str = "block"
     ceilings: tuple[CallCeiling, ...] = ()
     rules: tuple[ShareRule, ...] = ()
 
@@ -74,16 +76,21 @@ def guard_config(table: Any, where: str) -> GuardConfig:
     """Parse the ``[guard]`` table; ``where`` names the file for error messages."""
     if table is None:
         return GuardConfig()
-    _table(table, "guard", where, {"max_output_tokens", "unpriced", "lease_fraction", "ceilings", "rules"})
+    known = {"max_output_tokens", "unpriced", "on_ledger_error", "lease_fraction", "ceilings", "rules"}
+    _table(table, "guard", where, known)
     unpriced = table.get("unpriced", "allow")
     if unpriced not in ("allow", "block"):
         raise ConfigError(f"guard.unpriced={unpriced!r} in {where} must be allow or block")
+    on_ledger_error = table.get("on_ledger_error", "block")
+    if on_ledger_error not in ("block", "admit"):
+        raise ConfigError(f"guard.on_ledger_error={on_ledger_error!r} in {where} must be block or admit")
     fraction = _number(table.get("lease_fraction", 0.02), "guard.lease_fraction", where)
     if not 0 < fraction <= 1:
         raise ConfigError(f"guard.lease_fraction={fraction!r} in {where} must be above 0 and at most 1")
     return GuardConfig(
         max_output_tokens=_count(table.get("max_output_tokens", 4096), "guard.max_output_tokens", where),
         unpriced=unpriced,
+        on_ledger_error=on_ledger_error,
         lease_fraction=fraction,
         ceilings=tuple(_ceiling(entry, where) for entry in _list(table.get("ceilings"), "guard.ceilings", where)),
         rules=tuple(_rule(entry, where) for entry in _list(table.get("rules"), "guard.rules", where)),

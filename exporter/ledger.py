@@ -15,18 +15,29 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from zoneinfo import ZoneInfo
 
 from spendwatch.exporter import audit
+from spendwatch.exporter.ledger_backends import LedgerUnavailable, first_line
 from spendwatch.exporter.periods import local_day
+from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.records import UsageRecord
 
-__all__ = ["Ledger", "LedgerEntry", "DURATION_BUCKETS", "TOTAL_KEYS", "TOTAL_COUNTERS", "budget_scope"]
+__all__ = [
+    "Ledger",
+    "LedgerEntry",
+    "LedgerUnavailable",
+    "DURATION_BUCKETS",
+    "TOTAL_KEYS",
+    "TOTAL_COUNTERS",
+    "budget_scope",
+]
 
 # Upper bounds (seconds) of llm_request_duration_seconds; LLM calls take from 100 ms to minutes.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -70,6 +81,7 @@ CALL_COLUMNS = (
     "attributes",
 )
 SCHEMA_VERSION = "1"
+REOPEN_INTERVAL_S = 1.0  # how often a ledger that could not be opened is tried again
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,15 +151,66 @@ class Ledger:
 
     def __init__(self, backend, tz: ZoneInfo, *, audit_key: audit.AuditKey | None = None) -> None:
         """``audit_key`` defaults to ``SPENDWATCH_AUDIT_KEY`` or the key file; a bad one is a ConfigError."""
-        self.backend = backend
+        self._backend = backend
+        self._location = backend.location
         self.tz = tz
         self._lock = threading.Lock()
+        self._opening = _Opening(None)
         self.audit_key = audit_key or audit.load_audit_key(backend.location)
         audit.check_key(backend, self.audit_key)
 
+    @classmethod
+    def opened_later(cls, location: str, tz: ZoneInfo, connect: Callable[[], object]) -> Ledger:
+        """A ledger that connects on first use, so that an app starts whether or not its ledger is up.
+
+        ``connect()`` returns a backend or raises. Until it succeeds, every use raises :class:`LedgerUnavailable`
+        and it is tried again at most every :data:`REOPEN_INTERVAL_S`, by whichever thread uses the ledger next.
+        """
+        ledger = cls.__new__(cls)
+        ledger._backend, ledger._location, ledger.tz = None, location, tz
+        ledger._lock = threading.Lock()
+        ledger._opening = _Opening(connect)
+        # A key given in the environment is checked now (a bad one is configuration); a key file is created
+        # beside a new ledger, so it is read once the ledger is there.
+        key_at_hand = audit.AUDIT_KEY_ENV in os.environ or audit.key_file_path(location).exists()
+        ledger.audit_key = audit.load_audit_key(location) if key_at_hand else None
+        return ledger
+
     @property
     def location(self) -> str:
-        return self.backend.location
+        return self._location
+
+    @property
+    def backend(self):
+        """The open backend; connected now if it was not yet (see :meth:`opened_later`)."""
+        backend = self._backend
+        return backend if backend is not None else self._connect()
+
+    @property
+    def is_open(self) -> bool:
+        return self._backend is not None
+
+    def _connect(self):
+        opening = self._opening
+        with opening.lock:
+            if self._backend is not None:
+                return self._backend
+            if opening.connect is None or time.monotonic() < opening.retry_at:
+                raise LedgerUnavailable(opening.error or "the ledger is closed")
+            backend = None
+            try:
+                backend = opening.connect()
+                key = self.audit_key or audit.load_audit_key(self._location)
+                audit.check_key(backend, key)
+            except BaseException as error:
+                if backend is not None:
+                    with contextlib.suppress(Exception):
+                        backend.close()
+                opening.error = error.message if isinstance(error, ConfigError) else first_line(error)
+                opening.retry_at = time.monotonic() + REOPEN_INTERVAL_S
+                raise LedgerUnavailable(opening.error) from error
+            self.audit_key, self._backend = key, backend
+            return backend
 
     # --- writing -----------------------------------------------------------------------------------------------
     def ingest(self, entries: Iterable[LedgerEntry]) -> int:
@@ -192,13 +255,28 @@ class Ledger:
                 self.backend.execute(cursor, query, (cost, lease))
         return len(fresh)
 
-    def set_budget_limit(self, name: str, period: str, limit_usd: float, *, reason: str = "") -> None:
-        """Change a budget's limit from now on; the change itself is kept as an event."""
+    def set_budget_limit(self, name: str, period: str, limit_usd: float, *, reason: str = "", by: str = "") -> None:
+        """Change a budget's limit from now on; the change itself is kept as an event (with who made it, if known)."""
         at = time.time()
         with self.chained_transaction() as cursor:
             self.backend.upsert_budget_limit(cursor, name, period, limit_usd, at)
             detail = {"name": name, "period": period, "limit_usd": limit_usd, "reason": reason}
-            self.chained_event(cursor, "budget_limit_changed", detail, at=at)
+            self.chained_event(cursor, "budget_limit_changed", detail | ({"by": by} if by else {}), at=at)
+
+    def clear_budget_limit(self, name: str, period: str, *, reason: str = "", by: str = "") -> float | None:
+        """Drop a budget's run-time limit, so its configured one is in force again; kept as an event.
+        Returns the limit dropped, or None (and records nothing) when there was none."""
+        at = time.time()
+        with self.chained_transaction() as cursor:
+            key = (name, period)
+            query = "SELECT limit_usd FROM budget_limits WHERE name = ? AND period = ?"
+            rows = self.backend.execute(cursor, query, key)
+            if not rows:
+                return None
+            self.backend.execute(cursor, "DELETE FROM budget_limits WHERE name = ? AND period = ?", key)
+            detail = {"name": name, "period": period, "dropped_limit_usd": float(rows[0][0]), "reason": reason}
+            self.chained_event(cursor, "budget_limit_cleared", detail | ({"by": by} if by else {}), at=at)
+        return float(rows[0][0])
 
     def add_event(self, kind: str, detail: dict) -> int:
         """Keep an event (chained into the audit trail); its id."""
@@ -264,6 +342,12 @@ class Ledger:
         query = "SELECT ts, kind, detail FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY id"
         return self._select_dicts(query, (kind,) if kind else ())
 
+    def events_since(self, kind: str, after_id: int = 0) -> list[dict]:
+        """The events of ``kind`` with an id above ``after_id``, oldest first, each with its ``id``: lets a reader
+        that polls (``spendwatch serve``) read only what is new."""
+        query = "SELECT id, ts, detail FROM events WHERE id > ? AND kind = ? ORDER BY id"
+        return self._select_dicts(query, (after_id, kind))
+
     def call_count(self) -> int:
         return int(self._select("SELECT COUNT(*) FROM calls")[0][0])
 
@@ -278,12 +362,26 @@ class Ledger:
     def reopen(self) -> None:
         """A fresh connection, for a forked child: database connections must not cross a fork."""
         self._lock = threading.Lock()
-        self.backend = type(self.backend)(self.backend.location)  # the audit key stays
-        self.backend.prepare()
+        self._opening = _Opening(self._opening.connect, error=self._opening.error)
+        if self._backend is not None:
+            self._backend = type(self._backend)(self._location)  # the audit key stays
+            self._backend.prepare()
 
     def close(self) -> None:
         with self._lock:
-            self.backend.close()
+            self._opening.connect = None  # a closed ledger stays closed
+            if self._backend is not None:
+                self._backend.close()
+
+
+@dataclass
+class _Opening:
+    """How a ledger opened later connects, and when it may try again after a failure."""
+
+    connect: Callable[[], object] | None
+    error: str | None = None
+    retry_at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def budget_scope(category: str | None, model: str | None) -> tuple[str, tuple]:

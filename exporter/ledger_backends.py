@@ -1,7 +1,11 @@
 """SQLite and PostgreSQL under the ledger: connection, schema, and the few statements whose SQL differs.
 
-:func:`open_backend` checks what it opens: a file that is not a database, or a database that is not a spendwatch
-ledger, is refused at start-up with one sentence naming ``SPENDWATCH_LEDGER`` and its value.
+A ledger location can be wrong in two ways, and they are told apart. :func:`check_location` finds what can never
+work without connecting (a malformed URL, a path under a regular file, a directory, a file that is not a database):
+that is a ConfigError, one sentence naming ``SPENDWATCH_LEDGER`` and its value. :func:`connect_backend` then
+connects and creates the schema; what the environment does there (PostgreSQL down, a locked or read-only file, a
+permission) raises :class:`LedgerUnavailable`, which an app retries in the background while its calls wait in the
+journal. :func:`open_backend` does both and turns everything into a ConfigError, for the command line.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import contextlib
 import itertools
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,8 +22,11 @@ from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = [
     "LEDGER_ENV",
+    "LedgerUnavailable",
     "PostgresBackend",
     "SQLiteBackend",
+    "check_location",
+    "connect_backend",
     "first_line",
     "is_postgres_location",
     "open_backend",
@@ -29,6 +37,7 @@ __all__ = [
 LEDGER_ENV = "SPENDWATCH_LEDGER"
 _SCHEMA_LOCK = 0x5350454E44  # "SPEND": the advisory lock key for creating the schema
 SCHEMA_VERSION = "1"
+_SQLITE_HEADER = b"SQLite format 3\x00"
 _COUNTERS = """cost_usd {real} NOT NULL DEFAULT 0, input_tokens {int} NOT NULL DEFAULT 0,
     output_tokens {int} NOT NULL DEFAULT 0, cache_read_tokens {int} NOT NULL DEFAULT 0,
     reasoning_tokens {int} NOT NULL DEFAULT 0, success {int} NOT NULL DEFAULT 0, error {int} NOT NULL DEFAULT 0,
@@ -68,6 +77,10 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS audit (seq {int} PRIMARY KEY, kind TEXT NOT NULL, call_id TEXT, row_id {int},"
     " mac TEXT NOT NULL)",
 )
+
+
+class LedgerUnavailable(Exception):
+    """The ledger cannot be reached or written now (a server down, a lock, a read-only file): retry later."""
 
 
 class _SqlBackend:
@@ -165,15 +178,29 @@ class SQLiteBackend(_SqlBackend):
 
     def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
         self.location = path
+        self.busy_timeout_s = busy_timeout_s
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE takes the write lock up front, so two
         # processes never both read the totals and then race to write them).
         self.connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
 
     def prepare(self) -> None:
-        self.connection.execute("PRAGMA journal_mode = WAL")
+        self._set_wal_mode()
         # NORMAL in WAL mode survives a process crash; power loss is the journal's and the OS's business.
         self.connection.execute("PRAGMA synchronous = NORMAL")
+
+    def _set_wal_mode(self) -> None:
+        # Switching a new database to WAL takes an exclusive lock without waiting on the busy timeout, so processes
+        # creating one ledger at the same moment get "database is locked" here: wait for the others, as a write would.
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                self.connection.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -274,37 +301,88 @@ def open_backend(location: str, setting: str | None = None) -> SQLiteBackend | P
     """Open (creating on first use) the ledger at a path or ``postgresql://`` URL, or raise ConfigError. Its
     sentence starts with ``setting``, the setting that named the ledger and its (password-masked) value:
     ``SPENDWATCH_LEDGER='...'`` unless told otherwise."""
-    is_postgres = is_postgres_location(location)
     named = setting or f"{LEDGER_ENV}={shown_location(location)!r}"
+    check_location(location, named)
     try:
-        backend = PostgresBackend(location) if is_postgres else SQLiteBackend(_checked_path(location, named))
+        return connect_backend(location, named)
+    except LedgerUnavailable as error:
+        raise ConfigError(f"{named} cannot be opened as a ledger: {error}") from None
+
+
+def check_location(location: str, setting: str | None = None) -> None:
+    """Raise ConfigError if the ledger at ``location`` could never work, whatever the database or disk does later.
+    Connects to nothing, so it is quick at start-up."""
+    named = setting or f"{LEDGER_ENV}={shown_location(location)!r}"
+    if is_postgres_location(location):
+        _check_url(location, named)
+    else:
+        _check_path(location, named)
+
+
+def connect_backend(location: str, setting: str | None = None) -> SQLiteBackend | PostgresBackend:
+    """Connect to a ledger :func:`check_location` accepted, creating its schema on first use. A database that is
+    not a spendwatch ledger (or of another schema) is a ConfigError; anything else that fails is LedgerUnavailable."""
+    named = setting or f"{LEDGER_ENV}={shown_location(location)!r}"
+    backend = None
+    try:
+        backend = PostgresBackend(location) if is_postgres_location(location) else SQLiteBackend(location)
         backend.prepare()
-        tables = backend.table_names()
-    except ConfigError:
-        raise
-    except Exception as error:  # noqa: BLE001 - every driver error becomes the one start-up sentence
-        raise ConfigError(f"{named} cannot be opened as a ledger: {first_line(error)}") from None
-    if tables and "spendwatch_meta" not in tables:
-        raise ConfigError(f"{named} is a database of something else, not a spendwatch ledger")
-    try:
-        if "spendwatch_meta" in tables:
-            version = backend.select("SELECT value FROM spendwatch_meta WHERE key = ?", ("schema_version",))
-            if version and version[0][0] != SCHEMA_VERSION:
-                raise ConfigError(f"{named} has ledger schema {version[0][0]}, this is {SCHEMA_VERSION}")
+        _check_contents(backend, named)
         backend.create_schema()
-    except ConfigError:
+    except BaseException as error:
+        if backend is not None:
+            with contextlib.suppress(Exception):
+                backend.close()
+        if isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.OperationalError):
+            raise ConfigError(f"{named} cannot be opened as a ledger: {first_line(error)}") from None
+        if isinstance(error, Exception) and not isinstance(error, ConfigError):
+            raise LedgerUnavailable(first_line(error)) from error
         raise
-    except Exception as error:  # noqa: BLE001
-        raise ConfigError(f"{named} cannot be used as a ledger: {first_line(error)}") from None
     return backend
 
 
-def _checked_path(path: str, named: str) -> str:
+def _check_contents(backend: SQLiteBackend | PostgresBackend, named: str) -> None:
+    tables = backend.table_names()
+    if tables and "spendwatch_meta" not in tables:
+        raise ConfigError(f"{named} is a database of something else, not a spendwatch ledger")
+    if "spendwatch_meta" in tables:
+        version = backend.select("SELECT value FROM spendwatch_meta WHERE key = ?", ("schema_version",))
+        if version and version[0][0] != SCHEMA_VERSION:
+            raise ConfigError(f"{named} has ledger schema {version[0][0]}, this is {SCHEMA_VERSION}")
+
+
+def _check_url(url: str, named: str) -> None:
+    try:
+        import psycopg.conninfo
+    except ImportError:
+        raise ConfigError(f"{named} needs psycopg: pip install 'spendwatch[postgres]'") from None
+    try:
+        options = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as error:
+        raise ConfigError(f"{named} is not a valid PostgreSQL URL: {first_line(error)}") from None
+    ports = str(options.get("port", "5432")).split(",")
+    if not all(port.strip().isdigit() and 0 < int(port) < 65536 for port in ports):
+        raise ConfigError(f"{named} is not a valid PostgreSQL URL: its port must be a number from 1 to 65535")
+
+
+def _check_path(path: str, named: str) -> None:
     if os.path.isdir(path):
         raise ConfigError(f"{named} is a directory; give the path of a ledger file")
-    if os.path.exists(path) and not os.access(path, os.R_OK):
-        raise ConfigError(f"{named} cannot be read (permission denied)")
-    return path
+    parent = Path(path).absolute().parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ConfigError(f"{named} is under {str(ancestor)!r}, which is a file, not a directory")
+            break
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return  # created on first use
+    except OSError as error:
+        raise ConfigError(f"{named} cannot be read ({error.strerror or error})") from None
+    if head and head != _SQLITE_HEADER:
+        raise ConfigError(f"{named} cannot be opened as a ledger: file is not a database")
 
 
 def is_postgres_location(location: str) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spendwatch.exporter import LedgerSink, Settings, journal_directory, load_settings, open_ledger
+from spendwatch.exporter import LedgerSink, Settings, journal_directory, load_settings, open_ledger_later
 from spendwatch.exporter.guard import BudgetGuard
 from spendwatch.exporter.guard_rules import guard_config
 from spendwatch.exporter.ledger import Ledger
@@ -64,9 +64,10 @@ def attach(**settings: Any) -> Runtime:
         resolved = load_settings(settings)
         prices = resolved.price_table()
         guard_rules = guard_config(resolved.raw.get("guard"), f"SPENDWATCH_CONFIG={resolved.config_path!r}")
-        ledger = open_ledger(resolved)
-        _record_startup(ledger, resolved, prices)
+        # The ledger connects on first use: an app starts whether or not its ledger can be reached or written now.
+        ledger = open_ledger_later(resolved)
         sink = LedgerSink(ledger, journal_directory(resolved.ledger))
+        _record_startup(sink, resolved, prices)
         runtime = Runtime(resolved, ledger, sink, prices)
         runtime.thresholds = ThresholdWatcher(runtime.budget_statuses)
         sink.after_drain.append(runtime.thresholds.check)
@@ -74,7 +75,8 @@ def attach(**settings: Any) -> Runtime:
             _serve_metrics(runtime)
         register_sink(sink)
         if resolved.enforce == "block":
-            runtime.guard = BudgetGuard(ledger, resolved, prices, guard_rules)
+            count = sink.count_ledger_error  # the guard's ledger failures count with the sink's
+            runtime.guard = BudgetGuard(ledger, resolved, prices, guard_rules, count_ledger_error=count)
             register_guard(runtime.guard)
         _instrument_installed(prices)
         atexit.register(detach)
@@ -101,9 +103,9 @@ def detach() -> None:
     runtime.ledger.close()
 
 
-def _record_startup(ledger: Ledger, settings: Settings, prices: PriceTable) -> None:
-    """Chain this configuration into the audit trail, so what a process ran under is on record. An unwritable
-    ledger does not stop the app (its calls wait in the journal); it is logged."""
+def _record_startup(sink: LedgerSink, settings: Settings, prices: PriceTable) -> None:
+    """Chain this configuration into the audit trail, so what a process ran under is on record. The sink writes it
+    once the ledger takes writes: a ledger that is down at start-up delays the record, it does not stop the app."""
     import hashlib
     import socket
 
@@ -123,9 +125,9 @@ def _record_startup(ledger: Ledger, settings: Settings, prices: PriceTable) -> N
         if settings.prices_file:
             with open(settings.prices_file, "rb") as file:
                 detail["prices_file_sha256"] = hashlib.sha256(file.read()).hexdigest()
-        ledger.add_event("configuration_started", detail)
-    except Exception as error:  # noqa: BLE001 - start-up goes on; the journal keeps the calls until the ledger is back
-        _logger.warning("spendwatch: cannot record this start-up in the audit trail of %s (%s)", ledger.location, error)
+    except OSError as error:  # the price file was read a moment ago; its hash is a nicety, not a reason to stop
+        _logger.warning("spendwatch: cannot hash the price file %s (%s)", settings.prices_file, error)
+    sink.when_reachable(lambda: sink.ledger.add_event("configuration_started", detail))
 
 
 def _serve_metrics(runtime: Runtime) -> None:
