@@ -27,6 +27,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from spendwatch.exporter import mapping as m
 from spendwatch.exporter.budgets import BudgetStatus
 from spendwatch.exporter.ledger import DURATION_BUCKETS
+from spendwatch.instrumentation.pricing import rounded_usd
 
 __all__ = ["SpendCollector"]
 
@@ -199,7 +200,7 @@ def _add_usage(families: _Families, series: dict[tuple, dict[str, float]], bucke
     unpriced: dict[tuple, float] = {}
     durations: dict[tuple, list[float]] = {}
     for key, sums in sorted(series.items()):
-        families.cost.add_metric(key, sums["cost_usd"])
+        families.cost.add_metric(key, rounded_usd(sums["cost_usd"]))
         for token_type, column in m.TOKEN_TYPES.items():
             families.tokens.add_metric((*key, token_type), sums[column])
         for outcome in m.OUTCOMES:
@@ -225,9 +226,9 @@ def _budget_samples(statuses: Iterable[BudgetStatus]) -> list[tuple[str, tuple[s
             continue  # a duplicate series would make Prometheus reject the whole scrape
         seen.add(labels)
         samples += [
-            ("limit", labels, float(status.limit_usd)),
-            ("spent", labels, float(status.spent_usd)),
-            ("remaining", labels, float(status.remaining_usd)),
+            ("limit", labels, rounded_usd(float(status.limit_usd))),
+            ("spent", labels, rounded_usd(float(status.spent_usd))),
+            ("remaining", labels, rounded_usd(float(status.remaining_usd))),
             ("used_ratio", labels, float(status.used_ratio)),
             ("period_end", labels, status.period_end.timestamp()),
         ]

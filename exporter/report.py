@@ -23,14 +23,19 @@ from datetime import date, datetime, timedelta
 
 from spendwatch.exporter.mapping import printable
 from spendwatch.exporter.periods import local_day, period_bounds, period_days
+from spendwatch.instrumentation.pricing import USD_DECIMALS, rounded_usd
 
 __all__ = [
     "GROUPINGS",
+    "MIN_TREND_DAYS",
+    "NOT_ENOUGH_HISTORY",
     "TREND_BAND",
     "Trend",
     "format_csv",
     "format_json",
     "format_table",
+    "format_usd",
+    "is_money",
     "report_columns",
     "report_rows",
     "total_row",
@@ -40,6 +45,9 @@ __all__ = [
 GROUPINGS = ("day", "model", "category", "operation")
 # A trend is "flat" while the fitted daily change stays within ±5 % of the average daily cost.
 TREND_BAND = 0.05
+# Complete days of history a trend needs (fewer when fewer are asked for): one day has no direction.
+MIN_TREND_DAYS = 2
+NOT_ENOUGH_HISTORY = "not enough history"
 # Summed from the ledger's per-day counters, in output order.
 _SUMMED = ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
 _COUNTED = ("requests", "unpriced", "estimated")
@@ -105,17 +113,21 @@ def _sorted(rows: list[dict], by: str) -> list[dict]:
 
 @dataclass(frozen=True)
 class Trend:
-    """Recent daily spend, its direction, and where the month ends at that rate. See :func:`trend`."""
+    """Recent daily spend, its direction, and where the month ends at that rate. See :func:`trend`.
 
-    first_day: date  # the window's first complete day
+    Without enough history the direction is :data:`NOT_ENOUGH_HISTORY`, there are no daily costs, and the average,
+    slope and projection are None."""
+
+    first_day: date  # the window's first complete day (the ledger's first day, when its history is shorter)
     last_day: date  # the window's last complete day (yesterday)
+    days_asked: int
     daily_cost_usd: tuple[float, ...]  # one per day of the window, zero for days without calls
-    average_daily_usd: float
-    slope_usd_per_day: float  # least-squares slope of the daily cost
-    direction: str  # "rising" | "flat" | "falling"
+    average_daily_usd: float | None
+    slope_usd_per_day: float | None  # least-squares slope of the daily cost
+    direction: str  # "rising" | "flat" | "falling" | "not enough history"
     month_to_date_usd: float  # this month so far, today included
     remaining_days: float  # what is left of the month, today's unfinished part included
-    projected_month_usd: float
+    projected_month_usd: float | None
 
     def as_dict(self) -> dict:
         answer = asdict(self)
@@ -124,12 +136,21 @@ class Trend:
         return answer
 
     def __str__(self) -> str:
+        month = f"month to date ${format_usd(self.month_to_date_usd)}"
+        if self.average_daily_usd is None:
+            needed = min(self.days_asked, MIN_TREND_DAYS)
+            return (
+                f"trend: {NOT_ENOUGH_HISTORY} (the ledger's calls start on {self.first_day}; a trend needs {needed} "
+                f"complete days before today, so there is no projection yet)\n{month}"
+            )
+        days = len(self.daily_cost_usd)
+        shorter = "" if days == self.days_asked else f", all the ledger has of the {self.days_asked} days asked"
         return (
-            f"trend over {len(self.daily_cost_usd)} complete days ({self.first_day} to {self.last_day}): "
-            f"average ${self.average_daily_usd:.6f}/day, {self.direction} "
-            f"(fitted change {self.slope_usd_per_day:+.6f} USD from one day to the next)\n"
-            f"month to date ${self.month_to_date_usd:.6f}; at that average the month ends at "
-            f"${self.projected_month_usd:.6f} ({self.remaining_days:.2f} days left)"
+            f"trend over {days} complete days ({self.first_day} to {self.last_day}{shorter}): "
+            f"average ${format_usd(self.average_daily_usd)}/day, {self.direction} "
+            f"(fitted change {_signed_usd(self.slope_usd_per_day)} USD from one day to the next)\n"
+            f"{month}; at that average the month ends at "
+            f"${format_usd(self.projected_month_usd)} ({self.remaining_days:.2f} days left)"
         )
 
 
@@ -137,7 +158,9 @@ def trend(ledger, settings, days: int = 7, now: float | None = None) -> Trend:
     """Average daily cost over the last ``days`` complete days and where the month ends at that rate.
 
     - The window is the ``days`` calendar days (in ``settings.timezone``) before today; today is left out because
-      it is not over. A day without calls counts as $0.
+      it is not over. A day without calls counts as $0, but days before the ledger's first call are no history:
+      the window starts at that day instead, and with fewer than :data:`MIN_TREND_DAYS` complete days (or
+      ``days``, if fewer) the trend has :data:`NOT_ENOUGH_HISTORY` and no average, direction or projection.
     - Direction: the least-squares slope of daily cost against the day, compared with the average daily cost.
       ``rising`` when the slope exceeds +5 % of the average per day (:data:`TREND_BAND`), ``falling`` below −5 %,
       ``flat`` otherwise (and always when the window is one day or nothing was spent).
@@ -149,32 +172,52 @@ def trend(ledger, settings, days: int = 7, now: float | None = None) -> Trend:
     now = time.time() if now is None else now
     tz = settings.timezone
     today = local_day(now, tz)
-    first_day = today - timedelta(days=days)
-    daily = _daily_costs(ledger, first_day, today)
-    average = sum(daily) / days
-    slope = _least_squares_slope(daily)
+    by_day = _costs_by_day(ledger, today - timedelta(days=days), today)
+    first_day = _history_start(ledger, today - timedelta(days=days), today, by_day)
     month_first, month_end = period_days("month", today)
     month_to_date = ledger.spend(month_first, month_end)
     remaining = _remaining_days(now, tz, today, month_end)
+    known = {"first_day": first_day, "last_day": today - timedelta(days=1), "days_asked": days}
+    known |= {"month_to_date_usd": month_to_date, "remaining_days": remaining}
+    count = (today - first_day).days
+    if count < min(days, MIN_TREND_DAYS):
+        return Trend(
+            **known,
+            daily_cost_usd=(),
+            average_daily_usd=None,
+            slope_usd_per_day=None,
+            direction=NOT_ENOUGH_HISTORY,
+            projected_month_usd=None,
+        )
+    daily = [by_day.get((first_day + timedelta(days=offset)).isoformat(), 0.0) for offset in range(count)]
+    average = sum(daily) / count
+    slope = _least_squares_slope(daily)
     return Trend(
-        first_day=first_day,
-        last_day=today - timedelta(days=1),
+        **known,
         daily_cost_usd=tuple(daily),
         average_daily_usd=average,
         slope_usd_per_day=slope,
         direction=_direction(slope, average),
-        month_to_date_usd=month_to_date,
-        remaining_days=remaining,
         projected_month_usd=month_to_date + average * remaining,
     )
 
 
-def _daily_costs(ledger, first_day: date, end_day: date) -> list[float]:
+def _costs_by_day(ledger, first_day: date, end_day: date) -> dict[str, float]:
+    """Cost per ISO day in ``[first_day, end_day)``, for days with calls (priced or not)."""
     by_day: dict[str, float] = {}
     for total in ledger.daily_totals(first_day, end_day):
         by_day[total["day"]] = by_day.get(total["day"], 0.0) + total["cost_usd"]
-    count = (end_day - first_day).days
-    return [by_day.get((first_day + timedelta(days=offset)).isoformat(), 0.0) for offset in range(count)]
+    return by_day
+
+
+def _history_start(ledger, window_first: date, today: date, by_day: dict[str, float]) -> date:
+    """The window's first day, or the ledger's first day with calls when that is later (today, for none yet)."""
+    if window_first.isoformat() in by_day:
+        return window_first
+    # A window that starts quiet: either the ledger began inside it, or the quiet days are real history.
+    if ledger.daily_totals(date.min, window_first):
+        return window_first
+    return date.fromisoformat(min(by_day)) if by_day else today
 
 
 def _least_squares_slope(values: Sequence[float]) -> float:
@@ -204,9 +247,32 @@ def _remaining_days(now: float, tz, today: date, month_end: date) -> float:
 # --- output formats -------------------------------------------------------------------------------------------------
 
 
+def format_usd(amount: float) -> str:
+    """Money as a person reads it: 6 decimals, and for a small amount as many more (up to the 9 of machine formats)
+    as show its first three digits, so an embedding's $0.00000002 is not shown as 0.000000."""
+    if amount == 0 or abs(amount) >= _SIX_DECIMALS_SUFFICE:
+        return f"{amount:.6f}"
+    decimals = min(USD_DECIMALS, 2 - math.floor(math.log10(abs(amount))))
+    return f"{amount:.{decimals}f}"
+
+
+# From 0.0001 up, six decimals show at least three significant digits.
+_SIX_DECIMALS_SUFFICE = 1e-4
+
+
+def _signed_usd(amount: float) -> str:
+    text = format_usd(amount)
+    return text if text.startswith("-") else f"+{text}"
+
+
+def is_money(column: str) -> bool:
+    """Whether a column or key holds USD: ``cost_usd``, ``limit_usd``, ``slope_usd_per_day``, ..."""
+    return column.endswith("_usd") or "_usd_" in column
+
+
 def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """A plain-text table: a header, a rule, one line per row. Money (``*_usd``) with 6 decimals, numbers
-    right-aligned, ``None`` as ``-``."""
+    """A plain-text table: a header, a rule, one line per row. Money (:func:`is_money`) as :func:`format_usd` shows
+    it, numbers right-aligned, no value (``None``: no category, say) as ``-``."""
     cells = [[_cell(column, row.get(column)) for column in columns] for row in rows]
     widths = [max([len(column), *(len(line[index]) for line in cells)]) for index, column in enumerate(columns)]
     numeric = [_is_numeric_column(rows, column) for column in columns]
@@ -220,24 +286,35 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def format_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """CSV with a header line; values as they are (full precision), ``None`` as an empty field."""
+    """CSV with a header line; money rounded to 1e-9 USD (:func:`rounded_usd`), other values as they are, no value
+    (``None``: no category, say) as an empty field."""
+    money = [column for column in columns if is_money(column)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(_rounded_money(row, money) for row in rows)
     return buffer.getvalue()
 
 
 def format_json(value) -> str:
-    """Indented JSON; dates as ISO text, and non-finite numbers (which JSON lacks) as null."""
+    """Indented JSON; money (:func:`is_money` keys) rounded to 1e-9 USD, dates as ISO text, no value as null, and
+    non-finite numbers (which JSON lacks) as null."""
     return json.dumps(_json_safe(value), indent=2, default=_json_default)
+
+
+def _rounded_money(row: dict, money: Sequence[str]) -> dict:
+    rounded = dict(row)
+    for column in money:
+        if isinstance(rounded.get(column), float):
+            rounded[column] = rounded_usd(rounded[column])
+    return rounded
 
 
 def _cell(column: str, value) -> str:
     if value is None:
         return "-"
-    if column.endswith("_usd") and isinstance(value, int | float):
-        return f"{value:.6f}"
+    if is_money(column) and isinstance(value, int | float):
+        return format_usd(value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return printable(str(value), _MAX_CELL)
@@ -251,13 +328,15 @@ def _is_numeric_column(rows: Sequence[dict], column: str) -> bool:
     return bool(values) and all(isinstance(value, int | float) and not isinstance(value, bool) for value in values)
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+def _json_safe(value, money: bool = False):
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return rounded_usd(value) if money else value
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: _json_safe(item, money or is_money(str(key))) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
+        return [_json_safe(item, money) for item in value]
     return value
 
 

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from spendwatch.instrumentation import records
 from spendwatch.instrumentation.errors import BudgetExceededError
-from spendwatch.instrumentation.pricing import PriceTable
+from spendwatch.instrumentation.pricing import USD_DECIMALS, PriceTable
 from spendwatch.instrumentation.semconv_metrics import SemconvMetrics
 
 __all__ = [
@@ -304,8 +304,10 @@ def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, 
         cost, source = price.cost(input_tokens, output_tokens, usage.cache_read_tokens), price.source
     record.cost_usd = cost
     record.pricing = source
-    attributes["gen_ai.usage.cost"] = cost
-    attributes["gen_ai.usage.cost.amount"] = cost
+    # The span shows the cost as pricing.rounded_usd does (inlined: this is the hot path); the record keeps it raw.
+    shown = round(cost, USD_DECIMALS)
+    attributes["gen_ai.usage.cost"] = shown
+    attributes["gen_ai.usage.cost.amount"] = shown
     attributes["gen_ai.usage.cost.currency"] = "USD"
     attributes["gen_ai.usage.cost.source"] = "local"
     attributes["spendwatch.pricing"] = source

@@ -43,9 +43,26 @@ from typing import Any
 
 from spendwatch.instrumentation.errors import ConfigError
 
-__all__ = ["Price", "PriceTable", "load_overrides", "price_table_from_env", "PRICES_FILE_ENV"]
+__all__ = [
+    "Price",
+    "PriceTable",
+    "load_overrides",
+    "price_table_from_env",
+    "rounded_usd",
+    "PRICES_FILE_ENV",
+    "USD_DECIMALS",
+]
 
 PRICES_FILE_ENV = "SPENDWATCH_PRICES_FILE"
+# Money leaves spendwatch (span attributes, CSV, JSON, /metrics) rounded to a billionth of a dollar: finer than any
+# price, and without float noise such as 0.00013000000000000002. The ledger keeps the unrounded value.
+USD_DECIMALS = 9
+
+
+def rounded_usd(amount: float) -> float:
+    """``amount`` in USD as machine-readable output shows it: rounded to :data:`USD_DECIMALS` decimal places."""
+    return round(amount, USD_DECIMALS)
+
 
 _PER_MILLION = 1_000_000
 _NEVER = math.inf

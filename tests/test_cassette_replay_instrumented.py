@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from spendwatch.instrumentation.pricing import PriceTable
+from spendwatch.instrumentation.pricing import PriceTable, rounded_usd
 from tests.cassettes import ReplayServer, call_async, call_sync, cassette_params, load_cassette, require_cassettes
 
 PRICES = PriceTable()
@@ -83,4 +83,4 @@ def check_span_against_recording(interaction, span, record) -> None:
         assert record.cost_usd is None
     else:
         assert record.cost_usd == pytest.approx(price.cost(input_tokens, output_tokens, cached), rel=1e-12)
-        assert span.attributes["gen_ai.usage.cost"] == record.cost_usd
+        assert span.attributes["gen_ai.usage.cost"] == rounded_usd(record.cost_usd)

@@ -4,6 +4,7 @@ parsed back with prometheus_client's own parser."""
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -278,3 +279,19 @@ def test_two_collectors_cannot_share_a_registry(ledger, registry):
     SpendCollector(ledger, registry=registry)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         SpendCollector(ledger, registry=registry)
+
+
+def test_money_is_exposed_to_a_billionth_of_a_dollar_without_float_noise(ledger, registry):
+    ingest(ledger, call(cost_usd=0.1), call(cost_usd=0.2), call(cost_usd=0.00013000000000000002))
+    statuses = [budget("global", "day", limit=0.3, spent=0.1 + 0.2 + 0.00013000000000000002)]
+    SpendCollector(ledger, budget_statuses=lambda: statuses, registry=registry)
+
+    text = generate_latest(registry).decode()
+
+    money = [line for line in text.splitlines() if line.startswith(("llm_cost_usd", "llm_budget_")) and "_usd" in line]
+    assert money and not [line for line in money if re.search(r"\.\d{10,}", line)], money  # no 0.30000000000000004
+    families = scrape(registry)
+    series = {"provider": "openai", "model": "gpt-4o-mini", "operation": "chat", "category": "other"}
+    assert value(families, "llm_cost_usd_total", **series) == 0.30013
+    assert value(families, "llm_budget_spent_usd", budget="global", period="day") == 0.30013
+    assert value(families, "llm_budget_remaining_usd", budget="global", period="day") == -0.00013

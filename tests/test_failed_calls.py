@@ -15,6 +15,7 @@ import pydantic
 import pytest
 from openai import _base_client
 
+from spendwatch.instrumentation.pricing import rounded_usd
 from spendwatch.instrumentation.semconv_metrics import FLUSH_INTERVAL_S
 from spendwatch.stub import StubServer
 from tests.conftest import FAKE_API_KEY
@@ -46,7 +47,7 @@ def assert_counted_from_the_request(span_exporter, sink, error_type: str) -> Non
     assert span.attributes["error.type"] == error_type
     assert span.attributes["spendwatch.cost.estimated"] is True
     assert span.attributes["gen_ai.usage.input_tokens"] == ESTIMATED_INPUT_TOKENS
-    assert span.attributes["gen_ai.usage.cost"] == record.cost_usd
+    assert span.attributes["gen_ai.usage.cost"] == rounded_usd(record.cost_usd)
 
 
 def assert_not_billed(span_exporter, sink, error_type: str) -> None:

@@ -15,9 +15,11 @@ import pytest
 
 from spendwatch.exporter import LedgerEntry, load_settings, open_ledger
 from spendwatch.exporter.report import (
+    NOT_ENOUGH_HISTORY,
     format_csv,
     format_json,
     format_table,
+    format_usd,
     report_columns,
     report_rows,
     total_row,
@@ -161,6 +163,7 @@ def test_the_total_row_adds_up_every_row(ledger):
     ],
 )
 def test_trend_direction_compares_the_fitted_slope_with_the_average(ledger, settings, costs, direction):
+    ledger.ingest([call(at("2025-03-01 12:00"), 1.0)])  # history before the window: its quiet days are real
     spend_per_day(ledger, "2025-04-03", costs)
     result = trend(ledger, settings, days=7, now=at("2025-04-10 09:00"))
     assert (result.first_day, result.last_day) == (date(2025, 4, 3), date(2025, 4, 9))
@@ -212,6 +215,58 @@ def test_a_trend_reads_as_a_sentence_and_as_a_dict(ledger, settings):
     assert json.loads(format_json(result.as_dict()))["daily_cost_usd"] == [1, 2, 3, 4, 5, 6, 7]
 
 
+def test_a_ledger_whose_calls_start_today_has_not_enough_history_for_a_trend(ledger, settings):
+    ledger.ingest([call(at("2025-04-10 08:00"), 3.0)])
+
+    result = trend(ledger, settings, days=7, now=at("2025-04-10 18:00"))
+
+    assert result.direction == NOT_ENOUGH_HISTORY
+    assert (result.average_daily_usd, result.slope_usd_per_day, result.projected_month_usd) == (None, None, None)
+    assert result.month_to_date_usd == 3.0 and result.daily_cost_usd == ()
+    text = str(result)
+    assert "not enough history" in text and "2025-04-10" in text and "a trend needs 2 complete days" in text
+    assert "/day" not in text and "month ends" not in text
+    document = json.loads(format_json(result.as_dict()))
+    assert document["direction"] == "not enough history" and document["projected_month_usd"] is None
+
+
+def test_one_complete_day_of_history_is_not_enough_for_a_week_long_trend(ledger, settings):
+    spend_per_day(ledger, "2025-04-09", [4])
+
+    assert trend(ledger, settings, days=7, now=at("2025-04-10 09:00")).direction == NOT_ENOUGH_HISTORY
+    assert trend(ledger, settings, days=1, now=at("2025-04-10 09:00")).average_daily_usd == 4.0
+
+
+def test_a_trend_averages_only_the_days_the_ledger_has_when_they_are_fewer_than_asked(ledger, settings):
+    spend_per_day(ledger, "2025-04-07", [2, 3, 4])
+
+    result = trend(ledger, settings, days=7, now=at("2025-04-10 09:00"))
+
+    assert (result.first_day, result.last_day) == (date(2025, 4, 7), date(2025, 4, 9))
+    assert result.daily_cost_usd == (2.0, 3.0, 4.0)
+    assert result.average_daily_usd == 3.0 and result.direction == "rising"
+    window = "trend over 3 complete days (2025-04-07 to 2025-04-09, all the ledger has of the 7 days asked)"
+    assert window in str(result)
+
+
+def test_quiet_days_after_the_ledgers_first_call_count_as_zero(ledger, settings):
+    spend_per_day(ledger, "2025-03-20", [7])
+
+    result = trend(ledger, settings, days=7, now=at("2025-04-10 09:00"))
+
+    assert result.daily_cost_usd == (0.0,) * 7 and result.direction == "flat"
+    assert result.projected_month_usd == 0.0
+
+
+def test_a_trend_shows_small_amounts_without_float_noise(ledger, settings):
+    spend_per_day(ledger, "2025-04-08", [0.00013000000000000002, 0.00000002])
+
+    text = str(trend(ledger, settings, days=2, now=at("2025-04-10 09:00")))
+
+    assert "0.00013000000000000002" not in text and "e-0" not in text
+    assert "average $0.0000650/day" in text
+
+
 # --- formats ----------------------------------------------------------------------------------------------------------
 
 ROWS = [
@@ -230,15 +285,16 @@ def test_a_table_prints_money_with_six_decimals_and_right_aligns_numbers():
     ]
 
 
-def test_csv_has_a_header_and_full_precision():
+def test_csv_has_a_header_and_money_to_a_billionth_of_a_dollar():
     parsed = list(csv.DictReader(io.StringIO(format_csv(ROWS, COLUMNS))))
-    assert parsed[1] == {"model": "gpt-4o-mini", "cost_usd": "0.0001234567", "input_tokens": "7", "category": "review"}
+    assert parsed[1] == {"model": "gpt-4o-mini", "cost_usd": "0.000123457", "input_tokens": "7", "category": "review"}
     assert parsed[0]["category"] == ""
 
 
 def test_json_writes_dates_as_iso_text_and_infinity_as_null():
     document = {"since": date(2025, 4, 1), "ratio": math.inf, "rows": ROWS}
-    assert json.loads(format_json(document)) == {"since": "2025-04-01", "ratio": None, "rows": ROWS}
+    rows = [ROWS[0], ROWS[1] | {"cost_usd": 0.000123457}]
+    assert json.loads(format_json(document)) == {"since": "2025-04-01", "ratio": None, "rows": rows}
 
 
 def test_table_cells_cannot_carry_terminal_escapes_or_stretch_the_table():
@@ -259,3 +315,41 @@ def test_table_cells_cannot_carry_c1_controls_or_lone_surrogates():
 
     assert "\x9b" not in table and "\ud800" not in table
     assert "evil?2Jname?" in table
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        (1.5, "1.500000"),
+        (0.0001234567, "0.000123"),
+        (0.00013000000000000002, "0.000130"),
+        (0.000015, "0.0000150"),
+        (0.00000002, "0.000000020"),  # one embedding token: never 0.000000
+        (0.0000000001, "0.000000000"),  # below the billionth of a dollar the machine formats keep
+        (0.0, "0.000000"),
+        (-4.0, "-4.000000"),
+        (-0.00000002, "-0.000000020"),
+    ],
+)
+def test_a_table_shows_money_with_enough_digits_to_tell_a_small_amount_from_zero(amount, shown):
+    assert format_usd(amount) == shown
+
+
+def test_a_table_of_embedding_calls_shows_their_cost():
+    table = format_table([{"model": "text-embedding-3-small", "cost_usd": 0.00000004}], ["model", "cost_usd"])
+
+    assert table.splitlines()[-1].split() == ["text-embedding-3-small", "0.000000040"]
+
+
+NOISY = [{"day": "2025-04-01", "cost_usd": 0.00013000000000000002, "avoided_usd": 0.1 + 0.2, "input_tokens": 3}]
+
+
+def test_csv_and_json_carry_money_without_float_noise():
+    (row,) = csv.DictReader(io.StringIO(format_csv(NOISY, ["day", "cost_usd", "avoided_usd", "input_tokens"])))
+    assert (row["cost_usd"], row["avoided_usd"]) == ("0.00013", "0.3")
+
+    text = format_json({"rows": NOISY, "trend": {"daily_cost_usd": [0.1 + 0.2], "remaining_days": 0.1 + 0.2}})
+    assert "0.00013000000000000002" not in text and "0.30000000000000004" in text  # remaining_days is no money
+    document = json.loads(text)
+    assert document["rows"][0]["cost_usd"] == 0.00013 and document["trend"]["daily_cost_usd"] == [0.3]
+    assert NOISY[0]["cost_usd"] == 0.00013000000000000002  # the caller's rows keep their raw values

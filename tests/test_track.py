@@ -87,6 +87,19 @@ def test_a_reported_cost_wins_over_pricing(attached, span_exporter):
     assert span.attributes["gen_ai.provider.name"] == "anthropic"
 
 
+def test_the_span_shows_the_cost_to_a_billionth_of_a_dollar_and_the_ledger_keeps_it_unrounded(attached, span_exporter):
+    attachment = attached()
+
+    with spendwatch.track("chat", model="claude-sonnet-4", provider="anthropic") as op:
+        op.set_cost(0.1 + 0.2)  # 0.30000000000000004
+
+    (span,) = span_exporter.get_finished_spans()
+    assert span.attributes["gen_ai.usage.cost"] == span.attributes["gen_ai.usage.cost.amount"] == 0.3
+    attachment.sink.flush()
+    (total,) = attachment.ledger.totals()
+    assert total["cost_usd"] == 0.1 + 0.2
+
+
 def test_an_exception_is_recorded_and_reraised_unchanged(attached, span_exporter):
     attachment = attached()
 
