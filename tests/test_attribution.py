@@ -98,3 +98,10 @@ def test_baggage_from_upstream_names_the_category_when_spendwatch_set_none(clien
         assert baggage.get_baggage("spendwatch.category") == "genomics"  # still sent on to downstream services
 
     assert sink.records[0].category == "literature_review"
+
+
+def test_a_tracked_calls_own_category_wins_over_the_one_around_it(sink):
+    with spendwatch.category("route_category"), spendwatch.track("chat", model="gpt-4o-mini", category="tracked") as op:
+        op.set_tokens(input=10, output=5)
+
+    assert sink.records[0].category == "tracked"

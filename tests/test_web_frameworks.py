@@ -51,6 +51,7 @@ REQUESTS = [
     ("/search", "other=1,spendwatch.category=bad%20value", "other"),  # cleaned like spendwatch.category()
     ("/explicit", None, "handler_choice"),  # spendwatch.category() in the handler beats the route
     ("/annotate/stream", None, "metabolite_identification"),  # a call made while the body streams
+    ("/annotate/sync", None, "metabolite_identification"),  # a sync handler, which ASGI frameworks run in a thread
     ("/search", None, None),  # nothing set, nothing left over from the requests before
 ]
 
@@ -58,7 +59,10 @@ REQUESTS = [
 # --- the apps ------------------------------------------------------------------------------------------------------
 
 
-def _starlette_routes(client: openai.AsyncOpenAI) -> list:
+def _starlette_routes(stub_url: str) -> list:
+    client = openai.AsyncOpenAI(api_key=FAKE_API_KEY, base_url=stub_url, max_retries=0)
+    sync_client = openai.OpenAI(api_key=FAKE_API_KEY, base_url=stub_url, max_retries=0)
+
     async def plain(request):
         await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         return PlainTextResponse("ok")
@@ -75,19 +79,24 @@ def _starlette_routes(client: openai.AsyncOpenAI) -> list:
     async def stream(request):
         return StreamingResponse(body())
 
+    def in_a_thread(request):
+        sync_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        return PlainTextResponse("ok")
+
     return [
         Route("/annotate", plain),
         Route("/search", plain),
         Route("/explicit", explicit),
         Route("/annotate/stream", stream),
+        Route("/annotate/sync", in_a_thread),
     ]
 
 
-def fastapi_app(client: openai.AsyncOpenAI, instrumentation: str, placement: str, tracer_provider):
+def fastapi_app(stub_url: str, instrumentation: str, placement: str, tracer_provider):
     off = {"tracing": False, "metrics": False, "logs": False}
     native = {"tracer_provider": tracer_provider, "metrics": False, "logs": False}
     app = fastapi.FastAPI(telemetry=native if instrumentation == "fastapi-native" else off)
-    app.router.routes.extend(_starlette_routes(client))
+    app.router.routes.extend(_starlette_routes(stub_url))
     if instrumentation == "opentelemetry-instrumentation-fastapi":
         FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider)
     if instrumentation == "opentelemetry-instrumentation-asgi":
@@ -98,8 +107,8 @@ def fastapi_app(client: openai.AsyncOpenAI, instrumentation: str, placement: str
     return SpendwatchASGIMiddleware(app, routes=ROUTES)
 
 
-def starlette_app(client: openai.AsyncOpenAI, instrumentation: str, placement: str, tracer_provider):
-    app = Starlette(routes=_starlette_routes(client))
+def starlette_app(stub_url: str, instrumentation: str, placement: str, tracer_provider):
+    app = Starlette(routes=_starlette_routes(stub_url))
     if instrumentation == "opentelemetry-instrumentation-asgi":
         return _wrap_asgi(app, placement, tracer_provider)
     if placement == "inner":
@@ -115,10 +124,12 @@ def _wrap_asgi(app, placement: str, tracer_provider):
     return SpendwatchASGIMiddleware(instrumented(app, tracer_provider=tracer_provider), routes=ROUTES)
 
 
-def flask_app(client: openai.OpenAI, instrumentation: str, placement: str, tracer_provider):
+def flask_app(stub_url: str, instrumentation: str, placement: str, tracer_provider):
+    client = openai.OpenAI(api_key=FAKE_API_KEY, base_url=stub_url, max_retries=0)
     app = flask.Flask(__name__)
 
     @app.route("/annotate")
+    @app.route("/annotate/sync")
     @app.route("/search")
     def plain():
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -175,6 +186,7 @@ def _django_stream(request):
 
 urlpatterns = [
     url("annotate", _django_plain),
+    url("annotate/sync", _django_plain),
     url("search", _django_plain),
     url("explicit", _django_explicit),
     url("annotate/stream", _django_stream),
@@ -196,8 +208,8 @@ def django_settings() -> Iterator[None]:
     settings.MIDDLEWARE = []
 
 
-def django_app(client: openai.OpenAI, instrumentation: str, placement: str, tracer_provider):
-    _django_client[:] = [client]
+def django_app(stub_url: str, instrumentation: str, placement: str, tracer_provider):
+    _django_client[:] = [openai.OpenAI(api_key=FAKE_API_KEY, base_url=stub_url, max_retries=0)]
     if placement == "inner":  # as a Django middleware, after the one DjangoInstrumentor puts first
         settings.MIDDLEWARE = ["spendwatch.middleware.SpendwatchDjangoMiddleware"]
     if instrumentation == "opentelemetry-instrumentation-django":
@@ -279,9 +291,8 @@ PLACEMENTS = ["outer", "inner"]
 @pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize(("framework", "instrumentation"), ASGI_SETUPS)
 def test_asgi_apps_keep_each_requests_category(framework, instrumentation, placement, stub, sink, tracer_provider):
-    client = openai.AsyncOpenAI(api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=0)
     build = fastapi_app if framework == "fastapi" else starlette_app
-    with served_asgi(build(client, instrumentation, placement, tracer_provider)) as base_url:
+    with served_asgi(build(stub.base_url, instrumentation, placement, tracer_provider)) as base_url:
         _ask_all(base_url, sink)
 
 
@@ -290,12 +301,11 @@ def test_asgi_apps_keep_each_requests_category(framework, instrumentation, place
 def test_wsgi_apps_keep_each_requests_category(
     framework, instrumentation, placement, stub, sink, tracer_provider, request
 ):
-    client = openai.OpenAI(api_key=FAKE_API_KEY, base_url=stub.base_url, max_retries=0)
     build: Callable = flask_app
     if framework == "django":
         request.getfixturevalue("django_settings")
         build = django_app
-    with served_wsgi(build(client, instrumentation, placement, tracer_provider)) as base_url:
+    with served_wsgi(build(stub.base_url, instrumentation, placement, tracer_provider)) as base_url:
         _ask_all(base_url, sink)
 
 
