@@ -1,30 +1,37 @@
 """Cost breakdown: what the spend goes on, by model, operation and category, and the tokens behind it."""
 
-from dashboards import house
+from dashboards import house, promql
 from dashboards.house import stat, target, timeseries
+from dashboards.promql import COST_LABELS
 
 USAGE = 'category=~"$category", model=~"$model"'
-COST = f"llm_cost_usd_total{{{USAGE}}}"
+COST = "llm_cost_usd_total"
+TOKENS = "llm_tokens_total"
+
+
+def spend(window: str) -> str:
+    return promql.increase(COST, COST_LABELS, window, USAGE)
 
 
 def cost_per_hour(by: str) -> str:
-    return f"sum by ({by}) (rate({COST}[$__rate_interval])) * 3600"
+    return f"sum by ({by}) ({promql.per_hour(COST, COST_LABELS, USAGE)})"
 
 
 def tokens_per_second(token_type: str) -> str:
-    return f'sum(rate(llm_tokens_total{{{USAGE}, type="{token_type}"}}[$__rate_interval]))'
+    matchers = f'{USAGE}, type="{token_type}"'
+    return f"sum({promql.per_second(TOKENS, (*COST_LABELS, 'type'), matchers)})"
 
 
 spend_in_range = stat(
     "Spend in range",
-    [target(f"sum(increase({COST}[$__range]))", "spend")],
+    [target(f"sum({spend('$__range')})", "spend")],
     unit=house.USD,
     description="USD spent on the selected categories and models over the dashboard's time range.",
 )
 
 top_spenders = stat(
     "Top spenders in range",
-    [target(f"topk(10, sum by (category, model) (increase({COST}[$__range])))", "{{category}} / {{model}}")],
+    [target(f"topk(10, sum by (category, model) ({spend('$__range')}))", "{{category}} / {{model}}")],
     unit=house.USD,
     description="The ten category and model pairs that spent the most over the dashboard's time range.",
     horizontal=True,

@@ -69,6 +69,8 @@ COUNT = "short"
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
+MIN_INTERVAL = "1m"
+
 # The budget levels' default ratios (SPENDWATCH_THRESHOLDS = 0.75,0.9,1.0).
 WARNING, CRITICAL, EXCEEDED = 0.75, 0.9, 1.0
 
@@ -145,6 +147,9 @@ def timeseries(
         description=description,
         dataSource=DATASOURCE,
         targets=_with_ref_ids(targets),
+        # Panels divide a counter's growth over $__interval by that interval: a window shorter than the scrape
+        # interval would hold no sample, so the step is never shorter than two scrapes of the README's 30 s.
+        interval=MIN_INTERVAL,
         unit=unit,
         fillOpacity=30 if stacked else 10,
         stacking={"mode": "normal", "group": "A"} if stacked else {"mode": "none"},

@@ -1,21 +1,30 @@
 """Operations: request rate and outcomes, latency, unpriced and blocked calls, and the exporter's own health."""
 
-from dashboards import house
+from dashboards import house, promql
 from dashboards.house import count_thresholds, stat, target, timeseries
+from dashboards.promql import COST_LABELS, DURATION_LABELS
 
 USAGE = 'category=~"$category", model=~"$model"'
-REQUESTS = f"llm_requests_total{{{USAGE}}}"
+REQUESTS = "llm_requests_total"
+REQUEST_LABELS = (*COST_LABELS, "outcome")
 EXPORTER = 'job=~"$job"'
+UNPRICED = promql.increase("llm_unpriced_requests_total", ("provider", "model"), "$__range", 'model=~"$model"')
+GUARD_RATE = promql.per_second("llm_guard_decisions_total", ("budget", "action"), 'budget=~"$budget"')
+
+
+def requests_in(window: str, outcome: str | None = None) -> str:
+    matchers = f'{USAGE}, outcome="{outcome}"' if outcome else USAGE
+    return f"sum({promql.increase(REQUESTS, REQUEST_LABELS, window, matchers)})"
 
 
 def latency(quantile: float) -> str:
-    buckets = 'llm_request_duration_seconds_bucket{model=~"$model"}'
-    return f"histogram_quantile({quantile}, sum by (le) (rate({buckets}[$__rate_interval])))"
+    buckets = promql.increase("llm_request_duration_seconds_bucket", DURATION_LABELS, "$__interval", 'model=~"$model"')
+    return f"histogram_quantile({quantile}, sum by (le) ({buckets}))"
 
 
 requests = timeseries(
     "Requests by outcome",
-    [target(f"sum by (outcome) (rate({REQUESTS}[$__rate_interval]))", "{{outcome}}")],
+    [target(f"sum by (outcome) ({promql.per_second(REQUESTS, REQUEST_LABELS, USAGE)})", "{{outcome}}")],
     unit=house.REQUESTS_PER_SECOND,
     description="LLM calls per second: success, error (the provider or network failed) and blocked (refused by a "
     "budget guard before it was sent).",
@@ -26,8 +35,7 @@ error_ratio = timeseries(
     "Error ratio",
     [
         target(
-            f'sum(rate(llm_requests_total{{{USAGE}, outcome="error"}}[$__rate_interval]))'
-            f" / sum(rate({REQUESTS}[$__rate_interval]))",
+            f"{requests_in('$__interval', 'error')} / {requests_in('$__interval')}",
             "errors / requests",
         )
     ],
@@ -44,7 +52,7 @@ latencies = timeseries(
 
 unpriced = stat(
     "Unpriced calls in range",
-    [target('sum by (model) (increase(llm_unpriced_requests_total{model=~"$model"}[$__range]))', "{{model}}")],
+    [target(f"sum by (model) ({UNPRICED})", "{{model}}")],
     unit=house.COUNT,
     description="Calls to models with no known price: their cost is missing from every spend figure. Add the "
     "model to SPENDWATCH_PRICES_FILE.",
@@ -54,7 +62,7 @@ unpriced = stat(
 
 blocked = stat(
     "Blocked calls in range",
-    [target(f'sum(increase(llm_requests_total{{{USAGE}, outcome="blocked"}}[$__range]))', "blocked")],
+    [target(requests_in("$__range", "blocked"), "blocked")],
     unit=house.COUNT,
     description="Calls refused because they would exceed a budget (SPENDWATCH_ENFORCE=block).",
     thresholds=count_thresholds(),
@@ -64,7 +72,7 @@ guard = timeseries(
     "Guard decisions",
     [
         target(
-            'sum by (budget, action) (rate(llm_guard_decisions_total{budget=~"$budget"}[$__rate_interval]))',
+            f"sum by (budget, action) ({GUARD_RATE})",
             "{{budget}} {{action}}",
         )
     ],
@@ -72,6 +80,7 @@ guard = timeseries(
     description="Budget guard admission decisions per second: allow, degrade, throttle or block.",
 )
 
+# Each process counts its own ledger errors (they are not the ledger's totals), so here targets add up.
 ledger_errors = stat(
     "Ledger errors in range",
     [target(f"sum(increase(spendwatch_ledger_errors_total{{{EXPORTER}}}[$__range]))", "errors")],

@@ -4,18 +4,23 @@ query and template variable returns data from a real Prometheus scraping a real 
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
+import time
 import urllib.parse
+from collections.abc import Callable
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import spendwatch
 from dashboards.generate import json_path, render, sources
 from spendwatch import runtime
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 from tests.conftest import FAKE_API_KEY
-from tests.servers import wait_until
+from tests.servers import free_port, http_get, start_process, wait_until
 
 GENERATE = "python -m dashboards.generate"
 SOURCES = sources()
@@ -45,17 +50,6 @@ METRIC_LABELS = {
 NO_DATA_EXPECTED = {
     ("operations", "Guard decisions"): "nothing feeds llm_guard_decisions_total yet: the runtime wires no guard "
     "decision source into the collector, so the family is exposed without samples",
-}
-
-# What Grafana would substitute, for a live query: every variable's "All", and short ranges.
-SUBSTITUTIONS = {
-    "$__rate_interval": "1m",
-    "$__interval": "15s",
-    "$__range": "5m",
-    "$budget": ".*",
-    "$category": ".*",
-    "$model": ".*",
-    "$job": ".*",
 }
 
 MESSAGES = [{"role": "user", "content": "Summarise this genome annotation."}]
@@ -102,7 +96,8 @@ def test_every_panel_uses_a_current_panel_type():
 def test_money_panels_are_in_usd_and_ratio_panels_in_percent():
     for name, panel in all_panels():
         unit = panel["fieldConfig"]["defaults"]["unit"]
-        queries = " ".join(exprs(panel))
+        # A rate divides by Grafana's interval; only a division of one quantity by another is a ratio.
+        queries = " ".join(exprs(panel)).replace("/ $__interval_ms", "")
         if "_usd" in queries:
             assert unit == "currencyUSD", f"{name}: {panel['title']}"
         if "_ratio" in queries or " / " in queries:
@@ -147,7 +142,139 @@ def test_token_subsets_are_never_stacked_on_input_and_output():
             assert panel["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "none", panel["title"]
 
 
-# --- every query against a real Prometheus scraping a real exporter ----------------------------------------------
+# --- every query against a real Prometheus scraping two real targets over one ledger ------------------------------
+#
+# Prometheus scrapes two targets over one ledger, as the README allows: the app's own /metrics (spendwatch.configure
+# in this process) and `spendwatch serve`. Both are scraped before any call, so every label set appears between
+# scrapes, already holding its first call's cost. Every panel's query then runs at one instant with the window
+# Grafana would give it, and must equal what the ledger says: counted once although it is exposed twice, first
+# calls included. Two windows: one opening between two workloads (the second brings new label sets), and the last
+# hour, which opens before Prometheus started (a fresh set-up).
+
+ONE_HOUR_MS = 3_600_000
+USAGE_LABELS = ("provider", "model", "operation", "category")
+
+
+def snapshot(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Every sample one target exposes now, by sample name: what the ledger says, read without Prometheus."""
+    status, body = http_get(url)
+    assert status == 200
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+class Growth:
+    """How the ledger's totals grew between two snapshots, grouped as a panel groups them."""
+
+    def __init__(self, before: dict, after: dict, seconds: float) -> None:
+        self.before, self.after, self.seconds = before, after, seconds
+
+    def total(self, name: str, by: tuple[str, ...] = (), **where: str) -> dict[tuple, float]:
+        grown: dict[tuple, float] = {}
+        for sign, samples in ((-1, self.before.get(name, [])), (1, self.after.get(name, []))):
+            for labels, value in samples:
+                if all(labels.get(key) == wanted for key, wanted in where.items()):
+                    key = tuple(labels[label] for label in by)
+                    grown[key] = grown.get(key, 0.0) + sign * value
+        return grown
+
+    def per_second(self, name: str, by: tuple[str, ...] = (), **where: str) -> dict[tuple, float]:
+        return {key: value / self.seconds for key, value in self.total(name, by, **where).items()}
+
+    def per_hour(self, name: str, by: tuple[str, ...] = ()) -> dict[tuple, float]:
+        return {key: value * 3600 for key, value in self.per_second(name, by).items()}
+
+    def now(self, name: str, by: tuple[str, ...] = (), **where: str) -> dict[tuple, float]:
+        """A gauge's value now (the after snapshot), per ``by``."""
+        return Growth({}, self.after, self.seconds).total(name, by, **where)
+
+
+def _ratio(numerator: dict[tuple, float], denominator: dict[tuple, float]) -> dict[tuple, float]:
+    return {(): numerator.get((), 0.0) / denominator[()]}
+
+
+BUDGET_KEY = ("budget", "period")
+COST, TOKENS, REQUESTS = "llm_cost_usd_total", "llm_tokens_total", "llm_requests_total"
+
+# (dashboard, panel title) -> for each of the panel's targets: (the labels its series are told apart by, what each
+# series must read, from the ledger's growth over the window). Panels missing here must return data, nothing more.
+EXPECTED: dict[tuple[str, str], list[tuple[tuple[str, ...], Callable[[Growth], dict[tuple, float]]]]] = {
+    ("budget-overview", "Daily budget used"): [
+        (("budget",), lambda g: g.now("llm_budget_used_ratio", ("budget",), period="day"))
+    ],
+    ("budget-overview", "Monthly budget used"): [
+        (("budget",), lambda g: g.now("llm_budget_used_ratio", ("budget",), period="month"))
+    ],
+    ("budget-overview", "Remaining"): [(BUDGET_KEY, lambda g: g.now("llm_budget_remaining_usd", BUDGET_KEY))],
+    ("budget-overview", "Spend vs limit"): [
+        (BUDGET_KEY, lambda g: g.now("llm_budget_spent_usd", BUDGET_KEY)),
+        (BUDGET_KEY, lambda g: g.now("llm_budget_limit_usd", BUDGET_KEY)),
+    ],
+    # A fixed last hour, whatever the dashboard's window: every call of the test.
+    ("budget-overview", "Burn rate ($/h)"): [((), lambda g: g.now(COST))],
+    ("cost-breakdown", "Spend in range"): [((), lambda g: g.total(COST))],
+    ("cost-breakdown", "Top spenders in range"): [
+        (("category", "model"), lambda g: g.total(COST, ("category", "model")))
+    ],
+    ("cost-breakdown", "Cost by model ($/h)"): [(("model",), lambda g: g.per_hour(COST, ("model",)))],
+    ("cost-breakdown", "Cost by operation ($/h)"): [(("operation",), lambda g: g.per_hour(COST, ("operation",)))],
+    ("cost-breakdown", "Cost by category ($/h)"): [(("category",), lambda g: g.per_hour(COST, ("category",)))],
+    ("cost-breakdown", "Tokens by type (tokens/s)"): [
+        ((), lambda g, token_type=token_type: g.per_second(TOKENS, type=token_type))
+        for token_type in ("input", "output", "cache_read", "reasoning")
+    ],
+    ("cost-breakdown", "Cached share of input tokens"): [
+        ((), lambda g: _ratio(g.total(TOKENS, type="cache_read"), g.total(TOKENS, type="input")))
+    ],
+    ("operations", "Requests by outcome"): [(("outcome",), lambda g: g.per_second(REQUESTS, ("outcome",)))],
+    ("operations", "Error ratio"): [((), lambda g: _ratio(g.total(REQUESTS, outcome="error"), g.total(REQUESTS)))],
+    ("operations", "Unpriced calls in range"): [
+        (("model",), lambda g: g.total("llm_unpriced_requests_total", ("model",)))
+    ],
+    ("operations", "Blocked calls in range"): [((), lambda g: g.total(REQUESTS, outcome="blocked"))],
+    ("operations", "Ledger errors in range"): [((), lambda g: {(): 0.0})],
+}
+# Panels with one series per target by design: each target's own health.
+PER_TARGET = {("operations", "Exporter up"), ("operations", "Price data age")}
+
+
+@pytest.fixture
+def second_target(exporter, tmp_path):
+    """``spendwatch serve`` over the exporter's ledger, with its settings: a second target exposing the same totals."""
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("SPENDWATCH_")}
+    environ |= {
+        "SPENDWATCH_LEDGER": str(tmp_path / "ledger.db"),
+        "SPENDWATCH_DAILY_BUDGET_USD": "1",
+        "SPENDWATCH_MONTHLY_BUDGET_USD": "10",
+        "SPENDWATCH_CATEGORIES": "genomics",
+    }
+    port = free_port()
+    argv = [sys.executable, "-m", "spendwatch.cli", "serve", "--address", f"127.0.0.1:{port}"]
+    process = start_process(argv, env=environ, log_path=tmp_path / "serve.log")
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        process.wait_ready(lambda: http_get(url)[0] == 200, 60, f"spendwatch serve at {url}")
+        yield url
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def scraped(exporter, second_target, prometheus_factory):
+    """A Prometheus scraping both targets every second as job spendwatch, each already scraped thrice."""
+    targets = [urllib.parse.urlsplit(url).netloc for url in (exporter.metrics_server.url, second_target)]
+    prometheus = prometheus_factory(
+        {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "spendwatch", "static_configs": [{"targets": targets}]}],
+        }
+    )
+    query = 'count_over_time(spendwatch_ledger_errors_total{job="spendwatch"}[1m]) >= 3'
+    wait_until(lambda: len(prometheus.query(query)) == 2, 60, "three scrapes of both targets")
+    return prometheus
 
 
 @pytest.fixture
@@ -178,9 +305,36 @@ def run_workload(client: openai.OpenAI) -> int:
     return 5
 
 
-def substitute(expr: str) -> str:
-    for variable, value in SUBSTITUTIONS.items():
-        expr = expr.replace(variable, value)
+def run_new_label_sets(client: openai.OpenAI) -> int:
+    """The workload again, plus a model, a category-and-model pair and an unpriced model it has not called yet."""
+    calls = run_workload(client)
+    client.chat.completions.create(model="gpt-4.1-mini", messages=MESSAGES)
+    with spendwatch.category("genomics"):
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    client.chat.completions.create(model="spendwatch-unknown-model-2", messages=MESSAGES)
+    return calls + 3
+
+
+def wait_for_calls(prometheus, calls: int) -> None:
+    """Until both targets' last scrape shows ``calls`` calls."""
+    query = f'sum by (instance) (llm_requests_total{{job="spendwatch"}}) == {calls}'
+    wait_until(lambda: len(prometheus.query(query)) == 2, 60, f"a scrape of both targets showing {calls} calls")
+
+
+def wait_for_scrapes_since(prometheus, started: float, scrapes: int) -> None:
+    def query() -> str:
+        since = f"{int((time.time() - started) * 1000)}ms"
+        return f'count_over_time(spendwatch_ledger_errors_total{{job="spendwatch"}}[{since}]) >= {scrapes}'
+
+    wait_until(lambda: len(prometheus.query(query())) == 2, 60, f"{scrapes} scrapes of both targets")
+
+
+def substitute(expr: str, window_ms: int) -> str:
+    """What Grafana would send: every variable's "All", and the window as $__range, $__interval and _ms."""
+    window = f"{window_ms}ms"
+    values = {"$__interval_ms": str(window_ms), "$__interval": window, "$__rate_interval": window, "$__range": window}
+    values |= {"$budget": ".*", "$category": ".*", "$model": ".*", "$job": ".*"}
+    expr = re.sub(r"\$\w+", lambda found: values.get(found.group(), found.group()), expr)
     assert "$" not in expr, f"unsubstituted variable in {expr}"
     return expr
 
@@ -191,51 +345,78 @@ def label_values(prometheus, query: str) -> list[str]:
     return prometheus.get_json(f"/api/v1/label/{label}/values", **{"match[]": metric})["data"]
 
 
-def failures(prometheus) -> list[str]:
-    """Every panel query and variable query that errs or returns nothing, except those expected to be empty."""
+def read(result: list[dict], by: tuple[str, ...]) -> dict[tuple, float] | str:
+    """{the series' ``by`` labels: value}, or what is wrong: two series with the same labels (counted twice)."""
+    values: dict[tuple, float] = {}
+    for series in result:
+        key = tuple(series["metric"].get(label, "") for label in by)
+        if key in values:
+            return f"two series for {dict(zip(by, key, strict=True))}: {result}"
+        values[key] = float(series["value"][1])
+    return values
+
+
+def mismatches(prometheus, at: float, window_ms: int, growth: Growth) -> list[str]:
+    """Every panel query that errs, returns nothing, or reads other than the ledger, at ``at`` over the window."""
     found = []
     for name in DASHBOARDS:
-        for variable, query in label_variables(name).items():
-            if not label_values(prometheus, query):
-                found.append(f"{name}: variable ${variable}: {query} has no values")
         for panel in panels(name):
-            if (name, panel["title"]) in NO_DATA_EXPECTED:
+            key = (name, panel["title"])
+            if key in NO_DATA_EXPECTED:
                 continue
-            for expr in exprs(panel):
+            expected = EXPECTED.get(key, [None] * len(panel["targets"]))
+            for expr, expectation in zip(exprs(panel), expected, strict=True):
+                query = substitute(expr, window_ms)
                 try:
-                    result = prometheus.query(substitute(expr))
-                except Exception as exc:  # an HTTP 400 from a bad query, named with the panel
-                    found.append(f"{name}: {panel['title']}: {expr}: {exc}")
+                    result = prometheus.get_json("/api/v1/query", query=query, time=f"{at:.3f}")["data"]["result"]
+                except AssertionError as error:  # an HTTP 400 from a bad query, named with the panel
+                    found.append(f"{name}: {panel['title']}: {error}")
                     continue
                 if not result:
-                    found.append(f"{name}: {panel['title']}: {expr} returned no series")
+                    found.append(f"{name}: {panel['title']}: {query} returned no series")
+                elif key in PER_TARGET and len(result) != 2:
+                    found.append(f"{name}: {panel['title']}: one series per target expected: {result}")
+                elif expectation is not None:
+                    by, wanted = expectation
+                    got, want = read(result, by), wanted(growth)
+                    if got != pytest.approx(want, rel=1e-6, abs=1e-12):
+                        found.append(f"{name}: {panel['title']}: {got} where the ledger says {want}")
     return found
 
 
-def test_every_query_returns_data_from_a_real_exporter(exporter, stub, prometheus_factory):
+def test_every_variable_lists_values(scraped, stub, exporter):
     client = openai.OpenAI(base_url=stub.base_url, api_key=FAKE_API_KEY, max_retries=0)
+    wait_for_calls(scraped, run_workload(client))
+
+    empty = [
+        f"{name}: ${variable}: {query}"
+        for name in DASHBOARDS
+        for variable, query in label_variables(name).items()
+        if not label_values(scraped, query)
+    ]
+
+    assert empty == []
+
+
+def test_every_panel_counts_each_call_once_over_two_targets_from_a_label_sets_first_call(scraped, stub, exporter):
+    client = openai.OpenAI(base_url=stub.base_url, api_key=FAKE_API_KEY, max_retries=0)
+    url = exporter.metrics_server.url
     calls = run_workload(client)
-    host_port = urllib.parse.urlsplit(exporter.metrics_server.url).netloc
-    prometheus = prometheus_factory(
-        {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "spendwatch", "static_configs": [{"targets": [host_port]}]}],
-        }
-    )
+    wait_for_calls(scraped, calls)
+    between, started = snapshot(url), time.time()
+    calls += run_new_label_sets(client)
+    wait_for_calls(scraped, calls)
+    wait_for_scrapes_since(scraped, started, 3)  # so that increase() of the per-process counter has samples too
+    after, at = snapshot(url), time.time()
+    window_ms = int((at - started) * 1000)
 
-    def scraped_calls() -> float:
-        result = prometheus.query('sum(llm_requests_total{job="spendwatch"})')
-        return float(result[0]["value"][1]) if result else 0.0
+    since_first_workload = mismatches(scraped, at, window_ms, Growth(between, after, window_ms / 1000))
+    last_hour = mismatches(scraped, at, ONE_HOUR_MS, Growth({}, after, ONE_HOUR_MS / 1000))
 
-    # Prometheus applies scrape targets ~5 s after it starts; rate() needs two scrapes, and more calls between
-    # scrapes, so that rates and latency quantiles are real numbers rather than zeros.
-    wait_until(lambda: prometheus.query('count_over_time(up{job="spendwatch"}[1m]) >= 2'), 60, "two scrapes")
-    calls += run_workload(client)
-    wait_until(lambda: scraped_calls() == calls, 30, f"a scrape showing all {calls} calls")
-
-    assert failures(prometheus) == []
+    assert since_first_workload == []
+    assert last_hour == []
 
 
-def test_the_no_data_exemptions_name_real_panels():
+def test_the_expectations_name_real_panels():
     titles = {(name, panel["title"]) for name, panel in all_panels()}
-    assert set(NO_DATA_EXPECTED) <= titles
+    assert set(NO_DATA_EXPECTED) | set(EXPECTED) | PER_TARGET <= titles
