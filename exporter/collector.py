@@ -70,6 +70,11 @@ class _Families:
             "used_ratio": _gauge(m.BUDGET_USED_RATIO, "Spent / limit (0-1, may exceed 1)."),
             "threshold": _gauge(m.BUDGET_THRESHOLD_RATIO, "Used ratio at which each level is reached.", ("level",)),
             "period_end": _gauge(m.BUDGET_PERIOD_END, "When the current budget period ends (unix seconds)."),
+            "limit_source": _gauge(
+                m.BUDGET_LIMIT_SOURCE,
+                "1 for where the budget limit in force comes from: config, or runtime (spendwatch budget set).",
+                ("source",),
+            ),
         }
         self.guard = _counter(m.GUARD_DECISIONS, "Budget guard admission decisions.", ("budget", "action"))
         self.ledger_errors = _counter(m.LEDGER_ERRORS, "Failed ledger reads and writes.", ())
@@ -231,6 +236,7 @@ def _budget_samples(statuses: Iterable[BudgetStatus]) -> list[tuple[str, tuple[s
             ("remaining", labels, rounded_usd(float(status.remaining_usd))),
             ("used_ratio", labels, float(status.used_ratio)),
             ("period_end", labels, status.period_end.timestamp()),
+            ("limit_source", (*labels, status.limit_source), 1.0),
         ]
         samples += [("threshold", (*labels, level), float(ratio)) for level, ratio in status.thresholds.items()]
     return samples

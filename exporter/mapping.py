@@ -25,6 +25,7 @@ __all__ = [
     "BUDGET_USED_RATIO",
     "BUDGET_THRESHOLD_RATIO",
     "BUDGET_PERIOD_END",
+    "BUDGET_LIMIT_SOURCE",
     "GUARD_DECISIONS",
     "printable",
     "LEDGER_ERRORS",
@@ -52,6 +53,9 @@ BUDGET_USED_RATIO = "llm_budget_used_ratio"
 BUDGET_THRESHOLD_RATIO = "llm_budget_threshold_ratio"
 BUDGET_PERIOD_END = "llm_budget_period_end_timestamp_seconds"
 GUARD_DECISIONS = "llm_guard_decisions_total"
+# Not in the contract table: which limit llm_budget_limit_usd shows, as a 1-valued series per budget and period with
+# source="config" or "runtime" (see budgets.LIMIT_SOURCES), so the contract's labels stay as they are.
+BUDGET_LIMIT_SOURCE = "spendwatch_budget_limit_source"
 LEDGER_ERRORS = "spendwatch_ledger_errors_total"
 PRICING_DATA_TIMESTAMP = "spendwatch_pricing_data_timestamp_seconds"
 

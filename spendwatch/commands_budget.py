@@ -1,18 +1,22 @@
-"""``spendwatch status`` and ``spendwatch report``: where the budgets stand, and what was spent.
+"""``spendwatch status``, ``spendwatch report`` and ``spendwatch budget show|set|clear``: where the budgets stand,
+what was spent, and run-time limits.
 
 Registered by :func:`add_commands` from :func:`spendwatch.cli.build_parser`, in the CLI's pattern: an ``_add_``
-function declares a subcommand's arguments, a ``_run_`` function does the work and returns the exit status. Both
-open the ledger the settings name (``SPENDWATCH_LEDGER``, ``SPENDWATCH_CONFIG``, ...); days are calendar days in
-``SPENDWATCH_TIMEZONE``. Heavy imports happen inside the handlers so ``spendwatch --help`` stays fast.
+function declares a subcommand's arguments, a ``_run_`` function does the work and returns the exit status. They
+open the ledger the settings name (``SPENDWATCH_LEDGER``, ``SPENDWATCH_CONFIG``, ...). The budgets, time zone,
+thresholds and categories the apps recorded in that ledger at start-up are known without repeating their
+environment; this command's own settings win where it has them (see ``LedgerConfiguration``). Heavy imports happen
+inside the handlers so ``spendwatch --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import date, timedelta
 
-from spendwatch._cli_common import EXIT_USAGE, iso_day
+from spendwatch._cli_common import EXIT_USAGE, iso_day, usage
 
 __all__ = ["add_commands"]
 
@@ -27,6 +31,7 @@ _STATUS_COLUMNS = (
     "period",
     "scope",
     "limit_usd",
+    "limit_from",
     "spent_usd",
     "remaining_usd",
     "used",
@@ -34,21 +39,29 @@ _STATUS_COLUMNS = (
     "period_end",
 )
 _NO_BUDGETS = (
-    "No budgets are configured. Set SPENDWATCH_DAILY_BUDGET_USD or SPENDWATCH_MONTHLY_BUDGET_USD, "
-    "or add [budgets.NAME] tables to the SPENDWATCH_CONFIG file."
+    "No budgets are configured, and no app recorded any in this ledger. Set SPENDWATCH_DAILY_BUDGET_USD or "
+    "SPENDWATCH_MONTHLY_BUDGET_USD, or add [budgets.NAME] tables to the SPENDWATCH_CONFIG file."
 )
 
 
 def add_commands(subcommands: argparse._SubParsersAction) -> None:
-    """Register ``status`` and ``report`` on the CLI's subparsers."""
+    """Register ``status``, ``report`` and ``budget`` on the CLI's subparsers."""
     _add_status_command(subcommands)
     _add_report_command(subcommands)
+    _add_budget_command(subcommands)
 
 
 def _open(settings):
     from spendwatch.exporter import open_ledger
 
     return open_ledger(settings)
+
+
+def _known(ledger, settings):
+    """This command's settings completed with the configuration the apps recorded in ``ledger``."""
+    from spendwatch.exporter.budgets import LedgerConfiguration
+
+    return LedgerConfiguration(ledger, settings)
 
 
 # --- spendwatch status ----------------------------------------------------------------------------------------------
@@ -68,7 +81,7 @@ def _add_status_command(subcommands: argparse._SubParsersAction) -> None:
 def _run_status(args: argparse.Namespace) -> int:
     import time
 
-    from spendwatch.exporter.budgets import budget_statuses, status_as_dict
+    from spendwatch.exporter.budgets import budget_statuses, run_time_changes, status_as_dict
     from spendwatch.exporter.report import format_json, format_table
     from spendwatch.exporter.settings import load_settings
 
@@ -76,18 +89,74 @@ def _run_status(args: argparse.Namespace) -> int:
     now = time.time()
     ledger = _open(settings)
     try:
+        known = _known(ledger, settings)
+        settings = known.settings()
         statuses = budget_statuses(ledger, settings, now=now)
+        notes = _limit_notes(statuses, known, run_time_changes(ledger))
         decisions = ledger.guard_decisions()
     finally:
         ledger.close()
     if args.json:
         document = _status_document(statuses, settings, now, status_as_dict)
+        for budget, note in zip(document["budgets"], notes, strict=True):
+            budget.update(note)
         document["guard"] = {"enforce": settings.enforce, "decisions": _decisions_document(decisions)}
         print(format_json(document))
         return EXIT_OK
     print(_NO_BUDGETS if not statuses else format_table([_status_line(s) for s in statuses], _STATUS_COLUMNS))
+    for line in _limit_lines(statuses, notes, known):
+        print(line)
     print(f"\nguard: enforce={settings.enforce}; decisions so far: {_decisions_text(decisions)}")
     return EXIT_OK
+
+
+def _limit_notes(statuses, known, changes: dict) -> list[dict]:
+    """Per status: where its configured limit comes from, and the run-time change in force (None if none)."""
+    return [
+        {"configured_in": known.origin(status.name), "run_time_change": changes.get((status.name, status.period))}
+        for status in statuses
+    ]
+
+
+def _limit_lines(statuses, notes: list[dict], known) -> list[str]:
+    """Below the status table: each run-time limit in force, why, and how to go back to the configured one; and
+    where budgets this command was not configured with come from."""
+    lines: list[str] = []
+    for status, note in zip(statuses, notes, strict=True):
+        if status.limit_source == "runtime":
+            lines.append(_limit_text(status, note["run_time_change"]))
+    recorded = sorted({status.name for status in statuses if known.recorded(status.name)})
+    lines += [f"{name}: configured as recorded at {known.origin(name)}" for name in recorded]
+    return [""] + lines if lines else []
+
+
+def _limit_text(status, change: dict | None) -> str:
+    from spendwatch.exporter.mapping import printable
+    from spendwatch.exporter.report import format_usd
+
+    said = _change_text(change)
+    configured = f"${format_usd(status.configured_limit_usd)}"
+    return (
+        f"{status.name}/{status.period}: the limit ${format_usd(status.limit_usd)} was set at run time{said}; "
+        f"it wins over the configured {configured} until `spendwatch budget clear {printable(status.name, 60)} "
+        f"{status.period}`"
+    )
+
+
+def _change_text(change: dict | None) -> str:
+    """`` on 2026-12-06 10:02 UTC by alice@host ("conference week")``, as much of it as the ledger knows."""
+    from datetime import UTC, datetime
+
+    from spendwatch.exporter.mapping import printable
+
+    if not change:
+        return ""
+    text = f" on {datetime.fromtimestamp(change['at'], UTC):%Y-%m-%d %H:%M} UTC"
+    if change.get("by"):
+        text += f" by {printable(str(change['by']), 80)}"
+    if change.get("reason"):
+        text += f" ({printable(str(change['reason']), 120)!r})"
+    return text
 
 
 def _decisions_document(decisions: dict) -> dict:
@@ -122,6 +191,7 @@ def _status_line(status) -> dict:
         "period": status.period,
         "scope": describe_scope(status),
         "limit_usd": status.limit_usd,
+        "limit_from": status.limit_source,
         "spent_usd": status.spent_usd,
         "remaining_usd": status.remaining_usd,
         "used": f"{used:.1%}" if used != float("inf") else "inf",
@@ -177,13 +247,14 @@ def _run_report(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     settings = load_settings()
     now = time.time()
-    until = args.until or local_day(now, settings.timezone)
-    since = args.since or until - timedelta(days=_DEFAULT_REPORT_DAYS - 1)
-    if since > until:
-        print(f"spendwatch report: --since {since} is after --until {until}", file=sys.stderr)
-        return EXIT_USAGE
     ledger = _open(settings)
     try:
+        settings = _known(ledger, settings).settings()  # the apps' time zone, unless this command sets one
+        until = args.until or local_day(now, settings.timezone)
+        since = args.since or until - timedelta(days=_DEFAULT_REPORT_DAYS - 1)
+        if since > until:
+            print(f"spendwatch report: --since {since} is after --until {until}", file=sys.stderr)
+            return EXIT_USAGE
         if args.by in _LIGHTRAG_GROUPINGS:
             from spendwatch.exporter.stage_report import stage_rows
 
@@ -225,3 +296,148 @@ def _render_report(rows: list[dict], args: argparse.Namespace, since: date, unti
     totalled = rows if args.by in _LIGHTRAG_GROUPINGS else [*rows, total_row(rows, args.by)]
     table = format_table(totalled, columns) if rows else "no calls in this period"
     return "\n".join([heading, "", table] + (["", str(recent)] if recent is not None else []))
+
+
+# --- spendwatch budget show|set|clear -------------------------------------------------------------------------------
+
+_BUDGET_COLUMNS = ("budget", "period", "scope", "limit_usd", "limit_from", "configured_usd", "configured_in", "changed")
+
+
+def _add_budget_command(subcommands: argparse._SubParsersAction) -> None:
+    command = subcommands.add_parser(
+        "budget",
+        help="show, set or clear run-time budget limits (kept and audited in the ledger)",
+        description="A limit set here is kept in the ledger and wins over the configured one, in every app and "
+        "server over that ledger, until it is cleared. Each change is an event in the ledger's audit trail, with "
+        "who made it and why. Running apps' guards apply it at their next lease renewal (within five minutes).",
+    )
+    command.set_defaults(handler=lambda _: usage(command))
+    actions = command.add_subparsers(title="actions", metavar="ACTION")
+    show = actions.add_parser("show", help="every budget's limit in force, where it came from and why")
+    show.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    show.set_defaults(handler=_run_budget_show)
+    change = actions.add_parser("set", help="set a budget's limit from now on, over its configured one")
+    _add_budget_arguments(change)
+    change.add_argument("usd", metavar="USD", help="the new limit in USD, e.g. 80")
+    change.add_argument("--reason", required=True, help="why, for the audit trail (e.g. the incident number)")
+    change.set_defaults(handler=_run_budget_set)
+    clear = actions.add_parser("clear", help="drop a run-time limit: the configured one is in force again")
+    _add_budget_arguments(clear)
+    clear.add_argument("--reason", default="", help="why, for the audit trail")
+    clear.set_defaults(handler=_run_budget_clear)
+
+
+def _add_budget_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("name", metavar="NAME", help="the budget's name, e.g. global")
+    command.add_argument("period", choices=("day", "month"), help="which of its limits")
+
+
+def _run_budget_show(args: argparse.Namespace) -> int:
+    import time
+
+    from spendwatch.exporter.budgets import budget_statuses, run_time_changes
+    from spendwatch.exporter.report import format_json, format_table
+    from spendwatch.exporter.settings import load_settings
+
+    own = load_settings()
+    ledger = _open(own)
+    try:
+        known = _known(ledger, own)
+        statuses = budget_statuses(ledger, known.settings(), now=time.time())
+        changes, in_force = run_time_changes(ledger), ledger.budget_limits()
+        rows = [_budget_row(status, known.origin(status.name), changes) for status in statuses]
+        shown = {(status.name, status.period) for status in statuses}
+        rows += [_orphan_row(key, limit, changes) for key, limit in sorted(in_force.items()) if key not in shown]
+    finally:
+        ledger.close()
+    if args.json:
+        print(format_json({"budgets": rows}))
+    else:
+        print(format_table(rows, _BUDGET_COLUMNS) if rows else _NO_BUDGETS)
+    return EXIT_OK
+
+
+def _budget_row(status, origin: str, changes: dict) -> dict:
+    from spendwatch.exporter.budgets import describe_scope
+
+    change = changes.get((status.name, status.period))
+    return {
+        "budget": status.name,
+        "period": status.period,
+        "scope": describe_scope(status),
+        "limit_usd": status.limit_usd,
+        "limit_from": status.limit_source,
+        "configured_usd": status.configured_limit_usd,
+        "configured_in": origin,
+        "changed": _change_text(change).strip() or None,
+    }
+
+
+def _orphan_row(key: tuple[str, str], limit: float, changes: dict) -> dict:
+    """A run-time limit kept for a budget that nothing configures (any more): shown, so it can be cleared."""
+    name, period = key
+    return {
+        "budget": name,
+        "period": period,
+        "scope": None,
+        "limit_usd": limit,
+        "limit_from": "runtime",
+        "configured_usd": None,
+        "configured_in": "not configured (no effect until a budget of this name is)",
+        "changed": _change_text(changes.get(key)).strip() or None,
+    }
+
+
+def _run_budget_set(args: argparse.Namespace) -> int:
+    from spendwatch.exporter.budgets import Budgets
+    from spendwatch.exporter.report import format_usd
+    from spendwatch.exporter.settings import load_settings
+
+    own = load_settings()
+    ledger = _open(own)
+    try:
+        budgets = Budgets(ledger, _known(ledger, own).settings())
+        try:
+            status = budgets.set_limit(args.name, args.period, args.usd, reason=args.reason, by=_who())
+        except (KeyError, ValueError) as error:
+            print(f"spendwatch budget set: {error.args[0]}", file=sys.stderr)
+            return EXIT_USAGE
+    finally:
+        ledger.close()
+    print(
+        f"{status.name}/{status.period}: the limit is ${format_usd(status.limit_usd)} from now on, over the "
+        f"configured ${format_usd(status.configured_limit_usd)}, until "
+        f"`spendwatch budget clear {status.name} {status.period}`"
+    )
+    return EXIT_OK
+
+
+def _run_budget_clear(args: argparse.Namespace) -> int:
+    from spendwatch.exporter.report import format_usd
+    from spendwatch.exporter.settings import load_settings
+
+    ledger = _open(load_settings())
+    try:
+        dropped = ledger.clear_budget_limit(args.name, args.period, reason=args.reason, by=_who())
+    finally:
+        ledger.close()
+    if dropped is None:
+        print(f"{args.name}/{args.period} has no run-time limit: its configured limit is in force")
+    else:
+        print(
+            f"{args.name}/{args.period}: the run-time limit ${format_usd(dropped)} is cleared; the configured "
+            "limit is in force again"
+        )
+    return EXIT_OK
+
+
+def _who() -> str:
+    """Who changed a limit, for the audit trail: the login and host, as far as this machine can tell."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment or the password database
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"

@@ -35,7 +35,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from spendwatch.exporter import load_settings, open_ledger
-    from spendwatch.exporter.budgets import budget_statuses
+    from spendwatch.exporter.budgets import LedgerConfiguration, budget_statuses
     from spendwatch.exporter.collector import SpendCollector
     from spendwatch.exporter.server import serve_as_configured
     from spendwatch.instrumentation.errors import ConfigError
@@ -44,11 +44,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     if settings.metrics_address is None:
         raise ConfigError("SPENDWATCH_METRICS_ADDRESS='off' leaves spendwatch serve nothing to do; give --address")
     ledger = open_ledger(settings)
+    # The budgets (and time zone, thresholds, categories) the apps recorded in the ledger, unless set here; re-read
+    # on each scrape, so an app started later with another budget shows without a restart.
+    known = LedgerConfiguration(ledger, settings)
     registry = CollectorRegistry()
     SpendCollector(
         ledger,
-        categories=settings.categories,
-        budget_statuses=lambda: budget_statuses(ledger, settings),
+        categories=known.settings().categories,
+        budget_statuses=lambda: budget_statuses(ledger, known.settings()),
         guard_decisions=ledger.guard_decisions,
         pricing_data_timestamp=_pricing_data_timestamp(),
         registry=registry,

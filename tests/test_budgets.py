@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from spendwatch.exporter import LedgerEntry, load_settings, open_ledger
-from spendwatch.exporter.budgets import Budgets, budget_statuses
+from spendwatch.exporter.budgets import Budgets, LedgerConfiguration, budget_statuses, run_time_changes
 from spendwatch.exporter.settings import BudgetSpec
 from spendwatch.instrumentation.records import UsageRecord
 
@@ -274,3 +274,127 @@ def test_only_configured_budgets_can_be_read_or_changed(budgets, name, period):
     with pytest.raises(KeyError):
         api.set_limit(name, period, 1.0)
     assert ledger.budget_limits() == {}
+
+
+# --- which limit is in force, and why ------------------------------------------------------------------------------
+
+
+def test_a_status_says_whether_its_limit_is_configured_or_set_at_run_time(budgets):
+    api, ledger, _ = budgets
+
+    before = api.get("global", "day")
+    after = api.set_limit("global", "day", 75.0, reason="conference week", by="alice@ops")
+
+    assert (before.limit_usd, before.limit_source, before.configured_limit_usd) == (10.0, "config", 10.0)
+    assert (after.limit_usd, after.limit_source, after.configured_limit_usd) == (75.0, "runtime", 10.0)
+    assert run_time_changes(ledger)[("global", "day")] | {"at": 0} == {
+        "name": "global",
+        "period": "day",
+        "limit_usd": 75.0,
+        "reason": "conference week",
+        "by": "alice@ops",
+        "at": 0,
+    }
+
+
+def test_clearing_a_run_time_limit_puts_the_configured_one_back_and_is_recorded(budgets):
+    api, ledger, _ = budgets
+    api.set_limit("global", "day", 75.0, reason="conference week")
+
+    status = api.clear_limit("global", "day", reason="conference over", by="alice@ops")
+
+    assert (status.limit_usd, status.limit_source) == (10.0, "config")
+    assert ledger.budget_limits() == {}
+    assert run_time_changes(ledger) == {}
+    (event,) = ledger.events("budget_limit_cleared")
+    assert '"dropped_limit_usd": 75.0' in event["detail"] and '"reason": "conference over"' in event["detail"]
+
+
+def test_clearing_when_there_is_no_run_time_limit_records_nothing(budgets):
+    api, ledger, _ = budgets
+
+    assert api.clear_limit("global", "day").limit_usd == 10.0
+    assert ledger.events("budget_limit_cleared") == []
+
+
+# --- the configuration apps recorded at start-up ---------------------------------------------------------------------
+
+
+def started(ledger, budgets: list, **detail) -> None:
+    """A ``configuration_started`` event as an app's start-up writes it."""
+    ledger.add_event("configuration_started", {"pid": 42, "host": "app-host", "budgets": budgets, **detail})
+
+
+def test_a_reader_without_budgets_knows_those_the_apps_recorded(tmp_path):
+    settings, ledger = make(tmp_path, [])
+    started(ledger, [["global", "day", 10.0, None, None], ["genomics", "month", 50.0, "genomics", None]])
+
+    known = LedgerConfiguration(ledger, settings, environ={})
+
+    assert sorted(known.settings().budgets, key=lambda spec: spec.name) == [
+        BudgetSpec("genomics", "month", 50.0, category="genomics"),
+        BudgetSpec("global", "day", 10.0),
+    ]
+    assert known.recorded("global") and known.origin("global").endswith("pid 42 on app-host")
+
+
+def test_each_budget_name_takes_the_latest_start_up_that_configured_it(tmp_path):
+    settings, ledger = make(tmp_path, [])
+    started(ledger, [["global", "day", 10.0, None, None], ["global", "month", 200.0, None, None]])
+    started(ledger, [["team", "day", 3.0, "team", None]])  # another app over the same ledger
+    started(ledger, [["global", "day", 20.0, None, None]])  # global restarted with its daily limit only
+
+    budgets = LedgerConfiguration(ledger, settings, environ={}).settings().budgets
+
+    assert sorted(budgets, key=lambda spec: spec.name) == [
+        BudgetSpec("global", "day", 20.0),
+        BudgetSpec("team", "day", 3.0, category="team"),
+    ]
+
+
+def test_the_readers_own_budget_wins_over_the_recorded_one_of_its_name(tmp_path):
+    settings, ledger = make(tmp_path, [BudgetSpec("global", "day", 5.0)])
+    started(ledger, [["global", "day", 10.0, None, None], ["global", "month", 200.0, None, None]])
+
+    known = LedgerConfiguration(ledger, settings, environ={})
+
+    assert known.settings().budgets == (BudgetSpec("global", "day", 5.0),)
+    assert not known.recorded("global")
+
+
+def test_a_budget_recorded_after_the_first_read_shows_on_the_next(tmp_path):
+    settings, ledger = make(tmp_path, [])
+    known = LedgerConfiguration(ledger, settings, environ={})
+    assert known.settings().budgets == ()
+
+    started(ledger, [["global", "day", 10.0, None, None]])
+
+    assert known.settings().budgets == (BudgetSpec("global", "day", 10.0),)
+
+
+def test_the_apps_time_zone_thresholds_and_categories_apply_unless_the_reader_sets_them(tmp_path):
+    settings, ledger = make(tmp_path, [])
+    started(ledger, [], timezone="Europe/Berlin", thresholds=[0.5, 0.8, 1.0], categories=["genomics"])
+
+    adopted = LedgerConfiguration(ledger, settings, environ={}).settings()
+    own = LedgerConfiguration(ledger, settings, environ={"SPENDWATCH_TIMEZONE": "UTC"}).settings()
+
+    assert (adopted.timezone, adopted.thresholds, adopted.categories) == (BERLIN, (0.5, 0.8, 1.0), {"genomics"})
+    assert own.timezone == UTC
+
+
+def test_recorded_budgets_that_do_not_read_as_budgets_are_left_out(tmp_path):
+    settings, ledger = make(tmp_path, [])
+    rows = [
+        ["global", "week", 1.0, None, None],
+        ["x", "day", -1, None, None],
+        ["y", "day"],
+        "z",
+        ["ok", "day", 1, "", ""],
+    ]
+    started(ledger, rows, timezone="Mars/Olympus", thresholds="high")
+
+    merged = LedgerConfiguration(ledger, settings, environ={}).settings()
+
+    assert merged.budgets == (BudgetSpec("ok", "day", 1.0),)
+    assert (merged.timezone, merged.thresholds) == (settings.timezone, settings.thresholds)

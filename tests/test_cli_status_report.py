@@ -20,10 +20,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from spendwatch.exporter import LedgerEntry, load_settings, open_ledger
 from spendwatch.exporter.budgets import Budgets
 from spendwatch.instrumentation.records import UsageRecord
+from tests.servers import free_port, http_get, start_process
 
 _VENV_SCRIPT = Path(sys.executable).parent / "spendwatch"
 # The installed console script when there is one, else the module itself (same main()).
@@ -85,14 +87,16 @@ def test_status_shows_every_budget_with_its_spend_and_level(configured):
         "period",
         "scope",
         "limit_usd",
+        "limit_from",
         "spent_usd",
         "remaining_usd",
         "used",
         "level",
         "period_end",
     ]
-    assert lines[0].split()[:8] == ["global", "day", "all", "calls", "10.000000", "9.500000", "0.500000", "95.0%"]
-    assert lines[0].split()[8] == "critical"
+    expected = ["global", "day", "all", "calls", "10.000000", "config", "9.500000", "0.500000", "95.0%"]
+    assert lines[0].split()[:9] == expected
+    assert lines[0].split()[9] == "critical"
     assert [line.split()[:2] for line in lines] == [["global", "day"], ["global", "month"], ["metabolomics", "day"]]
     assert "category=metabolite_identification" in lines[2] and "75.0%" in lines[2] and "warning" in lines[2]
 
@@ -115,7 +119,10 @@ def test_status_json_applies_a_run_time_limit(configured):
 
 @pytest.mark.parametrize(
     ("extra", "expected"),
-    [([], "No budgets are configured. Set SPENDWATCH_DAILY_BUDGET_USD"), (["--json"], '"budgets": []')],
+    [
+        ([], "No budgets are configured, and no app recorded any in this ledger. Set SPENDWATCH_DAILY_BUDGET_USD"),
+        (["--json"], '"budgets": []'),
+    ],
     ids=["table", "json"],
 )
 def test_status_without_budgets_says_so_and_exits_0(environment, extra, expected):
@@ -219,3 +226,169 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly_with_141(configure
 
     assert process.returncode == 141
     assert stderr == ""
+
+
+# --- the configuration an app ran with, known from the ledger --------------------------------------------------------
+
+
+def run_app(environ: dict, **settings: str) -> None:
+    """Start and end an instrumented app (``spendwatch.configure()``) with these SPENDWATCH_* settings."""
+    app_environ = environ | {"SPENDWATCH_METRICS_ADDRESS": "off"} | settings
+    code = "import spendwatch; spendwatch.configure()"
+    finished = subprocess.run(
+        [sys.executable, "-c", code], env=app_environ, capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr
+
+
+def test_status_shows_the_budgets_an_app_ran_with_without_its_environment(environment):
+    run_app(environment, SPENDWATCH_DAILY_BUDGET_USD="10")
+    write_calls(environment, (time.time(), 2.5, {}))
+
+    result = spendwatch(environment, "status")
+
+    assert result.returncode == 0, result.stderr
+    table, origins, _ = result.stdout.split("\n\n")
+    (line,) = table.splitlines()[2:]
+    assert line.split()[:7] == ["global", "day", "all", "calls", "10.000000", "config", "2.500000"]
+    assert origins.startswith("global: configured as recorded at app start-up ") and "pid " in origins
+
+
+def test_the_commands_own_budget_wins_over_the_one_the_app_recorded(environment):
+    run_app(environment, SPENDWATCH_DAILY_BUDGET_USD="10", SPENDWATCH_MONTHLY_BUDGET_USD="200")
+
+    result = spendwatch(environment | {"SPENDWATCH_DAILY_BUDGET_USD": "3"}, "status", "--json")
+
+    (budget,) = json.loads(result.stdout)["budgets"]
+    assert (budget["name"], budget["period"], budget["limit_usd"]) == ("global", "day", 3.0)
+    assert budget["configured_in"] == "this environment or SPENDWATCH_CONFIG"
+
+
+def test_report_counts_days_in_the_time_zone_the_app_ran_with(environment):
+    # Whatever the hour, one of these two zones is on another calendar day than UTC, the command's default.
+    utc_today = datetime.now(ZoneInfo("UTC")).date()
+    zone = next(name for name in ("Etc/GMT-14", "Etc/GMT+12") if datetime.now(ZoneInfo(name)).date() != utc_today)
+    run_app(environment, SPENDWATCH_TIMEZONE=zone)
+
+    result = spendwatch(environment, "report", "--format", "json")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["until"] == datetime.now(ZoneInfo(zone)).date().isoformat()
+
+
+def test_serve_exposes_the_budgets_the_app_ran_with_and_where_their_limits_come_from(environment, tmp_path):
+    run_app(environment, SPENDWATCH_DAILY_BUDGET_USD="10")
+    url = f"http://127.0.0.1:{free_port()}/metrics"
+    argv = [*SPENDWATCH, "serve", "--address", url.removeprefix("http://").removesuffix("/metrics")]
+    server = start_process(argv, log_path=tmp_path / "serve.log", env=environment)
+    try:
+        server.wait_ready(lambda: http_get(url)[0] == 200, 60, "spendwatch serve")
+        before = scraped(url)
+        assert spendwatch(environment, "budget", "set", "global", "day", "75", "--reason", "test").returncode == 0
+        after = scraped(url)
+    finally:
+        server.stop()
+
+    day = {"budget": "global", "period": "day"}
+    assert before[("llm_budget_limit_usd", frozenset(day.items()))] == 10.0
+    assert before[("spendwatch_budget_limit_source", frozenset((day | {"source": "config"}).items()))] == 1.0
+    assert after[("llm_budget_limit_usd", frozenset(day.items()))] == 75.0
+    assert after[("spendwatch_budget_limit_source", frozenset((day | {"source": "runtime"}).items()))] == 1.0
+    assert ("spendwatch_budget_limit_source", frozenset((day | {"source": "config"}).items())) not in after
+
+
+def scraped(url: str) -> dict:
+    """{(sample name, its labels): value} of one scrape."""
+    status, body = http_get(url)
+    assert status == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+# --- spendwatch budget show|set|clear ---------------------------------------------------------------------------------
+
+
+def test_a_limit_set_at_run_time_wins_until_cleared_and_each_change_is_audited(environment):
+    run_app(environment, SPENDWATCH_DAILY_BUDGET_USD="10")
+
+    changed = spendwatch(environment, "budget", "set", "global", "day", "75", "--reason", "conference week")
+    during = json.loads(spendwatch(environment, "status", "--json").stdout)["budgets"][0]
+    shown = json.loads(spendwatch(environment, "budget", "show", "--json").stdout)["budgets"][0]
+    cleared = spendwatch(environment, "budget", "clear", "global", "day", "--reason", "conference over")
+    after = json.loads(spendwatch(environment, "status", "--json").stdout)["budgets"][0]
+
+    assert changed.returncode == 0 and "until `spendwatch budget clear global day`" in changed.stdout
+    assert (during["limit_usd"], during["limit_source"], during["configured_limit_usd"]) == (75.0, "runtime", 10.0)
+    assert during["run_time_change"]["reason"] == "conference week" and "@" in during["run_time_change"]["by"]
+    assert (shown["limit_usd"], shown["limit_from"], shown["configured_usd"]) == (75.0, "runtime", 10.0)
+    assert "conference week" in shown["changed"]
+    assert cleared.returncode == 0 and "configured limit is in force again" in cleared.stdout
+    assert (after["limit_usd"], after["limit_source"], after["run_time_change"]) == (10.0, "config", None)
+    ledger = open_ledger(load_settings(environ=environment))
+    kinds = [event["kind"] for event in ledger.events() if event["kind"].startswith("budget_limit")]
+    ledger.close()
+    assert kinds == ["budget_limit_changed", "budget_limit_cleared"]
+    assert spendwatch(environment, "audit", "verify").returncode == 0
+
+
+def test_a_run_time_limit_is_named_under_the_status_table(environment):
+    run_app(environment, SPENDWATCH_DAILY_BUDGET_USD="10")
+    spendwatch(environment, "budget", "set", "global", "day", "75", "--reason", "conference week")
+
+    result = spendwatch(environment, "status")
+
+    assert "global/day: the limit $75.000000 was set at run time on " in result.stdout
+    assert "('conference week'); it wins over the configured $10.000000" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (["nonesuch", "day", "5"], "no budget 'nonesuch' with period 'day' is configured (configured: global/day)"),
+        (["global", "month", "5"], "no budget 'global' with period 'month'"),
+        (["global", "day", "-5"], "must be a finite, non-negative amount of USD"),
+        (["global", "day", "lots"], "must be a finite, non-negative amount of USD"),
+    ],
+)
+def test_budget_set_refuses_what_it_cannot_set_and_records_nothing(environment, arguments, problem):
+    run_app(environment, SPENDWATCH_DAILY_BUDGET_USD="10")
+
+    result = spendwatch(environment, "budget", "set", *arguments, "--reason", "test")
+
+    assert result.returncode == 2 and problem in result.stderr
+    ledger = open_ledger(load_settings(environ=environment))
+    assert (ledger.budget_limits(), ledger.events("budget_limit_changed")) == ({}, [])
+    ledger.close()
+
+
+def test_budget_set_needs_a_reason(environment):
+    result = spendwatch(environment, "budget", "set", "global", "day", "5")
+
+    assert result.returncode == 2 and "--reason" in result.stderr
+
+
+def test_budget_clear_without_a_run_time_limit_says_so_and_records_nothing(environment):
+    run_app(environment, SPENDWATCH_DAILY_BUDGET_USD="10")
+
+    result = spendwatch(environment, "budget", "clear", "global", "day")
+
+    assert result.returncode == 0 and "has no run-time limit" in result.stdout
+    ledger = open_ledger(load_settings(environ=environment))
+    assert ledger.events("budget_limit_cleared") == []
+    ledger.close()
+
+
+def test_budget_show_lists_a_run_time_limit_no_budget_configures_so_it_can_be_cleared(environment):
+    ledger = open_ledger(load_settings(environ=environment))
+    ledger.set_budget_limit("retired", "month", 5.0, reason="old")
+    ledger.close()
+
+    (row,) = json.loads(spendwatch(environment, "budget", "show", "--json").stdout)["budgets"]
+    cleared = spendwatch(environment, "budget", "clear", "retired", "month")
+
+    assert (row["budget"], row["limit_from"], row["configured_usd"]) == ("retired", "runtime", None)
+    assert "not configured" in row["configured_in"]
+    assert "is cleared" in cleared.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -34,6 +35,7 @@ EXPECTED_FAMILIES = {
     "llm_budget_threshold_ratio": ("gauge", {"budget", "period", "level"}),
     "llm_budget_period_end_timestamp_seconds": ("gauge", {"budget", "period"}),
     "llm_guard_decisions_total": ("counter", {"budget", "action"}),
+    "spendwatch_budget_limit_source": ("gauge", {"budget", "period", "source"}),
     "spendwatch_ledger_errors_total": ("counter", set()),
     "spendwatch_pricing_data_timestamp_seconds": ("gauge", set()),
 }
@@ -179,6 +181,19 @@ def test_duration_histogram_is_cumulative_and_inf_counts_calls_slower_than_the_l
     }  # fmt: skip
     assert value(families, "llm_request_duration_seconds_count", **series) == 5
     assert value(families, "llm_request_duration_seconds_sum", **series) == pytest.approx(sum(durations))
+
+
+def test_the_source_of_each_budget_limit_is_a_separate_gauge_so_the_contract_labels_stay(ledger, registry):
+    configured = budget("global", "day", limit=10.0)
+    overridden = replace(budget("global", "month", limit=75.0), limit_source="runtime", configured_limit_usd=50.0)
+    SpendCollector(ledger, budget_statuses=lambda: [configured, overridden], registry=registry)
+
+    families = scrape(registry)
+
+    assert value(families, "spendwatch_budget_limit_source", budget="global", period="day", source="config") == 1
+    assert value(families, "spendwatch_budget_limit_source", budget="global", period="month", source="runtime") == 1
+    assert len(families["spendwatch_budget_limit_source"].samples) == 2
+    assert value(families, "llm_budget_limit_usd", budget="global", period="month") == 75.0
 
 
 def test_budget_gauges_come_from_budget_statuses(ledger, registry):
