@@ -176,19 +176,21 @@ class SpendwatchDjangoMiddleware:
         return _categorise_stream(response, category)
 
     async def _serve_async(self, request):
-        tokens = _attach(self._category(request))
+        category = self._category(request)
+        tokens = _attach(category)
         try:
-            return await self.get_response(request)
+            response = await self.get_response(request)
         finally:
             _detach(tokens)
+        return _categorise_stream(response, category)
 
     def _category(self, request) -> str | None:
         return self.routes.category(request.path_info, request.META.get("HTTP_BAGGAGE"))
 
 
 def _categorise_stream(response, category: str | None):
-    # Django iterates a streaming response's content after the middleware returned; an async one (served over
-    # ASGI) is iterated in the handler's own task, which is left as it is.
+    # Django iterates a streaming response's content after the middleware returned (over ASGI, a sync one in a
+    # worker thread). Async content is iterated in the handler's own task and is left as it is.
     if category is not None and getattr(response, "streaming", False) and not getattr(response, "is_async", False):
         response.streaming_content = _CategorisedBody(response.streaming_content, category)
     return response

@@ -21,6 +21,7 @@ import openai
 import pytest
 import uvicorn
 from django.conf import settings
+from django.core.asgi import get_asgi_application
 from django.core.wsgi import get_wsgi_application
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import path as url
@@ -208,23 +209,31 @@ def django_settings() -> Iterator[None]:
     settings.MIDDLEWARE = []
 
 
-def django_app(stub_url: str, instrumentation: str, placement: str, tracer_provider):
+def _django_handler(get_application, stub_url: str, instrumentation: str, placement: str, tracer_provider):
     _django_client[:] = [openai.OpenAI(api_key=FAKE_API_KEY, base_url=stub_url, max_retries=0)]
     if placement == "inner":  # as a Django middleware, after the one DjangoInstrumentor puts first
         settings.MIDDLEWARE = ["spendwatch.middleware.SpendwatchDjangoMiddleware"]
-    if instrumentation == "opentelemetry-instrumentation-django":
-        DjangoInstrumentor().instrument(tracer_provider=tracer_provider)
-        try:
-            handler = get_wsgi_application()  # reads MIDDLEWARE now, with the instrumentation's in it
-        finally:
-            DjangoInstrumentor().uninstrument()
-    else:
-        handler = get_wsgi_application()
+    if instrumentation != "opentelemetry-instrumentation-django":
+        return get_application()
+    DjangoInstrumentor().instrument(tracer_provider=tracer_provider)
+    try:
+        return get_application()  # reads MIDDLEWARE now, with the instrumentation's in it
+    finally:
+        DjangoInstrumentor().uninstrument()
+
+
+def django_app(stub_url: str, instrumentation: str, placement: str, tracer_provider):
+    handler = _django_handler(get_wsgi_application, stub_url, instrumentation, placement, tracer_provider)
     if placement == "inner":
         if instrumentation == "opentelemetry-instrumentation-wsgi":
             return otel_wsgi.OpenTelemetryMiddleware(handler, tracer_provider=tracer_provider)
         return handler
     return _wrap_wsgi(handler, instrumentation, "outer", tracer_provider)
+
+
+def django_asgi_app(stub_url: str, instrumentation: str, placement: str, tracer_provider):
+    handler = _django_handler(get_asgi_application, stub_url, instrumentation, placement, tracer_provider)
+    return handler if placement == "inner" else SpendwatchASGIMiddleware(handler, routes=ROUTES)
 
 
 # --- serving them over HTTP ----------------------------------------------------------------------------------------
@@ -277,6 +286,8 @@ ASGI_SETUPS = [
     ("fastapi", "opentelemetry-instrumentation-asgi"),
     ("starlette", "none"),
     ("starlette", "opentelemetry-instrumentation-asgi"),
+    ("django", "none"),  # Django served over ASGI, its middleware chain async
+    ("django", "opentelemetry-instrumentation-django"),
 ]
 WSGI_SETUPS = [
     ("flask", "none"),
@@ -288,10 +299,16 @@ WSGI_SETUPS = [
 PLACEMENTS = ["outer", "inner"]
 
 
+# Django over ASGI warns that it reads a sync streaming body in a thread: that is the case tested here.
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
 @pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize(("framework", "instrumentation"), ASGI_SETUPS)
-def test_asgi_apps_keep_each_requests_category(framework, instrumentation, placement, stub, sink, tracer_provider):
-    build = fastapi_app if framework == "fastapi" else starlette_app
+def test_asgi_apps_keep_each_requests_category(
+    framework, instrumentation, placement, stub, sink, tracer_provider, request
+):
+    build = {"fastapi": fastapi_app, "starlette": starlette_app, "django": django_asgi_app}[framework]
+    if framework == "django":
+        request.getfixturevalue("django_settings")
     with served_asgi(build(stub.base_url, instrumentation, placement, tracer_provider)) as base_url:
         _ask_all(base_url, sink)
 
