@@ -179,7 +179,8 @@ def test_responses_api_reports_cached_and_reasoning_tokens(span_exporter, sink):
         (usage,) = server.usage_log
 
     span = only_span(span_exporter)
-    assert span.name == "chat o4-mini"
+    assert span.name == "generate_content o4-mini"
+    assert span.attributes["gen_ai.operation.name"] == sink.records[0].operation == "generate_content"
     assert span.attributes["gen_ai.usage.cache_read.input_tokens"] == usage.cached_tokens == 4
     assert span.attributes["gen_ai.usage.reasoning.output_tokens"] == usage.reasoning_tokens == 5
     assert span.attributes["gen_ai.usage.cost"] == pytest.approx(expected_cost("o4-mini", usage), abs=1e-9)

@@ -48,8 +48,10 @@ __all__ = ["HELPER_TARGETS", "TARGETS", "async_helper_close", "async_wrapper", "
 
 _logger = logging.getLogger(__name__)
 
-# (module, class, method, kind, gen_ai.operation.name, is_async). The Responses API reports as a chat operation,
-# as the GenAI conventions have no operation of its own for it.
+# (module, class, method, kind, gen_ai.operation.name, is_async). Each API gets the GenAI conventions' well-known
+# operation that describes it, so spend by operation tells them apart: Chat Completions are "chat", and the Responses
+# API, whose input and output are lists of multimodal items, is "generate_content" (the conventions' "multimodal
+# content generation"). The official openai-v2 instrumentation records Responses as "chat"; ours differ on purpose.
 TARGETS = (
     ("openai.resources.chat.completions", "Completions", "create", CHAT, "chat", False),
     ("openai.resources.chat.completions", "Completions", "parse", CHAT, "chat", False),
@@ -59,10 +61,10 @@ TARGETS = (
     ("openai.resources.completions", "AsyncCompletions", "create", COMPLETION, "text_completion", True),
     ("openai.resources.embeddings", "Embeddings", "create", EMBEDDINGS, "embeddings", False),
     ("openai.resources.embeddings", "AsyncEmbeddings", "create", EMBEDDINGS, "embeddings", True),
-    ("openai.resources.responses", "Responses", "create", RESPONSES, "chat", False),
-    ("openai.resources.responses", "Responses", "parse", RESPONSES, "chat", False),
-    ("openai.resources.responses", "AsyncResponses", "create", RESPONSES, "chat", True),
-    ("openai.resources.responses", "AsyncResponses", "parse", RESPONSES, "chat", True),
+    ("openai.resources.responses", "Responses", "create", RESPONSES, "generate_content", False),
+    ("openai.resources.responses", "Responses", "parse", RESPONSES, "generate_content", False),
+    ("openai.resources.responses", "AsyncResponses", "create", RESPONSES, "generate_content", True),
+    ("openai.resources.responses", "AsyncResponses", "parse", RESPONSES, "generate_content", True),
 )
 
 # The SDK's ``.stream()`` helpers (module, class, is_async): their ``close()`` closes the HTTP response past our
