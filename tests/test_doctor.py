@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from spendwatch.doctor import FAIL, OK, WARN, DoctorContext, check_instrumentor, printable, run_checks, shown_location
 from spendwatch.exporter import Ledger, LedgerEntry
+from spendwatch.exporter.budgets import BudgetStatus
 from spendwatch.exporter.collector import SpendCollector
 from spendwatch.exporter.ledger_backends import open_backend
 from spendwatch.exporter.server import start_metrics_server
@@ -291,6 +292,69 @@ def test_configured_budgets_are_listed(environ):
     result = checks(environ | {"SPENDWATCH_DAILY_BUDGET_USD": "50", "SPENDWATCH_ENFORCE": "block"})["budgets"]
 
     assert result.status == OK and result.summary == "global $50/day; enforce=block"
+
+
+def test_budgets_an_app_recorded_in_the_ledger_are_listed_without_its_environment(environ, write_ledger):
+    write_ledger(record())
+    ledger = Ledger(open_backend(environ["SPENDWATCH_LEDGER"]), ZoneInfo("UTC"))
+    ledger.add_event(
+        "configuration_started", {"pid": 42, "host": "app", "budgets": [["global", "day", 10, None, None]]}
+    )
+    ledger.close()
+
+    result = checks(environ)["budgets"]
+
+    assert result.status == OK and result.summary == "global $10/day (recorded at an app's start-up); enforce=off"
+
+
+def test_a_run_time_limit_over_the_configured_one_is_a_warning_that_says_how_to_clear_it(environ, write_ledger):
+    ledger = Ledger(open_backend(write_ledger(record())), ZoneInfo("UTC"))
+    ledger.set_budget_limit("global", "day", 75.0, reason="conference week")
+    ledger.close()
+
+    result = checks(environ | {"SPENDWATCH_DAILY_BUDGET_USD": "10"})["budgets"]
+
+    assert result.status == WARN
+    assert result.summary.startswith("global $75/day (set at run time; configured $10); enforce=off")
+    assert "spendwatch budget show" in result.fix and "spendwatch budget clear global day" in result.fix
+
+
+def budget_status(name: str, period: str, limit: float) -> BudgetStatus:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    return BudgetStatus(name, period, limit, 0.0, start, start, {"warning": 0.75, "critical": 0.9, "exceeded": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("served", "problem"),
+    [
+        pytest.param([("global", "day", 10.0)], None, id="ours"),
+        pytest.param(
+            [("global", "day", 10.0), ("other-team", "day", 5.0)],
+            "it shows budget other-team/day, which is not configured here",
+            id="a budget we do not know",
+        ),
+        pytest.param([("global", "day", 20.0)], "it shows global/day at $20, where ours is $10", id="another limit"),
+        pytest.param([], "it lacks budget global/day, which is configured here", id="without our budget"),
+    ],
+)
+def test_metrics_with_other_budgets_than_ours_is_a_warning(environ, write_ledger, served, problem):
+    location = write_ledger(record())
+    ledger = Ledger(open_backend(location), ZoneInfo("UTC"))
+    registry = CollectorRegistry()
+    statuses = [budget_status(*budget) for budget in served]
+    SpendCollector(ledger, budget_statuses=lambda: statuses, registry=registry)
+    server = start_metrics_server(registry, ("127.0.0.1", 0))
+    try:
+        address = {"SPENDWATCH_METRICS_ADDRESS": f"127.0.0.1:{server.port}", "SPENDWATCH_DAILY_BUDGET_USD": "10"}
+        result = checks(environ | address)["metrics_endpoint"]
+    finally:
+        server.stop()
+        ledger.close()
+
+    if problem is None:
+        assert result.status == OK, result
+    else:
+        assert result.status == WARN and result.summary.endswith(f"not with our budgets: {problem}"), result
 
 
 def test_calls_stamped_in_the_future_point_at_a_wrong_clock(environ, write_ledger):
