@@ -16,7 +16,6 @@ Its output names no secret: no API key, no metrics password, no password in a Po
 from __future__ import annotations
 
 import base64
-import math
 import os
 import socket
 import ssl
@@ -219,6 +218,98 @@ def check_other_instrumentations(context: DoctorContext) -> CheckResult:
     return CheckResult("other_instrumentations", WARN, summary, fix)
 
 
+# --- the user's OpenTelemetry set-up -------------------------------------------------------------------------------
+# spendwatch counts without it (the ledger, budgets, guard and /metrics), but the spans need the SDK, a configurator
+# (opentelemetry-distro's) to set it up under opentelemetry-instrument, and every exporter the environment names.
+
+CONFIGURATOR_GROUP = "opentelemetry_configurator"
+_SIGNALS = ("traces", "metrics", "logs")
+# The packages that provide the exporters users name most, by entry point name (the SDK's names for "otlp").
+_EXPORTER_PACKAGES = {
+    "otlp_proto_grpc": "opentelemetry-exporter-otlp-proto-grpc",
+    "otlp_proto_http": "opentelemetry-exporter-otlp-proto-http",
+    "prometheus": "opentelemetry-exporter-prometheus",
+}
+_OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
+_OTLP_PROTOCOL_ENV = "OTEL_EXPORTER_OTLP_PROTOCOL"
+
+
+def check_opentelemetry_sdk(context: DoctorContext) -> CheckResult:
+    """Without the SDK no span is recorded; without a configurator opentelemetry-instrument sets up no exporter."""
+    if _installed_version("opentelemetry-sdk") is None:
+        summary = "opentelemetry-sdk is not installed: spend is counted, but no span is recorded"
+        fix = "pip install opentelemetry-distro opentelemetry-exporter-otlp"
+        return CheckResult("opentelemetry_sdk", WARN, summary, fix)
+    configurators = sorted({_provider(point) for point in entry_points(group=CONFIGURATOR_GROUP)})
+    if not configurators:
+        summary = (
+            "no OpenTelemetry configurator is installed: opentelemetry-instrument sets up no exporter, so spans go "
+            "nowhere unless the app configures the SDK itself"
+        )
+        return CheckResult("opentelemetry_sdk", WARN, summary, "pip install opentelemetry-distro")
+    summary = f"opentelemetry-sdk {_version('opentelemetry-sdk')}, set up by {', '.join(configurators)}"
+    return CheckResult("opentelemetry_sdk", OK, summary)
+
+
+def check_opentelemetry_exporters(context: DoctorContext) -> CheckResult:
+    """An exporter named in OTEL_*_EXPORTER (or the distro's default, otlp) that is not installed makes
+    OpenTelemetry's whole start-up fail: no span or metric reaches any backend. A warning: spendwatch counts on."""
+    if not list(entry_points(group=CONFIGURATOR_GROUP)):
+        return CheckResult("opentelemetry_exporters", OK, "not checked: no configurator reads OTEL_*_EXPORTER")
+    named, missing = [], []
+    for signal in _SIGNALS:
+        for shown, entry_point in _named_exporters(signal, context.environ):
+            named.append(f"OTEL_{signal.upper()}_EXPORTER{shown}")
+            if not list(entry_points(group=f"opentelemetry_{signal}_exporter", name=entry_point)):
+                missing.append((signal, shown, entry_point))
+    if missing:
+        needs: dict[tuple[str, str], list[str]] = {}
+        for signal, shown, point in missing:
+            needs.setdefault((shown, point), []).append(f"OTEL_{signal.upper()}_EXPORTER")
+        listed = "; ".join(f"{', '.join(names)}{shown} needs {point}" for (shown, point), names in needs.items())
+        summary = f"not installed: {listed}: OpenTelemetry's start-up fails, nothing is exported (spend is counted)"
+        packages = sorted({_EXPORTER_PACKAGES.get(point, f"the package providing {point}") for _, _, point in missing})
+        unset = " ".join(sorted({f"OTEL_{signal.upper()}_EXPORTER=none" for signal, _, _ in missing}))
+        fix = f"pip install {' '.join(packages)}, or export nothing: {unset}"
+        return CheckResult("opentelemetry_exporters", WARN, summary, fix)
+    if not named:
+        return CheckResult("opentelemetry_exporters", OK, "none named (OTEL_*_EXPORTER unset or none)")
+    return CheckResult("opentelemetry_exporters", OK, "installed: " + ", ".join(named))
+
+
+def _named_exporters(signal: str, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(as the user wrote it, entry point name) for each exporter OpenTelemetry will load for ``signal``; the distro
+    makes ``otlp`` the default, as opentelemetry-instrument runs it."""
+    variable = f"OTEL_{signal.upper()}_EXPORTER"
+    value = environ.get(variable)
+    shown = f"={value}"
+    if value is None and _distro_is_used(environ):
+        value, shown = "otlp", "=otlp (the distro's default)"
+    if not value or value.strip().lower() == "none":
+        return []
+    protocol = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL") or environ.get(_OTLP_PROTOCOL_ENV)
+    otlp = _OTLP_BY_PROTOCOL.get((protocol or "grpc").strip(), "otlp")
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    return [(shown, otlp if name == "otlp" else name) for name in names]
+
+
+def _distro_is_used(environ: Mapping[str, str]) -> bool:
+    chosen = environ.get("OTEL_PYTHON_DISTRO")
+    return _installed_version("opentelemetry-distro") is not None and chosen in (None, "distro")
+
+
+def _provider(point) -> str:
+    dist = getattr(point, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else point.value
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return distribution(name).version
+    except PackageNotFoundError:
+        return None
+
+
 # --- ledger, prices, unpriced models -------------------------------------------------------------------------------
 
 
@@ -384,11 +475,6 @@ def check_metrics_endpoint(context: DoctorContext) -> CheckResult:
     if not _is_loopback(host) and settings.metrics_basic_auth is None:
         summary = f"{url} serves spend to anyone who can reach {host}:{port}, without credentials"
         return CheckResult("metrics_endpoint", WARN, summary, "set SPENDWATCH_METRICS_BASIC_AUTH=user:password")
-    differs = _budgets_differ(context, body)
-    if differs is not None:
-        summary = f"{url} serves spendwatch's metrics, but not with our budgets: {differs}"
-        fix = "give doctor the app's environment, or the app its own SPENDWATCH_METRICS_ADDRESS"
-        return CheckResult("metrics_endpoint", WARN, summary, fix)
     guarded = " with basic auth" if settings.metrics_basic_auth else ""
     return CheckResult("metrics_endpoint", OK, f"{url} serves spendwatch's metrics{guarded}")
 
@@ -420,84 +506,18 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_budgets(context: DoctorContext) -> CheckResult:
-    """The budgets in force: this configuration's and those the apps recorded in the ledger, each limit with where
-    it comes from; a run-time limit that overrides the configured one is a warning, so it does not stick unseen."""
     if context.settings is None:
         return _not_checked("budgets")
-    limits = _limits_in_force(context)
-    if not limits:
+    budgets = context.settings.budgets
+    if not budgets:
         summary = "no budget is configured: spend is counted, but nothing warns or stops it"
         fix = (
             "export SPENDWATCH_DAILY_BUDGET_USD=20 (or _MONTHLY_), or add [budgets.NAME] to the SPENDWATCH_CONFIG file"
         )
         return CheckResult("budgets", WARN, summary, fix)
-    shown = ", ".join(_limit_shown(key, limit) for key, limit in list(limits.items())[:_MAX_LISTED])
-    more = f" and {len(limits) - _MAX_LISTED} more" if len(limits) > _MAX_LISTED else ""
-    summary = f"{shown}{more}; enforce={context.settings.enforce}"
-    overridden = [key for key, limit in limits.items() if limit.source == "runtime"]
-    if not overridden:
-        return CheckResult("budgets", OK, summary)
-    name, period = overridden[0]
-    fix = f"spendwatch budget show says who set it and why; spendwatch budget clear {name} {period} goes back"
-    return CheckResult("budgets", WARN, f"{summary}; a run-time limit wins over the configured one", fix)
-
-
-@dataclass(frozen=True)
-class _LimitInForce:
-    usd: float
-    source: str  # "config" or "runtime"
-    configured_usd: float
-    recorded: bool  # configured by an app's recorded start-up, not by this environment
-
-
-def _limits_in_force(context: DoctorContext) -> dict[tuple[str, str], _LimitInForce]:
-    """Every budget's limit in force, by (name, period): with a ledger, the apps' recorded budgets and run-time
-    limits count too (as ``spendwatch status`` shows them)."""
-    settings, run_time, recorded = context.settings, {}, set()
-    if context.ledger is not None:
-        from spendwatch.exporter.budgets import LedgerConfiguration
-
-        known = LedgerConfiguration(context.ledger, settings, context.environ)
-        settings, run_time = known.settings(), context.ledger.budget_limits()
-        recorded = {spec.name for spec in settings.budgets if known.recorded(spec.name)}
-    limits = {}
-    for spec in settings.budgets:
-        key = (spec.name, spec.period)
-        source = "runtime" if key in run_time else "config"
-        limits[key] = _LimitInForce(run_time.get(key, spec.limit_usd), source, spec.limit_usd, spec.name in recorded)
-    return limits
-
-
-def _limit_shown(key: tuple[str, str], limit: _LimitInForce) -> str:
-    name, period = key
-    text = f"{printable(name, 40)} ${limit.usd:g}/{period}"
-    if limit.source == "runtime":
-        return f"{text} (set at run time; configured ${limit.configured_usd:g})"
-    return f"{text} (recorded at an app's start-up)" if limit.recorded else text
-
-
-def _budgets_differ(context: DoctorContext, body: bytes) -> str | None:
-    """How the budgets a ``/metrics`` body exposes differ from ours, or None when they agree: a budget we do not
-    know, another limit, or one configured here that it lacks. Budgets only recorded by other apps over the ledger
-    may be missing (each app serves its own)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from spendwatch.exporter.mapping import BUDGET_LIMIT
-
-    exposed: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(body.decode("utf-8", "replace")):
-        for sample in family.samples if family.name == BUDGET_LIMIT else ():
-            exposed[(sample.labels.get("budget", ""), sample.labels.get("period", ""))] = sample.value
-    ours = _limits_in_force(context)
-    for key, usd in sorted(exposed.items()):
-        if key not in ours:
-            return f"it shows budget {printable(key[0], 40)}/{key[1]}, which is not configured here"
-        if not math.isclose(usd, ours[key].usd, rel_tol=1e-9, abs_tol=1e-9):
-            return f"it shows {printable(key[0], 40)}/{key[1]} at ${usd:g}, where ours is ${ours[key].usd:g}"
-    missing = [key for key, limit in ours.items() if key not in exposed and not limit.recorded]
-    if missing:
-        return f"it lacks budget {printable(missing[0][0], 40)}/{missing[0][1]}, which is configured here"
-    return None
+    shown = ", ".join(f"{printable(b.name, 40)} ${b.limit_usd:g}/{b.period}" for b in budgets[:_MAX_LISTED])
+    more = f" and {len(budgets) - _MAX_LISTED} more" if len(budgets) > _MAX_LISTED else ""
+    return CheckResult("budgets", OK, f"{shown}{more}; enforce={context.settings.enforce}")
 
 
 def check_clock(context: DoctorContext) -> CheckResult:
@@ -553,6 +573,8 @@ CHECKS: tuple[Callable[[DoctorContext], CheckResult], ...] = (
     _instrumentor_check("spendwatch_lightrag", "lightrag-hku", optional=True),
     check_exporter_hook,
     check_other_instrumentations,
+    check_opentelemetry_sdk,
+    check_opentelemetry_exporters,
     check_ledger,
     check_price_data,
     check_price_overrides,

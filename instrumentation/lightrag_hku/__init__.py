@@ -26,6 +26,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.trace import get_tracer
 
 from spendwatch.instrumentation.lightrag_hku.package import _instruments
+from spendwatch.instrumentation.on_import import PatchOnImport
 from spendwatch.instrumentation.pricing import PriceTable, price_table_from_env
 from spendwatch.instrumentation.records import register_sink, unregister_sink
 
@@ -42,19 +43,28 @@ class LightRAGInstrumentor(BaseInstrumentor):
         return _instruments
 
     def _instrument(self, **kwargs):
-        from spendwatch.instrumentation.lightrag_hku import patch
         from spendwatch.instrumentation.lightrag_hku.cache import CacheAccounting
         from spendwatch.instrumentation.lightrag_hku.scopes import RollupSink
 
         prices = kwargs.get("price_table") or price_table_from_env()
         self._prices_chosen_by_caller = kwargs.get("price_table") is not None
-        tracer = get_tracer(__name__, "", kwargs.get("tracer_provider"), schema_url=_SCHEMA_URL)
+        self._tracer = get_tracer(__name__, "", kwargs.get("tracer_provider"), schema_url=_SCHEMA_URL)
         self._rollup = RollupSink()
         register_sink(self._rollup)
-        self._cache_accounting = CacheAccounting(tracer, prices)
-        self._wrapped_targets = patch.apply(tracer, self._cache_accounting)
+        self._cache_accounting = CacheAccounting(self._tracer, prices)
+        self._wrapped_targets = []
+        # Patched when the app imports lightrag (at once if it has): importing it costs ~100 MiB.
+        self._on_import = PatchOnImport("lightrag", self._patch)
+
+    def _patch(self, _lightrag) -> None:
+        from spendwatch.instrumentation.lightrag_hku import patch
+
+        self._wrapped_targets += patch.apply(self._tracer, self._cache_accounting)
 
     def _uninstrument(self, **kwargs):
+        if getattr(self, "_on_import", None) is not None:
+            self._on_import.cancel()  # lightrag not imported yet: nothing to patch when it is
+            self._on_import = None
         for owner, name in getattr(self, "_wrapped_targets", ()):
             unwrap(owner, name)
         self._wrapped_targets = []

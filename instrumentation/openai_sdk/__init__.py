@@ -26,6 +26,7 @@ from opentelemetry.trace import get_tracer
 from wrapt import wrap_function_wrapper
 
 from spendwatch.instrumentation.calls import CallRecorder
+from spendwatch.instrumentation.on_import import PatchOnImport
 from spendwatch.instrumentation.openai_sdk.package import _instruments
 from spendwatch.instrumentation.pricing import PriceTable, price_table_from_env
 
@@ -47,15 +48,20 @@ class OpenAIInstrumentor(BaseInstrumentor):
         return _instruments
 
     def _instrument(self, **kwargs):
-        from spendwatch.instrumentation.openai_sdk import patch
-
         prices = kwargs.get("price_table") or price_table_from_env()
         self._prices_chosen_by_caller = kwargs.get("price_table") is not None
         tracer = get_tracer(__name__, "", kwargs.get("tracer_provider"), schema_url=_SCHEMA_URL)
         meter = get_meter(__name__, "", kwargs.get("meter_provider"), schema_url=_SCHEMA_URL)
-        self._recorder = recorder = CallRecorder(tracer, meter, prices)
-        capture = content_capture_enabled()
+        self._recorder = CallRecorder(tracer, meter, prices)
+        self._capture = content_capture_enabled()
         self._wrapped_targets = []
+        # Patched when the app imports openai (at once if it has): a process that never does never pays for it.
+        self._on_import = PatchOnImport("openai", self._patch)
+
+    def _patch(self, _openai) -> None:
+        from spendwatch.instrumentation.openai_sdk import patch
+
+        recorder, capture = self._recorder, self._capture
         for module_name, class_name, method, kind, operation, is_async in patch.TARGETS:
             owner = getattr(_import_or_none(module_name), class_name, None)
             if owner is None or not hasattr(owner, method):
@@ -71,6 +77,9 @@ class OpenAIInstrumentor(BaseInstrumentor):
             self._wrapped_targets.append((owner, "close"))
 
     def _uninstrument(self, **kwargs):
+        if getattr(self, "_on_import", None) is not None:
+            self._on_import.cancel()  # openai not imported yet: nothing to patch when it is
+            self._on_import = None
         for owner, method in getattr(self, "_wrapped_targets", ()):
             unwrap(owner, method)
         self._wrapped_targets = []
