@@ -16,6 +16,7 @@ Its output names no secret: no API key, no metrics password, no password in a Po
 from __future__ import annotations
 
 import base64
+import math
 import os
 import socket
 import ssl
@@ -475,6 +476,11 @@ def check_metrics_endpoint(context: DoctorContext) -> CheckResult:
     if not _is_loopback(host) and settings.metrics_basic_auth is None:
         summary = f"{url} serves spend to anyone who can reach {host}:{port}, without credentials"
         return CheckResult("metrics_endpoint", WARN, summary, "set SPENDWATCH_METRICS_BASIC_AUTH=user:password")
+    differs = _budgets_differ(context, body)
+    if differs is not None:
+        summary = f"{url} serves spendwatch's metrics, but not with our budgets: {differs}"
+        fix = "give doctor the app's environment, or the app its own SPENDWATCH_METRICS_ADDRESS"
+        return CheckResult("metrics_endpoint", WARN, summary, fix)
     guarded = " with basic auth" if settings.metrics_basic_auth else ""
     return CheckResult("metrics_endpoint", OK, f"{url} serves spendwatch's metrics{guarded}")
 
@@ -506,18 +512,84 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_budgets(context: DoctorContext) -> CheckResult:
+    """The budgets in force: this configuration's and those the apps recorded in the ledger, each limit with where
+    it comes from; a run-time limit that overrides the configured one is a warning, so it does not stick unseen."""
     if context.settings is None:
         return _not_checked("budgets")
-    budgets = context.settings.budgets
-    if not budgets:
+    limits = _limits_in_force(context)
+    if not limits:
         summary = "no budget is configured: spend is counted, but nothing warns or stops it"
         fix = (
             "export SPENDWATCH_DAILY_BUDGET_USD=20 (or _MONTHLY_), or add [budgets.NAME] to the SPENDWATCH_CONFIG file"
         )
         return CheckResult("budgets", WARN, summary, fix)
-    shown = ", ".join(f"{printable(b.name, 40)} ${b.limit_usd:g}/{b.period}" for b in budgets[:_MAX_LISTED])
-    more = f" and {len(budgets) - _MAX_LISTED} more" if len(budgets) > _MAX_LISTED else ""
-    return CheckResult("budgets", OK, f"{shown}{more}; enforce={context.settings.enforce}")
+    shown = ", ".join(_limit_shown(key, limit) for key, limit in list(limits.items())[:_MAX_LISTED])
+    more = f" and {len(limits) - _MAX_LISTED} more" if len(limits) > _MAX_LISTED else ""
+    summary = f"{shown}{more}; enforce={context.settings.enforce}"
+    overridden = [key for key, limit in limits.items() if limit.source == "runtime"]
+    if not overridden:
+        return CheckResult("budgets", OK, summary)
+    name, period = overridden[0]
+    fix = f"spendwatch budget show says who set it and why; spendwatch budget clear {name} {period} goes back"
+    return CheckResult("budgets", WARN, f"{summary}; a run-time limit wins over the configured one", fix)
+
+
+@dataclass(frozen=True)
+class _LimitInForce:
+    usd: float
+    source: str  # "config" or "runtime"
+    configured_usd: float
+    recorded: bool  # configured by an app's recorded start-up, not by this environment
+
+
+def _limits_in_force(context: DoctorContext) -> dict[tuple[str, str], _LimitInForce]:
+    """Every budget's limit in force, by (name, period): with a ledger, the apps' recorded budgets and run-time
+    limits count too (as ``spendwatch status`` shows them)."""
+    settings, run_time, recorded = context.settings, {}, set()
+    if context.ledger is not None:
+        from spendwatch.exporter.budgets import LedgerConfiguration
+
+        known = LedgerConfiguration(context.ledger, settings, context.environ)
+        settings, run_time = known.settings(), context.ledger.budget_limits()
+        recorded = {spec.name for spec in settings.budgets if known.recorded(spec.name)}
+    limits = {}
+    for spec in settings.budgets:
+        key = (spec.name, spec.period)
+        source = "runtime" if key in run_time else "config"
+        limits[key] = _LimitInForce(run_time.get(key, spec.limit_usd), source, spec.limit_usd, spec.name in recorded)
+    return limits
+
+
+def _limit_shown(key: tuple[str, str], limit: _LimitInForce) -> str:
+    name, period = key
+    text = f"{printable(name, 40)} ${limit.usd:g}/{period}"
+    if limit.source == "runtime":
+        return f"{text} (set at run time; configured ${limit.configured_usd:g})"
+    return f"{text} (recorded at an app's start-up)" if limit.recorded else text
+
+
+def _budgets_differ(context: DoctorContext, body: bytes) -> str | None:
+    """How the budgets a ``/metrics`` body exposes differ from ours, or None when they agree: a budget we do not
+    know, another limit, or one configured here that it lacks. Budgets only recorded by other apps over the ledger
+    may be missing (each app serves its own)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from spendwatch.exporter.mapping import BUDGET_LIMIT
+
+    exposed: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(body.decode("utf-8", "replace")):
+        for sample in family.samples if family.name == BUDGET_LIMIT else ():
+            exposed[(sample.labels.get("budget", ""), sample.labels.get("period", ""))] = sample.value
+    ours = _limits_in_force(context)
+    for key, usd in sorted(exposed.items()):
+        if key not in ours:
+            return f"it shows budget {printable(key[0], 40)}/{key[1]}, which is not configured here"
+        if not math.isclose(usd, ours[key].usd, rel_tol=1e-9, abs_tol=1e-9):
+            return f"it shows {printable(key[0], 40)}/{key[1]} at ${usd:g}, where ours is ${ours[key].usd:g}"
+    missing = [key for key, limit in ours.items() if key not in exposed and not limit.recorded]
+    if missing:
+        return f"it lacks budget {printable(missing[0][0], 40)}/{missing[0][1]}, which is configured here"
+    return None
 
 
 def check_clock(context: DoctorContext) -> CheckResult:
