@@ -473,6 +473,14 @@ def check_metrics_endpoint(context: DoctorContext) -> CheckResult:
     if status != 200 or b"llm_cost_usd_total" not in body:
         summary = f"{url} answers HTTP {status}, but not with spendwatch's metrics: another program holds the port"
         return CheckResult("metrics_endpoint", WARN, summary, "set SPENDWATCH_METRICS_ADDRESS to a free host:port")
+    from spendwatch.exporter.metrics_endpoint import identify_holder
+
+    holder = identify_holder(url, settings)  # its answers name the ledger it shows and the process serving it
+    if holder.kind == "other ledger":
+        where = shown_location(settings.ledger)
+        summary = f"{url} is served by {holder.describe()}: the calls in {where} are not there"
+        fix = "give each ledger its own SPENDWATCH_METRICS_ADDRESS (or give doctor the app's SPENDWATCH_LEDGER)"
+        return CheckResult("metrics_endpoint", WARN, summary, fix)
     if not _is_loopback(host) and settings.metrics_basic_auth is None:
         summary = f"{url} serves spend to anyone who can reach {host}:{port}, without credentials"
         return CheckResult("metrics_endpoint", WARN, summary, "set SPENDWATCH_METRICS_BASIC_AUTH=user:password")
@@ -482,7 +490,10 @@ def check_metrics_endpoint(context: DoctorContext) -> CheckResult:
         fix = "give doctor the app's environment, or the app its own SPENDWATCH_METRICS_ADDRESS"
         return CheckResult("metrics_endpoint", WARN, summary, fix)
     guarded = " with basic auth" if settings.metrics_basic_auth else ""
-    return CheckResult("metrics_endpoint", OK, f"{url} serves spendwatch's metrics{guarded}")
+    if holder.pid is None:
+        return CheckResult("metrics_endpoint", OK, f"{url} serves spendwatch's metrics{guarded}")
+    served_by = "this process" if holder.pid == os.getpid() else f"process {holder.pid}"
+    return CheckResult("metrics_endpoint", OK, f"{url} serves this ledger's metrics{guarded}, served by {served_by}")
 
 
 def _get(url: str, credentials: tuple[str, str] | None, cafile: str | None) -> tuple[int, bytes, str | None]:

@@ -34,16 +34,22 @@ _runtime: Runtime | None = None
 
 @dataclass
 class Runtime:
-    """What one process attached: its settings, ledger, sink and (unless off) metrics server."""
+    """What one process attached: its settings, ledger, sink and (unless off) its share of the ``/metrics`` address:
+    ``metrics.serving`` says whether this process serves it, ``metrics.holder`` who does instead, once known."""
 
     settings: Settings
     ledger: Ledger
     sink: LedgerSink
     prices: PriceTable
-    metrics_server: Any = None
+    metrics: Any = None
     registry: Any = None
     guard: Any = None
     thresholds: Any = None
+
+    @property
+    def metrics_server(self):
+        """The ``/metrics`` server this process runs, or None (off, or another process serves the address)."""
+        return self.metrics.server if self.metrics is not None else None
 
     def budget_statuses(self):
         from spendwatch.exporter.budgets import budget_statuses
@@ -95,8 +101,8 @@ def detach() -> None:
     if runtime.guard is not None:
         unregister_guard(runtime.guard)
     unregister_sink(runtime.sink)
-    if runtime.metrics_server is not None:
-        runtime.metrics_server.stop()
+    if runtime.metrics is not None:
+        runtime.metrics.stop()
     runtime.sink.close()
     if runtime.guard is not None:
         runtime.guard.close()  # after the drain: the leases' costs are spend by now
@@ -134,7 +140,7 @@ def _serve_metrics(runtime: Runtime) -> None:
     from prometheus_client import CollectorRegistry
 
     from spendwatch.exporter.collector import SpendCollector
-    from spendwatch.exporter.server import serve_as_configured
+    from spendwatch.exporter.metrics_endpoint import MetricsEndpoint
 
     settings = runtime.settings
     runtime.registry = CollectorRegistry()
@@ -148,7 +154,8 @@ def _serve_metrics(runtime: Runtime) -> None:
         before_collect=runtime.sink.flush,
         registry=runtime.registry,
     )
-    runtime.metrics_server = serve_as_configured(runtime.registry, settings)
+    # Serves if the address is free, else leaves it to whoever holds it (another worker over the same ledger).
+    runtime.metrics = MetricsEndpoint(runtime.registry, settings)
 
 
 DISABLED_ENV = "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
