@@ -70,13 +70,14 @@ $(BENCH_STAMP): pyproject.toml
 		|| echo "bench: some peers did not install; they will show as not available"
 	touch $@
 
-# Instrumentation overhead against the bare call and the peers, ledger ingest, /metrics scrape and guard cost, then
-# the instrumentation's instructions per call under valgrind (installed with the test servers, as root).
+# Instrumentation overhead against the bare call and the peers, ledger ingest, /metrics scrape and guard cost, start-up
+# cost, then the instrumentation's instructions per call under valgrind (installed with the test servers, as root).
 bench: $(BENCH_STAMP) test-servers
 	$(BENCH_BIN)/python -m bench $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.ledger $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.scrape $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.guard $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.startup $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.instructions $(BENCH_ARGS)
 
 # The working tree against spendwatch at a git revision, in one run (bench/baseline.py): make bench-against REV=main
