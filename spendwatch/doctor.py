@@ -387,6 +387,25 @@ def _can_create(path: Path) -> bool:
     return ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK)
 
 
+def check_journal(context: DoctorContext) -> CheckResult:
+    """Calls journaled but not in the ledger yet: while an app cannot write its ledger, they wait there."""
+    if context.settings is None:
+        return _not_checked("journal")
+    from spendwatch.exporter.sink import fallback_journal_directory, journal_directory, waiting_records
+
+    location = context.settings.ledger
+    directories = list(dict.fromkeys([journal_directory(location), fallback_journal_directory(location)]))
+    waiting = waiting_records(directories)
+    where = " and ".join(str(directory) for directory in directories if directory.is_dir())
+    if waiting == 0:
+        return CheckResult("journal", OK, "no call waits in the journal")
+    if context.ledger is not None and context.ledger_error is None:
+        return CheckResult("journal", OK, f"{waiting} calls in the journal ({where}), on their way to the ledger")
+    summary = f"{waiting} calls wait in the journal ({where}) because the ledger cannot be written"
+    fix = "bring the ledger back (see the ledger check): a running app drains them then, else the next one to start"
+    return CheckResult("journal", WARN, summary, fix)
+
+
 def check_price_data(context: DoctorContext) -> CheckResult:
     from spendwatch.instrumentation.pricing import PriceTable
 
@@ -659,6 +678,7 @@ CHECKS: tuple[Callable[[DoctorContext], CheckResult], ...] = (
     check_opentelemetry_sdk,
     check_opentelemetry_exporters,
     check_ledger,
+    check_journal,
     check_price_data,
     check_price_overrides,
     check_unpriced_models,

@@ -8,6 +8,7 @@ Use from ``tests/conftest.py``::
     from tests.servers import *  # noqa: F403  (every fixture and helper in __all__)
 
 Fixtures: ``postgres_server`` (session; a URL), ``postgres_url`` (a fresh empty database per test),
+``postgres_cluster`` (a cluster of the test's own, to stop and start again),
 ``prometheus_binary``, ``promtool_binary``, ``alertmanager_binary``, ``amtool_binary`` (session; paths),
 ``prometheus_factory`` and ``alertmanager_factory`` (start servers from a config; stopped after the test).
 """
@@ -39,6 +40,7 @@ import yaml
 
 __all__ = [
     "AlertmanagerServer",
+    "PostgresCluster",
     "PrometheusServer",
     "ServerExitedError",
     "ServerProcess",
@@ -49,6 +51,7 @@ __all__ = [
     "http_get",
     "in_ci",
     "postgres_bindir",
+    "postgres_cluster",
     "postgres_server",
     "postgres_url",
     "prometheus_binary",
@@ -286,51 +289,91 @@ def _can_connect(url: str) -> Callable[[], bool]:
     return check
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A private PostgreSQL cluster for the session; yields ``postgresql://postgres@127.0.0.1:PORT/spendwatch_test``.
+class PostgresCluster:
+    """A private PostgreSQL cluster in ``base``: initdb (trust auth), then ``start()`` and ``stop()`` by PID, as often
+    as a test needs; it comes back on the same port, as a server restarted during a deploy does.
 
-    initdb into a temporary directory (trust auth), ``postgres`` on a free port with its socket in that
-    directory and durability off (tests need speed, not crash safety), stopped by PID with a fast shutdown.
+    ``postgres`` listens on 127.0.0.1 with its socket in ``base`` and durability off (tests need speed, not crash
+    safety); ``stop()`` is a fast shutdown.
     """
-    bindir = postgres_bindir() or "/usr/lib/postgresql/<version>/bin"
-    initdb = require_binary(os.path.join(bindir, "initdb"), "postgresql")
-    postgres = require_binary(os.path.join(bindir, "postgres"), "postgresql")
-    user = _postgres_user()
-    # Not pytest's tmp_path: that sits under a root-only directory the postgres user cannot enter.
-    base = Path(tempfile.mkdtemp(prefix="spendwatch-pg-"))
-    try:
-        data, sockets = base / "data", base / "sockets"
-        sockets.mkdir()
+
+    def __init__(self, base: Path) -> None:
+        bindir = postgres_bindir() or "/usr/lib/postgresql/<version>/bin"
+        initdb = require_binary(os.path.join(bindir, "initdb"), "postgresql")
+        self.postgres = require_binary(os.path.join(bindir, "postgres"), "postgresql")
+        self.user = _postgres_user()
+        self.base, self.data, self.sockets = base, base / "data", base / "sockets"
+        self.sockets.mkdir()
+        self.process: ServerProcess | None = None
+        self.port: int | None = None
         as_user: dict[str, Any] = {}
-        if user is not None:
-            entry = pwd.getpwnam(user)
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
             as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-            for path in (base, sockets):
+            for path in (base, self.sockets):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base), "LC_ALL": "C"}
-        initdb_argv = [initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "-N"]
-        done = subprocess.run(initdb_argv, env=env, capture_output=True, text=True, timeout=180, **as_user)
+        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base), "LC_ALL": "C"}
+        argv = [initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "-N"]
+        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=180, **as_user)
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
-        def start(port: int) -> ServerProcess:
-            argv = [postgres, "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(sockets)]
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self) -> None:
+        """Start on a free port the first time, on the same port after that."""
+
+        def launch(port: int) -> ServerProcess:
+            argv = [self.postgres, "-D", str(self.data), "-h", "127.0.0.1", "-p", str(port), "-k", str(self.sockets)]
             argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
             # SIGINT is PostgreSQL's fast shutdown: SIGTERM (smart) would wait for every client to disconnect.
-            return start_process(argv, log_path=base / "postgres.log", env=env, user=user, stop_signal=signal.SIGINT)
+            log = self.base / "postgres.log"
+            return start_process(argv, log_path=log, env=self.env, user=self.user, stop_signal=signal.SIGINT)
 
         def check(port: int) -> Callable[[], bool]:
             return _can_connect(f"postgresql://postgres@127.0.0.1:{port}/postgres")
 
-        process, port = _start_on_free_port(start, check, "PostgreSQL")
+        if self.port is None:
+            self.process, self.port = _start_on_free_port(launch, check, "PostgreSQL")
+            return
+        self.process = launch(self.port)
+        self.process.wait_ready(check(self.port), READY_TIMEOUT, f"PostgreSQL on 127.0.0.1:{self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A private PostgreSQL cluster for the session; yields ``postgresql://postgres@127.0.0.1:PORT/spendwatch_test``."""
+    # Not pytest's tmp_path: that sits under a root-only directory the postgres user cannot enter.
+    base = Path(tempfile.mkdtemp(prefix="spendwatch-pg-"))
+    try:
+        cluster = PostgresCluster(base)
+        cluster.start()
         try:
-            admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-            with psycopg.connect(admin, autocommit=True) as conn:
+            with psycopg.connect(cluster.url(), autocommit=True) as conn:
                 conn.execute("CREATE DATABASE spendwatch_test")
-            yield _with_dbname(admin, "spendwatch_test")
+            yield cluster.url("spendwatch_test")
         finally:
-            process.stop()
+            cluster.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of the test's own, started, that the test may stop and start again."""
+    base = Path(tempfile.mkdtemp(prefix="spendwatch-pg-"))
+    try:
+        cluster = PostgresCluster(base)
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -378,6 +378,7 @@ def test_on_threshold_fires_once_per_level(attach, client):
         ("[[guard.rules]]\nbudget = 'global'\nat = 0.9\naction = 'degrade'", "needs max_output_tokens or model"),
         ("[[guard.ceilings]]\nmax_usd = -1", "non-negative"),
         ("[guard]\nunpriced = 'maybe'", "allow or block"),
+        ("[guard]\non_ledger_error = 'maybe'", "guard.on_ledger_error='maybe' .* must be block or admit"),
     ],
 )
 def test_bad_guard_rules_fail_at_start_up(attach, toml, problem):

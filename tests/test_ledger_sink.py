@@ -16,6 +16,7 @@ import pytest
 
 from spendwatch.exporter import Ledger, LedgerSink, journal_directory
 from spendwatch.exporter.ledger_backends import SQLiteBackend, open_backend
+from spendwatch.exporter.sink import fallback_journal_directory
 from spendwatch.instrumentation.records import UsageRecord
 from tests.conftest import FAKE_API_KEY
 
@@ -250,4 +251,20 @@ def test_a_record_the_ledger_can_never_store_is_set_aside_and_blocks_nothing(tmp
     assert sink.ledger_errors >= 1
     (kept,) = (tmp_path / "journal" / "quarantine.jsonl").read_text().splitlines()
     assert "poison" in kept
+    sink.close()
+
+
+def test_a_journal_directory_that_cannot_be_created_falls_back_to_the_state_directory(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "a-file").write_text("not a directory")
+    ledger = open_ledger_at(tmp_path / "ledger.db")
+
+    sink = LedgerSink(ledger, tmp_path / "a-file" / "journal", drain_interval=3600)
+    sink.record(a_record())
+
+    assert sink.directory == fallback_journal_directory(ledger.location)
+    assert sink.directory.is_relative_to(tmp_path / "state")
+    assert "journaling in" in caplog.text
+    assert sink.flush() is True
+    assert ledger.call_count() == 1
     sink.close()
