@@ -60,9 +60,12 @@ def storable(text: str) -> str:
     return _UNSTORABLE.sub("\ufffd", text)
 
 
-# The category spendwatch set (spendwatch.category, the web middleware), kept beside its baggage entry: web
-# frameworks' OpenTelemetry instrumentations attach a context extracted from the request headers, which starts
-# empty and so drops the baggage a middleware set around them. They never touch this variable.
+# The category spendwatch set (spendwatch.category, the web middleware) is kept in three places. In the
+# OpenTelemetry context (a value of its own, and the baggage entry that travels to downstream services), so it
+# follows that context wherever it is carried. And in a context variable: web frameworks' OpenTelemetry
+# instrumentations attach a context extracted from the request headers, which starts empty, and so drop what a
+# middleware around them put in the OpenTelemetry context; they never touch this variable.
+_CATEGORY_SET_KEY = context.create_key("spendwatch.category_set")
 _category_set: ContextVar[str | None] = ContextVar("spendwatch.category", default=None)
 
 CategoryTokens = tuple[object, Token]
@@ -72,7 +75,8 @@ def attach_category(category: str) -> CategoryTokens:
     """Make ``category`` the one of every LLM call in this context (and its baggage entry, which travels to
     downstream services); undo with :func:`detach_category` in the same context."""
     category = storable(str(category)[:_MAX_CATEGORY_LENGTH])
-    return context.attach(baggage.set_baggage(CATEGORY_BAGGAGE_KEY, category)), _category_set.set(category)
+    ctx = context.set_value(_CATEGORY_SET_KEY, category, baggage.set_baggage(CATEGORY_BAGGAGE_KEY, category))
+    return context.attach(ctx), _category_set.set(category)
 
 
 def detach_category(tokens: CategoryTokens) -> None:
@@ -86,10 +90,11 @@ def current_category(ctx: context.Context | None = None) -> str | None:
     """The attribution category in force: the one spendwatch set, else the ``spendwatch.category`` baggage (which
     can come from upstream services, so it is cut to 100 characters and made storable); None when neither is."""
     category = _category_set.get()
-    if category is not None:
-        return category
-    category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY, ctx)
-    return None if category is None else storable(str(category)[:_MAX_CATEGORY_LENGTH])
+    if category is None:  # spendwatch set none here (or only in a context carried over from another thread)
+        category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY, ctx)
+        return None if category is None else storable(str(category)[:_MAX_CATEGORY_LENGTH])
+    # The OpenTelemetry context in force says which, unless it was extracted from request headers and lacks it.
+    return (context.get_current() if ctx is None else ctx).get(_CATEGORY_SET_KEY, category)
 
 
 @contextmanager

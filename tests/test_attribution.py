@@ -105,3 +105,32 @@ def test_a_tracked_calls_own_category_wins_over_the_one_around_it(sink):
         op.set_tokens(input=10, output=5)
 
     assert sink.records[0].category == "tracked"
+
+
+async def test_a_context_attached_explicitly_names_the_category_even_in_a_task_started_under_another(
+    async_client, sink
+):
+    # A long-lived worker task, started inside one category, runs each job under the OpenTelemetry context its
+    # submitter captured (as OpenTelemetry-aware queues do): each call gets its submitter's category.
+    jobs: asyncio.Queue = asyncio.Queue()
+
+    async def worker() -> None:
+        while True:
+            captured, done = await jobs.get()
+            token = context.attach(captured)
+            try:
+                await async_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            finally:
+                context.detach(token)
+            done.set_result(None)
+
+    with spendwatch.category("first_request"):
+        task = asyncio.create_task(worker())
+    for name in ("genomics", "literature_review"):
+        with spendwatch.category(name):
+            done = asyncio.get_running_loop().create_future()
+            await jobs.put((context.get_current(), done))
+            await done
+    task.cancel()
+
+    assert [record.category for record in sink.records] == ["genomics", "literature_review"]
