@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dashboards import promql
+
 ALERT_RULES = Path(__file__).resolve().parent.parent / "alert_rules"
 RULE_FILES = sorted(ALERT_RULES.glob("*.rules.yml")) + sorted(ALERT_RULES.glob("*.alerts.yml"))
 TEST_FILES = sorted((ALERT_RULES / "tests").glob("*.yml"))
@@ -31,6 +33,23 @@ ALERTS = {
     "SpendwatchExporterDown": {"critical"},
 }
 BUDGET_ALERTS = ("LLMBudgetUsageHigh", "LLMBudgetExhausted", "LLMBudgetExhaustionPredicted")
+# The one template every dollar amount in an annotation is printed with: cents from $1 up, below that up to six
+# decimals with the zeros after the cents dropped ($0.01019, $0.60, $0.00028).
+MONEY = (
+    '{{ $usd := . | first | value }}{{ if ge $usd 1.0 }}{{ printf "%.2f" $usd }}{{ else }}'
+    '{{ printf "%.6f" $usd | reReplaceAll "^([0-9]+[.][0-9]{2}[0-9]*?)0+$" "$1" }}{{ end }}'
+)
+# Recording rules over the ledger's counters: dashboards/promql.py's increase(), deduped across targets and counting
+# a label set from its first call, written out.
+COUNTER_RULES = {
+    ":llm_cost_usd:rate30m": f"sum({promql.increase('llm_cost_usd_total', promql.COST_LABELS, '30m')}) / 1800",
+    "provider_model:llm_unpriced_requests:increase1h": promql.increase(
+        "llm_unpriced_requests_total", ("provider", "model"), "1h"
+    ),
+    "budget_action:llm_guard_decisions:increase15m": promql.increase(
+        "llm_guard_decisions_total", ("budget", "action"), "15m"
+    ),
+}
 # SPENDWATCH_THRESHOLDS' defaults, as ratios or percentages: they belong in llm_budget_threshold_ratio, not in rules.
 THRESHOLD_LITERALS = {0.75, 0.9, 1.0, 75.0, 90.0, 100.0}
 
@@ -138,6 +157,27 @@ def test_every_alert_has_a_summary_description_and_runbook_section():
         path, _, anchor = annotations["runbook_url"].partition("#")
         assert path == "alert_rules/runbook.md"
         assert anchor == _anchor(f"## {rule['alert']}") and anchor in anchors
+
+
+def test_every_dollar_amount_is_printed_by_the_one_money_template():
+    for rule in _rules("alert"):
+        description = rule["annotations"]["description"]
+        amounts = re.findall(r"\$\{\{ with .*?\}\}(\{\{ \$usd := .*?\{\{ end \}\})\{\{ end \}\}", description)
+        assert description.count("$usd :=") == len(amounts), f"{rule['alert']}: {description}"
+        assert all(amount == MONEY for amount in amounts), f"{rule['alert']}: {amounts}"
+
+
+def test_counter_rules_are_the_dashboards_increase_written_out():
+    recorded = {rule["record"]: " ".join(rule["expr"].split()) for rule in _rules("record")}
+
+    for record, expected in COUNTER_RULES.items():
+        assert recorded[record] == " ".join(expected.split()), f"{record} drifted from dashboards/promql.py"
+
+
+def test_no_rule_takes_rate_or_increase_of_a_ledger_counter_directly():
+    # increase() and rate() never count what a label set holds at its first sample: its first calls.
+    for rule in _rules("record") + _rules("alert"):
+        assert not re.search(r"\b(rate|increase)\(llm_\w+_total\b", rule["expr"]), rule["expr"]
 
 
 def test_for_durations_are_minutes_not_seconds():

@@ -1,10 +1,10 @@
 """The shipped alert rules and Alertmanager config, end to end, with nothing mocked.
 
 The real openai SDK calls the local stub; spendwatch.configure() instruments it and serves /metrics; a real
-Prometheus scrapes that with alert_rules/*.yml loaded; a real Alertmanager runs alert_rules/alertmanager.yml with
-its placeholders pointed at this test: the webhook and Slack URLs at a local HTTP server that keeps what is posted,
+Prometheus scrapes that with the rules `spendwatch assets --runbook-base URL` writes loaded; a real Alertmanager
+runs the written alertmanager.yml with its placeholders pointed at this test: the webhook and Slack URLs at a local HTTP server that keeps what is posted,
 the SMTP relay at a local aiosmtpd sink. A workload pushes a small daily budget past its warning, critical and
-exceeded thresholds, and each page must arrive naming the budget and the share used.
+exceeded thresholds, and each page must arrive naming the budget and the share used, with a runbook link.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import email
 import email.policy
 import json
 import os
+import re
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -27,12 +28,13 @@ from aiosmtpd.controller import Controller
 
 import spendwatch
 from spendwatch import runtime
+from spendwatch.commands_assets import write_assets
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 from spendwatch.instrumentation.pricing import PriceTable
 from tests.conftest import FAKE_API_KEY
 from tests.servers import free_port, wait_until
 
-ALERT_RULES = Path(__file__).resolve().parent.parent / "alert_rules"
+RUNBOOK_BASE = "https://wiki.example.org/ops/spendwatch/runbook.md"
 MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "Summarise"}]  # the stub counts 1 word + 3 per message: 4 input tokens
 INPUT_TOKENS, OUTPUT_TOKENS = 4, 133_333  # max_tokens sets the stub's reply length: each call costs ~8 cents
@@ -49,7 +51,10 @@ def percent(calls: int) -> str:
 
 
 def dollars(usd: float) -> str:
-    return f"${usd:.2f}"
+    """An amount as the alerts print it: cents from $1 up, else six decimals less the zeros after the cents."""
+    if usd >= 1:
+        return f"${usd:.2f}"
+    return "$" + re.sub(r"^(\d+\.\d{2}\d*?)0+$", r"\1", f"{usd:.6f}")
 
 
 # --- where pages land ----------------------------------------------------------------------------------------------
@@ -143,9 +148,16 @@ def exporter(tmp_path, monkeypatch):
     OpenAIInstrumentor().uninstrument()
 
 
-def alertmanager_config(collector: PostCollector, smtp_address: str) -> dict:
+@pytest.fixture
+def assets(tmp_path) -> Path:
+    """The files ``spendwatch assets --dest DIR --runbook-base URL`` writes: the rules a pip install user loads."""
+    write_assets(tmp_path / "assets", runbook_base=RUNBOOK_BASE)
+    return tmp_path / "assets" / "alert_rules"
+
+
+def alertmanager_config(assets: Path, collector: PostCollector, smtp_address: str) -> dict:
     """The shipped alertmanager.yml with its placeholders pointed at this test, and waits shortened to seconds."""
-    config = yaml.safe_load((ALERT_RULES / "alertmanager.yml").read_text())
+    config = yaml.safe_load((assets / "alertmanager.yml").read_text())
     config["global"].update(smtp_smarthost=smtp_address, smtp_require_tls=False, slack_api_url=f"{collector.url}/slack")
     config["route"].update(group_wait="1s", group_interval="1s")
     for receiver in config["receivers"]:
@@ -154,7 +166,7 @@ def alertmanager_config(collector: PostCollector, smtp_address: str) -> dict:
     return config
 
 
-def fast_rule_files(directory: Path) -> list[Path]:
+def fast_rule_files(assets: Path, directory: Path) -> list[Path]:
     """Copies of the shipped rule files with every ``for:`` cut to 1s.
 
     The real durations are minutes; waiting them out would make this test take half an hour. The promtool unit
@@ -162,7 +174,7 @@ def fast_rule_files(directory: Path) -> list[Path]:
     SDK to the inbox.
     """
     copies = []
-    for path in [*sorted(ALERT_RULES.glob("*.rules.yml")), *sorted(ALERT_RULES.glob("*.alerts.yml"))]:
+    for path in [*sorted(assets.glob("*.rules.yml")), *sorted(assets.glob("*.alerts.yml"))]:
         loaded = yaml.safe_load(path.read_text())
         for group in loaded["groups"]:
             for rule in group["rules"]:
@@ -175,10 +187,10 @@ def fast_rule_files(directory: Path) -> list[Path]:
 
 
 @pytest.fixture
-def alerting(exporter, collector, mailbox, prometheus_factory, alertmanager_factory, tmp_path):
+def alerting(exporter, assets, collector, mailbox, prometheus_factory, alertmanager_factory, tmp_path):
     """Alertmanager and Prometheus (rules loaded, scraping the exporter as job "spendwatch"), started and ready."""
     _, smtp_address = mailbox
-    alertmanager = alertmanager_factory(alertmanager_config(collector, smtp_address))
+    alertmanager = alertmanager_factory(alertmanager_config(assets, collector, smtp_address))
     metrics = urllib.parse.urlsplit(exporter.metrics_server.url)
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
@@ -190,7 +202,7 @@ def alerting(exporter, collector, mailbox, prometheus_factory, alertmanager_fact
         ],
     }
     prometheus = prometheus_factory(
-        config, rule_files=fast_rule_files(rules_dir), extra_args=["--rules.alert.resend-delay=1s"]
+        config, rule_files=fast_rule_files(assets, rules_dir), extra_args=["--rules.alert.resend-delay=1s"]
     )
     return prometheus, alertmanager
 
@@ -270,9 +282,10 @@ def test_a_budget_pages_at_warning_critical_and_exceeded_and_the_critical_holds_
     spent_of_limit = f"Budget global has spent {dollars(5 * CALL_COST)} of its {dollars(DAILY_BUDGET)} limit per day"
     assert spent_of_limit in warning["annotations"]["description"]
     assert f"({percent(5)} used), past its warning threshold of 75%" in warning["annotations"]["description"]
-    assert warning["annotations"]["runbook_url"] == "alert_rules/runbook.md#llmbudgetusagehigh"
+    assert warning["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}#llmbudgetusagehigh"
     wait_until(mail(box, "LLMBudgetUsageHigh", "Budget global", percent(5)), PAGE_TIMEOUT, "the warning mail")
-    wait_until(slack_page(collector, "LLMBudgetUsageHigh", "global", percent(5)), PAGE_TIMEOUT, "the warning in Slack")
+    in_slack = slack_page(collector, "LLMBudgetUsageHigh", "global", percent(5), f"<{RUNBOOK_BASE}#llmbudgetusagehigh|")
+    wait_until(in_slack, PAGE_TIMEOUT, "the warning in Slack, with a runbook link")
 
     # 96 %: the critical page; Alertmanager now holds back the warning of the same budget and period.
     spend(stub, 1)
