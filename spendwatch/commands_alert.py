@@ -29,6 +29,7 @@ ALERT_NAME = "SpendwatchTestAlert"
 LIFETIME = timedelta(minutes=5)
 TIMEOUT_SECONDS = 10.0
 _API_PATH = "/api/v2/alerts"
+DEFAULT_ALERTMANAGER = "http://127.0.0.1:9093"
 _RUNBOOK_URL = "alert_rules/runbook.md#spendwatchtestalert"
 
 
@@ -47,7 +48,12 @@ def add_commands(subcommands: argparse._SubParsersAction) -> None:
         "so it is routed like a real page of that severity. It resolves by itself after "
         f"{int(LIFETIME.total_seconds() // 60)} minutes. Exits 1 when Alertmanager cannot be reached or refuses it.",
     )
-    test.add_argument("--alertmanager", metavar="URL", required=True, help="Alertmanager's URL, e.g. http://am:9093")
+    test.add_argument(
+        "--alertmanager",
+        metavar="URL",
+        default=DEFAULT_ALERTMANAGER,
+        help=f"Alertmanager's URL (default: {DEFAULT_ALERTMANAGER}, where Debian's prometheus-alertmanager listens)",
+    )
     test.add_argument("--severity", choices=("warning", "critical"), default="warning", help="default: warning")
     test.add_argument("--budget", metavar="NAME", help="add a budget label, to exercise a budget's routing")
     test.set_defaults(handler=_run_test)

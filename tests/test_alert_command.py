@@ -64,3 +64,12 @@ def test_a_refused_alert_exits_1_with_the_http_status(spendwatch_cli, alertmanag
 
     assert status == 1
     assert "refused the alert: HTTP 404" in capsys.readouterr().err
+
+
+def test_without_alertmanager_it_posts_to_the_local_default(spendwatch_cli, capsys):
+    status = spendwatch_cli(["alert", "test"])
+
+    captured = capsys.readouterr()
+    # Whatever listens on 9093 here (usually nothing: exit 1), the alert went to the default address.
+    assert "http://127.0.0.1:9093/api/v2/alerts" in captured.out + captured.err
+    assert status in (0, 1)
