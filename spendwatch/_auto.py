@@ -59,8 +59,8 @@ def guard_opentelemetry_startup() -> None:
         from opentelemetry.instrumentation import auto_instrumentation
     except ImportError:
         return
-    original = auto_instrumentation.initialize
-    if getattr(original, "spendwatch_guarded", False):
+    original = getattr(auto_instrumentation, "initialize", None)
+    if original is None or getattr(original, "spendwatch_guarded", False):
         return
 
     @functools.wraps(original)
