@@ -10,7 +10,8 @@ Every ``<name>.dashboard.py`` builds its panels with these helpers and ends in `
     ).auto_panel_ids()
 
 ``python -m dashboards.generate`` turns each into ``<name>.json`` beside it. Metric and label names are DESIGN.md's
-"Prometheus metrics" contract.
+"Prometheus metrics" contract. Queries over the ledger's counters go through :mod:`dashboards.promql`, and gauges
+through ``max by`` their labels, so that several targets over one ledger are counted once.
 
 grafanalib 0.7.1 quirks worked around here: ``Threshold`` writes the base step's value as the string ``"null"`` and
 ``Stat`` defaults its steps to ``""``, so thresholds are plain dicts, always given; ``GaugePanel`` writes its
