@@ -169,10 +169,12 @@ def _print_next_steps(dest: Path, results: list[tuple[Path, bool]], runbook_base
             f"\n{config} has {len(left)} placeholders (REPLACE, example.com) to fill in; "
             f"`spendwatch assets --check {config}` lists them."
         )
-    if runbook_base is None and any(written and path.name.endswith(".alerts.yml") for path, written in results):
+    written_alerts = [path for path, written in results if written and path.name.endswith(".alerts.yml")]
+    if runbook_base is None and written_alerts:
+        # Not --force: that would also overwrite an alertmanager.yml that by then holds the user's secrets.
         print(
             "Each alert's runbook_url is the relative alert_rules/runbook.md#<alert>, which is no link in Slack or "
-            "mail: publish runbook.md and write the rules again with --runbook-base URL --force."
+            f"mail: publish runbook.md, delete {written_alerts[0]} and run again with --runbook-base URL."
         )
 
 
