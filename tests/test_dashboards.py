@@ -48,8 +48,8 @@ METRIC_LABELS = {
 
 # Panels that cannot have data in the live test below, with the reason. Keep this list short.
 NO_DATA_EXPECTED = {
-    ("operations", "Guard decisions"): "nothing feeds llm_guard_decisions_total yet: the runtime wires no guard "
-    "decision source into the collector, so the family is exposed without samples",
+    ("operations", "Guard decisions"): "the test runs no guard (SPENDWATCH_ENFORCE=off), so the ledger records no "
+    "decision and llm_guard_decisions_total is exposed without samples",
 }
 
 MESSAGES = [{"role": "user", "content": "Summarise this genome annotation."}]
