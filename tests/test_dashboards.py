@@ -47,10 +47,7 @@ METRIC_LABELS = {
 }
 
 # Panels that cannot have data in the live test below, with the reason. Keep this list short.
-NO_DATA_EXPECTED = {
-    ("operations", "Guard decisions"): "the test runs no guard (SPENDWATCH_ENFORCE=off), so the ledger records no "
-    "decision and llm_guard_decisions_total is exposed without samples",
-}
+NO_DATA_EXPECTED: dict[tuple[str, str], str] = {}
 
 MESSAGES = [{"role": "user", "content": "Summarise this genome annotation."}]
 
@@ -235,6 +232,9 @@ EXPECTED: dict[tuple[str, str], list[tuple[tuple[str, ...], Callable[[Growth], d
         (("model",), lambda g: g.total("llm_unpriced_requests_total", ("model",)))
     ],
     ("operations", "Blocked calls in range"): [((), lambda g: g.total(REQUESTS, outcome="blocked"))],
+    ("operations", "Guard decisions"): [
+        (("budget", "action"), lambda g: g.per_second("llm_guard_decisions_total", ("budget", "action")))
+    ],
     ("operations", "Ledger errors in range"): [((), lambda g: {(): 0.0})],
 }
 # Panels with one series per target by design: each target's own health.
@@ -250,6 +250,7 @@ def second_target(exporter, tmp_path):
         "SPENDWATCH_DAILY_BUDGET_USD": "1",
         "SPENDWATCH_MONTHLY_BUDGET_USD": "10",
         "SPENDWATCH_CATEGORIES": "genomics",
+        "SPENDWATCH_ENFORCE": "block",
     }
     port = free_port()
     argv = [sys.executable, "-m", "spendwatch.cli", "serve", "--address", f"127.0.0.1:{port}"]
@@ -287,6 +288,7 @@ def exporter(tmp_path, monkeypatch, stub):
         daily_budget_usd=1,
         monthly_budget_usd=10,
         categories="genomics",
+        enforce="block",
     )
     yield attached
     runtime.detach()
@@ -306,13 +308,16 @@ def run_workload(client: openai.OpenAI) -> int:
 
 
 def run_new_label_sets(client: openai.OpenAI) -> int:
-    """The workload again, plus a model, a category-and-model pair and an unpriced model it has not called yet."""
+    """The workload again, plus a model, a category-and-model pair and an unpriced model it has not called yet, and
+    a call the guard refuses: its first refusal and first block decision."""
     calls = run_workload(client)
     client.chat.completions.create(model="gpt-4.1-mini", messages=MESSAGES)
     with spendwatch.category("genomics"):
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     client.chat.completions.create(model="spendwatch-unknown-model-2", messages=MESSAGES)
-    return calls + 3
+    with pytest.raises(spendwatch.BudgetExceededError):  # could cost $10 of the day's $1: refused, never sent
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1_000_000)
+    return calls + 4
 
 
 def wait_for_calls(prometheus, calls: int) -> None:
