@@ -2,9 +2,10 @@
 
 The real openai SDK calls the local stub; spendwatch.configure() instruments it and serves /metrics; a real
 Prometheus scrapes that with the rules `spendwatch assets --runbook-base URL` writes loaded; a real Alertmanager
-runs the written alertmanager.yml with its placeholders pointed at this test: the webhook and Slack URLs at a local HTTP server that keeps what is posted,
-the SMTP relay at a local aiosmtpd sink. A workload pushes a small daily budget past its warning, critical and
-exceeded thresholds, and each page must arrive naming the budget and the share used, with a runbook link.
+runs the written alertmanager.yml with its placeholders pointed at this test: the webhook and Slack URLs at a local
+HTTP server that keeps what is posted, the SMTP relay at a local aiosmtpd sink. A workload pushes a small daily
+budget past its warning, critical and exceeded thresholds, and each page must arrive naming the budget and the share
+used, with a runbook link.
 """
 
 from __future__ import annotations
