@@ -34,6 +34,8 @@ __all__ = [
     "attach_category",
     "current_category",
     "detach_category",
+    "reset_category_variable",
+    "set_category_variable",
     "Usage",
     "safe_instrumentation",
     "storable",
@@ -81,9 +83,19 @@ def attach_category(category: str) -> CategoryTokens:
 
 def detach_category(tokens: CategoryTokens) -> None:
     context_token, category_token = tokens
-    with safe_instrumentation("restoring the category"):
-        _category_set.reset(category_token)
+    reset_category_variable(category_token)
     context.detach(context_token)
+
+
+def set_category_variable(category: str) -> Token:
+    """Set only the context variable, leaving the OpenTelemetry context alone: for a response body a server iterates
+    chunk by chunk, while an instrumentation may keep its own context attached from one chunk to the next."""
+    return _category_set.set(storable(str(category)[:_MAX_CATEGORY_LENGTH]))
+
+
+def reset_category_variable(token: Token) -> None:
+    with safe_instrumentation("restoring the category"):
+        _category_set.reset(token)
 
 
 def current_category(ctx: context.Context | None = None) -> str | None:

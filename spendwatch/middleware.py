@@ -27,6 +27,8 @@ from spendwatch.instrumentation.calls import (
     CategoryTokens,
     attach_category,
     detach_category,
+    reset_category_variable,
+    set_category_variable,
 )
 
 __all__ = ["SpendwatchASGIMiddleware", "SpendwatchWSGIMiddleware", "SpendwatchDjangoMiddleware", "RouteCategories"]
@@ -70,39 +72,69 @@ def _detach(tokens: CategoryTokens | None) -> None:
         detach_category(tokens)
 
 
-class _CategorisedBody:
-    """A streamed response body whose chunks are produced with the request's category in force.
+class _CategorisedChunks:
+    """A streaming response's chunks, each produced with the request's category in force.
 
-    The server iterates a WSGI body (and Django a streaming response) after the app has returned, outside the
-    middleware's context, and LLM calls made while a generator yields would otherwise go uncategorised. Each step
-    (and ``close``, which may run the generator's cleanup) gets the category and gives it back at once, so nothing
-    stays set in the server's thread between chunks.
+    Django iterates a streaming response after the middleware has returned (over ASGI, in a worker thread), and LLM
+    calls made while a generator yields would otherwise go uncategorised. Each step (and ``close``, which may run
+    the generator's cleanup) sets the category and resets it at once, so nothing stays set between chunks. Only
+    spendwatch's context variable is set: an OpenTelemetry WSGI middleware around keeps its own context (its
+    request span) attached across chunks, and LLM call spans made while streaming stay its children.
     """
 
-    def __init__(self, body: Iterable, category: str) -> None:
-        self._body = body
-        self._chunks = iter(body)
+    def __init__(self, chunks: Iterable, category: str) -> None:
+        self._body = chunks
+        self._chunks = iter(chunks)
         self._category = category
 
     def __iter__(self) -> Iterator:
         return self
 
     def __next__(self):
-        tokens = attach_category(self._category)
+        token = set_category_variable(self._category)
         try:
             return next(self._chunks)
         finally:
-            detach_category(tokens)
+            reset_category_variable(token)
 
     def close(self) -> None:
         close = getattr(self._body, "close", None)
         if close is None:
             return
-        tokens = attach_category(self._category)
+        token = set_category_variable(self._category)
         try:
             close()
         finally:
-            detach_category(tokens)
+            reset_category_variable(token)
+
+
+class _AttachedUntilClosed:
+    """A WSGI body the server produces as it sends it, with the request's category attached until it is closed.
+
+    LLM calls made while a generator yields belong to the request too. And an OpenTelemetry WSGI middleware inside
+    this one keeps its own context attached the same way, until its body is closed: detaching ours first would
+    leave its context, restored over ours, in the server's thread after the response. So ours goes last.
+    """
+
+    def __init__(self, body: Iterable, tokens: CategoryTokens) -> None:
+        self._body = body
+        self._chunks = iter(body)
+        self._tokens: CategoryTokens | None = tokens
+
+    def __iter__(self) -> Iterator:
+        return self._chunks
+
+    def __next__(self):
+        return next(self._chunks)
+
+    def close(self) -> None:
+        tokens, self._tokens = self._tokens, None
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _detach(tokens)
 
 
 class SpendwatchASGIMiddleware:
@@ -128,15 +160,14 @@ class SpendwatchWSGIMiddleware:
         self.routes = RouteCategories(routes)
 
     def __call__(self, environ, start_response):
-        category = self.routes.category(environ.get("PATH_INFO", ""), environ.get("HTTP_BAGGAGE"))
-        tokens = _attach(category)
+        tokens = _attach(self.routes.category(environ.get("PATH_INFO", ""), environ.get("HTTP_BAGGAGE")))
         try:
             body = self.app(environ, start_response)
+            if tokens is not None and _is_streamed(body, environ):
+                body, tokens = _AttachedUntilClosed(body, tokens), None
+            return body
         finally:
             _detach(tokens)
-        if category is None or not _is_streamed(body, environ):
-            return body
-        return _CategorisedBody(body, category)
 
 
 def _is_streamed(body, environ) -> bool:
@@ -192,5 +223,5 @@ def _categorise_stream(response, category: str | None):
     # Django iterates a streaming response's content after the middleware returned (over ASGI, a sync one in a
     # worker thread). Async content is iterated in the handler's own task and is left as it is.
     if category is not None and getattr(response, "streaming", False) and not getattr(response, "is_async", False):
-        response.streaming_content = _CategorisedBody(response.streaming_content, category)
+        response.streaming_content = _CategorisedChunks(response.streaming_content, category)
     return response

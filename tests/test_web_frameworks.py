@@ -29,6 +29,7 @@ from opentelemetry.instrumentation import asgi as otel_asgi
 from opentelemetry.instrumentation import wsgi as otel_wsgi
 from opentelemetry.instrumentation.django import DjangoInstrumentor
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
@@ -73,9 +74,10 @@ def _starlette_routes(stub_url: str) -> list:
             await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         return PlainTextResponse("ok")
 
-    async def body():
+    async def body():  # the call comes after the first chunk is sent
+        yield b"o"
         await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-        yield b"ok"
+        yield b"k"
 
     async def stream(request):
         return StreamingResponse(body())
@@ -144,9 +146,10 @@ def flask_app(stub_url: str, instrumentation: str, placement: str, tracer_provid
 
     @app.route("/annotate/stream")
     def stream():
-        def body():
+        def body():  # the call comes after the first chunk is sent
+            yield "o"
             client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-            yield "ok"
+            yield "k"
 
         return flask.Response(body())
 
@@ -178,9 +181,10 @@ def _django_explicit(request):
 
 
 def _django_stream(request):
-    def body():
+    def body():  # the call comes after the first chunk is sent
+        yield b"o"
         _django_client[0].chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-        yield b"ok"
+        yield b"k"
 
     return StreamingHttpResponse(body())
 
@@ -333,3 +337,17 @@ def _ask_all(base_url: str, sink) -> None:
     assert [(path, record.category) for (path, _, _), record in zip(REQUESTS, sink.records, strict=True)] == [
         (path, expected) for path, _, expected in REQUESTS
     ]
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_a_call_made_while_a_body_streams_stays_a_child_of_the_request_span(
+    placement, stub, sink, tracer_provider, span_exporter
+):
+    app = flask_app(stub.base_url, "opentelemetry-instrumentation-wsgi", placement, tracer_provider)
+    with served_wsgi(app) as base_url:
+        ask(base_url, "/annotate/stream", None)
+    wait_until(lambda: len(span_exporter.get_finished_spans()) >= 2, SERVER_TIMEOUT, "the request's spans")
+
+    spans = {span.kind: span for span in span_exporter.get_finished_spans()}
+    assert spans[SpanKind.CLIENT].parent.span_id == spans[SpanKind.SERVER].context.span_id
+    assert sink.records[0].category == "metabolite_identification"
