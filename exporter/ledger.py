@@ -202,7 +202,7 @@ class Ledger:
                 backend = opening.connect()
                 key = self.audit_key or audit.load_audit_key(self._location)
                 audit.check_key(backend, key)
-            except BaseException as error:
+            except (Exception, ConfigError) as error:  # ConfigError: someone else's database, another audit key
                 if backend is not None:
                     with contextlib.suppress(Exception):
                         backend.close()

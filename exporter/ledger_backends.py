@@ -301,7 +301,7 @@ def open_backend(location: str, setting: str | None = None) -> SQLiteBackend | P
     """Open (creating on first use) the ledger at a path or ``postgresql://`` URL, or raise ConfigError. Its
     sentence starts with ``setting``, the setting that named the ledger and its (password-masked) value:
     ``SPENDWATCH_LEDGER='...'`` unless told otherwise."""
-    named = setting or f"{LEDGER_ENV}={shown_location(location)!r}"
+    named = _named(location, setting)
     check_location(location, named)
     try:
         return connect_backend(location, named)
@@ -312,7 +312,7 @@ def open_backend(location: str, setting: str | None = None) -> SQLiteBackend | P
 def check_location(location: str, setting: str | None = None) -> None:
     """Raise ConfigError if the ledger at ``location`` could never work, whatever the database or disk does later.
     Connects to nothing, so it is quick at start-up."""
-    named = setting or f"{LEDGER_ENV}={shown_location(location)!r}"
+    named = _named(location, setting)
     if is_postgres_location(location):
         _check_url(location, named)
     else:
@@ -322,7 +322,7 @@ def check_location(location: str, setting: str | None = None) -> None:
 def connect_backend(location: str, setting: str | None = None) -> SQLiteBackend | PostgresBackend:
     """Connect to a ledger :func:`check_location` accepted, creating its schema on first use. A database that is
     not a spendwatch ledger (or of another schema) is a ConfigError; anything else that fails is LedgerUnavailable."""
-    named = setting or f"{LEDGER_ENV}={shown_location(location)!r}"
+    named = _named(location, setting)
     backend = None
     try:
         backend = PostgresBackend(location) if is_postgres_location(location) else SQLiteBackend(location)
@@ -339,6 +339,11 @@ def connect_backend(location: str, setting: str | None = None) -> SQLiteBackend 
             raise LedgerUnavailable(first_line(error)) from error
         raise
     return backend
+
+
+def _named(location: str, setting: str | None) -> str:
+    """How an error names the ledger: ``setting`` as given, else ``SPENDWATCH_LEDGER='...'`` (password masked)."""
+    return setting or f"{LEDGER_ENV}={shown_location(location)!r}"
 
 
 def _check_contents(backend: SQLiteBackend | PostgresBackend, named: str) -> None:
