@@ -15,11 +15,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/spendwatch demo
 
+# Every step runs even when one before it failed, so one failure never hides the others' results; the target fails
+# at the end, naming the steps that failed.
 test: $(STAMP) test-servers
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
-	$(MAKE) test-openai-compat
+	@failed=""; \
+	$(BIN)/ruff check . || failed="$$failed ruff-check"; \
+	$(BIN)/ruff format --check . || failed="$$failed ruff-format"; \
+	$(BIN)/python -m pytest || failed="$$failed pytest"; \
+	$(MAKE) test-openai-compat || failed="$$failed test-openai-compat"; \
+	if [ -n "$$failed" ]; then echo "make test: failed:$$failed"; exit 1; fi; \
+	echo "make test: every step passed"
 
 # The instrumentation's tests again on the older openai lines it supports (1.x and 2.x use httpx, 3.x httpx2).
 COMPAT_TESTS := tests/test_openai_instrumentation.py tests/test_openai_edges.py \
@@ -27,15 +32,17 @@ COMPAT_TESTS := tests/test_openai_instrumentation.py tests/test_openai_edges.py 
 COMPAT_DEPS := opentelemetry-sdk opentelemetry-distro pytest pytest-asyncio pyyaml 'psycopg[binary]'
 .PHONY: test-openai-compat
 test-openai-compat:
-	@for line in 1 2; do \
+	@failed=""; \
+	for line in 1 2; do \
 		venv=.venv-openai$$line; \
 		if [ ! -f $$venv/.installed ]; then \
 			$(PYTHON) -m venv $$venv && $$venv/bin/pip install --quiet -e . $(COMPAT_DEPS) "openai>=$$line,<$$((line + 1))" \
 			&& touch $$venv/.installed || exit 1; \
 		fi; \
 		echo "openai $$($$venv/bin/python -c 'import openai; print(openai.__version__)'):"; \
-		$$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS) || exit 1; \
-	done
+		$$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS) || failed="$$failed openai$$line"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-openai-compat: failed on$$failed"; exit 1; fi
 
 # Debian's postgresql, prometheus and prometheus-alertmanager, which the tests start on 127.0.0.1 (installed as root;
 # no apt call when they are present).
