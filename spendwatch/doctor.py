@@ -339,7 +339,8 @@ def check_ledger(context: DoctorContext) -> CheckResult:
     settings = context.settings
     where = shown_location(settings.ledger)
     if context.ledger_error:
-        return CheckResult("ledger", FAIL, context.ledger_error, "point SPENDWATCH_LEDGER at a writable ledger")
+        fix = "bring the ledger back (an app's calls wait in its journal), or point SPENDWATCH_LEDGER elsewhere"
+        return CheckResult("ledger", FAIL, context.ledger_error, fix)
     journal = journal_directory(settings.ledger)
     if not _can_create(journal):
         summary = f"the journal directory {journal} is not writable: calls cannot be recorded"
