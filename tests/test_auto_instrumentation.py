@@ -139,3 +139,17 @@ def test_every_call_reaches_the_ledger_once_however_the_app_is_traced(tmp_path, 
     (usage,) = stub.usage_log
     assert total["input_tokens"] == usage.input_tokens
     assert total["cost_usd"] > 0
+
+
+def test_the_lightrag_extra_installs_the_releases_the_lightrag_instrumentor_supports():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from spendwatch.instrumentation.lightrag_hku.package import _instruments
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    (extra,) = project["optional-dependencies"]["lightrag"]
+    (supported,) = _instruments
+    assert Requirement(extra).name == Requirement(supported).name == "lightrag-hku"
+    assert Requirement(extra).specifier == Requirement(supported).specifier
