@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -364,16 +365,24 @@ def test_a_waiting_endpoint_takes_the_address_over_when_its_holder_stops(endpoin
         assert "llm_cost_usd" in metric_names(response.read())
 
 
-def test_a_stopped_waiting_endpoint_never_serves(endpoints, tmp_path):
+def takeover_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "spendwatch-metrics-takeover"]
+
+
+def test_a_stopped_waiting_endpoint_stops_waiting_and_never_serves(endpoints, tmp_path):
     settings = settings_for(tmp_path / "ledger.db", free_port())
     holder = endpoints(settings)
     waiting = endpoints(settings, retry_interval=0.05)
+
     waiting.stop()
 
+    wait_until(lambda: not takeover_threads(), 30, "the takeover thread to end")
     holder.stop()
 
-    with socket.socket() as probe:  # the address stays free: binding it works
+    with socket.socket() as probe:  # nothing listens there: listening on it works
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a closed client may linger
         probe.bind(("127.0.0.1", settings.metrics_address[1]))
+        probe.listen()
     assert not waiting.serving
 
 
