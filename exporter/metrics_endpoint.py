@@ -21,6 +21,7 @@ address like any other process, without a word: its parent is the holder.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import ssl
@@ -73,8 +74,6 @@ def identify_holder(url: str, settings) -> Holder:
     """Ask ``url`` (with the configured credentials, trusting the configured certificate) who serves it."""
     request = urllib.request.Request(url)
     if settings.metrics_basic_auth is not None:
-        import base64
-
         token = base64.b64encode(":".join(settings.metrics_basic_auth).encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
