@@ -321,6 +321,21 @@ def test_an_address_spendwatch_serves_over_the_same_ledger_is_left_to_it_without
     assert any(f"served by spendwatch (process {os.getpid()})" in r.getMessage() for r in caplog.records)
 
 
+def test_a_holder_behind_basic_auth_and_tls_is_recognised_with_the_configured_credentials(
+    endpoints, tmp_path, self_signed_cert, caplog
+):
+    certfile, keyfile = self_signed_cert
+    tls = {"metrics_tls_certfile": certfile, "metrics_tls_keyfile": keyfile}
+    settings = settings_for(tmp_path / "ledger.db", free_port(), metrics_basic_auth=":".join(CREDENTIALS), **tls)
+    endpoints(settings)
+
+    second = endpoints(settings)
+    wait_until(lambda: second.holder, 30, "the holder identified")
+
+    assert second.holder == Holder("same ledger", os.getpid())
+    assert spendwatch_warnings(caplog) == []
+
+
 def test_an_address_another_program_holds_gets_one_warning_naming_it_and_what_to_do(endpoints, tmp_path, stub, caplog):
     settings = settings_for(tmp_path / "ledger.db", stub.port)
 
