@@ -392,3 +392,32 @@ def test_budget_show_lists_a_run_time_limit_no_budget_configures_so_it_can_be_cl
     assert (row["budget"], row["limit_from"], row["configured_usd"]) == ("retired", "runtime", None)
     assert "not configured" in row["configured_in"]
     assert "is cleared" in cleared.stdout
+
+
+# --- a new ledger's trend, and how no category is spelled -------------------------------------------------------------
+
+
+def test_report_trend_on_a_new_ledger_says_there_is_not_enough_history(environment):
+    write_calls(environment, (time.time(), 0.25, {}))
+
+    text = spendwatch(environment, "report", "--trend")
+    document = json.loads(spendwatch(environment, "report", "--trend", "--format", "json").stdout)
+
+    assert text.returncode == 0, text.stderr
+    assert "trend: not enough history" in text.stdout and "/day" not in text.stdout
+    assert "month to date $0.250000" in text.stdout
+    assert (document["trend"]["direction"], document["trend"]["projected_month_usd"]) == ("not enough history", None)
+
+
+def test_no_category_is_spelled_once_per_format(environment):
+    write_calls(environment, (time.time(), 1.0, {}), (time.time(), 2.0, {"category": "review"}))
+
+    table = spendwatch(environment, "report", "--by", "category").stdout.splitlines()
+    rows = list(
+        csv.DictReader(io.StringIO(spendwatch(environment, "report", "--by", "category", "--format", "csv").stdout))
+    )
+    document = json.loads(spendwatch(environment, "report", "--by", "category", "--format", "json").stdout)
+
+    assert [line.split()[:2] for line in table[4:6]] == [["review", "2.000000"], ["-", "1.000000"]]
+    assert [row["category"] for row in rows] == ["review", ""]
+    assert [row["category"] for row in document["rows"]] == ["review", None]
