@@ -134,6 +134,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
             return from_file[name], f"{name} in {CONFIG_ENV}={config_path!r}"
         return None, name
 
+    _check_routes(from_file.get("routes"), config_path)
     prices_file, prices_file_name = pick("prices_file")
     prices_file = _optional_text(prices_file, prices_file_name)
     ledger_value, ledger_name = pick("ledger")
@@ -275,6 +276,16 @@ def _check_category(category: str, name: str, value: Any) -> None:
         raise ConfigError(
             f"{_label(name, value)} names the category {category!r}, which no call can have ({VALID_CATEGORY})"
         )
+
+
+def _check_routes(table: Any, config_path: str | None) -> None:
+    """The ``[routes]`` table (path prefix = category) is read by the web middleware; its categories must be valid."""
+    if table is None:
+        return
+    if not isinstance(table, dict) or not all(isinstance(category, str) for category in table.values()):
+        raise ConfigError(f"routes in {CONFIG_ENV}={config_path!r} must be a table of path prefix = category name")
+    for prefix, category in table.items():
+        _check_category(category, f'routes."{prefix}" in {CONFIG_ENV}={config_path!r}', category)
 
 
 def _optional_text(value: Any, name: str) -> str | None:

@@ -273,3 +273,31 @@ def test_tidy_categories_are_accepted():
     settings = load_settings(environ={"SPENDWATCH_CATEGORIES": "metabolite_identification, team-a/feature.x:1"})
 
     assert settings.categories == frozenset({"metabolite_identification", "team-a/feature.x:1"})
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ('[routes]\n"/annotate" = "team a"', "routes.\"/annotate\"='team a' in SPENDWATCH_CONFIG="),
+        ('[routes]\n"/annotate" = 5', "routes in SPENDWATCH_CONFIG="),
+        ('routes = "everything"', "routes in SPENDWATCH_CONFIG="),
+    ],
+)
+def test_a_route_to_a_category_no_call_can_have_fails_at_start_up(tmp_path, toml, named):
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(toml + "\n")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"SPENDWATCH_CONFIG": str(config)})
+
+    assert raised.value.message.startswith(named)
+    assert "\n" not in raised.value.message
+
+
+def test_routes_to_tidy_categories_are_kept_for_the_middleware(tmp_path):
+    config = tmp_path / "spendwatch.toml"
+    config.write_text('[routes]\n"/annotate" = "metabolite_identification"\n')
+
+    assert load_settings(environ={"SPENDWATCH_CONFIG": str(config)}).raw["routes"] == {
+        "/annotate": "metabolite_identification"
+    }
