@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from spendwatch.doctor import WARN, run_checks
 from spendwatch.exporter import Ledger
 from spendwatch.exporter.ledger_backends import open_backend
-from spendwatch.exporter.server import DEFAULT_ADDRESS, LEDGER_HEADER, ledger_fingerprint
+from spendwatch.exporter.server import DEFAULT_ADDRESS, LEDGER_HEADER, PID_HEADER, ledger_fingerprint
 from spendwatch.exporter.settings import default_ledger_path
 from tests.conftest import FAKE_API_KEY
 from tests.servers import READY_TIMEOUT, ServerProcess, free_port, http_get, start_process, wait_until
@@ -35,6 +35,10 @@ APP = textwrap.dedent(
 
     import openai
 
+    if os.environ.get("APP_CONFIGURES_SPENDWATCH"):  # each worker attaches itself, after gunicorn forked it
+        import spendwatch
+
+        spendwatch.configure()
     client = openai.OpenAI(max_retries=0)
 
 
@@ -84,10 +88,12 @@ def environment(tmp_path, stub) -> dict[str, str]:
     }
 
 
-def start_instrumented(argv: list[str], app_dir: Path, environment: dict[str, str]) -> tuple[ServerProcess, int]:
+def start_instrumented(
+    argv: list[str], app_dir: Path, environment: dict[str, str], *, wrapper: str = "opentelemetry-instrument"
+) -> tuple[ServerProcess, int]:
     """``opentelemetry-instrument`` + a web server on a free port, ready when it answers ``/ready``."""
     port = free_port()
-    command = [str(BIN / "opentelemetry-instrument"), *[part.format(port=port) for part in argv]]
+    command = [*([str(BIN / wrapper)] if wrapper else []), *[part.format(port=port) for part in argv]]
     process = start_process(command, log_path=app_dir / "server.log", cwd=app_dir, env=environment)
     process.wait_ready(lambda: http_get(f"http://127.0.0.1:{port}/ready")[0] == 200, READY_TIMEOUT, argv[0])
     return process, port
@@ -207,6 +213,33 @@ def test_gunicorn_workers_exit_at_once_on_a_reload_and_at_shutdown(app_dir, envi
         ask(port, 3)
     finally:
         assert stop_and_wait(server) == 0, server.log_tail()
+    assert "Traceback" not in server.log_path.read_text()
+
+
+def metrics_pid(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.headers[PID_HEADER])
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def test_when_the_worker_serving_metrics_is_recycled_another_takes_over(app_dir, environment):
+    configured = environment | {"APP_CONFIGURES_SPENDWATCH": "1"}  # spendwatch.configure() in each worker
+    argv = [*gunicorn(2), "--max-requests", "4"]
+    server, port = start_instrumented(argv, app_dir, configured, wrapper="")
+    default_url = f"http://{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}/metrics"
+    try:
+        wait_until(lambda: metrics_pid(default_url) in worker_pids(server.pid), 90, "a worker serving /metrics")
+        first = metrics_pid(default_url)
+        calls = 0
+        while first in worker_pids(server.pid) and calls < 200:  # until gunicorn recycled the worker serving
+            calls += len(ask(port, 1))
+
+        assert_every_call_counted_once(configured, calls)
+        assert metrics_pid(default_url) in worker_pids(server.pid) - {first}
+    finally:
+        assert stop_and_wait(server) == 0
     assert "Traceback" not in server.log_path.read_text()
 
 
