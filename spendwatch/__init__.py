@@ -11,13 +11,37 @@ on ``http://127.0.0.1:9464/metrics``. :func:`budgets` reports each budget and ch
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from spendwatch.attribution import category
-from spendwatch.instrumentation.errors import BudgetExceededError, ConfigError
-from spendwatch.tracking import track
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
+    from spendwatch.attribution import category
+    from spendwatch.instrumentation.errors import BudgetExceededError, ConfigError
+    from spendwatch.tracking import track
 
 __all__ = ["BudgetExceededError", "ConfigError", "budgets", "category", "configure", "on_threshold", "track"]
+
+# Where each lazily loaded public name lives. Importing spendwatch.instrumentation runs this file first (it is a
+# subpackage of spendwatch), so this file imports nothing that imports the instrumentation back: the names load
+# on first use (PEP 562) and are then kept here, so later uses cost a plain attribute lookup.
+_LAZY = {
+    "category": "spendwatch.attribution",
+    "track": "spendwatch.tracking",
+    "BudgetExceededError": "spendwatch.instrumentation.errors",
+    "ConfigError": "spendwatch.instrumentation.errors",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 def configure(**settings: Any):
