@@ -3,7 +3,7 @@ recorded off the caller's path.
 
 Three histogram recordings cost the OpenTelemetry SDK about 20 µs a call (``python -m bench``, "deferred" table). So a
 call only appends a tuple of plain values to a queue (no object the garbage collector has to walk, no thread to wake).
-One background thread per process records every queue into its histograms each :data:`FLUSH_INTERVAL_S`, or at once
+The background thread (:mod:`.background`) records every queue into its histograms each interval, or at once
 when a queue reaches :data:`MAX_PENDING`; and an observable callback, which every collection runs before it reads the
 histograms, records the queue first, so no reader ever misses a call. Should calls ever outpace the thread, past
 :data:`MAX_BACKLOG` each call records one queued call itself (as an instrumentation without a queue would), so memory
@@ -13,32 +13,26 @@ stays bounded. The cost: measurements carry the time they were recorded (at most
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from spendwatch.instrumentation.background import background_thread
 from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = [
     "DURATION_BUCKETS",
-    "FLUSH_INTERVAL_S",
     "MAX_BACKLOG",
     "MAX_PENDING",
     "SemconvMetrics",
     "TOKEN_USAGE_BUCKETS",
-    "flush_all",
-    "run_with_each_flush",
-    "start_background_thread",
+    "record_queues",
 ]
 
 # Explicit bucket boundaries from the GenAI semantic conventions (gen-ai-metrics.md).
 TOKEN_USAGE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
-FLUSH_INTERVAL_S = 1.0
 MAX_PENDING = 8192
 MAX_BACKLOG = 8 * MAX_PENDING
 _MAX_CACHED_KEYS = 1024
@@ -68,20 +62,20 @@ class SemconvMetrics:
         self._attributes: dict[_Key, tuple[dict, dict, dict]] = {}
         # Observes nothing: it exists for its callback, which every collection runs before reading the histograms.
         meter.create_observable_gauge("spendwatch.internal.semconv_flush", callbacks=[self._flush_before_collect])
-        _flusher.watch(self)
+        _queues.add(self)
 
     def add(self, record: UsageRecord) -> None:
         pending = self._pending
         key = (record.operation, record.provider, record.request_model, record.response_model, record.error_type)
         pending.append((key, record.duration_s, record.input_tokens, record.output_tokens))
-        if len(pending) >= MAX_PENDING or not _flusher.running:
-            _flusher.wake()
+        if len(pending) >= MAX_PENDING or not background_thread.running:
+            background_thread.wake()
             if len(pending) >= MAX_BACKLOG:  # calls outpace the thread: record one here, so the queue stops growing
                 self._record_oldest()
 
     def flush(self) -> int:
         """Record the queue now; returns how many calls this recorded."""
-        with _flusher.recording:
+        with background_thread.recording:
             return self._record_all()
 
     def _record_all(self) -> int:
@@ -101,13 +95,13 @@ class SemconvMetrics:
             oldest = self._pending.popleft()
         except IndexError:  # the thread emptied it first
             return
-        with _flusher.recording:
+        with background_thread.recording:
             self._record(*oldest)
 
     def _flush_before_collect(self, options: CallbackOptions) -> list[Observation]:
         # Every queue, not only this one: a meter keeps the first callback of an instrument name and drops later
         # ones, so after instrument -> uninstrument -> instrument on one MeterProvider only the first one runs.
-        _flusher.record_queues()
+        record_queues()
         return []
 
     def _record(self, key: _Key, duration: float, input_tokens: int, output_tokens: int) -> None:
@@ -139,94 +133,19 @@ def _attribute_sets(key: _Key) -> tuple[dict, dict, dict]:
     return common, {**common, "gen_ai.token.type": "input"}, {**common, "gen_ai.token.type": "output"}
 
 
-class _Flusher:
-    """The one background thread that records every :class:`SemconvMetrics` queue of this process."""
-
-    def __init__(self) -> None:
-        self._watched: weakref.WeakSet[SemconvMetrics] = weakref.WeakSet()
-        self.tasks: list[Callable[[], None]] = []  # other deferred work of the instrumentation, run before each flush
-        # Held while recording into the SDK, and by a fork: a child must not inherit an SDK lock this thread held.
-        self.recording = threading.RLock()
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self.running = False
-
-    def watch(self, metrics: SemconvMetrics) -> None:
-        self._watched.add(metrics)
-
-    def start(self) -> None:
-        """Start the thread if this process has none yet (a forked child starts its own)."""
-        if not self.running:
-            with self._lock:
-                if not self.running:
-                    thread = threading.Thread(target=self._flush_forever, name="spendwatch-semconv", daemon=True)
-                    try:
-                        thread.start()
-                    except RuntimeError:  # no new thread at interpreter shutdown (Python 3.12.0-1): exit flushes
-                        _logger.debug("spendwatch: could not start the background thread", exc_info=True)
-                        return
-                    self.running = True
-
-    def wake(self) -> None:
-        """Start the thread if need be, and have it flush now."""
-        self.start()
-        self._wake.set()
-
-    def forget_thread(self) -> None:
-        # Threads do not survive a fork, and the parent's thread may have held these locks: the child's first call
-        # starts its own thread, with fresh ones.
-        self.running = False
-        self.recording = threading.RLock()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-
-    def flush_all(self) -> int:
-        with self.recording:  # the tasks end calls (sinks, span processors): a fork must not catch them midway
-            for task in self.tasks:
-                try:
-                    task()
-                except Exception:  # noqa: BLE001 - must not end the thread
-                    _logger.debug("spendwatch: a deferred task failed", exc_info=True)
-            return self.record_queues()
-
-    def record_queues(self) -> int:
-        """Record every watched queue (each under ``recording``); returns how many calls this recorded."""
-        recorded = 0
-        for metrics in list(self._watched):
-            try:
-                recorded += metrics.flush()
-            except Exception:  # noqa: BLE001 - the SDK's failure must not end the thread
-                _logger.debug("spendwatch: recording semconv metrics failed", exc_info=True)
-        return recorded
-
-    def _flush_forever(self) -> None:
-        while True:
-            self._wake.wait(FLUSH_INTERVAL_S)
-            self._wake.clear()
-            self.flush_all()
+_queues: weakref.WeakSet[SemconvMetrics] = weakref.WeakSet()
 
 
-_flusher = _Flusher()
-os.register_at_fork(
-    before=lambda: _flusher.recording.acquire(),
-    after_in_parent=lambda: _flusher.recording.release(),
-    after_in_child=_flusher.forget_thread,
-)
+def record_queues() -> int:
+    """Record every queue of this process (each under the thread's ``recording`` lock); returns how many calls this
+    recorded."""
+    recorded = 0
+    for metrics in list(_queues):
+        try:
+            recorded += metrics.flush()
+        except Exception:  # noqa: BLE001 - the SDK's failure must not end the thread
+            _logger.debug("spendwatch: recording semconv metrics failed", exc_info=True)
+    return recorded
 
 
-def run_with_each_flush(task: Callable[[], None]) -> None:
-    """Have the background thread run ``task`` each interval too (and :func:`flush_all`): one thread does the
-    instrumentation's deferred work."""
-    _flusher.tasks.append(task)
-
-
-def start_background_thread() -> None:
-    """Make sure this process's background thread runs (say, before anything can be left for its tasks)."""
-    _flusher.start()
-
-
-def flush_all() -> int:
-    """Do now what the background thread does each interval (its tasks, then every queue of this process); returns
-    how many calls this recorded. For a clean shutdown, and for ``bench`` to time the work done off the caller's
-    path."""
-    return _flusher.flush_all()
+background_thread.flushes.append(record_queues)

@@ -15,8 +15,8 @@ import pydantic
 import pytest
 from openai import _base_client
 
+from spendwatch.instrumentation.background import FLUSH_INTERVAL_S
 from spendwatch.instrumentation.pricing import rounded_usd
-from spendwatch.instrumentation.semconv_metrics import FLUSH_INTERVAL_S
 from spendwatch.stub import StubServer
 from tests.conftest import FAKE_API_KEY
 

@@ -9,8 +9,8 @@ import pytest
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind, StatusCode
 
+from spendwatch.instrumentation.background import flush_all
 from spendwatch.instrumentation.pricing import PriceTable, load_overrides, rounded_usd
-from spendwatch.instrumentation.semconv_metrics import flush_all
 from spendwatch.stub import StubServer
 from tests.conftest import FAKE_API_KEY
 

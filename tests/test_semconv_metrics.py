@@ -10,9 +10,10 @@ import time
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from spendwatch.instrumentation import semconv_metrics
+from spendwatch.instrumentation import background
+from spendwatch.instrumentation.background import FLUSH_INTERVAL_S
 from spendwatch.instrumentation.records import UsageRecord
-from spendwatch.instrumentation.semconv_metrics import FLUSH_INTERVAL_S, MAX_BACKLOG, MAX_PENDING, SemconvMetrics
+from spendwatch.instrumentation.semconv_metrics import MAX_BACKLOG, MAX_PENDING, SemconvMetrics
 
 
 def a_record() -> UsageRecord:
@@ -59,7 +60,7 @@ def test_a_full_queue_is_recorded_at_once_not_at_the_next_interval(monkeypatch):
     reader = InMemoryMetricReader()
     metrics = SemconvMetrics(MeterProvider(metric_readers=[reader]).get_meter("test"))
     # The thread's next interval is a day away, so only the full queue's wake-up can record it; no clock is read.
-    monkeypatch.setattr(semconv_metrics, "FLUSH_INTERVAL_S", 86400.0)
+    monkeypatch.setattr(background, "FLUSH_INTERVAL_S", 86400.0)
     metrics.add(a_record())
     wait_until_recorded(metrics, FLUSH_INTERVAL_S * 5)  # this interval ends: the thread now waits out the long one
     assert not metrics._pending
@@ -73,7 +74,7 @@ def test_a_full_queue_is_recorded_at_once_not_at_the_next_interval(monkeypatch):
         assert durations_counted(reader) == MAX_PENDING + 1
     finally:
         monkeypatch.undo()
-        semconv_metrics._flusher.wake()  # back to the usual interval for the tests that follow
+        background.background_thread.wake()  # back to the usual interval for the tests that follow
 
 
 def test_failed_calls_that_used_nothing_count_a_duration_but_no_tokens():

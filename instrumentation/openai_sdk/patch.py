@@ -21,6 +21,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from wrapt import ObjectProxy
 
 from spendwatch.instrumentation import records
+from spendwatch.instrumentation.background import start_background_thread
 from spendwatch.instrumentation.calls import Call, CallRecorder, Usage
 from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.openai_sdk.streams import (
@@ -42,7 +43,6 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     usage_from_result,
 )
 from spendwatch.instrumentation.records import CallRequest
-from spendwatch.instrumentation.semconv_metrics import start_background_thread
 
 __all__ = ["HELPER_TARGETS", "TARGETS", "async_helper_close", "async_wrapper", "helper_close", "sync_wrapper"]
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from wrapt import ObjectProxy
 
+from spendwatch.instrumentation.background import run_with_each_flush, start_background_thread
 from spendwatch.instrumentation.calls import Call, Usage
 from spendwatch.instrumentation.errors import ReportedError
 from spendwatch.instrumentation.openai_sdk.usage import (
@@ -31,7 +32,6 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     responses_usage,
     text,
 )
-from spendwatch.instrumentation.semconv_metrics import run_with_each_flush, start_background_thread
 
 __all__ = ["SyncStreamProxy", "AsyncStreamProxy", "end_abandoned", "end_helper_stream", "new_stream_state", "queue_end"]
 
