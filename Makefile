@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-against clean dashboards
+.PHONY: demo test lint bench bench-against clean dashboards alert-rules
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ test-servers:
 # Regenerate dashboards/*.json from dashboards/*.dashboard.py (tests fail when the committed JSON drifts).
 dashboards: $(STAMP)
 	$(BIN)/python -m dashboards.generate
+
+# Regenerate alert_rules/spendwatch.{rules,alerts}.yml from alert_rules/{recording,alerts}.py (tests fail on drift).
+alert-rules: $(STAMP)
+	$(BIN)/python -m alert_rules.generate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from grafanalib._gen import DashboardEncoder, loader
 
-__all__ = ["DASHBOARDS_DIR", "json_path", "main", "render", "sources"]
+__all__ = ["DASHBOARDS_DIR", "json_path", "main", "render", "sources", "update"]
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent
 SUFFIX = ".dashboard.py"
@@ -44,17 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboards.generate", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report out-of-date JSON instead of writing it")
     args = parser.parse_args(argv)
-    stale = []
-    for source in sources():
-        target, rendered = json_path(source), render(source)
-        if target.exists() and target.read_text(encoding="utf-8") == rendered:
-            continue
-        stale.append(target)
-        if not args.check:
-            target.write_text(rendered, encoding="utf-8")
+    return update({json_path(source): render(source) for source in sources()}, check=args.check)
+
+
+def update(outputs: dict[Path, str], *, check: bool) -> int:
+    """Write each generated text whose file differs from it (or, with ``check``, only name them); the exit status."""
+    stale = [target for target, text in outputs.items() if not target.exists() or target.read_text("utf-8") != text]
     for target in stale:
-        print(f"{'out of date' if args.check else 'wrote'}: {os.path.relpath(target)}")
-    return 1 if args.check and stale else 0
+        if not check:
+            target.write_text(outputs[target], encoding="utf-8")
+        print(f"{'out of date' if check else 'wrote'}: {os.path.relpath(target)}")
+    return 1 if check and stale else 0
 
 
 if __name__ == "__main__":

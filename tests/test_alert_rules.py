@@ -1,4 +1,5 @@
-"""The shipped alerting files pass Prometheus's and Alertmanager's own checkers, and keep the contracts in DESIGN.md.
+"""The shipped alerting files pass Prometheus's and Alertmanager's own checkers, keep the contracts in DESIGN.md, and
+are what their Python sources generate (``python -m alert_rules.generate``).
 
 ``promtool test rules`` runs the unit tests in ``alert_rules/tests/`` (each alert firing after its ``for:``, silent
 just before and below its threshold, with exact labels and annotations; each recording rule's output).
@@ -13,6 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alert_rules.alerts import MONEY, RUNBOOK_BASE
+from alert_rules.alerts import render as render_alerts
+from alert_rules.generate import RENDERERS
+from alert_rules.rulefile import scalar
 from dashboards import promql
 
 ALERT_RULES = Path(__file__).resolve().parent.parent / "alert_rules"
@@ -33,12 +38,7 @@ ALERTS = {
     "SpendwatchExporterDown": {"critical"},
 }
 BUDGET_ALERTS = ("LLMBudgetUsageHigh", "LLMBudgetExhausted", "LLMBudgetExhaustionPredicted")
-# The one template every dollar amount in an annotation is printed with: cents from $1 up, below that up to six
-# decimals with the zeros after the cents dropped ($0.01019, $0.60, $0.00028).
-MONEY = (
-    '{{ $usd := . | first | value }}{{ if ge $usd 1.0 }}{{ printf "%.2f" $usd }}{{ else }}'
-    '{{ printf "%.6f" $usd | reReplaceAll "^([0-9]+[.][0-9]{2}[0-9]*?)0+$" "$1" }}{{ end }}'
-)
+GENERATE = "python -m alert_rules.generate"
 # Recording rules over the ledger's counters: dashboards/promql.py's increase(), deduped across targets and counting
 # a label set from its first call, written out.
 COUNTER_RULES = {
@@ -73,6 +73,29 @@ def _numbers_in(expr: str) -> list[float]:
     stripped = re.sub(r'\{[^}]*\}|\[[^\]]*\]|offset\s+\w+|"[^"]*"', " ", expr)
     stripped = re.sub(r"[A-Za-z_:][A-Za-z0-9_:]*", " ", stripped)
     return [float(token) for token in re.findall(r"\d+(?:\.\d*)?(?:e[+-]?\d+)?", stripped)]
+
+
+@pytest.mark.parametrize("name", sorted(RENDERERS))
+def test_committed_rule_file_is_what_its_source_generates(name):
+    committed = (ALERT_RULES / name).read_text(encoding="utf-8")
+
+    assert committed == RENDERERS[name](), f"alert_rules/{name} drifted from its source: run {GENERATE}"
+
+
+def test_a_runbook_base_with_yaml_special_characters_stays_one_value():
+    base = "https://wiki.example.org/a b: c #d"
+    shipped, linked = (yaml.safe_load(text) for text in (render_alerts(), render_alerts(base)))
+
+    for rule in (rule for group in linked["groups"] for rule in group["rules"]):
+        assert rule["annotations"].pop("runbook_url") == f"{base}#{rule['alert'].lower()}"
+    for rule in (rule for group in shipped["groups"] for rule in group["rules"]):
+        assert rule["annotations"].pop("runbook_url") == f"{RUNBOOK_BASE}#{rule['alert'].lower()}"
+    assert linked == shipped
+
+
+@pytest.mark.parametrize("value", ["5m", "a: b", "a #b", "#a", "true", "Null", "5", "1.0", "-a", ":a", "a:", "{a}", ""])
+def test_a_one_line_value_reads_back_as_written(value):
+    assert yaml.safe_load(f"key: {scalar(value)}") == {"key": value}
 
 
 def test_promtool_accepts_the_rule_files(promtool_binary):
