@@ -1,0 +1,197 @@
+"""The price data bundled with ``genai-prices``: a model's price in force at a moment, with its tiers, and the next
+date on which the data says it changes. Read offline from the installed package, loaded on first use (~120 ms)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from spendwatch.instrumentation.pricing.price import NEVER, PER_MILLION, Price, Resolution
+
+__all__ = ["bundled_data_mtime", "bundled_data_source", "price_context", "resolve_bundled"]
+
+# Semantic-convention provider names → genai-prices provider ids. Others are passed through unchanged.
+_GENAI_PRICES_PROVIDER = {
+    "azure.ai.openai": "azure",  # genai-prices' azure falls back to openai's prices
+    "azure.ai.inference": "azure",
+    "gcp.gemini": "google",
+    "gcp.vertex_ai": "google",
+    "aws.bedrock": "aws",
+    "mistral_ai": "mistral",
+    "x_ai": "x-ai",
+}
+
+
+def price_context(service_tier: str | None, batch: bool) -> dict[str, str]:
+    context = {}
+    if service_tier:
+        context["service_tier"] = service_tier
+    if batch:
+        context["processing"] = "batch"
+    return context
+
+
+_snapshot_lock = threading.Lock()
+_snapshot: Any = None
+
+
+def _bundled_snapshot() -> Any:
+    """Our own DataSnapshot over the data shipped in the wheel, loaded once. Not ``genai_prices.get_snapshot()``:
+    that returns whatever ``UpdatePrices`` fetched, if anything in the process started it."""
+    global _snapshot
+    if _snapshot is None:
+        with _snapshot_lock:  # one thread pays the ~120 ms load; the others wait for it instead of repeating it
+            if _snapshot is None:
+                from genai_prices.data import providers
+                from genai_prices.data_snapshot import DataSnapshot
+
+                _snapshot = DataSnapshot(providers=providers, from_auto_update=False)
+    return _snapshot
+
+
+@functools.cache  # the data loaded in this process does not change, even if pip upgrades the package under it
+def bundled_data_source() -> str:
+    from importlib.metadata import version
+
+    return f"genai-prices {version('genai-prices')}"
+
+
+@functools.cache
+def bundled_data_mtime() -> float:
+    from importlib.util import find_spec
+
+    spec = find_spec("genai_prices")  # locates the package without importing its data
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("genai-prices is not installed")
+    return os.path.getmtime(os.path.join(next(iter(spec.submodule_search_locations)), "data.py"))
+
+
+def resolve_bundled(model: str, provider: str, context: dict[str, str], now: datetime) -> Resolution:
+    provider_id = _GENAI_PRICES_PROVIDER.get(provider, provider)
+    try:
+        found_provider, model_info = _bundled_snapshot().find_provider_model(model, None, provider_id, None)
+    except LookupError:
+        return Resolution(None, note=f"no price for {model!r} (provider {provider_id!r}) in the bundled data")
+    own_model = any(candidate is model_info for candidate in found_provider.models)
+    # Mirrors ModelInfo.calc_price: a model borrowed from a fallback provider (azure → openai) is priced without
+    # the lender's tier and batch variants, which are not the borrower's prices.
+    applied_context = context if own_model else {}
+    model_price = model_info.get_prices(now, applied_context)
+    price = _price_from_model_price(model_info.id, model_price, bundled_data_source())
+    if price is None:
+        return Resolution(None, note=f"{model_info.id!r} has no per-token price in the bundled data")
+    return Resolution(
+        price,
+        valid_until=_next_price_change(model_info, now),
+        provider_id=found_provider.id,
+        variant=_variant_text(model_info, context, applied_context, now),
+        note=None if own_model else _fallback_note(found_provider, model_info, context),
+    )
+
+
+def _variant_text(model_info: Any, context: dict[str, str], applied_context: dict[str, str], now: datetime) -> str:
+    requested = ", ".join(f"{key}={value}" for key, value in context.items())
+    if not context:
+        return "standard"
+    if not applied_context:
+        return f"standard ({requested} not applied, see the note)"
+    matched = [
+        ", ".join(f"{key}={value}" for key, value in variant.when.items())
+        for variant in model_info.price_variants or ()
+        if all(applied_context.get(key) == value for key, value in variant.when.items())
+        and (variant.constraint is None or variant.constraint.active(now))
+        and any(value is not None for value in variant.prices.__dict__.values())
+    ]
+    if not matched:
+        return f"standard ({requested} has no separate price for this model)"
+    return " + ".join(matched)
+
+
+def _fallback_note(found_provider: Any, model_info: Any, context: dict[str, str]) -> str:
+    lender = next(
+        (
+            candidate.id
+            for candidate in _bundled_snapshot().providers
+            if candidate.id in (found_provider.fallback_model_providers or ())
+            and any(lent is model_info for lent in candidate.models)
+        ),
+        "another provider",
+    )
+    note = f"{found_provider.id} has no price of its own for it; using {lender}'s"
+    return note + (", without service-tier or batch variants" if context else "")
+
+
+def _price_from_model_price(model_id: str, model_price: Any, source: str) -> Price | None:
+    from genai_prices.types import TieredPrices
+
+    input_mtok, output_mtok = model_price.input_mtok, model_price.output_mtok
+    if input_mtok is None and output_mtok is None:
+        return None  # priced by requests, characters, audio or images: not something a token count can price
+    zero = Decimal(0)
+    # Without a cache-read price, genai-prices bills cached tokens as input tokens.
+    by_key = {"input": input_mtok or zero, "output": output_mtok or zero}
+    by_key["cache_read"] = model_price.cache_read_mtok if model_price.cache_read_mtok is not None else by_key["input"]
+    starts = sorted(
+        {tier.start for value in by_key.values() if isinstance(value, TieredPrices) for tier in value.tiers}
+    )
+    base = [_per_token(_price_at(by_key[key], None)) for key in ("input", "output", "cache_read")]
+    tiers = tuple(
+        (start + 1, *(_per_token(_price_at(by_key[key], start)) for key in ("input", "output", "cache_read")))
+        for start in starts
+    )
+    return Price(model_id, source, *base, tiers=tiers)
+
+
+def _price_at(value: Any, tier_start: int | None) -> Decimal:
+    """Per-million price of ``value`` for a call just above ``tier_start`` input tokens (None: below every tier)."""
+    from genai_prices.types import TieredPrices
+
+    if not isinstance(value, TieredPrices):
+        return value
+    applicable = value.base
+    for tier in value.tiers:  # ascending; genai-prices applies the highest tier whose start is exceeded
+        if tier_start is not None and tier_start >= tier.start:
+            applicable = tier.price
+    return applicable
+
+
+def _per_token(per_million: Decimal) -> float:
+    return float(per_million / PER_MILLION)  # Decimal division first, so 0.15/MTok is the float nearest 1.5e-7
+
+
+def _next_price_change(model_info: Any, now: datetime) -> float:
+    """Unix seconds of the next moment after ``now`` at which any of the model's price constraints flips."""
+    constraints = [conditional.constraint for conditional in _conditional_prices(model_info)]
+    constraints += [variant.constraint for variant in model_info.price_variants or ()]
+    changes = (_next_change(constraint, now) for constraint in constraints if constraint is not None)
+    return min(changes, default=NEVER)
+
+
+def _conditional_prices(model_info: Any) -> Iterable[Any]:
+    from genai_prices.types import ModelPrice
+
+    return () if isinstance(model_info.prices, ModelPrice) else model_info.prices
+
+
+def _next_change(constraint: Any, now: datetime) -> float:
+    now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)  # naive means UTC, as in genai-prices
+    start_date = getattr(constraint, "start_date", None)
+    if start_date is not None:
+        start = _utc_midnight(start_date)
+        return start.timestamp() if start > now else NEVER
+    # A time-of-day window (off-peak prices) flips at its start and end time every day.
+    flips = []
+    for moment in (constraint.start_time, constraint.end_time):
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        today = datetime.combine(now.date(), moment).astimezone(UTC)
+        flips += [today, today + timedelta(days=1), today - timedelta(days=1)]
+    return min(flip for flip in flips if flip > now).timestamp()
+
+
+def _utc_midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
