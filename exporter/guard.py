@@ -25,9 +25,10 @@ from spendwatch.exporter.ledger import Ledger
 from spendwatch.exporter.ledger_backends import first_line
 from spendwatch.exporter.periods import period_bounds
 from spendwatch.exporter.settings import BudgetSpec, Settings
+from spendwatch.instrumentation.admission import CallRequest
 from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.pricing import PriceTable
-from spendwatch.instrumentation.records import CallRequest, UsageRecord
+from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = ["BudgetGuard", "GuardTicket"]
 

@@ -20,6 +20,7 @@ from opentelemetry.metrics import Meter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from spendwatch.instrumentation import records
+from spendwatch.instrumentation.admission import Ticket
 from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.pricing import USD_DECIMALS, PriceTable
 from spendwatch.instrumentation.semconv_metrics import SemconvMetrics
@@ -213,7 +214,7 @@ class Call:
         self._parent_context = parent_context  # the context the span was started in: activate() builds on it
         self._ended = False
         self.attributes = attributes  # from the context: e.g. a LightRAG stage
-        self.ticket: records.Ticket | None = None  # the budget guard's reservation, settled when the call ends
+        self.ticket: Ticket | None = None  # the budget guard's reservation, settled when the call ends
 
     def activate(self) -> None:
         """Make the span current, so spans the library makes inside the call (HTTP, retries) are its children."""
@@ -330,7 +331,7 @@ def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, 
     attributes["spendwatch.pricing"] = source
 
 
-def _settle(ticket: records.Ticket, record: records.UsageRecord) -> None:
+def _settle(ticket: Ticket, record: records.UsageRecord) -> None:
     try:
         ticket.settle(record)
     except Exception:  # noqa: BLE001 - a guard's bookkeeping failure must not reach the caller

@@ -12,22 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from spendwatch.instrumentation.errors import BudgetExceededError, as_sdk_error
-
-__all__ = [
-    "CallRequest",
-    "Guard",
-    "Ticket",
-    "UsageRecord",
-    "UsageSink",
-    "admit",
-    "current_guard",
-    "emit",
-    "register_guard",
-    "register_sink",
-    "unregister_guard",
-    "unregister_sink",
-]
+__all__ = ["UsageRecord", "UsageSink", "emit", "register_sink", "unregister_sink"]
 
 _logger = logging.getLogger(__name__)
 
@@ -90,70 +75,3 @@ def emit(record: UsageRecord) -> None:
             sink.record(record)
         except Exception:  # noqa: BLE001 - a broken sink must not break the caller's LLM call
             _logger.debug("spendwatch: usage sink %r failed", sink, exc_info=True)
-
-
-# --- admission: the budget guard asks before a call leaves the process ---------------------------------------------
-
-
-@dataclass(slots=True)
-class CallRequest:
-    """What a guard is told about a call before it is made."""
-
-    provider: str
-    operation: str
-    model: str
-    category: str | None
-    input_tokens: int  # an upper bound, not an estimate: UTF-8 bytes of the input plus per-message overhead
-    max_output_tokens: int | None  # what the request caps the output at, if it does
-    output_cap_argument: str | None  # the keyword that caps it ("max_tokens", "max_output_tokens", ...)
-
-
-class Ticket(Protocol):
-    """An admitted call's reservation. ``request_changes`` are keyword arguments to replace (a degrade action)."""
-
-    request_changes: dict | None
-
-    def settle(self, record: UsageRecord) -> None: ...
-
-
-class Guard(Protocol):
-    def admit(self, request: CallRequest) -> Ticket | None:
-        """Admit (a ticket, or None when no budget applies) or refuse by raising ``BudgetExceededError``."""
-
-
-_guard: Guard | None = None
-
-
-def register_guard(guard: Guard) -> None:
-    global _guard
-    _guard = guard
-
-
-def unregister_guard(guard: Guard) -> None:
-    global _guard
-    if _guard is guard:
-        _guard = None
-
-
-def current_guard() -> Guard | None:
-    return _guard
-
-
-def admit(guard: Guard, request: CallRequest, sdk_error: type[Exception] | None = None) -> Ticket | None:
-    """Ask ``guard``. Its refusal (``BudgetExceededError``) reaches the caller, as the user asked; any other failure
-    of the guard (its ledger unreachable, say) is logged and the call goes ahead unguarded: the guard exists to stop
-    spending, not to turn its own trouble into the caller's.
-
-    An instrumentor passes its SDK's base error class as ``sdk_error``: the refusal is then an instance of it too,
-    so the app's handlers for that SDK's errors catch it. It is raised before the SDK's request machinery is
-    entered, so the SDK's own retries never see it.
-    """
-    try:
-        return guard.admit(request)
-    except BudgetExceededError as refusal:
-        if sdk_error is None:
-            raise
-        raise as_sdk_error(refusal, sdk_error) from None
-    except Exception:  # noqa: BLE001
-        _logger.debug("spendwatch: the budget guard failed; the call goes ahead unguarded", exc_info=True)
-        return None

@@ -21,9 +21,9 @@ from spendwatch.exporter.guard_rules import guard_config
 from spendwatch.exporter.ledger import Ledger
 from spendwatch.exporter.thresholds import ThresholdWatcher
 from spendwatch.instrumentation import register_sink, unregister_sink
+from spendwatch.instrumentation.admission import register_guard, unregister_guard
 from spendwatch.instrumentation.background import flush_all
 from spendwatch.instrumentation.pricing import PriceTable
-from spendwatch.instrumentation.records import register_guard, unregister_guard
 
 __all__ = ["Runtime", "attach", "current", "detach"]
 

@@ -21,7 +21,7 @@ from opentelemetry.metrics import get_meter
 from opentelemetry.trace import get_tracer
 
 from spendwatch.attribution import clean_category
-from spendwatch.instrumentation import records
+from spendwatch.instrumentation import admission
 from spendwatch.instrumentation.calls import Call, CallRecorder, Usage, attach_category, detach_category
 from spendwatch.instrumentation.errors import BudgetExceededError, ReportedError
 from spendwatch.instrumentation.pricing import price_table_from_env
@@ -125,15 +125,15 @@ class track:  # noqa: N801 - used like a function: `with spendwatch.track(...)`
         return op
 
     def _admit(self, call: Call) -> None:
-        guard = records.current_guard()
+        guard = admission.current_guard()
         if guard is None:
             return
         input_tokens, max_output = self.estimate
-        request = records.CallRequest(
+        request = admission.CallRequest(
             self.provider, self.operation, self.model, call.category, input_tokens, max_output, None
         )
         try:
-            call.ticket = records.admit(guard, request)
+            call.ticket = admission.admit(guard, request)
         except BudgetExceededError as refusal:
             call.deactivate()
             call.fail(refusal)

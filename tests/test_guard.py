@@ -19,10 +19,11 @@ from spendwatch.exporter import Ledger, LedgerSink, load_settings
 from spendwatch.exporter.guard import BudgetGuard
 from spendwatch.exporter.guard_rules import guard_config
 from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.instrumentation.admission import CallRequest
 from spendwatch.instrumentation.errors import as_sdk_error
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 from spendwatch.instrumentation.pricing import PriceTable
-from spendwatch.instrumentation.records import CallRequest, UsageRecord
+from spendwatch.instrumentation.records import UsageRecord
 from tests.conftest import FAKE_API_KEY
 
 MESSAGES = [{"role": "user", "content": "Estimate the cost of this call."}]

@@ -23,10 +23,10 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from spendwatch.instrumentation import register_sink, unregister_sink
+from spendwatch.instrumentation.admission import register_guard, unregister_guard
 from spendwatch.instrumentation.background import flush_all
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 from spendwatch.instrumentation.pricing import rounded_usd
-from spendwatch.instrumentation.records import register_guard, unregister_guard
 
 pytestmark = pytest.mark.usefixtures("instrument_openai")
 

@@ -20,7 +20,8 @@ from openai._response import APIResponse, AsyncAPIResponse
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from wrapt import ObjectProxy
 
-from spendwatch.instrumentation import records
+from spendwatch.instrumentation import admission
+from spendwatch.instrumentation.admission import CallRequest
 from spendwatch.instrumentation.background import start_background_thread
 from spendwatch.instrumentation.calls import Call, CallRecorder, Usage
 from spendwatch.instrumentation.errors import BudgetExceededError
@@ -42,7 +43,6 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     usage_from_request,
     usage_from_result,
 )
-from spendwatch.instrumentation.records import CallRequest
 
 __all__ = ["HELPER_TARGETS", "TARGETS", "async_helper_close", "async_wrapper", "helper_close", "sync_wrapper"]
 
@@ -147,7 +147,7 @@ def _start(recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, 
         return None
 
 
-def _admit(guard: records.Guard, call: Call, kind: str, kwargs: dict) -> dict:
+def _admit(guard: admission.Guard, call: Call, kind: str, kwargs: dict) -> dict:
     """Ask the budget guard; returns the keyword arguments to send (a guard may degrade them).
     Raises ``BudgetExceededError`` when the guard refuses: the one deliberate exception we raise. It is an
     ``openai.OpenAIError`` too, so the app's handlers for the SDK's errors catch it."""
@@ -169,7 +169,7 @@ def _admit(guard: records.Guard, call: Call, kind: str, kwargs: dict) -> dict:
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not describe a call to the guard", exc_info=True)
         return kwargs
-    call.ticket = ticket = records.admit(guard, request, OpenAIError)  # a refusal is an OpenAIError too
+    call.ticket = ticket = admission.admit(guard, request, OpenAIError)  # a refusal is an OpenAIError too
     if ticket is None or not ticket.request_changes:
         return kwargs
     call.span.set_attribute("spendwatch.guard.degraded", json.dumps(ticket.request_changes, sort_keys=True))
@@ -379,7 +379,7 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return wrapped(*args, **kwargs)
-        guard = records.current_guard()
+        guard = admission.current_guard()
         if guard is not None:
             try:
                 kwargs = _admit(guard, call, kind, kwargs)
@@ -403,7 +403,7 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)
-        guard = records.current_guard()
+        guard = admission.current_guard()
         if guard is not None:
             try:
                 kwargs = _admit(guard, call, kind, kwargs)
