@@ -27,7 +27,7 @@ from bench import publish
 from spendwatch.exporter import Ledger, LedgerEntry, LedgerSink, load_settings
 from spendwatch.exporter.guard import BudgetGuard
 from spendwatch.exporter.guard_rules import GuardConfig
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import open_backend
 from spendwatch.instrumentation.admission import CallRequest
 from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.pricing import PriceTable

@@ -37,8 +37,7 @@ from zoneinfo import ZoneInfo
 
 from bench import fill_defaults, publish, spread
 from spendwatch.exporter.journal import SUFFIX
-from spendwatch.exporter.ledger import Ledger, LedgerEntry
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import Ledger, LedgerEntry, open_backend
 from spendwatch.exporter.sink import LedgerSink
 from spendwatch.instrumentation.records import UsageRecord
 

@@ -35,11 +35,17 @@ from zoneinfo import ZoneInfo
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bench import fill_defaults, publish, spread
-from spendwatch.exporter import ledger_backends
 from spendwatch.exporter.budgets import budget_statuses
 from spendwatch.exporter.collector import SpendCollector
-from spendwatch.exporter.ledger import DURATION_BUCKETS, TOTAL_COUNTERS, TOTAL_KEYS, Ledger, LedgerEntry
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import (
+    REQUEST_DURATION_BUCKETS,
+    SCHEMA_VERSION,
+    TOTAL_COUNTERS,
+    TOTAL_KEYS,
+    Ledger,
+    LedgerEntry,
+    open_backend,
+)
 from spendwatch.exporter.settings import BudgetSpec, Settings
 from spendwatch.exporter.sink import LedgerSink
 from spendwatch.instrumentation.records import UsageRecord
@@ -83,7 +89,7 @@ SELECT printf('bulk-%06d:%d', n / 20000, 64 + (n % 20000) * 160), ts, date(ts, '
     printf('%016x', (n + 1) * 40503), NULL
 FROM gen
 """.format(category="CASE (k / 20) % 5 " + " ".join(f"WHEN {i} THEN '{c}'" for i, c in enumerate(_CATEGORIES)) + " END")
-# Each call's contribution to the totals, exactly as ledger._counters computes it.
+# Each call's contribution to the totals, exactly as the ledger's totals.counters computes it.
 _CONTRIBUTIONS = {
     "cost_usd": "COALESCE(cost_usd, 0.0)",
     "input_tokens": "input_tokens",
@@ -98,7 +104,7 @@ _CONTRIBUTIONS = {
     "duration_sum": "duration_s",
     "duration_count": "1",
 }
-_BUCKET = "CASE " + " ".join(f"WHEN duration_s <= {le!r} THEN {le!r}" for le in DURATION_BUCKETS) + " END"
+_BUCKET = "CASE " + " ".join(f"WHEN duration_s <= {le!r} THEN {le!r}" for le in REQUEST_DURATION_BUCKETS) + " END"
 _KEYS = ", ".join(TOTAL_KEYS)
 _SUMS = ", ".join(f"SUM({column})" for column in TOTAL_COUNTERS)
 # One scan of calls into per (day, series, bucket) sums; the three totals tables are small sums of that.
@@ -115,7 +121,7 @@ _AGGREGATE = (
     "DROP TABLE bench_sums",
 )
 _GENERATOR_KEY = hashlib.sha256(
-    "\n".join((_GENERATE, *_AGGREGATE, *ledger_backends.SCHEMA, repr((_END_TS, _DAYS, _CATEGORIES)))).encode()
+    "\n".join((_GENERATE, *_AGGREGATE, repr((_END_TS, _DAYS, _CATEGORIES)))).encode()
 ).hexdigest()[:12]
 
 
@@ -149,10 +155,10 @@ def _cached_big_ledger(rows: int, rebuild: bool) -> tuple[Path, dict]:
     ignore = _CACHE / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# generated benchmark ledgers (GBs): never committed\n*\n")
-    name = f"scrape-ledger-schema{ledger_backends.SCHEMA_VERSION}-{_GENERATOR_KEY}-{rows}"
+    name = f"scrape-ledger-schema{SCHEMA_VERSION}-{_GENERATOR_KEY}-{rows}"
     path, info_path = _CACHE / f"{name}.db", _CACHE / f"{name}.json"
     for stale in _CACHE.glob("scrape-ledger-*"):  # another generator or schema: GBs nobody will read again
-        if _GENERATOR_KEY not in stale.name or f"schema{ledger_backends.SCHEMA_VERSION}-" not in stale.name:
+        if _GENERATOR_KEY not in stale.name or f"schema{SCHEMA_VERSION}-" not in stale.name:
             stale.unlink()
     if path.exists() and info_path.exists() and not rebuild:
         return path, {**json.loads(info_path.read_text()), "cached": True}
@@ -194,12 +200,7 @@ def _record_from_row(row: dict) -> UsageRecord:
     )
 
 
-_TABLES = {
-    "calls": "SELECT * FROM calls ORDER BY id",
-    "totals": f"SELECT * FROM totals ORDER BY {_KEYS}",
-    "daily_totals": f"SELECT * FROM daily_totals ORDER BY day, {_KEYS}",
-    "duration_buckets": "SELECT * FROM duration_buckets ORDER BY provider, model, operation, le",
-}
+_TABLES = ("calls", "totals", "daily_totals", "duration_buckets")
 
 
 def _same(a, b) -> bool:
@@ -215,12 +216,12 @@ def _check_generator_matches_ingest(workdir: Path) -> None:
     source = Ledger(open_backend(str(generated)), _UTC)
     ingested = Ledger(open_backend(str(workdir / "ingested.db")), _UTC)
     try:
-        calls = source.backend.select_dicts(_TABLES["calls"])
+        calls = source.table_rows("calls")
         entries = [LedgerEntry(row["id"], _record_from_row(row)) for row in calls]
         for start in range(0, len(entries), 500):  # several batches, as the drainer sends them
             ingested.ingest(entries[start : start + 500])
-        for table, query in _TABLES.items():
-            want, got = ingested.backend.select_dicts(query), source.backend.select_dicts(query)
+        for table in _TABLES:
+            want, got = ingested.table_rows(table), source.table_rows(table)
             if len(want) != len(got):
                 raise AssertionError(f"{table}: ingest made {len(want)} rows, the generator {len(got)}")
             for want_row, got_row in zip(want, got, strict=True):
@@ -297,11 +298,6 @@ def _shape(exposition: bytes) -> tuple[int, int]:
     """Samples and series-bearing families in an exposition, values aside."""
     lines = exposition.decode().splitlines()
     return sum(1 for line in lines if line and not line.startswith("#")), sum(1 for line in lines if " TYPE " in line)
-
-
-def _row_counts(ledger: Ledger) -> dict[str, int]:
-    tables = ("calls", "totals", "daily_totals", "duration_buckets")
-    return {t: int(ledger.backend.select(f"SELECT COUNT(*) FROM {t}")[0][0]) for t in tables}
 
 
 # --- the report ----------------------------------------------------------------------------------------------------
@@ -401,7 +397,7 @@ def main(argv: list[str]) -> int:
             shapes = {name: _shape(endpoint.scrape()) for name, endpoint in endpoints.items()}
             if shapes["small"] != shapes["big"]:
                 raise AssertionError(f"the two scrapes differ in shape: {shapes}")
-            rows = {name: _row_counts(endpoint.ledger) for name, endpoint in endpoints.items()}
+            rows = {name: endpoint.ledger.row_counts() for name, endpoint in endpoints.items()}
             return rows, _time_scrapes(endpoints, args.scrapes, args.seed), shapes["big"]
 
         rows, ms, shape = _with_endpoints({"small": small, "big": big}, tmp, measure)

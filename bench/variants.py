@@ -92,7 +92,7 @@ def _spendwatch_with_ledger() -> str:
     from zoneinfo import ZoneInfo
 
     from spendwatch.exporter import Ledger, LedgerSink
-    from spendwatch.exporter.ledger_backends import open_backend
+    from spendwatch.exporter.ledger import open_backend
     from spendwatch.instrumentation import register_sink
 
     directory = tempfile.mkdtemp(prefix="spendwatch-bench-")

@@ -6,8 +6,14 @@ or not its ledger is up). :class:`LedgerSink` is the usage sink that journals ea
 drains it into that ledger.
 """
 
-from spendwatch.exporter.ledger import Ledger, LedgerEntry
-from spendwatch.exporter.ledger_backends import LedgerUnavailable, check_location, connect_backend, open_backend
+from spendwatch.exporter.ledger import (
+    Ledger,
+    LedgerEntry,
+    LedgerUnavailable,
+    check_location,
+    connect_backend,
+    open_backend,
+)
 from spendwatch.exporter.settings import BudgetSpec, Settings, load_settings
 from spendwatch.exporter.sink import LedgerSink, journal_directory
 

@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from spendwatch.exporter import mapping as m
 from spendwatch.exporter.budgets import BudgetStatus
-from spendwatch.exporter.ledger import DURATION_BUCKETS
+from spendwatch.exporter.ledger import REQUEST_DURATION_BUCKETS
 from spendwatch.instrumentation.pricing import rounded_usd
 
 __all__ = ["SpendCollector"]
@@ -217,7 +217,7 @@ def _add_usage(families: _Families, series: dict[tuple, dict[str, float]], bucke
     for key, count in unpriced.items():
         families.unpriced.add_metric(key, count)
     for key, (total_seconds, count) in durations.items():
-        le_buckets = m.cumulative_buckets(buckets.get(key, {}), DURATION_BUCKETS, count)
+        le_buckets = m.cumulative_buckets(buckets.get(key, {}), REQUEST_DURATION_BUCKETS, count)
         families.duration.add_metric(key, le_buckets, total_seconds)
 
 

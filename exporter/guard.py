@@ -2,7 +2,7 @@
 
 Before a call, its worst-case cost is reserved against every budget it counts against: input tokens bounded from
 the request, output from its ``max_tokens``-style cap (or ``[guard] max_output_tokens``), priced at the model's
-price. The reservation is local arithmetic on a lease (:mod:`spendwatch.exporter.leases`) — a few µs — and the
+price. The reservation is local arithmetic on a lease (:mod:`spendwatch.exporter.ledger.leases`) — a few µs — and the
 ledger is asked only when the lease runs short. After the call the reservation is settled to the actual cost: the
 rest goes back to the lease, and the cost moves from lease to spend when the ledger ingests the call's record.
 So concurrent callers in any number of processes never take a budget past its limit, and a call is refused only
@@ -20,9 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from spendwatch.exporter.guard_rules import CEILING_BUDGET, GuardConfig, ShareRule
-from spendwatch.exporter.leases import LeaseGrant, release_lease, renew_lease
-from spendwatch.exporter.ledger import Ledger
-from spendwatch.exporter.ledger_backends import first_line
+from spendwatch.exporter.ledger import Ledger, first_line
+from spendwatch.exporter.ledger.leases import LeaseGrant, release_lease, renew_lease
 from spendwatch.exporter.periods import period_bounds
 from spendwatch.exporter.settings import BudgetSpec, Settings
 from spendwatch.instrumentation.admission import CallRequest

@@ -31,7 +31,7 @@ import urllib.request
 import weakref
 from dataclasses import dataclass
 
-from spendwatch.exporter.ledger_backends import shown_location
+from spendwatch.exporter.ledger import shown_location
 from spendwatch.exporter.server import (
     LEDGER_HEADER,
     PID_HEADER,

@@ -39,7 +39,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
-from spendwatch.exporter.ledger_backends import is_postgres_location
+from spendwatch.exporter.ledger import is_postgres_location
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = [

@@ -27,12 +27,11 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from spendwatch.attribution import VALID_CATEGORY, is_valid_category
-from spendwatch.exporter.ledger_backends import is_postgres_location, shown_location
+from spendwatch.exporter.ledger import is_postgres_location, shown_location, state_directory
 from spendwatch.instrumentation.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -110,8 +109,7 @@ class Settings:
 
 
 def default_ledger_path(environ: Mapping[str, str] = os.environ) -> str:
-    state_home = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return str(Path(state_home) / "spendwatch" / "ledger.db")
+    return str(state_directory(environ=environ) / "ledger.db")
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ) -> Settings:

@@ -24,8 +24,14 @@ from pathlib import Path
 
 from spendwatch.exporter import codec
 from spendwatch.exporter.journal import SUFFIX, JournalFile, JournalWriter, orphaned_journals
-from spendwatch.exporter.ledger import Ledger, LedgerEntry
-from spendwatch.exporter.ledger_backends import first_line, is_postgres_location, shown_location, state_directory
+from spendwatch.exporter.ledger import (
+    Ledger,
+    LedgerEntry,
+    first_line,
+    is_postgres_location,
+    shown_location,
+    state_directory,
+)
 from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = ["LedgerSink", "fallback_journal_directory", "journal_directory", "waiting_records"]

@@ -26,10 +26,6 @@ STAGE_GROUPINGS = {
 _CACHE_HIT = "cache_hit"
 _SUMMED = ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens")
 _COUNTED = ("requests", "unpriced", "cache_hits")
-_QUERY = (
-    "SELECT operation, input_tokens, output_tokens, cache_read_tokens, cost_usd, attributes"
-    " FROM calls WHERE day >= ? AND day <= ? AND attributes IS NOT NULL"
-)
 
 
 def stage_rows(ledger, since: date, until: date, by: str = "stage") -> list[dict]:
@@ -45,7 +41,7 @@ def stage_rows(ledger, since: date, until: date, by: str = "stage") -> list[dict
     if since > until:
         raise ValueError(f"the report starts on {since} after it ends on {until}")
     groups: dict[str, dict] = {}
-    for call in ledger._select_dicts(_QUERY, (since.isoformat(), until.isoformat())):
+    for call in ledger.calls_with_attributes(since, until):
         attributes = _attributes(call["attributes"])
         key = attributes.get(attribute)
         if key is not None:

@@ -3,7 +3,7 @@
 Registered by :func:`add_commands` from :func:`spendwatch.cli.build_parser`, in the CLI's pattern: an ``_add_``
 function declares a subcommand's arguments, a ``_run_`` function does the work and returns the exit status. Both open
 the ledger the settings name (``SPENDWATCH_LEDGER``, ``SPENDWATCH_CONFIG``, ...) with the audit key from
-``SPENDWATCH_AUDIT_KEY`` or the ledger's key file (see :mod:`spendwatch.exporter.audit`).
+``SPENDWATCH_AUDIT_KEY`` or the ledger's key file (see :mod:`spendwatch.exporter.ledger.audit`).
 
 Exit status: 0 on success (an intact audit trail), 1 when ``audit verify`` finds tampering, 2 on bad usage or bad
 configuration.
@@ -56,7 +56,7 @@ def _add_audit_command(subcommands: argparse._SubParsersAction) -> None:
 
 def _run_audit_verify(args: argparse.Namespace) -> int:
     from spendwatch.exporter import load_settings, open_ledger
-    from spendwatch.exporter.audit import verify
+    from spendwatch.exporter.ledger.audit import verify
 
     ledger = open_ledger(load_settings())
     try:
@@ -109,8 +109,8 @@ def _run_reprice(args: argparse.Namespace) -> int:
     import time
 
     from spendwatch.exporter import load_settings, open_ledger
+    from spendwatch.exporter.ledger.reprice import reprice
     from spendwatch.exporter.periods import local_day
-    from spendwatch.exporter.reprice import reprice
     from spendwatch.instrumentation.pricing import load_overrides
 
     settings = load_settings()

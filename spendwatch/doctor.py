@@ -31,7 +31,7 @@ from importlib.metadata import PackageNotFoundError, distribution, entry_points
 from pathlib import Path
 from typing import Any
 
-from spendwatch.exporter.ledger_backends import first_line, shown_location
+from spendwatch.exporter.ledger import shown_location
 from spendwatch.exporter.mapping import printable
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.runtime import DISABLED_ENV, instrumentation_disabled
@@ -314,10 +314,6 @@ def _installed_version(name: str) -> str | None:
 # --- ledger, prices, unpriced models -------------------------------------------------------------------------------
 
 
-class _RollBack(Exception):
-    """Raised inside the write test's transaction so that nothing it wrote is kept."""
-
-
 def _open_ledger(settings) -> tuple[Any, str | None]:
     from spendwatch.exporter import open_ledger
 
@@ -325,9 +321,7 @@ def _open_ledger(settings) -> tuple[Any, str | None]:
         ledger = open_ledger(settings)
     except ConfigError as error:
         return None, str(error)
-    connection = getattr(ledger.backend, "connection", None)
-    if type(connection).__module__ == "sqlite3":
-        connection.execute("PRAGMA busy_timeout = 3000")  # doctor waits 3 s for a busy writer, not 30
+    ledger.set_busy_timeout(3.0)  # doctor waits 3 s for a busy writer, not 30
     return ledger, None
 
 
@@ -351,26 +345,11 @@ def check_ledger(context: DoctorContext) -> CheckResult:
             return CheckResult("ledger", FAIL, summary, "point SPENDWATCH_LEDGER at a writable path")
         summary = f"no ledger at {where} yet: no instrumented call has run with this SPENDWATCH_LEDGER"
         return CheckResult("ledger", WARN, summary, "run the app, or give doctor the app's SPENDWATCH_LEDGER")
-    problem = _write_test(context.ledger)
+    problem = context.ledger.write_problem()
     if problem:
-        return CheckResult("ledger", FAIL, f"{where} opens but cannot be written: {problem}", "check its permissions")
+        summary = f"{where} opens but cannot be written: {printable(problem)}"
+        return CheckResult("ledger", FAIL, summary, "check its permissions")
     return CheckResult("ledger", OK, f"{where} opens and takes writes ({context.ledger.call_count()} calls recorded)")
-
-
-def _write_test(ledger) -> str | None:
-    """Write a row in a transaction and roll it back; the reason it failed, or None. The row goes into the
-    key-value ``spendwatch_meta`` table: a rolled-back insert into a table with a serial id (events) would still
-    use up a PostgreSQL sequence number and leave a gap in the audited history."""
-    backend = ledger.backend
-    try:
-        with backend.transaction() as cursor:
-            query = "INSERT INTO spendwatch_meta (key, value) VALUES (?, ?)"
-            backend.execute(cursor, query, (f"doctor-write-test-{os.getpid()}-{time.time()}", "rolled back"))
-            raise _RollBack
-    except _RollBack:
-        return None
-    except Exception as error:  # noqa: BLE001 - any driver error is the answer
-        return printable(first_line(error))
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -627,7 +606,7 @@ def check_clock(context: DoctorContext) -> CheckResult:
     if context.settings is None:
         return _not_checked("clock")
     zone = context.settings.timezone
-    latest = _latest_call_time(context.ledger) if context.ledger is not None else None
+    latest = context.ledger.latest_call_time() if context.ledger is not None else None
     if latest is not None and latest - context.now > CLOCK_SKEW_LIMIT_S:
         ahead = (latest - context.now) / 60
         summary = (
@@ -644,12 +623,6 @@ def check_clock(context: DoctorContext) -> CheckResult:
     if not chosen and local.utcoffset() != datetime.fromtimestamp(context.now, zone).utcoffset():
         notes.append(f"this machine runs on {local:%Z} (set SPENDWATCH_TIMEZONE if days should start at its midnight)")
     return CheckResult("clock", OK, "; ".join(notes))
-
-
-def _latest_call_time(ledger) -> float | None:
-    # The latest day is read from the index, then only that day's calls: never a scan of the whole history.
-    rows = ledger.backend.select("SELECT MAX(ts) FROM calls WHERE day = (SELECT MAX(day) FROM calls)")
-    return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 def _next_offset_change(zone, now: float) -> datetime | None:

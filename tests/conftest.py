@@ -102,7 +102,7 @@ def ledger(ledger_location):
     from zoneinfo import ZoneInfo
 
     from spendwatch.exporter import Ledger
-    from spendwatch.exporter.ledger_backends import open_backend
+    from spendwatch.exporter.ledger import open_backend
 
     opened = Ledger(open_backend(ledger_location), ZoneInfo("UTC"))
     yield opened

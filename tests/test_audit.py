@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from spendwatch.exporter import Ledger, LedgerEntry, LedgerSink
-from spendwatch.exporter.audit import AUDIT_KEY_ENV, key_file_path, verify
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import open_backend
+from spendwatch.exporter.ledger.audit import AUDIT_KEY_ENV, key_file_path, verify
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.records import UsageRecord
 
@@ -169,6 +169,7 @@ def _append(location: str, journal: str, worker: int, count: int) -> None:
     sink.close()
 
 
+@pytest.mark.slow
 def test_four_processes_appending_at_once_leave_one_intact_complete_chain(ledger, ledger_location, tmp_path):
     context = multiprocessing.get_context("spawn")
     workers = [

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from spendwatch.exporter import Ledger
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import open_backend
 from tests.conftest import FAKE_API_KEY
 
 BIN = Path(sys.executable).parent

@@ -15,8 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spendwatch.exporter.budgets import BudgetStatus
 from spendwatch.exporter.collector import SpendCollector
-from spendwatch.exporter.ledger import Ledger, LedgerEntry
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import Ledger, LedgerEntry, open_backend
 from spendwatch.exporter.mapping import MAX_LABEL_LENGTH
 from spendwatch.instrumentation.records import UsageRecord
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spendwatch.doctor import WARN, run_checks
 from spendwatch.exporter import Ledger
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import open_backend
 from spendwatch.exporter.server import DEFAULT_ADDRESS, LEDGER_HEADER, PID_HEADER, ledger_fingerprint
 from spendwatch.exporter.settings import default_ledger_path
 from tests.conftest import FAKE_API_KEY

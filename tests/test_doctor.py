@@ -18,7 +18,7 @@ from spendwatch.doctor import FAIL, OK, WARN, DoctorContext, check_instrumentor,
 from spendwatch.exporter import Ledger, LedgerEntry
 from spendwatch.exporter.budgets import BudgetStatus
 from spendwatch.exporter.collector import SpendCollector
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import open_backend
 from spendwatch.exporter.server import start_metrics_server
 from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.records import UsageRecord

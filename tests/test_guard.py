@@ -18,7 +18,7 @@ from spendwatch import runtime
 from spendwatch.exporter import Ledger, LedgerSink, load_settings
 from spendwatch.exporter.guard import BudgetGuard
 from spendwatch.exporter.guard_rules import guard_config
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import open_backend
 from spendwatch.instrumentation.admission import CallRequest
 from spendwatch.instrumentation.errors import as_sdk_error
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
@@ -164,6 +164,7 @@ def _process_hammer(ledger: str, base_url: str, budget: float, threads: int, cal
     queue.put(counts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_processes_sharing_a_one_dollar_scale_budget_never_overshoot(tmp_path, stub, backend, request):
     ledger = str(tmp_path / "ledger.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from spendwatch.exporter import Ledger, LedgerEntry, load_settings, open_ledger
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import open_backend
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.records import UsageRecord
 

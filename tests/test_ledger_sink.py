@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from spendwatch.exporter import Ledger, LedgerSink, journal_directory
-from spendwatch.exporter.ledger_backends import SQLiteBackend, open_backend
+from spendwatch.exporter.ledger import open_backend
+from spendwatch.exporter.ledger.dialects import SQLiteBackend
 from spendwatch.exporter.sink import fallback_journal_directory
 from spendwatch.instrumentation.records import UsageRecord
 from tests.conftest import FAKE_API_KEY
@@ -72,7 +73,7 @@ KILLED_APP = textwrap.dedent(
     from zoneinfo import ZoneInfo
     import openai
     from spendwatch.exporter import Ledger, LedgerSink
-    from spendwatch.exporter.ledger_backends import open_backend
+    from spendwatch.exporter.ledger import open_backend
     from spendwatch.instrumentation import register_sink
     from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 
@@ -123,6 +124,7 @@ def _hammer(ledger_path: str, journal: str, threads: int, per_thread: int) -> No
     sink.close()
 
 
+@pytest.mark.slow
 def test_four_processes_with_threads_share_one_sqlite_ledger_exactly(tmp_path):
     ledger_path, journal = str(tmp_path / "ledger.db"), str(tmp_path / "journal")
     open_ledger_at(ledger_path).close()
@@ -200,6 +202,7 @@ def test_a_forked_worker_writes_its_own_journal(tmp_path):
     assert open_ledger_at(tmp_path / "ledger.db").call_count() == 2
 
 
+@pytest.mark.slow
 def test_four_processes_with_threads_share_one_postgresql_ledger_exactly(tmp_path, postgres_url):
     open_backend(postgres_url).close()
     context = multiprocessing.get_context("spawn")

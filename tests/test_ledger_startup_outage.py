@@ -21,7 +21,7 @@ import pytest
 import spendwatch
 from spendwatch import runtime
 from spendwatch.exporter import Ledger
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import open_backend
 from tests.conftest import FAKE_API_KEY
 from tests.servers import in_ci, wait_until
 
@@ -63,6 +63,7 @@ def calls_in(location: str) -> int:
 # --- PostgreSQL down at start-up --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_app_started_while_postgresql_is_down_records_every_call_once_it_is_back(
     stopped_postgres, postgres_cluster, client, stub
 ):
@@ -86,6 +87,7 @@ def test_an_app_started_while_postgresql_is_down_records_every_call_once_it_is_b
     ledger.close()
 
 
+@pytest.mark.slow
 def test_the_guard_refuses_a_call_it_cannot_check_and_says_the_ledger_is_unreachable(
     stopped_postgres, postgres_cluster, client, stub
 ):
@@ -108,6 +110,7 @@ def test_the_guard_refuses_a_call_it_cannot_check_and_says_the_ledger_is_unreach
     ledger.close()
 
 
+@pytest.mark.slow
 def test_with_on_ledger_error_admit_the_guard_lets_the_call_through_and_counts_it(
     stopped_postgres, postgres_cluster, client, stub, tmp_path
 ):

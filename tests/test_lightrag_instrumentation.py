@@ -329,7 +329,7 @@ async def test_the_category_reaches_calls_made_by_lightrag_workers_started_outsi
 @pytest.fixture
 def ledger_sink(tmp_path):
     from spendwatch.exporter import Ledger
-    from spendwatch.exporter.ledger_backends import open_backend
+    from spendwatch.exporter.ledger import open_backend
     from spendwatch.exporter.sink import LedgerSink
     from spendwatch.instrumentation import register_sink, unregister_sink
 
@@ -379,8 +379,7 @@ def test_llm_cache_stage_names_the_extraction_passes_and_keeps_other_cache_types
 
 def test_stage_rows_count_cache_hits_apart_and_unpriced_calls_as_unpriced(tmp_path):
     from spendwatch.exporter import Ledger
-    from spendwatch.exporter.ledger import LedgerEntry
-    from spendwatch.exporter.ledger_backends import open_backend
+    from spendwatch.exporter.ledger import LedgerEntry, open_backend
 
     def call(operation, cost, **attributes):
         attributes = {f"spendwatch.lightrag.{key}": value for key, value in attributes.items()}

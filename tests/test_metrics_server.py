@@ -22,8 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from spendwatch.exporter.collector import SpendCollector
-from spendwatch.exporter.ledger import Ledger, LedgerEntry
-from spendwatch.exporter.ledger_backends import open_backend
+from spendwatch.exporter.ledger import Ledger, LedgerEntry, open_backend
 from spendwatch.exporter.metrics_endpoint import Holder, MetricsEndpoint
 from spendwatch.exporter.server import LEDGER_HEADER, PID_HEADER, ledger_fingerprint, start_metrics_server
 from spendwatch.exporter.settings import load_settings

@@ -12,11 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from spendwatch.exporter import LedgerEntry, load_settings
-from spendwatch.exporter.audit import AUDIT_KEY_ENV, verify
 from spendwatch.exporter.budgets import budget_statuses
 from spendwatch.exporter.collector import SpendCollector
 from spendwatch.exporter.ledger import TOTAL_KEYS
-from spendwatch.exporter.reprice import reprice
+from spendwatch.exporter.ledger.audit import AUDIT_KEY_ENV, verify
+from spendwatch.exporter.ledger.reprice import reprice
 from spendwatch.instrumentation.pricing import Price
 from spendwatch.instrumentation.records import UsageRecord
 

@@ -29,8 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from spendwatch.exporter import audit
-from spendwatch.exporter.ledger import TOTAL_KEYS, Ledger
+from spendwatch.exporter.ledger import audit
+from spendwatch.exporter.ledger.ledger import Ledger
+from spendwatch.exporter.ledger.totals import TotalsChange
 from spendwatch.instrumentation.calls import REPORTED
 from spendwatch.instrumentation.pricing import Price, PriceTable
 
@@ -140,16 +141,16 @@ def _changes(calls: list[tuple], table: PriceTable, clock: _CallClock) -> tuple[
 
 def _apply(ledger: Ledger, cursor, changes: list[_Change], event_id: int) -> None:
     backend, at = ledger.backend, time.time()
-    chained, totals, daily = [], {}, {}
+    chained, totals = [], TotalsChange(("cost_usd", "unpriced"))
     for change in changes:
         row = [change.call_id, at, event_id, change.old_cost, change.new_cost, change.old_pricing, change.new_pricing]
         ((repricing_id,),) = backend.execute(cursor, _INSERT, row)
         chained.append(("reprice", None, repricing_id, audit.repricing_content([repricing_id, *row])))
-        delta = [change.new_cost - (change.old_cost or 0.0), -1 if change.old_cost is None else 0]
-        for into, key in ((totals, change.key), (daily, (change.day, *change.key))):
-            into[key] = [a + b for a, b in zip(into.get(key, [0.0, 0]), delta, strict=True)]
-    query = backend._sql("UPDATE calls SET cost_usd = ?, pricing = ? WHERE id = ?")
-    cursor.executemany(query, [(change.new_cost, change.new_pricing, change.call_id) for change in changes])
+        # The difference in cost, and one unpriced call fewer where an unpriced call got a price.
+        totals.add(
+            change.day, change.key, [change.new_cost - (change.old_cost or 0.0), -1 if change.old_cost is None else 0]
+        )
+    query = "UPDATE calls SET cost_usd = ?, pricing = ? WHERE id = ?"
+    backend.execute_many(cursor, query, [(change.new_cost, change.new_pricing, change.call_id) for change in changes])
     audit.append(backend, cursor, ledger.audit_key, chained)
-    backend.add_totals(cursor, "totals", TOTAL_KEYS, ("cost_usd", "unpriced"), totals)
-    backend.add_totals(cursor, "daily_totals", ("day", *TOTAL_KEYS), ("cost_usd", "unpriced"), daily)
+    totals.apply(backend, cursor)

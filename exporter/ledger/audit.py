@@ -38,7 +38,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spendwatch.exporter.ledger_backends import is_postgres_location, state_directory
+from spendwatch.exporter.ledger.locations import is_postgres_location, state_directory
+from spendwatch.exporter.ledger.schema import (
+    CALL_COLUMNS,
+    CALL_TYPES,
+    EVENT_COLUMNS,
+    EVENT_TYPES,
+    REPRICING_COLUMNS,
+    REPRICING_TYPES,
+)
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = [
@@ -63,13 +71,6 @@ KEY_ID_META_KEY = "audit_key_id"
 _DOMAIN = "spendwatch-audit-v1"
 _MIN_KEY_CHARS = 32
 _ENCODE = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
-
-# Column types of calls, in table order (exporter.ledger.CALL_COLUMNS): f float, i integer, t text.
-_CALL_TYPES = "tfttttttiiiiftittfttt"
-EVENT_COLUMNS = ("id", "ts", "kind", "detail")
-_EVENT_TYPES = "iftt"
-REPRICING_COLUMNS = ("id", "call_id", "ts", "event_id", "old_cost_usd", "new_cost_usd", "old_pricing", "new_pricing")
-_REPRICING_TYPES = "itfifftt"
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class AuditKey:
 def key_file_path(location: str, environ=os.environ) -> Path:
     """``<ledger>.key`` beside a SQLite ledger; ``$XDG_STATE_HOME/spendwatch/audit.key`` for PostgreSQL."""
     if is_postgres_location(location):
-        return state_directory(environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")) / "audit.key"
+        return state_directory(environ=environ) / "audit.key"
     return Path(f"{location}.key")
 
 
@@ -187,18 +188,18 @@ def _normalised(values: Sequence, types: str) -> list:
 
 def call_content(row: Sequence) -> list:
     """A calls row (all columns, table order) as MACed: a row read back from the database, normalised to the
-    column types that exporter.ledger._call_row writes."""
-    return _normalised(row, _CALL_TYPES)
+    column types that schema.call_row writes."""
+    return _normalised(row, CALL_TYPES)
 
 
 def event_content(row: Sequence) -> list:
     """An events row ``(id, ts, kind, detail)`` as MACed."""
-    return _normalised(row, _EVENT_TYPES)
+    return _normalised(row, EVENT_TYPES)
 
 
 def repricing_content(row: Sequence) -> list:
     """A repricings row (:data:`REPRICING_COLUMNS`) as MACed."""
-    return _normalised(row, _REPRICING_TYPES)
+    return _normalised(row, REPRICING_TYPES)
 
 
 # --- appending ------------------------------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ def append(backend, cursor, key: AuditKey, records: Sequence[tuple[str, str | No
         seq += 1
         previous = key.mac(seq, kind, previous, content)
         rows.append((seq, kind, call_id, row_id, previous))
-    cursor.executemany(backend._sql("INSERT INTO audit (seq, kind, call_id, row_id, mac) VALUES (?, ?, ?, ?, ?)"), rows)
+    backend.execute_many(cursor, "INSERT INTO audit (seq, kind, call_id, row_id, mac) VALUES (?, ?, ?, ?, ?)", rows)
     head_value = json.dumps({"seq": seq, "mac": previous, "seal": key.seal(seq, previous)})
     backend.set_meta(cursor, HEAD_META_KEY, head_value)
 
@@ -262,9 +263,7 @@ def verify(ledger) -> Verdict:
     record's MAC over its row (an altered, deleted or reordered row or record), the sealed head (deleted newest
     records), rows no record covers (inserted without the key), budget limits against their last chained change,
     and the running totals (what budgets and ``/metrics`` read) against a scan of ``calls``."""
-    from spendwatch.exporter.ledger import CALL_COLUMNS
-
-    with ledger._lock, ledger.backend.snapshot() as rows:
+    with ledger.snapshot() as rows:
         walk = _Walk(ledger.audit_key, rows, CALL_COLUMNS)
         problem = walk.chain() or walk.head() or walk.unchained() or walk.budget_limits() or walk.totals()
     message, bad_seq = problem or (None, None)

@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import date
 
-from spendwatch.exporter.ledger import Ledger, budget_scope
+from spendwatch.exporter.ledger.ledger import Ledger, budget_scope
 from spendwatch.exporter.settings import BudgetSpec
 
 __all__ = ["LeaseGrant", "renew_lease", "release_lease"]
@@ -61,7 +61,7 @@ def renew_lease(
     """Extend a lease by ``want_usd`` (or whatever is left, if at least ``need_usd``), atomically."""
     first, end = period
     scope, scope_values = budget_scope(budget.category, budget.model)
-    with ledger._lock, ledger.backend.transaction() as cursor:
+    with ledger.transaction() as cursor:
         backend = ledger.backend
         backend.lock_budget(cursor, zlib.crc32(f"{budget.name}/{budget.period}".encode()))
         backend.execute(cursor, "DELETE FROM leases WHERE expires_at < ?", (now,))
@@ -82,5 +82,5 @@ def renew_lease(
 
 def release_lease(ledger: Ledger, lease_id: str) -> None:
     """Give a lease back (at exit, after the journal was drained: its costs are spend by then)."""
-    with ledger._lock, ledger.backend.transaction() as cursor:
+    with ledger.transaction() as cursor:
         ledger.backend.execute(cursor, "DELETE FROM leases WHERE lease_id = ?", (lease_id,))

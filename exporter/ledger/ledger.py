@@ -1,13 +1,11 @@
-"""The spend ledger: one row per call with its raw usage, and running totals kept in the same transaction.
+"""The :class:`Ledger`: one row per call with its raw usage, and running totals kept in the same transaction.
 
-SQLite is the embedded default; PostgreSQL (``postgresql://``) lets several hosts share one budget. Both speak the
-same SQL here; the dialect differences are in :mod:`spendwatch.exporter.ledger_backends`. Ingest is idempotent (each
-entry has a unique id; a replayed entry is not counted twice), and the totals are only ever added to for rows that
-were really inserted, so they always equal a scan of ``calls`` without anyone ever scanning it: reading the
-current spend or serving ``/metrics`` costs O(series), never O(history).
+Ingest is idempotent (each entry has a unique id; a replayed entry is not counted twice), and the totals are only
+ever added to for rows that were really inserted, so they always equal a scan of ``calls`` without anyone ever
+scanning it: reading the current spend or serving ``/metrics`` costs O(series), never O(history).
 
 Every row written to ``calls``, ``events`` and ``repricings`` is chained into the HMAC audit trail in the same
-transaction (see :mod:`spendwatch.exporter.audit`); such transactions take the chain head first
+transaction (see :mod:`spendwatch.exporter.ledger.audit`); such transactions take the chain head first
 (:meth:`Ledger.chained_transaction`), so concurrent writers append one after another.
 """
 
@@ -23,65 +21,24 @@ from dataclasses import dataclass, field
 from datetime import date
 from zoneinfo import ZoneInfo
 
-from spendwatch.exporter import audit
-from spendwatch.exporter.ledger_backends import LedgerUnavailable, first_line
-from spendwatch.exporter.periods import local_day
+from spendwatch.exporter.ledger import audit
+from spendwatch.exporter.ledger.locations import LedgerUnavailable, first_line
+from spendwatch.exporter.ledger.schema import BUCKET_KEYS, CALL_COLUMNS, TOTAL_COUNTERS, TOTAL_KEYS, call_row
+from spendwatch.exporter.ledger.totals import TotalsChange, add_to, counters
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.records import UsageRecord
 
-__all__ = [
-    "Ledger",
-    "LedgerEntry",
-    "LedgerUnavailable",
-    "DURATION_BUCKETS",
-    "TOTAL_KEYS",
-    "TOTAL_COUNTERS",
-    "budget_scope",
-]
+__all__ = ["Ledger", "LedgerEntry", "budget_scope"]
 
-# Upper bounds (seconds) of llm_request_duration_seconds; LLM calls take from 100 ms to minutes.
-DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-TOTAL_KEYS = ("provider", "model", "operation", "category")
-BUCKET_KEYS = ("provider", "model", "operation", "le")
-TOTAL_COUNTERS = (
-    "cost_usd",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "reasoning_tokens",
-    "success",
-    "error",
-    "blocked",
-    "unpriced",
-    "estimated",
-    "duration_sum",
-    "duration_count",
-)
-CALL_COLUMNS = (
-    "id",
-    "ts",
-    "day",
-    "provider",
-    "operation",
-    "model",
-    "response_model",
-    "category",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "pricing",
-    "estimated",
-    "outcome",
-    "error_type",
-    "duration_s",
-    "trace_id",
-    "span_id",
-    "attributes",
-)
-SCHEMA_VERSION = "1"
 REOPEN_INTERVAL_S = 1.0  # how often a ledger that could not be opened is tried again
+_DAY = CALL_COLUMNS.index("day")
+# The tables :meth:`Ledger.table_rows` reads, each with its key.
+_KEY_ORDER = {
+    "calls": "id",
+    "totals": ", ".join(TOTAL_KEYS),
+    "daily_totals": ", ".join(("day", *TOTAL_KEYS)),
+    "duration_buckets": ", ".join(BUCKET_KEYS),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,62 +49,8 @@ class LedgerEntry:
     record: UsageRecord
 
 
-def _call_row(entry: LedgerEntry, tz: ZoneInfo) -> tuple:
-    """The calls row, each value already of its column's type: it is MACed as is (see audit.call_content)."""
-    r = entry.record
-    return (
-        entry.entry_id,
-        float(r.start_time),
-        local_day(r.start_time, tz).isoformat(),
-        r.provider,
-        r.operation,
-        r.request_model,
-        r.response_model,
-        r.category or "",
-        int(r.input_tokens),
-        int(r.output_tokens),
-        int(r.cache_read_tokens),
-        int(r.reasoning_tokens),
-        None if r.cost_usd is None else float(r.cost_usd),
-        r.pricing,
-        int(r.estimated),
-        r.outcome,
-        r.error_type,
-        float(r.duration_s),
-        format(r.trace_id, "032x") if r.trace_id else None,
-        format(r.span_id, "016x") if r.span_id else None,
-        json.dumps(r.attributes) if r.attributes else None,
-    )
-
-
-def _counters(r: UsageRecord) -> list[float]:
-    return [
-        r.cost_usd or 0.0,
-        r.input_tokens,
-        r.output_tokens,
-        r.cache_read_tokens,
-        r.reasoning_tokens,
-        (r.calls - r.failed_calls) if r.outcome == "success" else 0,
-        r.failed_calls + (r.calls if r.outcome == "error" else 0),
-        r.calls if r.outcome == "blocked" else 0,
-        int(r.cost_usd is None),
-        int(r.estimated),
-        r.duration_s,
-        1,
-    ]
-
-
-def _add(into: dict, key: tuple, values: Sequence[float]) -> None:
-    current = into.get(key)
-    if current is None:
-        into[key] = list(values)
-    else:
-        for index, value in enumerate(values):
-            current[index] += value
-
-
 class Ledger:
-    """Backend-neutral ledger logic over a DB-API connection from :mod:`ledger_backends`."""
+    """Backend-neutral ledger logic over a backend from :mod:`.dialects` (see :mod:`.locations` to open one)."""
 
     def __init__(self, backend, tz: ZoneInfo, *, audit_key: audit.AuditKey | None = None) -> None:
         """``audit_key`` defaults to ``SPENDWATCH_AUDIT_KEY`` or the key file; a bad one is a ConfigError."""
@@ -218,36 +121,26 @@ class Ledger:
         entries = list(entries)
         if not entries:
             return 0
-        rows = [_call_row(entry, self.tz) for entry in entries]
+        rows = [call_row(entry, self.tz) for entry in entries]
         with self.chained_transaction() as cursor:
             inserted = [
                 (entry, row) for entry, row in zip(entries, rows, strict=True) if self.backend.insert_call(cursor, row)
             ]
-            chained = [("call", row[0], None, row) for _, row in inserted]  # typed by _call_row: MACed as is
+            chained = [("call", row[0], None, row) for _, row in inserted]  # typed by call_row: MACed as is
             audit.append(self.backend, cursor, self.audit_key, chained)
             fresh = [entry for entry, _ in inserted]
-            totals: dict[tuple, list[float]] = {}
-            daily: dict[tuple, list[float]] = {}
-            buckets: dict[tuple, list[float]] = {}
+            change = TotalsChange()
             decisions: dict[tuple, list[float]] = {}
             lease_costs: dict[str, float] = {}
-            for entry in fresh:
+            for entry, row in inserted:
                 r = entry.record
                 for decision in r.guard_actions:
-                    _add(decisions, decision, [1])
+                    add_to(decisions, decision, [1])
                 for lease in r.leases:
                     lease_costs[lease] = lease_costs.get(lease, 0.0) + (r.cost_usd or 0.0)
-                key = (r.provider, r.request_model, r.operation, r.category or "")
-                counters = _counters(r)
-                _add(totals, key, counters)
-                _add(daily, (local_day(r.start_time, self.tz).isoformat(), *key), counters)
-                for le in DURATION_BUCKETS:
-                    if r.duration_s <= le:
-                        _add(buckets, (r.provider, r.request_model, r.operation, le), [1])
-                        break
-            self.backend.add_totals(cursor, "totals", TOTAL_KEYS, TOTAL_COUNTERS, totals)
-            self.backend.add_totals(cursor, "daily_totals", ("day", *TOTAL_KEYS), TOTAL_COUNTERS, daily)
-            self.backend.add_totals(cursor, "duration_buckets", BUCKET_KEYS, ("count",), buckets)
+                change.add(row[_DAY], (r.provider, r.request_model, r.operation, r.category or ""), counters(r))
+                change.add_duration(r.provider, r.request_model, r.operation, r.duration_s)
+            change.apply(self.backend, cursor)
             self.backend.add_totals(cursor, "guard_decisions", ("budget", "action"), ("count",), decisions)
             for lease, cost in lease_costs.items():
                 # The cost is spend now: it leaves the lease it was drawn from, in the same transaction.
@@ -284,11 +177,23 @@ class Ledger:
             return self.chained_event(cursor, kind, detail, at=time.time())
 
     @contextlib.contextmanager
+    def transaction(self) -> Iterator:
+        """A write transaction of this package's modules; one thread of this process at a time."""
+        with self._lock, self.backend.transaction() as cursor:
+            yield cursor
+
+    @contextlib.contextmanager
     def chained_transaction(self) -> Iterator:
         """A write transaction that holds the audit chain's head: for anything that appends to the chain."""
-        with self._lock, self.backend.transaction() as cursor:
+        with self.transaction() as cursor:
             audit.lock(self.backend, cursor)
             yield cursor
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Callable[[str, Sequence], Iterator[tuple]]]:
+        """One consistent read of the whole ledger, for this package's modules; yields ``rows(query, parameters)``."""
+        with self._lock, self.backend.snapshot() as rows:
+            yield rows
 
     def chained_event(self, cursor, kind: str, detail: dict, *, at: float) -> int:
         """Add an event and its audit record inside a :meth:`chained_transaction`; the event's id."""
@@ -323,12 +228,31 @@ class Ledger:
     def accepts_writes(self) -> bool:
         """Whether a write transaction commits now (to tell an outage from a record the ledger cannot store)."""
         try:
-            with self._lock, self.backend.transaction() as cursor:
+            with self.transaction() as cursor:
                 query = "UPDATE spendwatch_meta SET value = value WHERE key = ?"
                 self.backend.execute(cursor, query, ("schema_version",))
         except Exception:  # noqa: BLE001
             return False
         return True
+
+    def write_problem(self) -> str | None:
+        """Why a write fails now (its first line), or None; keeps nothing. The row goes into the key-value
+        ``spendwatch_meta`` table: a rolled-back insert into a table with a serial id (events) would still use up a
+        PostgreSQL sequence number and leave a gap in the audited history."""
+        backend = self.backend
+        try:
+            with backend.transaction() as cursor:
+                query = "INSERT INTO spendwatch_meta (key, value) VALUES (?, ?)"
+                backend.execute(cursor, query, (f"write-test-{os.getpid()}-{time.time()}", "rolled back"))
+                raise _RollBack
+        except _RollBack:
+            return None
+        except Exception as error:  # noqa: BLE001 - any driver error is the answer
+            return first_line(error)
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another process's write before it fails (SQLite; PostgreSQL waits as it does)."""
+        self.backend.set_busy_timeout(seconds)
 
     def guard_decisions(self) -> dict[tuple[str, str], int]:
         rows = self._select("SELECT budget, action, count FROM guard_decisions")
@@ -351,6 +275,29 @@ class Ledger:
     def call_count(self) -> int:
         return int(self._select("SELECT COUNT(*) FROM calls")[0][0])
 
+    def latest_call_time(self) -> float | None:
+        """When the newest call started (epoch seconds), or None for an empty ledger."""
+        # The latest day is read from the index, then only that day's calls: never a scan of the whole history.
+        rows = self._select("SELECT MAX(ts) FROM calls WHERE day = (SELECT MAX(day) FROM calls)")
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def calls_with_attributes(self, first_day: date, last_day: date) -> list[dict]:
+        """The calls of days ``first_day`` to ``last_day`` (both included) that carry attributes: ``operation``,
+        the token counts, ``cost_usd`` and ``attributes`` (JSON text). A scan of those days, off the hot path."""
+        query = (
+            "SELECT operation, input_tokens, output_tokens, cache_read_tokens, cost_usd, attributes"
+            " FROM calls WHERE day >= ? AND day <= ? AND attributes IS NOT NULL"
+        )
+        return self._select_dicts(query, (first_day.isoformat(), last_day.isoformat()))
+
+    def table_rows(self, table: str) -> list[dict]:
+        """Every row of ``calls`` or one of the totals tables, in key order: for comparing two ledgers."""
+        return self._select_dicts(f"SELECT * FROM {table} ORDER BY {_KEY_ORDER[table]}")
+
+    def row_counts(self) -> dict[str, int]:
+        """How many rows ``calls`` and the totals tables hold (counting ``calls`` scans it)."""
+        return {table: int(self._select(f"SELECT COUNT(*) FROM {table}")[0][0]) for table in _KEY_ORDER}
+
     def _select(self, query: str, parameters: Sequence = ()) -> list[tuple]:
         with self._lock:
             return self.backend.select(query, parameters)
@@ -372,6 +319,10 @@ class Ledger:
             self._opening.connect = None  # a closed ledger stays closed
             if self._backend is not None:
                 self._backend.close()
+
+
+class _RollBack(Exception):
+    """Raised inside :meth:`Ledger.write_problem`'s transaction so that nothing it wrote is kept."""
 
 
 @dataclass

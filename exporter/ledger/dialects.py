@@ -1,0 +1,236 @@
+"""SQLite and PostgreSQL under the ledger: the connection, transactions, and the few statements whose SQL differs.
+
+Everything else speaks one SQL with ``?`` placeholders, which a dialect rewrites for its driver. Both backends take
+the same calls: :meth:`transaction` for a write, :meth:`execute` inside it, :meth:`select` outside, and
+:meth:`snapshot` for one consistent read of the whole database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from spendwatch.exporter.ledger.schema import create_statements
+
+__all__ = ["PostgresBackend", "SQLiteBackend"]
+
+
+class _SqlBackend:
+    """What both databases share; subclasses set the connection, placeholders and column types."""
+
+    location: str
+    types: dict[str, str]
+
+    def _sql(self, query: str) -> str:
+        return query
+
+    def create_tables(self, cursor) -> None:
+        """Every table and index this release needs that is not there yet."""
+        for statement in create_statements(self.types):
+            cursor.execute(statement)
+
+    def insert_call(self, cursor, row: tuple) -> bool:
+        placeholders = ", ".join("?" * len(row))
+        cursor.execute(self._sql(f"INSERT INTO calls VALUES ({placeholders}) ON CONFLICT (id) DO NOTHING"), row)
+        return cursor.rowcount == 1
+
+    def add_totals(self, cursor, table: str, keys: Sequence[str], counters: Sequence[str], rows: dict) -> None:
+        if not rows:
+            return
+        columns = ", ".join((*keys, *counters))
+        placeholders = ", ".join("?" * (len(keys) + len(counters)))
+        updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in counters)
+        query = (
+            f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
+            f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        )
+        cursor.executemany(self._sql(query), [(*key, *values) for key, values in rows.items()])
+
+    def upsert_budget_limit(self, cursor, name: str, period: str, limit_usd: float, at: float) -> None:
+        query = (
+            "INSERT INTO budget_limits (name, period, limit_usd, changed_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name, period) DO UPDATE SET limit_usd = excluded.limit_usd, changed_at = excluded.changed_at"
+        )
+        cursor.execute(self._sql(query), (name, period, limit_usd, at))
+
+    def lock_budget(self, cursor, key: int) -> None:
+        """Serialise transactions that take the same key (lease renewals of one budget, schema creation) until
+        the transaction ends. SQLite's BEGIN IMMEDIATE already serialises every writer."""
+
+    def execute(self, cursor, query: str, parameters: Sequence = ()) -> list[tuple]:
+        """A statement inside a transaction; the rows it returns, if any."""
+        cursor.execute(self._sql(query), tuple(parameters))
+        return cursor.fetchall() if cursor.description else []
+
+    def execute_many(self, cursor, query: str, rows: Sequence[Sequence]) -> None:
+        """One statement for each of ``rows``, inside a transaction."""
+        cursor.executemany(self._sql(query), rows)
+
+    def add_event(self, cursor, at: float, kind: str, detail: str) -> int:
+        """Append an event; its id."""
+        query = "INSERT INTO events (ts, kind, detail) VALUES (?, ?, ?) RETURNING id"
+        cursor.execute(self._sql(query), (at, kind, detail))
+        return int(cursor.fetchone()[0])
+
+    def set_meta(self, cursor, key: str, value: str) -> None:
+        query = (
+            "INSERT INTO spendwatch_meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        )
+        cursor.execute(self._sql(query), (key, value))
+
+    def select(self, query: str, parameters: Sequence = ()) -> list[tuple]:
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(self._sql(query), tuple(parameters))
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+            self._end_read()
+
+    def select_dicts(self, query: str, parameters: Sequence = ()) -> list[dict]:
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(self._sql(query), tuple(parameters))
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+            self._end_read()
+
+    def _end_read(self) -> None:
+        pass
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another writer before it fails (SQLite's lock; PostgreSQL waits its own way)."""
+
+
+class SQLiteBackend(_SqlBackend):
+    types = {"text": "TEXT", "int": "INTEGER", "real": "REAL", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+
+    def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
+        self.location = path
+        self.busy_timeout_s = busy_timeout_s
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE takes the write lock up front, so two
+        # processes never both read the totals and then race to write them).
+        self.connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+
+    def prepare(self) -> None:
+        self._set_wal_mode()
+        # NORMAL in WAL mode survives a process crash; power loss is the journal's and the OS's business.
+        self.connection.execute("PRAGMA synchronous = NORMAL")
+
+    def _set_wal_mode(self) -> None:
+        # Switching a new database to WAL takes an exclusive lock without waiting on the busy timeout, so processes
+        # creating one ledger at the same moment get "database is locked" here: wait for the others, as a write would.
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                self.connection.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        cursor = self.connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            yield cursor
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        else:
+            cursor.execute("COMMIT")
+        finally:
+            cursor.close()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Callable[[str, Sequence], Iterator[tuple]]]:
+        """One consistent read of the whole database (WAL readers never block writers); yields ``rows(query,
+        parameters)``, which streams a query's rows from that snapshot."""
+        self.connection.execute("BEGIN")
+        try:
+            yield lambda query, parameters=(): iter(self.connection.execute(query, tuple(parameters)))
+        finally:
+            self.connection.execute("COMMIT")
+
+    def table_names(self) -> set[str]:
+        return {row[0] for row in self.select("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        self.connection.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class PostgresBackend(_SqlBackend):
+    types = {"text": "TEXT", "int": "BIGINT", "real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"}
+
+    def __init__(self, url: str) -> None:
+        self.location = url
+        self._connection = None
+        self._connect()
+
+    def _connect(self):
+        import psycopg
+
+        self._connection = psycopg.connect(self.location, autocommit=True, connect_timeout=10)
+        return self._connection
+
+    @property
+    def connection(self):
+        """The open connection; after the server went away (restart, failover) a new one, or the connect error."""
+        if self._connection is None or self._connection.closed or self._connection.broken:
+            if self._connection is not None:
+                self._connection.close()
+            return self._connect()
+        return self._connection
+
+    def prepare(self) -> None:
+        pass
+
+    def _sql(self, query: str) -> str:
+        return query.replace("?", "%s")
+
+    def lock_budget(self, cursor, key: int) -> None:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+    @contextlib.contextmanager
+    def transaction(self):
+        connection = self.connection
+        with connection.transaction(), connection.cursor() as cursor:
+            yield cursor
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """One consistent read (REPEATABLE READ); yields ``rows(query, parameters)``, streamed by a server-side
+        cursor so a long history is never held in memory at once."""
+        connection = self.connection
+        names = itertools.count()
+
+        def rows(query: str, parameters: Sequence = ()) -> Iterator[tuple]:
+            with connection.cursor(name=f"spendwatch_snapshot_{next(names)}") as cursor:
+                cursor.itersize = 5000
+                cursor.execute(self._sql(query), tuple(parameters))
+                yield from cursor
+
+        with connection.transaction():
+            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield rows
+
+    def table_names(self) -> set[str]:
+        rows = self.select("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+        return {row[0] for row in rows}
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()

@@ -1,0 +1,57 @@
+"""Schema versions, and the steps that bring a ledger written by an earlier release up to this one.
+
+A ledger records its schema version in ``spendwatch_meta``. Version ``n + 1`` is version ``n`` after
+``UPGRADES[n - 1]``, so the current version is one more than the number of steps, and a ledger of any earlier
+version opens: the steps it lacks run in order, in the transaction that creates what is missing, under the same
+advisory lock (several processes or hosts may open one ledger at once). A step gets the backend and the open cursor.
+A ledger of a version this release does not know (a later release wrote it) is refused, naming both versions.
+
+A step that adds a counter to the running totals must also fill it from a scan of ``calls``: the totals must keep
+equalling that scan (see :mod:`spendwatch.exporter.ledger.audit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from spendwatch.instrumentation.errors import ConfigError
+
+__all__ = ["SCHEMA_VERSION", "UPGRADES", "VERSION_KEY", "VERSION_QUERY", "check_version", "create_or_upgrade"]
+
+Step = Callable[[object, object], None]
+
+# Version 1 is the first schema, so there is nothing to upgrade from yet.
+UPGRADES: tuple[Step, ...] = ()
+SCHEMA_VERSION = str(len(UPGRADES) + 1)
+VERSION_KEY = "schema_version"
+VERSION_QUERY = "SELECT value FROM spendwatch_meta WHERE key = ?"
+_SCHEMA_LOCK = 0x5350454E44  # "SPEND": the advisory lock key for creating or upgrading the schema
+_META = "CREATE TABLE IF NOT EXISTS spendwatch_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+def check_version(found: Sequence[tuple], named: str, upgrades: Sequence[Step] = UPGRADES) -> int | None:
+    """The version a ledger was written with (None for a new one), or a ConfigError when this release cannot read it."""
+    if not found:
+        return None
+    current = len(upgrades) + 1
+    version = str(found[0][0])
+    if not version.isdigit() or not 1 <= int(version) <= current:
+        raise ConfigError(f"{named} has ledger schema {version}, this is {current}")
+    return int(version)
+
+
+def create_or_upgrade(backend, named: str, upgrades: Sequence[Step] = UPGRADES) -> None:
+    """Create a new ledger's tables, or run the steps an older ledger lacks; either way it ends at this version."""
+    with backend.transaction() as cursor:
+        # PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against processes creating the same table at once.
+        backend.lock_budget(cursor, _SCHEMA_LOCK)
+        backend.execute(cursor, _META)
+        version = check_version(backend.execute(cursor, VERSION_QUERY, (VERSION_KEY,)), named, upgrades)
+        for step in upgrades[(version or len(upgrades) + 1) - 1 :]:
+            step(backend, cursor)
+        backend.create_tables(cursor)
+        if version is None:
+            query = "INSERT INTO spendwatch_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+            backend.execute(cursor, query, (VERSION_KEY, str(len(upgrades) + 1)))
+        elif version <= len(upgrades):
+            backend.set_meta(cursor, VERSION_KEY, str(len(upgrades) + 1))

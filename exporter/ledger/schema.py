@@ -1,0 +1,228 @@
+"""The ledger's tables, defined once: the CREATE statements, the calls row and the audit's field types come from here.
+
+Each column has a portable type (``text``, ``int``, ``real`` or ``serial``) that a dialect spells in its own SQL
+(:mod:`spendwatch.exporter.ledger.dialects`), and the rest of its definition (``NOT NULL``, a default, a key). A
+``calls`` column also says how its value comes from a ledger entry; :func:`call_row` converts it to the column's type,
+so the row is MACed exactly as the database will give it back (see :mod:`spendwatch.exporter.ledger.audit`).
+
+Changing a table is a new schema version with an upgrade step (:mod:`spendwatch.exporter.ledger.migrations`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from spendwatch.exporter.periods import local_day
+
+__all__ = [
+    "BUCKET_KEYS",
+    "CALL_COLUMNS",
+    "CALL_TYPES",
+    "EVENT_COLUMNS",
+    "EVENT_TYPES",
+    "REPRICING_COLUMNS",
+    "REPRICING_TYPES",
+    "TABLES",
+    "TOTAL_COUNTERS",
+    "TOTAL_KEYS",
+    "Column",
+    "Table",
+    "call_row",
+    "create_statements",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str  # text | int | real | serial
+    definition: str = "NOT NULL"  # what follows the type in CREATE TABLE
+    value: Callable | None = None  # for calls: the value from (entry, tz), before conversion to ``type``
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...] = ()  # a PRIMARY KEY of several columns (one column says it in its definition)
+    indexes: tuple[tuple[str, str], ...] = ()  # (index name, column)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+    @property
+    def audit_types(self) -> str:
+        """One letter per column, as the audit normalises a value read back: f float, i integer, t text."""
+        return "".join({"real": "f", "int": "i", "serial": "i", "text": "t"}[column.type] for column in self.columns)
+
+    def create(self, types: dict[str, str]) -> list[str]:
+        columns = [" ".join(filter(None, (c.name, types[c.type], c.definition))) for c in self.columns]
+        if self.key:
+            columns.append(f"PRIMARY KEY ({', '.join(self.key)})")
+        statements = [f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(columns)})"]
+        statements += [f"CREATE INDEX IF NOT EXISTS {name} ON {self.name} ({on})" for name, on in self.indexes]
+        return statements
+
+
+def _text(name: str, definition: str = "NOT NULL") -> Column:
+    return Column(name, "text", definition)
+
+
+def _record(attribute: str) -> Callable:
+    return lambda entry, tz: getattr(entry.record, attribute)
+
+
+def _hex(identifier: int, digits: int) -> str | None:
+    return format(identifier, f"0{digits}x") if identifier else None
+
+
+def _json(attributes: dict) -> str | None:
+    return json.dumps(attributes) if attributes else None
+
+
+CALLS = Table(
+    "calls",
+    (
+        Column("id", "text", "PRIMARY KEY", lambda entry, tz: entry.entry_id),
+        Column("ts", "real", "NOT NULL", _record("start_time")),
+        Column("day", "text", "NOT NULL", lambda entry, tz: local_day(entry.record.start_time, tz).isoformat()),
+        Column("provider", "text", "NOT NULL", _record("provider")),
+        Column("operation", "text", "NOT NULL", _record("operation")),
+        Column("model", "text", "NOT NULL", _record("request_model")),
+        Column("response_model", "text", "", _record("response_model")),
+        Column("category", "text", "NOT NULL", lambda entry, tz: entry.record.category or ""),
+        Column("input_tokens", "int", "NOT NULL", _record("input_tokens")),
+        Column("output_tokens", "int", "NOT NULL", _record("output_tokens")),
+        Column("cache_read_tokens", "int", "NOT NULL", _record("cache_read_tokens")),
+        Column("reasoning_tokens", "int", "NOT NULL", _record("reasoning_tokens")),
+        Column("cost_usd", "real", "", _record("cost_usd")),
+        Column("pricing", "text", "NOT NULL", _record("pricing")),
+        Column("estimated", "int", "NOT NULL", _record("estimated")),
+        Column("outcome", "text", "NOT NULL", _record("outcome")),
+        Column("error_type", "text", "", _record("error_type")),
+        Column("duration_s", "real", "NOT NULL", _record("duration_s")),
+        Column("trace_id", "text", "", lambda entry, tz: _hex(entry.record.trace_id, 32)),
+        Column("span_id", "text", "", lambda entry, tz: _hex(entry.record.span_id, 16)),
+        Column("attributes", "text", "", lambda entry, tz: _json(entry.record.attributes)),
+    ),
+    indexes=(("calls_by_day", "day"),),
+)
+
+# The running totals: one row per series (and per local day), added to in the transaction that writes the calls.
+TOTAL_KEYS = ("provider", "model", "operation", "category")
+BUCKET_KEYS = ("provider", "model", "operation", "le")
+_COUNTERS = tuple(
+    Column(name, "real" if name in ("cost_usd", "duration_sum") else "int", "NOT NULL DEFAULT 0")
+    for name in (
+        "cost_usd",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "reasoning_tokens",
+        "success",
+        "error",
+        "blocked",
+        "unpriced",
+        "estimated",
+        "duration_sum",
+        "duration_count",
+    )
+)
+TOTAL_COUNTERS = tuple(column.name for column in _COUNTERS)
+_COUNT = Column("count", "int", "NOT NULL DEFAULT 0")
+_TOTAL_KEY_COLUMNS = tuple(_text(name) for name in TOTAL_KEYS)
+
+EVENTS = Table("events", (Column("id", "serial", ""), Column("ts", "real"), _text("kind"), _text("detail")))
+REPRICINGS = Table(
+    # A call's cost before and after each re-pricing (see reprice.py); the calls row holds the latest.
+    "repricings",
+    (
+        Column("id", "serial", ""),
+        _text("call_id"),
+        Column("ts", "real"),
+        Column("event_id", "int"),
+        Column("old_cost_usd", "real", ""),
+        Column("new_cost_usd", "real"),
+        _text("old_pricing"),
+        _text("new_pricing"),
+    ),
+    indexes=(("repricings_by_call", "call_id"),),
+)
+TABLES = (
+    Table("spendwatch_meta", (_text("key", "PRIMARY KEY"), _text("value"))),
+    CALLS,
+    Table("totals", (*_TOTAL_KEY_COLUMNS, *_COUNTERS), key=TOTAL_KEYS),
+    Table("daily_totals", (_text("day"), *_TOTAL_KEY_COLUMNS, *_COUNTERS), key=("day", *TOTAL_KEYS)),
+    Table(
+        "duration_buckets",
+        (
+            *(_text(name) for name in BUCKET_KEYS[:3]),
+            Column("le", "real"),
+            _COUNT,
+        ),
+        key=BUCKET_KEYS,
+    ),
+    Table(
+        "budget_limits",
+        (_text("name"), _text("period"), Column("limit_usd", "real"), Column("changed_at", "real")),
+        key=("name", "period"),
+    ),
+    EVENTS,
+    Table(
+        "guard_decisions",
+        (_text("budget"), _text("action"), _COUNT),
+        key=("budget", "action"),
+    ),
+    # Money a process may still commit against a budget period without asking again (see leases.py).
+    Table(
+        "leases",
+        (
+            _text("lease_id", "PRIMARY KEY"),
+            _text("budget"),
+            _text("period"),
+            _text("period_start"),
+            Column("outstanding_usd", "real"),
+            Column("expires_at", "real"),
+        ),
+    ),
+    REPRICINGS,
+    # The HMAC chain over calls, events and repricings, in the order they were written (see audit.py).
+    Table(
+        "audit",
+        (
+            Column("seq", "int", "PRIMARY KEY"),
+            _text("kind"),
+            _text("call_id", ""),
+            Column("row_id", "int", ""),
+            _text("mac"),
+        ),
+    ),
+)
+
+CALL_COLUMNS = CALLS.column_names
+CALL_TYPES = CALLS.audit_types
+EVENT_COLUMNS = EVENTS.column_names
+EVENT_TYPES = EVENTS.audit_types
+REPRICING_COLUMNS = REPRICINGS.column_names
+REPRICING_TYPES = REPRICINGS.audit_types
+
+_CONVERT = {"int": int, "real": float, "text": None}
+_CALL_VALUES = tuple((column.value, _CONVERT[column.type]) for column in CALLS.columns)
+
+
+def create_statements(types: dict[str, str]) -> list[str]:
+    """Every table and index, in a dialect's column types; each statement does nothing when its object exists."""
+    return [statement for table in TABLES for statement in table.create(types)]
+
+
+def call_row(entry, tz: ZoneInfo) -> tuple:
+    """The calls row of a ledger entry, each value already of its column's type: it is MACed as is."""
+    row = []
+    for value_of, convert in _CALL_VALUES:
+        value = value_of(entry, tz)
+        row.append(value if value is None or convert is None else convert(value))
+    return tuple(row)

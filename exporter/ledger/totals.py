@@ -1,0 +1,76 @@
+"""The running totals: the one writer of ``totals``, ``daily_totals`` and ``duration_buckets``.
+
+The totals must always equal a scan of ``calls`` (``spendwatch audit verify`` checks it), so whatever changes a calls
+row changes the totals in the same transaction, through :class:`TotalsChange`: ingest adds each new call's counters,
+a re-pricing adds the difference in cost. Changes are gathered per series first, so a batch of calls costs one
+upsert per series touched, not one per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from spendwatch.exporter.ledger.schema import BUCKET_KEYS, TOTAL_COUNTERS, TOTAL_KEYS
+from spendwatch.instrumentation.records import UsageRecord
+
+__all__ = ["REQUEST_DURATION_BUCKETS", "TotalsChange", "add_to", "counters"]
+
+# Upper bounds (seconds) of llm_request_duration_seconds; LLM calls take from 100 ms to minutes.
+REQUEST_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def counters(r: UsageRecord) -> list[float]:
+    """A call's contribution to each of :data:`TOTAL_COUNTERS`."""
+    return [
+        r.cost_usd or 0.0,
+        r.input_tokens,
+        r.output_tokens,
+        r.cache_read_tokens,
+        r.reasoning_tokens,
+        (r.calls - r.failed_calls) if r.outcome == "success" else 0,
+        r.failed_calls + (r.calls if r.outcome == "error" else 0),
+        r.calls if r.outcome == "blocked" else 0,
+        int(r.cost_usd is None),
+        int(r.estimated),
+        r.duration_s,
+        1,
+    ]
+
+
+def add_to(into: dict, key: tuple, values: Sequence[float]) -> None:
+    """Add ``values`` to what ``into`` holds for ``key``, element by element."""
+    current = into.get(key)
+    if current is None:
+        into[key] = list(values)
+    else:
+        for index, value in enumerate(values):
+            current[index] += value
+
+
+class TotalsChange:
+    """What one transaction adds to the running totals, per series and per local day, then written by :meth:`apply`.
+
+    ``columns`` are the counters it changes (all of them for new calls; a re-pricing changes cost and unpriced)."""
+
+    def __init__(self, columns: Sequence[str] = TOTAL_COUNTERS) -> None:
+        self.columns = tuple(columns)
+        self.totals: dict[tuple, list[float]] = {}
+        self.daily: dict[tuple, list[float]] = {}
+        self.buckets: dict[tuple, list[float]] = {}
+
+    def add(self, day: str, key: tuple, values: Sequence[float]) -> None:
+        """``values`` (one per column) for the series ``key`` (:data:`TOTAL_KEYS`) on local day ``day``."""
+        add_to(self.totals, key, values)
+        add_to(self.daily, (day, *key), values)
+
+    def add_duration(self, provider: str, model: str, operation: str, duration_s: float) -> None:
+        """One call in its duration bucket; a call longer than the last bucket is only in the sum and count."""
+        for le in REQUEST_DURATION_BUCKETS:
+            if duration_s <= le:
+                add_to(self.buckets, (provider, model, operation, le), [1])
+                break
+
+    def apply(self, backend, cursor) -> None:
+        backend.add_totals(cursor, "totals", TOTAL_KEYS, self.columns, self.totals)
+        backend.add_totals(cursor, "daily_totals", ("day", *TOTAL_KEYS), self.columns, self.daily)
+        backend.add_totals(cursor, "duration_buckets", BUCKET_KEYS, ("count",), self.buckets)
