@@ -22,17 +22,17 @@ from spendwatch.instrumentation.background import background_thread
 from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = [
-    "DURATION_BUCKETS",
     "MAX_BACKLOG",
     "MAX_PENDING",
-    "SemconvMetrics",
+    "OPERATION_DURATION_BUCKETS",
     "TOKEN_USAGE_BUCKETS",
+    "SemconvMetrics",
     "record_queues",
 ]
 
 # Explicit bucket boundaries from the GenAI semantic conventions (gen-ai-metrics.md).
 TOKEN_USAGE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
-DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+OPERATION_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 MAX_PENDING = 8192
 MAX_BACKLOG = 8 * MAX_PENDING
 _MAX_CACHED_KEYS = 1024
@@ -55,7 +55,7 @@ class SemconvMetrics:
             "gen_ai.client.operation.duration",
             unit="s",
             description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            explicit_bucket_boundaries_advisory=OPERATION_DURATION_BUCKETS,
         )
         # (key, duration, input tokens, output tokens) per call, oldest first.
         self._pending: deque[tuple[_Key, float, int, int]] = deque()

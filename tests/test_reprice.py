@@ -59,16 +59,15 @@ def filled(ledger):
 
 
 def costs(ledger) -> dict[str, float | None]:
-    return dict(ledger.backend.select("SELECT id, cost_usd FROM calls"))
+    return {row["id"]: row["cost_usd"] for row in ledger.table_rows("calls")}
 
 
 def scan(ledger, *, by_day: bool) -> dict[tuple, list]:
     """What totals (or daily_totals) must hold: sums over the calls rows."""
     keys = ("day", *TOTAL_KEYS) if by_day else TOTAL_KEYS
-    columns = ", ".join((*keys, *SCANNED[:-1]))
     sums: dict[tuple, list] = {}
-    for row in ledger.backend.select(f"SELECT {columns} FROM calls"):
-        key, cost, tokens = row[: len(keys)], row[len(keys)], row[len(keys) + 1 :]
+    for row in ledger.table_rows("calls"):
+        key, cost, tokens = tuple(row[k] for k in keys), row["cost_usd"], [row[c] for c in SCANNED[1:-1]]
         values = [cost or 0.0, *tokens, int(cost is None)]
         sums[key] = [a + b for a, b in zip(sums.get(key, [0] * len(SCANNED)), values, strict=True)]
     return sums
