@@ -26,6 +26,17 @@ test: $(STAMP) test-servers
 	if [ -n "$$failed" ]; then echo "make test: failed:$$failed"; exit 1; fi; \
 	echo "make test: every step passed"
 
+# The inner loop: ruff and every test but the slow ones (benchmarks, valgrind, multi-process races, real deployments:
+# `pytest -m slow` runs those alone), each step run as in `make test`, which runs them all.
+.PHONY: test-fast
+test-fast: $(STAMP) test-servers
+	@failed=""; \
+	$(BIN)/ruff check . || failed="$$failed ruff-check"; \
+	$(BIN)/ruff format --check . || failed="$$failed ruff-format"; \
+	$(BIN)/python -m pytest -m "not slow" || failed="$$failed pytest"; \
+	if [ -n "$$failed" ]; then echo "make test-fast: failed:$$failed"; exit 1; fi; \
+	echo "make test-fast: every step passed"
+
 # The instrumentation's tests again on the older openai lines it supports (1.x and 2.x use httpx, 3.x httpx2).
 COMPAT_TESTS := tests/test_openai_instrumentation.py tests/test_openai_edges.py \
 	tests/test_cassette_replay_instrumented.py tests/test_failed_calls.py

@@ -35,6 +35,9 @@ from spendwatch.instrumentation.pricing import PriceTable
 from tests.conftest import FAKE_API_KEY
 from tests.servers import free_port, wait_until
 
+# Real Prometheus and Alertmanager paging: make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
 RUNBOOK_BASE = "https://wiki.example.org/ops/spendwatch/runbook.md"
 MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "Summarise"}]  # the stub counts 1 word + 3 per message: 4 input tokens

@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import baseline
+
+# Builds the revision's worker and runs the benchmark against it: make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
 
 _ROOT = Path(__file__).resolve().parent.parent
 _WHERE_FROM = "import bench, spendwatch.instrumentation.calls as c; print(c.__file__); print(bench.__file__)"

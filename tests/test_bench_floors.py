@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# A fresh interpreter per benchmark variant: make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
 _ROOT = Path(__file__).resolve().parent.parent
 _SPANS_OF_ONE_CALL_PER_KIND = """
 import asyncio, json, sys

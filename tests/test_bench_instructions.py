@@ -7,8 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import instructions, variants
 from tests.servers import require_binary
+
+# Counts instructions under valgrind: make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
 
 _ROOT = Path(__file__).resolve().parent.parent
 

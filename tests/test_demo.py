@@ -20,6 +20,9 @@ import pytest
 from spendwatch._demo_lightrag import DOCUMENTS, SKIPPED
 from tests.servers import in_ci
 
+# The demo end to end, with Prometheus and Alertmanager when installed: make test runs it, make test-fast does not.
+pytestmark = pytest.mark.slow
+
 DEMO_TIMEOUT = 120.0  # the demo takes ~23 s with alerting, ~4 s without
 
 

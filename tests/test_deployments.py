@@ -24,6 +24,9 @@ from spendwatch.exporter.settings import default_ledger_path
 from tests.conftest import FAKE_API_KEY
 from tests.servers import READY_TIMEOUT, ServerProcess, free_port, http_get, start_process, wait_until
 
+# Real uvicorn and gunicorn with several workers: make test runs them, make test-fast does not.
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 REQUESTS = 9
 # Far longer than a worker needs to exit: a worker that hangs at shutdown shows as a timeout, not as a slow test.

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 
+import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -132,6 +133,7 @@ def test_calls_that_outpace_the_thread_record_inline_so_the_queue_stays_bounded(
     assert durations_counted(reader) == calls  # and nothing was dropped
 
 
+@pytest.mark.slow
 def test_a_fork_while_the_histograms_are_being_recorded_leaves_the_child_no_held_lock():
     # A fork copies the locks of the OpenTelemetry SDK as they are: one the recording thread held would stay held in
     # the child forever, and the child's first collection would hang.
