@@ -13,7 +13,7 @@ import json
 import openai
 from openai import _base_client
 
-from spendwatch import _stub_responses
+from spendwatch.demo import _stub_responses
 
 __all__ = ["CHAT_MODEL", "EMBEDDING_MODEL", "STREAM_CHUNKS", "http_library", "make_clients"]
 

@@ -42,7 +42,7 @@ from openai.resources.completions import Completions
 from openai.resources.embeddings import Embeddings
 from openai.resources.responses import Responses
 
-from spendwatch.stub import LocalHTTPServer
+from spendwatch.demo.stub import LocalHTTPServer
 
 __all__ = [
     "CASSETTE_DIR",

@@ -10,9 +10,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from spendwatch.demo.stub import StubServer
 from spendwatch.instrumentation import UsageRecord, register_sink, unregister_sink
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
-from spendwatch.stub import StubServer
 from tests.servers import *  # noqa: F403 - the real PostgreSQL / Prometheus / Alertmanager fixtures
 
 FAKE_API_KEY = "sk-spendwatch-test-key-3f9c1a7e"

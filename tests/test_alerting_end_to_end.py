@@ -29,7 +29,7 @@ from aiosmtpd.controller import Controller
 
 import spendwatch
 from spendwatch import runtime
-from spendwatch.commands_assets import write_assets
+from spendwatch.cli.commands_assets import write_assets
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 from spendwatch.instrumentation.pricing import PriceTable
 from tests.conftest import FAKE_API_KEY

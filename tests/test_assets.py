@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spendwatch.commands_assets import placeholders, with_runbook_base
+from spendwatch.cli.commands_assets import placeholders, with_runbook_base
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERT_RULES = ROOT / "alert_rules"
@@ -72,7 +72,7 @@ def test_the_installed_wheel_writes_the_repositorys_rules_config_runbook_and_das
 
 def test_the_demo_reads_its_rules_from_the_installed_package(installed_wheel, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(installed_wheel)}
-    code = "from spendwatch.demo_alerting import alert_rules_directory, unavailable_reason as r; "
+    code = "from spendwatch.demo.alerting import alert_rules_directory, unavailable_reason as r; "
     code += "print(alert_rules_directory()); print(r())"
 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)

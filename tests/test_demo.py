@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from spendwatch._demo_lightrag import DOCUMENTS, SKIPPED
+from spendwatch.demo._lightrag import DOCUMENTS, SKIPPED
 from tests.servers import in_ci
 
 # The demo end to end, with Prometheus and Alertmanager when installed: make test runs it, make test-fast does not.

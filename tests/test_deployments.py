@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from spendwatch.doctor import WARN, run_checks
+from spendwatch.cli.doctor import WARN, run_checks
 from spendwatch.exporter import Ledger
 from spendwatch.exporter.ledger import open_backend
 from spendwatch.exporter.server import DEFAULT_ADDRESS, LEDGER_HEADER, PID_HEADER, ledger_fingerprint

@@ -14,7 +14,16 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client import CollectorRegistry
 
-from spendwatch.doctor import FAIL, OK, WARN, DoctorContext, check_instrumentor, printable, run_checks, shown_location
+from spendwatch.cli.doctor import (
+    FAIL,
+    OK,
+    WARN,
+    DoctorContext,
+    check_instrumentor,
+    printable,
+    run_checks,
+    shown_location,
+)
 from spendwatch.exporter import Ledger, LedgerEntry
 from spendwatch.exporter.budgets import BudgetStatus
 from spendwatch.exporter.collector import SpendCollector

@@ -15,9 +15,9 @@ import pydantic
 import pytest
 from openai import _base_client
 
+from spendwatch.demo.stub import StubServer
 from spendwatch.instrumentation.background import FLUSH_INTERVAL_S
 from spendwatch.instrumentation.pricing import rounded_usd
-from spendwatch.stub import StubServer
 from tests.conftest import FAKE_API_KEY
 
 pytestmark = pytest.mark.usefixtures("instrument_openai")

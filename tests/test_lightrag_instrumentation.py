@@ -1,10 +1,10 @@
 """The LightRAG instrumentation on a real LightRAG, fully offline.
 
 LightRAG (``lightrag-hku``) runs with its stock OpenAI functions (``gpt_4o_mini_complete``, ``openai_embed``) and
-the real ``openai`` SDK, talking HTTP to spendwatch's stub (:mod:`spendwatch.stub`), which answers LightRAG's prompts
-in the formats it parses (entity extraction in its delimiter format, keywords as JSON), so the knowledge graph is real
-and every query mode does its real work. The LightRAG is the demo's (:func:`spendwatch._demo_lightrag.make_rag`): a
-whitespace tokenizer stands in for tiktoken, so nothing is downloaded.
+the real ``openai`` SDK, talking HTTP to spendwatch's stub (:mod:`spendwatch.demo.stub`), which answers LightRAG's
+prompts in the formats it parses (entity extraction in its delimiter format, keywords as JSON), so the knowledge graph
+is real and every query mode does its real work. The LightRAG is the demo's
+(:func:`spendwatch.demo._lightrag.make_rag`): a whitespace tokenizer stands in for tiktoken, so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ except ImportError:
 from lightrag import LightRAG, QueryParam
 
 import spendwatch
-from spendwatch import _demo_lightrag
-from spendwatch._stub_responses import LIGHTRAG_ANSWER_PREFIX
+from spendwatch.demo import _lightrag as demo_lightrag
+from spendwatch.demo._stub_responses import LIGHTRAG_ANSWER_PREFIX
+from spendwatch.demo.stub import ReportedUsage, StubServer
 from spendwatch.exporter.stage_report import stage_rows
 from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
 from spendwatch.instrumentation.lightrag_hku.patch import llm_cache_stage
 from spendwatch.instrumentation.lightrag_hku.scopes import CACHE_HIT
 from spendwatch.instrumentation.pricing import PriceTable, load_overrides
 from spendwatch.instrumentation.records import UsageRecord
-from spendwatch.stub import ReportedUsage, StubServer
 from tests.conftest import FAKE_API_KEY
 
 PRICES = PriceTable()
@@ -68,7 +68,7 @@ def instrument_lightrag(instrument_openai, tracer_provider):
 
 
 def make_rag(working_dir, stub: StubServer) -> LightRAG:
-    return _demo_lightrag.make_rag(working_dir, stub.base_url, FAKE_API_KEY)
+    return demo_lightrag.make_rag(working_dir, stub.base_url, FAKE_API_KEY)
 
 
 @pytest.fixture

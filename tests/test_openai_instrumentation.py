@@ -9,9 +9,9 @@ import pytest
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind, StatusCode
 
+from spendwatch.demo.stub import StubServer
 from spendwatch.instrumentation.background import flush_all
 from spendwatch.instrumentation.pricing import PriceTable, load_overrides, rounded_usd
-from spendwatch.stub import StubServer
 from tests.conftest import FAKE_API_KEY
 
 pytestmark = pytest.mark.usefixtures("instrument_openai")

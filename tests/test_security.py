@@ -285,7 +285,7 @@ def test_basic_auth_and_tls_from_the_environment_guard_the_configured_endpoint(a
 
 
 def test_doctor_checks_the_guarded_endpoint_without_printing_its_password(attach, self_signed_cert, monkeypatch):
-    from spendwatch.doctor import OK, run_checks
+    from spendwatch.cli.doctor import OK, run_checks
 
     certfile, keyfile = self_signed_cert
     monkeypatch.setenv("SPENDWATCH_METRICS_BASIC_AUTH", "scraper:s3cret-pass")

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from spendwatch.doctor import WARN, run_checks
+from spendwatch.cli.doctor import WARN, run_checks
 from tests import test_auto_instrumentation as auto_instrumentation
 from tests.conftest import FAKE_API_KEY
 from tests.test_auto_instrumentation import BIN, console_spans, ledger_in, run_instrumented

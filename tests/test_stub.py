@@ -1,4 +1,4 @@
-"""The local OpenAI-compatible stub (spendwatch.stub) speaks the real API's shapes to the plain ``openai`` SDK."""
+"""The local OpenAI-compatible stub (spendwatch.demo.stub) speaks the real API's shapes to the plain ``openai`` SDK."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
-from spendwatch._stub_responses import LIGHTRAG_ANSWER_PREFIX, lightrag_reply
-from spendwatch.stub import DEFAULT_REPLY_WORDS, MESSAGE_OVERHEAD, ReportedUsage, StubServer
+from spendwatch.demo._stub_responses import LIGHTRAG_ANSWER_PREFIX, lightrag_reply
+from spendwatch.demo.stub import DEFAULT_REPLY_WORDS, MESSAGE_OVERHEAD, ReportedUsage, StubServer
 
 KEY = "sk-stub-test-key"
 SAY = [{"role": "user", "content": "Say this is a test"}]  # 5 words, 1 message
@@ -516,7 +516,7 @@ def test_start_returns_the_v1_base_url_on_an_ephemeral_port():
 
 def test_module_entry_point_prints_the_base_url():
     process = subprocess.Popen(
-        [sys.executable, "-m", "spendwatch.stub", "--port", "0"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "spendwatch.demo.stub", "--port", "0"], stdout=subprocess.PIPE, text=True
     )
     try:
         base_url = process.stdout.readline().strip()

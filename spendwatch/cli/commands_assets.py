@@ -25,7 +25,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from spendwatch._cli_common import EXIT_USAGE
+from spendwatch.cli._common import EXIT_USAGE
 
 __all__ = [
     "ALERT_RULES_PACKAGE",

@@ -9,7 +9,7 @@ Point the real ``openai`` SDK at it::
 
 It serves ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and ``/v1/responses``
 (streamed and not), and the Azure form ``/openai/deployments/{deployment}/…?api-version=…``, with
-bodies shaped like the real API's (see :mod:`spendwatch._stub_responses`).
+bodies shaped like the real API's (see :mod:`spendwatch.demo._stub_responses`).
 
 Usage is a pure function of the request, one token per word:
 
@@ -22,8 +22,8 @@ Usage is a pure function of the request, one token per word:
 
 Chat replies are a fixed text, except that LightRAG's prompts (entity extraction, gleaning, keywords, description
 summaries, answers; recognised by stable markers in the prompt) get the rows, JSON or prose LightRAG parses (see
-:func:`spendwatch._stub_responses.lightrag_reply`), so a real LightRAG pointed at the stub builds a real graph. Their
-output tokens are the reply's words, capped by the length limits above.
+:func:`spendwatch.demo._stub_responses.lightrag_reply`), so a real LightRAG pointed at the stub builds a real graph.
+Their output tokens are the reply's words, capped by the length limits above.
 
 The request model picks a misbehaviour: see ``SPECIAL_MODELS``. Every error response carries
 ``x-should-retry: false`` so the SDK fails at once whatever its ``max_retries``.
@@ -44,8 +44,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from spendwatch import _stub_responses as shapes
-from spendwatch._stub_responses import ReportedUsage
+from spendwatch.demo import _stub_responses as shapes
+from spendwatch.demo._stub_responses import ReportedUsage
 
 __all__ = ["DEFAULT_REPLY_WORDS", "SPECIAL_MODELS", "LocalHTTPServer", "ReportedUsage", "StubServer", "main"]
 
@@ -409,8 +409,8 @@ def _misbehaviour(model: str) -> _Reply | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m spendwatch.stub [--port N]``: serve in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m spendwatch.stub", description=__doc__.splitlines()[0])
+    """``python -m spendwatch.demo.stub [--port N]``: serve in the foreground until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m spendwatch.demo.stub", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (the default)")
     parser.add_argument("--cached-tokens", type=int, default=0)

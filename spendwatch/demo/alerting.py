@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from spendwatch.commands_assets import ALERT_RULES_PACKAGE, alert_rule_files, packaged_directory
+from spendwatch.cli.commands_assets import ALERT_RULES_PACKAGE, alert_rule_files, packaged_directory
 
 __all__ = ["AlertingDemo", "Page", "alert_rules_directory", "unavailable_reason"]
 

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from spendwatch._cli_common import EXIT_USAGE, usage
+from spendwatch.cli._common import EXIT_USAGE, usage
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = ["build_parser", "main"]
@@ -31,12 +31,12 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program whos
 _PROVIDERS = ("openai", "azure.ai.openai")
 # Modules that add their own subcommands with add_commands(subcommands).
 _COMMAND_MODULES = (
-    "spendwatch.commands_budget",
-    "spendwatch.commands_serve",
-    "spendwatch.commands_alert",
-    "spendwatch.commands_audit",
-    "spendwatch.commands_doctor",
-    "spendwatch.commands_assets",
+    "spendwatch.cli.commands_budget",
+    "spendwatch.cli.commands_serve",
+    "spendwatch.cli.commands_alert",
+    "spendwatch.cli.commands_audit",
+    "spendwatch.cli.commands_doctor",
+    "spendwatch.cli.commands_assets",
 )
 
 
@@ -151,10 +151,6 @@ def _add_demo_command(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from spendwatch.demo import run_demo
+    from spendwatch.demo.run import run_demo
 
     return run_demo(ledger=args.ledger, hold=args.hold)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

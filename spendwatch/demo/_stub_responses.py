@@ -1,4 +1,4 @@
-"""Body builders for :mod:`spendwatch.stub`: JSON shapes copied from real OpenAI API responses.
+"""Body builders for :mod:`spendwatch.demo.stub`: JSON shapes copied from real OpenAI API responses.
 
 Every function here is pure: it takes the already-decided reply (model, words, token counts) and
 returns the dict (or the list of SSE events) the real API would send, with the same ids, ``object``

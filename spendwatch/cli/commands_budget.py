@@ -16,7 +16,7 @@ import os
 import sys
 from datetime import date, timedelta
 
-from spendwatch._cli_common import EXIT_USAGE, iso_day, usage
+from spendwatch.cli._common import EXIT_USAGE, iso_day, usage
 
 __all__ = ["add_commands"]
 

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from spendwatch.stub import StubServer
+from spendwatch.demo.stub import StubServer
 
 __all__ = ["opentelemetry_instrument", "run_demo"]
 
@@ -34,7 +34,7 @@ def run_demo(*, ledger: str | None = None, hold: bool = False) -> int:
             f"  budgets: ${DEMO_DAILY_BUDGET_USD} a day, ${DEMO_MONTHLY_BUDGET_USD} a month (small on purpose)\n",
             flush=True,
         )
-        command = [opentelemetry_instrument(), sys.executable, "-m", "spendwatch._demo_workload"]
+        command = [opentelemetry_instrument(), sys.executable, "-m", "spendwatch.demo._workload"]
         workload = subprocess.Popen(command, env=environment)
         try:
             status = workload.wait()

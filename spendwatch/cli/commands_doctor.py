@@ -1,7 +1,7 @@
 """``spendwatch doctor``: check the installation, the ledger, prices, ``/metrics``, budgets and the clock.
 
 Wired into :func:`spendwatch.cli.build_parser` by ``add_commands(subcommands)``; the checks themselves live in
-:mod:`spendwatch.doctor`. Exit status: 0 when no check fails (warnings allowed), 1 when one does, 2 on bad usage.
+:mod:`spendwatch.cli.doctor`. Exit status: 0 when no check fails (warnings allowed), 1 when one does, 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def add_commands(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
-    from spendwatch.doctor import FAIL, counts, iter_text, run_checks
+    from spendwatch.cli.doctor import FAIL, counts, iter_text, run_checks
 
     results = run_checks()
     failed = any(result.status == FAIL for result in results)

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from spendwatch._cli_common import EXIT_USAGE, iso_day, usage
+from spendwatch.cli._common import EXIT_USAGE, iso_day, usage
 
 __all__ = ["add_commands"]
 

@@ -1,12 +1,12 @@
 """The workload ``spendwatch demo`` runs under ``opentelemetry-instrument``: a few calls of each kind through the
 real ``openai`` SDK, then what they cost, the budget gauges on ``/metrics`` and ``spendwatch status``.
 
-When Prometheus and Alertmanager are installed (:mod:`spendwatch.demo_alerting`), they scrape this process's
+When Prometheus and Alertmanager are installed (:mod:`spendwatch.demo.alerting`), they scrape this process's
 ``/metrics`` with the shipped alert rules, and the workload pushes the day's budget through its warning, critical
 and exceeded thresholds, printing each page as Alertmanager delivers it. This process serves ``/metrics``, so it
 stays up until the pages are in.
 
-Last, the guard: ``python -m spendwatch._demo_workload guard`` runs in a process of its own with
+Last, the guard: ``python -m spendwatch.demo._workload guard`` runs in a process of its own with
 ``SPENDWATCH_ENFORCE=block`` (the mode is fixed at start-up) and shows a call that could exceed the budget refused
 before it leaves."""
 
@@ -23,8 +23,9 @@ import urllib.request
 import openai
 
 import spendwatch
-from spendwatch import _demo_lightrag, runtime
-from spendwatch.demo_alerting import AlertingDemo, unavailable_reason
+from spendwatch import runtime
+from spendwatch.demo import _lightrag
+from spendwatch.demo.alerting import AlertingDemo, unavailable_reason
 from spendwatch.instrumentation import UsageRecord, register_sink
 
 FIRST_PAGE_TIMEOUT = 25.0  # Prometheus scrapes ~5 s after it starts, then `for:` and Alertmanager's group_wait
@@ -147,12 +148,12 @@ def page_the_budget(client: openai.OpenAI, attached: runtime.Runtime, table: Tab
 
 def show_the_guard() -> None:
     """Run :func:`guard_step` in a process of its own with ``SPENDWATCH_ENFORCE=block``, on this ledger and stub."""
-    from spendwatch.demo import opentelemetry_instrument
+    from spendwatch.demo.run import opentelemetry_instrument
 
     print("\nthe guard: with SPENDWATCH_ENFORCE=block a call that could take a budget past its limit is refused")
     print("before any request leaves (a new process, as the mode is read at start-up):", flush=True)
     environment = os.environ | {"SPENDWATCH_ENFORCE": "block", "SPENDWATCH_METRICS_ADDRESS": "off"}
-    command = [opentelemetry_instrument(), sys.executable, "-m", "spendwatch._demo_workload", "guard"]
+    command = [opentelemetry_instrument(), sys.executable, "-m", "spendwatch.demo._workload", "guard"]
     subprocess.run(command, env=environment, check=False)
 
 
@@ -189,7 +190,7 @@ def main() -> int:
             print_metrics(metrics_url)
         if alerting is not None:
             page_the_budget(client, attached, table, alerting)
-        _demo_lightrag.run(attached.ledger, attached.sink.flush)  # after the pages: its spend would cross them all
+        _lightrag.run(attached.ledger, attached.sink.flush)  # after the pages: its spend would cross them all
         from spendwatch.cli import main as cli_main
 
         cli_main(["status"])

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
-from spendwatch._cli_common import usage
+from spendwatch.cli._common import usage
 
 __all__ = ["add_commands", "build_test_alert"]
 

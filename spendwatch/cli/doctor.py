@@ -2,7 +2,7 @@
 
 Usage::
 
-    from spendwatch.doctor import run_checks
+    from spendwatch.cli.doctor import run_checks
 
     for check in run_checks():
         print(check.status, check.name, check.summary, check.fix or "")
