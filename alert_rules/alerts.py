@@ -16,9 +16,7 @@ FILE_NAME = "spendwatch.alerts.yml"
 # Where each runbook_url points by default: runbook.md beside the rules, as shipped; `spendwatch assets
 # --runbook-base URL` puts where you publish it in its place.
 RUNBOOK_BASE = "alert_rules/runbook.md"
-# Every dollar amount in an annotation is the first value of a query printed by this template: cents from $1 up and,
-# below, up to six decimals with the zeros after the cents dropped, so a small budget reads "$0.01019, 101.9% of its
-# $0.01 limit", not "$0.01".
+# The one template every dollar amount in an annotation is printed with (the HEADER says how it reads).
 MONEY = (
     '{{ $usd := . | first | value }}{{ if ge $usd 1.0 }}{{ printf "%.2f" $usd }}{{ else }}'
     '{{ printf "%.6f" $usd | reReplaceAll "^([0-9]+[.][0-9]{2}[0-9]*?)0+$" "$1" }}{{ end }}'

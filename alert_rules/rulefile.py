@@ -64,7 +64,7 @@ def runbook_url(alert: str, base: str) -> str:
 
 def render(header: str, groups: Sequence[Group], runbook_base: str = "") -> str:
     """The rule file: ``header`` as a comment, then the groups, a blank line between two; each alert's runbook_url
-    is its section under ``runbook_base``.
+    is its section under ``runbook_base`` (a file of recording rules only needs none).
 
     A comment (the header, a rule's ``comment``) keeps its line breaks, and each line is wrapped to the line length
     (an empty line is a ``#`` alone). A rule with a comment starts a new paragraph of the file, so a blank line comes
@@ -142,7 +142,12 @@ def _comment(text: str, depth: int) -> list[str]:
     lines = []
     for line in text.split("\n") if text else ():
         wrapped = textwrap.wrap(
-            line, LINE_LENGTH, initial_indent=prefix, subsequent_indent=prefix, break_on_hyphens=False
+            line,
+            LINE_LENGTH,
+            initial_indent=prefix,
+            subsequent_indent=prefix,
+            break_long_words=False,
+            break_on_hyphens=False,
         )
         lines += wrapped or [prefix.rstrip()]
     return lines
