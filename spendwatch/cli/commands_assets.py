@@ -11,7 +11,8 @@ The files ship as package data of ``spendwatch.alert_rules`` and ``spendwatch.da
 ``DIR`` is kept unless ``--force``: it may hold your Alertmanager secrets.
 
 Each alert's ``runbook_url`` is ``alert_rules/runbook.md#<alert>`` as shipped, a path that is no link in Slack or
-mail; ``--runbook-base URL`` (where you publish runbook.md) makes it ``URL#<alert>``. ``amtool check-config`` accepts
+mail; ``--runbook-base URL`` (where you publish runbook.md) writes the alerts from their source,
+:mod:`spendwatch.alert_rules.alerts`, with that base, so each is ``URL#<alert>``. ``amtool check-config`` accepts
 alertmanager.yml with its placeholders still in, so ``--check`` looks for them: a value holding ``REPLACE`` or an
 ``example.com`` address (a domain reserved for examples, never a real relay or inbox). It exits 1 when one is left.
 """
@@ -19,12 +20,12 @@ alertmanager.yml with its placeholders still in, so ``--check`` looks for them: 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from importlib import resources
 from pathlib import Path
 
+from spendwatch.alert_rules import alerts
 from spendwatch.cli._common import EXIT_USAGE
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "alert_rule_files",
     "packaged_directory",
     "placeholders",
-    "with_runbook_base",
     "write_assets",
 ]
 
@@ -49,7 +49,6 @@ _SHIPPED = (
     (ALERT_RULES_PACKAGE, ("*.rules.yml", "*.alerts.yml", ALERTMANAGER_CONFIG, "runbook.md"), "alert_rules"),
     (DASHBOARDS_PACKAGE, ("*.json",), "dashboards"),
 )
-_RUNBOOK_URL = re.compile(r"^(?P<key>\s*runbook_url:\s*)alert_rules/runbook\.md(?P<anchor>#[\w-]+)\s*$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"REPLACE|\b(?i:example\.com)\b")
 
 
@@ -62,13 +61,6 @@ def alert_rule_files() -> list[Path]:
     """The shipped Prometheus rule files, recording rules first (the alerts read them)."""
     directory = packaged_directory(ALERT_RULES_PACKAGE)
     return [*sorted(directory.glob("*.rules.yml")), *sorted(directory.glob("*.alerts.yml"))]
-
-
-def with_runbook_base(text: str, base: str) -> str:
-    """A rule file's text with each ``runbook_url: alert_rules/runbook.md#x`` made ``base#x``."""
-    base = base.rstrip("#")
-    # A double-quoted YAML string, which JSON's string syntax is, so no character of the URL can end the value early.
-    return _RUNBOOK_URL.sub(lambda found: found["key"] + json.dumps(base + found["anchor"]), text)
 
 
 def placeholders(text: str) -> list[tuple[int, str]]:
@@ -107,8 +99,8 @@ def write_assets(dest: Path, *, runbook_base: str | None = None, force: bool = F
                 results.append((target, False))
                 continue
             text = source.read_text(encoding="utf-8")
-            if runbook_base and source.name.endswith(".alerts.yml"):
-                text = with_runbook_base(text, runbook_base)
+            if runbook_base and source.name == alerts.FILE_NAME:
+                text = alerts.render(runbook_base)
             target.write_text(text, encoding="utf-8")
             results.append((target, True))
     return results
