@@ -1,7 +1,8 @@
 """Real servers for the tests: PostgreSQL, Prometheus and Alertmanager, started on 127.0.0.1 and stopped by PID.
 
 Debian's packages provide them (``make test-servers`` installs them as root). A missing binary skips the test
-locally and fails it in CI (``CI=true``): CI must never pass by skipping. Nothing here is mocked.
+locally and fails it in CI (``CI=true``): CI must never pass by skipping. Nothing here is mocked. Processes start,
+wait and stop with the demo's helpers (:mod:`spendwatch.demo.processes`), re-exported here for the tests.
 
 Use from ``tests/conftest.py``::
 
@@ -22,21 +23,29 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import psycopg
 import pytest
 import yaml
+
+from spendwatch.demo.processes import (
+    LocalServer,
+    ServerExitedError,
+    ServerProcess,
+    answers_ready,
+    free_port,
+    http_get,
+    start_on_free_port,
+    start_process,
+    wait_until,
+)
 
 __all__ = [
     "AlertmanagerServer",
@@ -63,11 +72,7 @@ __all__ = [
     "wait_until",
 ]
 
-T = TypeVar("T")
-
 READY_TIMEOUT = 60.0  # seconds; generous for a loaded two-core CI machine (typical: well under 2 s)
-STOP_TIMEOUT = 15.0
-_BIND_RETRIES = 3  # a free port can be taken between free_port() and the server binding it
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
@@ -93,164 +98,6 @@ def _missing(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"{reason} [CI=true: a missing server is a failure]", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (servers retry on the rare collision)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05) -> T:
-    """Poll ``predicate`` until it returns something truthy, and return that; no fixed sleeps.
-
-    Exceptions from ``predicate`` count as "not yet" (the last one is named in the timeout message), except
-    ``ServerExitedError``, which ends the wait at once.
-    """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-        except ServerExitedError:
-            raise
-        except Exception as exc:  # anything else means "not ready yet"
-            last_error, result = exc, None
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            detail = f"; last error: {last_error!r}" if last_error else ""
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
-        time.sleep(interval)
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """GET ``url``; return (status, body) for any HTTP answer, raise ``OSError`` when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-# --- processes ---------------------------------------------------------------------------------------------------
-
-
-class ServerExitedError(RuntimeError):
-    """The server process exited while we waited for it."""
-
-
-class ServerProcess:
-    """A started server: ``.pid``, ``.stop()`` (signal, wait, SIGKILL on timeout), its output in ``.log_path``."""
-
-    def __init__(self, popen: subprocess.Popen, argv: Sequence[str], log_path: Path, stop_signal: int) -> None:
-        self.popen = popen
-        self.argv = list(argv)
-        self.log_path = log_path
-        self.stop_signal = stop_signal
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def running(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def wait_ready(self, check: Callable[[], Any], timeout: float, what: str) -> None:
-        """Poll ``check`` until truthy; fail early, with the log, if the process exits or time runs out."""
-
-        def ready() -> Any:
-            if not self.running():
-                raise ServerExitedError(
-                    f"{what}: process {self.pid} exited with {self.popen.returncode}; log {self.log_path}:\n"
-                    + self.log_tail()
-                )
-            return check()
-
-        try:
-            wait_until(ready, timeout, what)
-        except TimeoutError as exc:
-            self.stop()
-            raise TimeoutError(f"{exc}; log {self.log_path}:\n{self.log_tail()}") from None
-        except ServerExitedError:
-            self.stop()
-            raise
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Send the stop signal to our PID, wait, then SIGKILL if it has not exited. Idempotent."""
-        if self.popen.poll() is None:
-            try:
-                self.popen.send_signal(self.stop_signal)
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-
-    def __repr__(self) -> str:
-        return f"<ServerProcess pid={self.pid} {self.argv[0]} log={self.log_path}>"
-
-
-def start_process(
-    argv: Sequence[str],
-    *,
-    log_path: Path | str | None = None,
-    cwd: Path | str | None = None,
-    env: dict[str, str] | None = None,
-    user: str | None = None,
-    stop_signal: int = signal.SIGTERM,
-) -> ServerProcess:
-    """Start ``argv`` with stdout and stderr in ``log_path``; return a handle to stop it by PID.
-
-    ``user`` runs it as that (unprivileged) user, which needs root. The process also gets ``stop_signal`` if
-    this Python process dies first (``setpriv --pdeathsig``), so a killed test run leaves no server behind.
-    """
-    if log_path is None:
-        fd, name = tempfile.mkstemp(prefix=f"{Path(argv[0]).name}-", suffix=".log")
-        os.close(fd)
-        log_path = name
-    log_path = Path(log_path)
-    setpriv = shutil.which("setpriv")
-    full_argv = [setpriv, f"--pdeathsig={signal.Signals(stop_signal).name[3:]}", "--", *argv] if setpriv else argv
-    kwargs: dict[str, Any] = {}
-    if user is not None:
-        entry = pwd.getpwnam(user)
-        kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
-    with open(log_path, "ab") as log:
-        popen = subprocess.Popen(
-            full_argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            **kwargs,
-        )
-    return ServerProcess(popen, argv, log_path, stop_signal)
-
-
-def _start_on_free_port(
-    start: Callable[[int], ServerProcess], check: Callable[[int], Callable[[], Any]], what: str
-) -> tuple[ServerProcess, int]:
-    """Start a server on a fresh free port, trying another port if the chosen one got taken meanwhile."""
-    for attempt in range(_BIND_RETRIES):
-        port = free_port()
-        process = start(port)
-        try:
-            process.wait_ready(check(port), READY_TIMEOUT, f"{what} on 127.0.0.1:{port}")
-            return process, port
-        except ServerExitedError:
-            if attempt + 1 == _BIND_RETRIES or "address already in use" not in process.log_tail().lower():
-                raise
-    raise AssertionError("unreachable")
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------------------------
@@ -335,7 +182,7 @@ class PostgresCluster:
             return _can_connect(f"postgresql://postgres@127.0.0.1:{port}/postgres")
 
         if self.port is None:
-            self.process, self.port = _start_on_free_port(launch, check, "PostgreSQL")
+            self.process, self.port = start_on_free_port(launch, check, "PostgreSQL", READY_TIMEOUT)
             return
         self.process = launch(self.port)
         self.process.wait_ready(check(self.port), READY_TIMEOUT, f"PostgreSQL on 127.0.0.1:{self.port}")
@@ -417,23 +264,8 @@ def amtool_binary() -> str:
 
 
 @dataclass
-class _HttpServer:
-    process: ServerProcess
-    port: int
+class _HttpServer(LocalServer):
     config_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def host_port(self) -> str:
-        """``127.0.0.1:PORT``, as a Prometheus target or ``alertmanagers`` static config wants it."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def get_json(self, path: str, **params: str) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
@@ -441,9 +273,6 @@ class _HttpServer:
         if status != 200:
             raise AssertionError(f"GET {path}{query} -> {status}: {body[:500]!r}")
         return json.loads(body)
-
-    def stop(self) -> None:
-        self.process.stop()
 
 
 class PrometheusServer(_HttpServer):
@@ -460,10 +289,6 @@ class AlertmanagerServer(_HttpServer):
     def alerts(self) -> list[dict[str, Any]]:
         """Alerts Alertmanager holds (``/api/v2/alerts``)."""
         return self.get_json("/api/v2/alerts")
-
-
-def _is_ready(port: int) -> Callable[[], bool]:
-    return lambda: http_get(f"http://127.0.0.1:{port}/-/ready", timeout=2)[0] == 200
 
 
 def _write_config(
@@ -539,7 +364,7 @@ def prometheus_factory(prometheus_binary: str, tmp_path: Path) -> Iterator[Calla
             ]
             return start_process(argv, log_path=work / "prometheus.log", cwd=work)
 
-        process, port = _start_on_free_port(launch, _is_ready, "Prometheus")
+        process, port = start_on_free_port(launch, answers_ready, "Prometheus", READY_TIMEOUT)
         server = PrometheusServer(process, port, config_path)
         factory.servers.append(server)
         return server
@@ -573,7 +398,7 @@ def alertmanager_factory(alertmanager_binary: str, tmp_path: Path) -> Iterator[C
             ]
             return start_process(argv, log_path=work / "alertmanager.log", cwd=work)
 
-        process, port = _start_on_free_port(launch, _is_ready, "Alertmanager")
+        process, port = start_on_free_port(launch, answers_ready, "Alertmanager", READY_TIMEOUT)
         server = AlertmanagerServer(process, port, config_path)
         factory.servers.append(server)
         return server

@@ -65,6 +65,18 @@ def test_free_port_can_be_bound_on_loopback():
         sock.bind(("127.0.0.1", free_port()))
 
 
+def test_free_port_gives_the_preferred_port_while_it_is_free_and_another_once_it_is_taken():
+    import socket
+
+    preferred = free_port()
+    assert free_port(preferred) == preferred
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", preferred))
+        taken.listen()
+        other = free_port(preferred)
+    assert other != preferred and other > 0
+
+
 # --- PostgreSQL --------------------------------------------------------------------------------------------------
 
 

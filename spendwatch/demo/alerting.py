@@ -12,7 +12,8 @@ what ``spendwatch assets`` writes out):
   email, Slack and webhook targets replaced by one webhook to a small HTTP server in this process, and the group
   waits cut to a second.
 
-Both are stopped by PID (SIGTERM, then SIGKILL after a timeout) and also get SIGTERM if this process dies first.
+Both start and stop with :mod:`spendwatch.demo.processes`, as the tests' servers do: stopped by PID (SIGTERM, then
+SIGKILL after a timeout), and sent SIGTERM if this process dies first.
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ import json
 import queue
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import textwrap
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -39,12 +37,20 @@ from pathlib import Path
 from typing import Any
 
 from spendwatch.cli.commands_assets import ALERT_RULES_PACKAGE, alert_rule_files, packaged_directory
+from spendwatch.demo.processes import (
+    LocalServer,
+    ServerExitedError,
+    ServerProcess,
+    answers_ready,
+    http_get,
+    start_on_free_port,
+    start_process,
+)
 
 __all__ = ["AlertingDemo", "Page", "alert_rules_directory", "unavailable_reason"]
 
 DEMO_FOR = "2s"  # every rule's `for:` in the demo's copy (the shipped rules say 1m to 30m)
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 POLL = 0.05
 INSTALL_HINT = "apt-get install prometheus prometheus-alertmanager"
 
@@ -110,33 +116,11 @@ class Page:
 
 
 @dataclass
-class _Process:
-    """A server we started: stopped by its PID."""
+class _Server(LocalServer):
+    """Prometheus or Alertmanager as the demo started it, with the name and version it prints."""
 
-    name: str
-    popen: subprocess.Popen
-    port: int
-    log_path: Path
+    name: str = ""
     version: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                self.popen.send_signal(signal.SIGTERM)
-                self.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(STOP_TIMEOUT)
 
 
 @dataclass
@@ -184,20 +168,13 @@ def _webhook_server(inbox: _Inbox) -> ThreadingHTTPServer:
     return server
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def _api_data(url: str) -> Any:
+    """The ``data`` of a Prometheus API answer, or None while there is none."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, b""
+        status, body = http_get(url, timeout=2.0)
     except OSError:
-        return 0, b""
+        return None
+    return json.loads(body)["data"] if status == 200 else None
 
 
 def _version(binary: str) -> str:
@@ -221,13 +198,13 @@ class AlertingDemo:
         self._out = out
         self._inbox = _Inbox()
         self._pages: list[Page] = []
-        self._processes: list[_Process] = []
+        self._servers: list[_Server] = []
         self._webhook: ThreadingHTTPServer | None = None
         self._workdir: Path | None = None
         self._keep_workdir = False
         self._stopping = threading.Event()
-        self.prometheus: _Process | None = None
-        self.alertmanager: _Process | None = None
+        self.prometheus: _Server | None = None
+        self.alertmanager: _Server | None = None
 
     @staticmethod
     def unavailable() -> str | None:
@@ -299,39 +276,25 @@ class AlertingDemo:
             f"  and webhook receivers replaced by this demo's webhook ({webhook_url}), group_wait/group_interval 1s\n"
         )
 
-    def _launch(self, name: str, binary: str, arguments: Callable[[int, Path], list[str]]) -> _Process:
+    def _launch(self, name: str, binary: str, arguments: Callable[[int, Path], list[str]]) -> _Server:
         """Start ``binary`` on a free port (another one if that got taken meanwhile) and wait until it is ready."""
-        assert self._workdir is not None
-        setpriv = shutil.which("setpriv")  # SIGTERM to the server if the demo is killed before it can stop it
-        prefix = [setpriv, "--pdeathsig=TERM", "--"] if setpriv else []
-        for attempt in range(3):
-            port = _free_port()
-            work = self._workdir / f"{name.lower()}-{port}"
+        workdir = self._workdir
+        assert workdir is not None
+
+        def start(port: int) -> ServerProcess:
+            work = workdir / f"{name.lower()}-{port}"
             work.mkdir()
-            log_path = work / f"{name.lower()}.log"
-            with open(log_path, "ab") as log:
-                popen = subprocess.Popen(
-                    [*prefix, binary, *arguments(port, work / "data")],
-                    cwd=work,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            process = _Process(name, popen, port, log_path, _version(binary))
-            self._processes.append(process)
-            deadline = time.monotonic() + READY_TIMEOUT
-            while time.monotonic() < deadline and popen.poll() is None:
-                if _get(f"{process.url}/-/ready")[0] == 200:
-                    return process
-                time.sleep(POLL)
-            process.stop()
-            if popen.returncode is not None and "address already in use" in process.log_tail().lower() and attempt < 2:
-                continue
-            self._keep_workdir = True
-            raise RuntimeError(
-                f"{name} did not become ready on 127.0.0.1:{port}; log {log_path}:\n{process.log_tail()}"
-            )
-        raise AssertionError("unreachable")
+            argv = [binary, *arguments(port, work / "data")]
+            return start_process(argv, log_path=work / f"{name.lower()}.log", cwd=work)
+
+        try:
+            process, port = start_on_free_port(start, answers_ready, name, READY_TIMEOUT)
+        except (ServerExitedError, TimeoutError):
+            self._keep_workdir = True  # for the log the error names
+            raise
+        server = _Server(process, port, name, _version(binary))
+        self._servers.append(server)
+        return server
 
     def _load_rules_after_first_scrape(self, rule_files: list[Path]) -> None:
         """Copy the rules where Prometheus's config points and reload it, once ``/metrics`` has been scraped and
@@ -339,10 +302,8 @@ class AlertingDemo:
         assert self.prometheus is not None
         query = urllib.parse.urlencode({"query": 'up{job="spendwatch"} == 1'})
         while not self._stopping.is_set():
-            status, body = _get(f"{self.prometheus.url}/api/v1/query?{query}")
-            scraped = status == 200 and json.loads(body)["data"]["result"]
-            status, body = _get(f"{self.prometheus.url}/api/v1/alertmanagers")
-            notifying = status == 200 and json.loads(body)["data"]["activeAlertmanagers"]
+            scraped = (_api_data(f"{self.prometheus.url}/api/v1/query?{query}") or {}).get("result")
+            notifying = (_api_data(f"{self.prometheus.url}/api/v1/alertmanagers") or {}).get("activeAlertmanagers")
             if scraped and notifying:
                 break
             time.sleep(POLL * 2)
@@ -383,8 +344,8 @@ class AlertingDemo:
             time.sleep(POLL)
         names = ", ".join(w if isinstance(w, str) else f"{w[0]} ({w[1]})" for w in missing)
         self._out(f"{self._inbox.elapsed():+6.1f}s  no page for {names} within {timeout:.0f}s")
-        for process in self._processes:
-            self._out(f"  {process.name} log ({process.log_path}):\n{process.log_tail(8)}")
+        for server in self._servers:
+            self._out(f"  {server.name} log ({server.process.log_path}):\n{server.process.log_tail(8)}")
         self._keep_workdir = True
         return False
 
@@ -406,9 +367,9 @@ class AlertingDemo:
     def stop(self) -> None:
         """Stop both servers by PID and the webhook; remove the temporary directory unless something failed."""
         self._stopping.set()
-        for process in reversed(self._processes):
-            process.stop()
-        self._processes.clear()
+        for server in reversed(self._servers):
+            server.stop()
+        self._servers.clear()
         if self._webhook is not None:
             self._webhook.shutdown()
             self._webhook.server_close()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from spendwatch.demo.processes import free_port
 from spendwatch.demo.stub import StubServer
 
 __all__ = ["opentelemetry_instrument", "run_demo"]
@@ -54,25 +54,14 @@ def _demo_environment(base_url: str, ledger: str, hold: bool) -> dict[str, str]:
         "SPENDWATCH_DAILY_BUDGET_USD": DEMO_DAILY_BUDGET_USD,
         "SPENDWATCH_MONTHLY_BUDGET_USD": DEMO_MONTHLY_BUDGET_USD,
         "SPENDWATCH_CATEGORIES": "metabolite_identification,literature_review",
-        "SPENDWATCH_METRICS_ADDRESS": f"127.0.0.1:{_metrics_port()}",
+        # The usual 9464 when it is free, else any free port: a real exporter may already be running.
+        "SPENDWATCH_METRICS_ADDRESS": f"127.0.0.1:{free_port(9464)}",
         "SPENDWATCH_DEMO_HOLD": "1" if hold else "",
         "OTEL_SERVICE_NAME": "spendwatch-demo",
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",
         "OTEL_LOGS_EXPORTER": "none",
     }
-
-
-def _metrics_port(preferred: int = 9464) -> int:
-    """The usual 9464 when it is free, else any free port (a real exporter may already be running)."""
-    for port in (preferred, 0):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return probe.getsockname()[1]
-    raise RuntimeError("no free port for /metrics")
 
 
 def opentelemetry_instrument() -> str:
