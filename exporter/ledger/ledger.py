@@ -128,7 +128,6 @@ class Ledger:
             ]
             chained = [("call", row[0], None, row) for _, row in inserted]  # typed by call_row: MACed as is
             audit.append(self.backend, cursor, self.audit_key, chained)
-            fresh = [entry for entry, _ in inserted]
             change = TotalsChange()
             decisions: dict[tuple, list[float]] = {}
             lease_costs: dict[str, float] = {}
@@ -146,7 +145,7 @@ class Ledger:
                 # The cost is spend now: it leaves the lease it was drawn from, in the same transaction.
                 query = "UPDATE leases SET outstanding_usd = outstanding_usd - ? WHERE lease_id = ?"
                 self.backend.execute(cursor, query, (cost, lease))
-        return len(fresh)
+        return len(inserted)
 
     def set_budget_limit(self, name: str, period: str, limit_usd: float, *, reason: str = "", by: str = "") -> None:
         """Change a budget's limit from now on; the change itself is kept as an event (with who made it, if known)."""
