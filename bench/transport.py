@@ -13,7 +13,10 @@ import json
 import openai
 from openai import _base_client
 
-from spendwatch.demo import _stub_responses
+try:
+    from spendwatch.demo import _stub_responses
+except ImportError:  # --against a revision from before the demo moved to spendwatch/demo/ (359684b)
+    from spendwatch import _stub_responses
 
 __all__ = ["CHAT_MODEL", "EMBEDDING_MODEL", "STREAM_CHUNKS", "http_library", "make_clients"]
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from spendwatch.attribution import VALID_CATEGORY, is_valid_category
 from spendwatch.exporter.ledger import is_postgres_location, shown_location, state_directory
+from spendwatch.instrumentation.categories import VALID_CATEGORY, is_valid_category
 from spendwatch.instrumentation.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -12,26 +12,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import re
 
 from spendwatch.instrumentation.calls import CategoryTokens, attach_category, detach_category
+from spendwatch.instrumentation.categories import OTHER, VALID_CATEGORY, clean_category, is_valid_category
 
 __all__ = ["category", "clean_category", "is_valid_category", "OTHER", "VALID_CATEGORY"]
-
-OTHER = "other"
-_VALID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
-# How the rule reads in an error message about a configured category.
-VALID_CATEGORY = "up to 64 of A-Z a-z 0-9 _ . : / -, starting with a letter or digit"
-
-
-def is_valid_category(name: object) -> bool:
-    """True when ``name`` is a tidy identifier that :func:`clean_category` keeps as it is."""
-    return isinstance(name, str) and _VALID.fullmatch(name) is not None
-
-
-def clean_category(name: object) -> str:
-    """The category as given when it is a tidy identifier (≤ 64 of ``A-Z a-z 0-9 _ . : / -``), else ``other``."""
-    return name if is_valid_category(name) else OTHER
 
 
 class category(contextlib.ContextDecorator):  # noqa: N801 - used like a function: `with spendwatch.category(...)`

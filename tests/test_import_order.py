@@ -102,3 +102,9 @@ def test_no_instrumentation_file_imports_the_exporter_or_the_facade(path):
     # Here even a bare `import spendwatch` counts: it would be the instrumentation reaching for the facade.
     names = imported_names(path)
     assert [n for n in names if n.split(".")[0] == "spendwatch" and not is_instrumentation(n)] == []
+
+
+def test_importing_the_exporter_loads_no_facade_module():
+    # The exporter sits between the instrumentation and the facade: the facade wires it in, never the other way.
+    loaded = loaded_after_importing("spendwatch.exporter")
+    assert [m for m in loaded if m != "spendwatch" and m.split(".")[1] not in ("exporter", "instrumentation")] == []
