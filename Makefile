@@ -33,7 +33,7 @@ test-fast: $(STAMP) test-servers
 	@failed=""; \
 	$(BIN)/ruff check . || failed="$$failed ruff-check"; \
 	$(BIN)/ruff format --check . || failed="$$failed ruff-format"; \
-	$(BIN)/python -m pytest -m "not slow" || failed="$$failed pytest"; \
+	$(BIN)/python -m pytest -m "not slow" -n 2 || failed="$$failed pytest"; \
 	if [ -n "$$failed" ]; then echo "make test-fast: failed:$$failed"; exit 1; fi; \
 	echo "make test-fast: every step passed"
 
