@@ -157,6 +157,21 @@ def stop_and_wait(process: ServerProcess) -> int:
         process.stop()  # SIGKILL if it hung
 
 
+def serve_and_count_every_call_once(argv: list[str], app_dir: Path, environment: dict[str, str]) -> None:
+    """Serve ``REQUESTS`` LLM calls from a multi-worker server started with the default settings: each call once in
+    the ledger and on the default ``/metrics``, a clean exit, and no spendwatch warning between its own workers."""
+    server, port = start_instrumented(argv, app_dir, environment)
+    try:
+        ask(port, REQUESTS)
+
+        assert_every_call_counted_once(environment, REQUESTS)
+    finally:
+        assert stop_and_wait(server) == 0
+    log = server.log_path.read_text()
+    assert not warnings_among_workers(log) and "Traceback" not in log, log
+    assert ledger_calls(environment) == REQUESTS
+
+
 def worker_pids(parent: int) -> set[int]:
     """The live (not yet exited) child processes of ``parent``."""
     children = set()
@@ -172,16 +187,7 @@ def worker_pids(parent: int) -> set[int]:
 
 def test_uvicorn_with_two_workers_counts_every_call_once_and_serves_them_on_metrics(app_dir, environment):
     argv = [str(BIN / "uvicorn"), "deployment_app:asgi", "--workers", "2", "--port", "{port}", "--lifespan", "off"]
-    server, port = start_instrumented(argv, app_dir, environment)
-    try:
-        ask(port, REQUESTS)
-
-        assert_every_call_counted_once(environment, REQUESTS)
-    finally:
-        assert stop_and_wait(server) == 0
-    log = server.log_path.read_text()
-    assert not warnings_among_workers(log) and "Traceback" not in log, log
-    assert ledger_calls(environment) == REQUESTS
+    serve_and_count_every_call_once(argv, app_dir, environment)
 
 
 def gunicorn(workers: int) -> list[str]:
@@ -190,16 +196,7 @@ def gunicorn(workers: int) -> list[str]:
 
 
 def test_gunicorn_with_three_workers_counts_every_call_once_and_serves_them_on_metrics(app_dir, environment):
-    server, port = start_instrumented(gunicorn(3), app_dir, environment)
-    try:
-        ask(port, REQUESTS)
-
-        assert_every_call_counted_once(environment, REQUESTS)
-    finally:
-        assert stop_and_wait(server) == 0
-    log = server.log_path.read_text()
-    assert not warnings_among_workers(log) and "Traceback" not in log, log
-    assert ledger_calls(environment) == REQUESTS
+    serve_and_count_every_call_once(gunicorn(3), app_dir, environment)
 
 
 def test_gunicorn_workers_exit_at_once_on_a_reload_and_at_shutdown(app_dir, environment):

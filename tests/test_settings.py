@@ -204,6 +204,15 @@ def test_a_ledger_url_in_the_config_file_keeps_its_password_out_of_the_error(tmp
     )
 
 
+def config_file_error(tmp_path, toml: str) -> str:
+    """The one sentence load_settings refuses a SPENDWATCH_CONFIG file holding ``toml`` with."""
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"SPENDWATCH_CONFIG": str(config)})
+    return raised.value.message
+
+
 @pytest.mark.parametrize(
     ("toml", "named"),
     [
@@ -213,14 +222,10 @@ def test_a_ledger_url_in_the_config_file_keeps_its_password_out_of_the_error(tmp
     ],
 )
 def test_a_bad_budget_key_in_the_config_file_is_named_down_to_the_key(tmp_path, toml, named):
-    config = tmp_path / "spendwatch.toml"
-    config.write_text(toml + "\n")
+    message = config_file_error(tmp_path, toml)
 
-    with pytest.raises(ConfigError) as raised:
-        load_settings(environ={"SPENDWATCH_CONFIG": str(config)})
-
-    assert raised.value.message.startswith(named)
-    assert "\n" not in raised.value.message
+    assert message.startswith(named)
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(
@@ -259,14 +264,11 @@ def test_a_category_no_call_can_have_fails_at_start_up(environ, named, category)
 
 
 def test_a_budget_scoped_to_a_category_no_call_can_have_fails_at_start_up(tmp_path):
+    message = config_file_error(tmp_path, "[budgets.team]\ncategory = 'team a'\ndaily_usd = 1")
+
     config = tmp_path / "spendwatch.toml"
-    config.write_text("[budgets.team]\ncategory = 'team a'\ndaily_usd = 1\n")
-
-    with pytest.raises(ConfigError) as raised:
-        load_settings(environ={"SPENDWATCH_CONFIG": str(config)})
-
-    assert raised.value.message.startswith(f"budgets.team.category='team a' in SPENDWATCH_CONFIG={str(config)!r} ")
-    assert "no call can have" in raised.value.message
+    assert message.startswith(f"budgets.team.category='team a' in SPENDWATCH_CONFIG={str(config)!r} ")
+    assert "no call can have" in message
 
 
 def test_tidy_categories_are_accepted():
@@ -284,14 +286,10 @@ def test_tidy_categories_are_accepted():
     ],
 )
 def test_a_route_to_a_category_no_call_can_have_fails_at_start_up(tmp_path, toml, named):
-    config = tmp_path / "spendwatch.toml"
-    config.write_text(toml + "\n")
+    message = config_file_error(tmp_path, toml)
 
-    with pytest.raises(ConfigError) as raised:
-        load_settings(environ={"SPENDWATCH_CONFIG": str(config)})
-
-    assert raised.value.message.startswith(named)
-    assert "\n" not in raised.value.message
+    assert message.startswith(named)
+    assert "\n" not in message
 
 
 def test_routes_to_tidy_categories_are_kept_for_the_middleware(tmp_path):

@@ -182,16 +182,23 @@ def _status_document(statuses, settings, now: float, status_as_dict) -> dict:
     }
 
 
-def _status_line(status) -> dict:
+def _limit_in_force(status) -> dict:
+    """The columns that name a budget and the limit in force, shared by ``status`` and ``budget show``."""
     from spendwatch.exporter.budgets import describe_scope
 
-    used = status.used_ratio
     return {
         "budget": status.name,
         "period": status.period,
         "scope": describe_scope(status),
         "limit_usd": status.limit_usd,
         "limit_from": status.limit_source,
+    }
+
+
+def _status_line(status) -> dict:
+    used = status.used_ratio
+    return {
+        **_limit_in_force(status),
         "spent_usd": status.spent_usd,
         "remaining_usd": status.remaining_usd,
         "used": f"{used:.1%}" if used != float("inf") else "inf",
@@ -358,15 +365,9 @@ def _run_budget_show(args: argparse.Namespace) -> int:
 
 
 def _budget_row(status, origin: str, changes: dict) -> dict:
-    from spendwatch.exporter.budgets import describe_scope
-
     change = changes.get((status.name, status.period))
     return {
-        "budget": status.name,
-        "period": status.period,
-        "scope": describe_scope(status),
-        "limit_usd": status.limit_usd,
-        "limit_from": status.limit_source,
+        **_limit_in_force(status),
         "configured_usd": status.configured_limit_usd,
         "configured_in": origin,
         "changed": _change_text(change).strip() or None,
