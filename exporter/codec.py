@@ -11,9 +11,20 @@ from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = ["encode", "decode"]
 
-VERSION = 1
+VERSION = 2
 _FIELDS = tuple(field.name for field in fields(UsageRecord))
 _VALUES = operator.attrgetter(*_FIELDS)  # every field's value in one C call: 0.8 µs a record where a loop took 1.3
+# The fields each earlier version wrote, in order: a journal left by an earlier release is still replayed.
+_ADDED_IN_2 = (
+    "cache_write_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "output_image_tokens",
+    "units",
+    "service_tier",
+)
+_FIELDS_BY_VERSION = {1: tuple(name for name in _FIELDS if name not in _ADDED_IN_2), VERSION: _FIELDS}
 
 
 def encode(record: UsageRecord) -> bytes:
@@ -22,6 +33,7 @@ def encode(record: UsageRecord) -> bytes:
 
 def decode(payload: bytes) -> UsageRecord:
     version, *values = marshal.loads(payload)
-    if version != VERSION:
+    names = _FIELDS_BY_VERSION.get(version)
+    if names is None:
         raise ValueError(f"journal record version {version} is not supported")
-    return UsageRecord(**dict(zip(_FIELDS, values, strict=True)))
+    return UsageRecord(**dict(zip(names, values, strict=True)))

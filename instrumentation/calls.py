@@ -127,10 +127,20 @@ class Usage:
     output_tokens: int = 0  # includes reasoning_tokens
     cache_read_tokens: int = 0
     reasoning_tokens: int = 0
+    # Subsets of input_tokens / output_tokens billed at their own rates (0 when the response does not say).
+    cache_write_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    # Other billed quantities by name, e.g. web_search_calls, file_search_calls, code_interpreter_sessions, images,
+    # audio_seconds, characters, cache_write_1h_tokens (the part of cache_write_tokens held for an hour). None: none.
+    units: dict[str, float] | None = None
     response_model: str | None = None
     service_tier: str | None = None  # priced by; on the span unless "default"
     estimated: bool = False
     reported_cost_usd: float | None = None  # a cost the caller knows (spendwatch.track's set_cost): not priced here
+    provider_cost_usd: float | None = None  # what the provider said it charged (OpenRouter's usage.cost): it wins
     calls: int = 1  # API calls this usage stands for (a batch recorded at once)
     failed_calls: int = 0
 
@@ -147,8 +157,16 @@ class CallRecorder:
         self.metrics = SemconvMetrics(meter)
         self.active = True  # False once its instrumentor is uninstrumented
 
-    def start(self, operation: str, provider: str, request_model: str, attributes: dict | None = None) -> Call:
-        """Open the CLIENT span ``"{operation} {model}"``; ``activate()`` makes it current for the wrapped call."""
+    def start(
+        self,
+        operation: str,
+        provider: str,
+        request_model: str,
+        attributes: dict | None = None,
+        price_provider: str | None = None,
+    ) -> Call:
+        """Open the CLIENT span ``"{operation} {model}"``; ``activate()`` makes it current for the wrapped call.
+        ``price_provider`` is whose price list prices the call when it is not ``provider``'s (see PriceTable)."""
         request_model = storable(request_model)
         span_attributes = {
             "gen_ai.operation.name": operation,
@@ -169,7 +187,10 @@ class CallRecorder:
         span = self.tracer.start_span(
             f"{operation} {request_model}", context=current, kind=SpanKind.CLIENT, attributes=span_attributes
         )
-        return Call(self, span, operation, provider, request_model, category, context_attributes, current)
+        call = Call(self, span, operation, provider, request_model, category, context_attributes, current)
+        if price_provider is not None:
+            call.price_provider = price_provider
+        return call
 
 
 class Call:
@@ -180,6 +201,7 @@ class Call:
         "span",
         "operation",
         "provider",
+        "price_provider",
         "request_model",
         "category",
         "start_time",
@@ -205,7 +227,7 @@ class Call:
         self.recorder = recorder
         self.span = span
         self.operation = operation
-        self.provider = provider
+        self.provider = self.price_provider = provider
         self.request_model = model
         self.category = category
         self.start_time = time.time()
@@ -247,7 +269,7 @@ class Call:
             record.attributes = dict(self.attributes)
         attributes: dict = {}
         if usage is not None:
-            _apply_usage(record, usage, recorder.prices, attributes)
+            _apply_usage(record, usage, recorder.prices, attributes, self.price_provider)
         elif error is not None:
             # A request the provider refused produced nothing to bill: known to cost nothing, not unpriced.
             record.cost_usd = 0.0
@@ -284,7 +306,9 @@ def _storable_value(value):
     return storable(value) if isinstance(value, str) else value
 
 
-def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, attributes: dict) -> None:
+def _apply_usage(
+    record: records.UsageRecord, usage: Usage, prices: PriceTable, attributes: dict, price_provider: str
+) -> None:
     """Copy ``usage`` into the record and the span attributes, and price it."""
     response_model = usage.response_model
     if response_model:
@@ -315,7 +339,7 @@ def _apply_usage(record: records.UsageRecord, usage: Usage, prices: PriceTable, 
     if usage.reported_cost_usd is not None:
         cost, source = usage.reported_cost_usd, REPORTED
     else:
-        price = prices.lookup_call(response_model, record.request_model, record.provider, tier)
+        price = prices.lookup_call(response_model, record.request_model, price_provider, tier)
         if price is None:
             attributes["spendwatch.pricing"] = "unpriced"
             return

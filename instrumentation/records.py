@@ -30,6 +30,15 @@ class UsageRecord:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     reasoning_tokens: int = 0
+    # Subsets of input_tokens / output_tokens billed at their own rates.
+    cache_write_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    # Billed quantities that are not the token counts above, by name (see calls.Usage.units); empty when none.
+    units: dict[str, float] = field(default_factory=dict)
+    service_tier: str | None = None  # the tier the call was priced at (None: standard); "batch" for a batch discount
     cost_usd: float | None = None  # None means unpriced, never "free"
     pricing: str = "unpriced"  # the price source and version used, or "unpriced"
     estimated: bool = False  # token counts were estimated (a stream without usage)
