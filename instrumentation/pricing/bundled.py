@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
@@ -13,7 +14,7 @@ from typing import Any
 
 from spendwatch.instrumentation.pricing.price import NEVER, PER_MILLION, Price, Resolution
 
-__all__ = ["bundled_data_mtime", "bundled_data_source", "price_context", "resolve_bundled"]
+__all__ = ["bundled_data_mtime", "bundled_data_source", "price_context", "provider_at", "resolve_bundled"]
 
 # Semantic-convention provider names → genai-prices provider ids. Others are passed through unchanged.
 _GENAI_PRICES_PROVIDER = {
@@ -25,6 +26,17 @@ _GENAI_PRICES_PROVIDER = {
     "mistral_ai": "mistral",
     "x_ai": "x-ai",
 }
+# And back, the first semantic-convention name of an id winning (azure → azure.ai.openai, google → gcp.gemini).
+_SEMCONV_PROVIDER = {genai_id: name for name, genai_id in reversed(_GENAI_PRICES_PROVIDER.items())}
+
+
+def provider_at(api_url: str) -> str | None:
+    """The semantic-convention name of the provider whose API URL pattern (genai-prices') matches ``api_url``, or
+    None for a host no provider claims (a gateway, a proxy, a local server). Loads the bundled data."""
+    for provider in _bundled_snapshot().providers:
+        if re.match(provider.api_pattern, api_url):
+            return _SEMCONV_PROVIDER.get(provider.id, provider.id)
+    return None
 
 
 def price_context(service_tier: str | None, batch: bool) -> dict[str, str]:
