@@ -6,14 +6,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from bench.baseline import checkout
+from spendwatch.exporter.codec import decode
 from spendwatch.exporter.ledger import SCHEMA_VERSION, Ledger, LedgerEntry, open_backend
 from spendwatch.exporter.ledger.audit import verify
-from spendwatch.exporter.ledger.migrations import create_or_upgrade
+from spendwatch.exporter.ledger.migrations import UPGRADES, create_or_upgrade
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.records import UsageRecord
 
@@ -108,7 +110,7 @@ def test_a_ledger_written_by_the_earlier_release_opens_verifies_and_keeps_counti
 
 
 def test_opening_an_older_ledger_runs_the_steps_it_lacks_once_and_in_order(tmp_path):
-    backend = open_backend(str(tmp_path / "ledger.db"))  # version 1, as SCHEMA_VERSION is today
+    backend = open_backend(str(tmp_path / "ledger.db"))  # at SCHEMA_VERSION
     ran = []
 
     def add_note_column(backend, cursor):
@@ -119,7 +121,7 @@ def test_opening_an_older_ledger_runs_the_steps_it_lacks_once_and_in_order(tmp_p
         ran.append("host")
         backend.execute(cursor, "ALTER TABLE leases ADD COLUMN host TEXT")
 
-    steps = (add_note_column, add_host_column)
+    steps = (*UPGRADES, add_note_column, add_host_column)
     try:
         create_or_upgrade(backend, "the test ledger", steps)
         create_or_upgrade(backend, "the test ledger", steps)  # another process opening it later: nothing to do
@@ -128,7 +130,7 @@ def test_opening_an_older_ledger_runs_the_steps_it_lacks_once_and_in_order(tmp_p
     finally:
         backend.close()
     assert ran == ["note", "host"]
-    assert version == [("3",)]
+    assert version == [(str(int(SCHEMA_VERSION) + 2),)]
     assert columns[-2:] == ["note", "host"]
 
 
@@ -140,3 +142,58 @@ def test_a_ledger_written_by_a_later_release_is_refused_naming_both_versions(tmp
     backend.close()
     with pytest.raises(ConfigError, match=f"has ledger schema 99, this is {SCHEMA_VERSION}"):
         open_backend(str(path))
+
+
+def test_calls_with_every_billed_unit_count_in_an_upgraded_ledger_and_old_rows_stay_sealed(earlier_ledger, tmp_path):
+    copy = tmp_path / "ledger.db"  # the module's ledger stays as the earlier release wrote it
+    for suffix in ("", ".key"):
+        Path(f"{copy}{suffix}").write_bytes(Path(f"{earlier_ledger}{suffix}").read_bytes())
+    Path(f"{copy}.key").chmod(0o600)
+    ledger = Ledger(open_backend(str(copy)), UTC)
+    try:
+        entry = _usage("new:units", 0.004)
+        record = entry.record
+        record.input_tokens, record.output_tokens = 2000, 400
+        record.cache_write_tokens, record.input_audio_tokens, record.output_audio_tokens = 1000, 300, 200
+        record.input_image_tokens, record.output_image_tokens = 100, 50
+        record.units, record.service_tier = {"web_search_calls": 2}, "priority"
+        ledger.ingest([entry])
+        assert verify(ledger).intact
+        row = next(r for r in ledger.table_rows("calls") if r["id"] == "new:units")
+        assert (row["cache_write_tokens"], row["units"], row["service_tier"]) == (
+            1000,
+            '{"web_search_calls": 2}',
+            "priority",
+        )
+        totals = [t for t in ledger.totals() if t["category"] == "search"]
+        assert sum(t["cache_write_tokens"] for t in totals) == 1000
+        assert sum(t["output_image_tokens"] for t in totals) == 50
+
+        # A unit written into a row chained before the upgrade is caught: the MAC covers it once it is not default.
+        with ledger.backend.transaction() as cursor:
+            ledger.backend.execute(cursor, "UPDATE calls SET cache_write_tokens = 5 WHERE id = 'old:1'")
+        verdict = verify(ledger)
+        assert not verdict.intact and "'old:1'" in verdict.problem
+    finally:
+        ledger.close()
+
+
+def test_a_journal_written_by_the_earlier_release_is_read_by_this_one(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+        from spendwatch.exporter.codec import encode
+        from spendwatch.instrumentation.records import UsageRecord
+        record = UsageRecord("openai", "chat", "gpt-4o-mini", input_tokens=7, cost_usd=0.5, start_time=1.0)
+        open(sys.argv[1], "wb").write(encode(record))
+        """
+    )
+    payload = tmp_path / "record.bin"
+    with checkout(EARLIER_RELEASE) as run_dir:
+        written = subprocess.run([sys.executable, "-c", script, str(payload)], cwd=run_dir, capture_output=True)
+    assert written.returncode == 0, written.stderr
+
+    record = decode(payload.read_bytes())
+
+    assert (record.request_model, record.input_tokens, record.cost_usd) == ("gpt-4o-mini", 7, 0.5)
+    assert (record.cache_write_tokens, record.units, record.service_tier) == (0, {}, None)

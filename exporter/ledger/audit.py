@@ -41,11 +41,13 @@ from pathlib import Path
 from spendwatch.exporter.ledger.locations import is_postgres_location, state_directory
 from spendwatch.exporter.ledger.schema import (
     CALL_COLUMNS,
+    CALL_COLUMNS_V1,
     CALL_TYPES,
     EVENT_COLUMNS,
     EVENT_TYPES,
     REPRICING_COLUMNS,
     REPRICING_TYPES,
+    SUBSET_TOKENS,
 )
 from spendwatch.instrumentation.errors import ConfigError
 
@@ -56,6 +58,7 @@ __all__ = [
     "Verdict",
     "append",
     "call_content",
+    "call_mac_content",
     "check_key",
     "event_content",
     "key_file_path",
@@ -189,7 +192,17 @@ def _normalised(values: Sequence, types: str) -> list:
 def call_content(row: Sequence) -> list:
     """A calls row (all columns, table order) as MACed: a row read back from the database, normalised to the
     column types that schema.call_row writes."""
-    return _normalised(row, CALL_TYPES)
+    return call_mac_content(_normalised(row, CALL_TYPES))
+
+
+def call_mac_content(row: Sequence) -> list:
+    """What a call's MAC covers: its row, without the columns added after schema version 1 when they all hold their
+    defaults. So a row chained before those columns existed verifies as it was chained, and a row that had a value
+    there (or gets one) does not verify without it."""
+    added = row[CALL_COLUMNS_V1:]
+    if any(added):  # defaults are 0 and NULL
+        return list(row)
+    return list(row[:CALL_COLUMNS_V1])
 
 
 def event_content(row: Sequence) -> list:
@@ -255,7 +268,7 @@ LEFT JOIN events e ON a.kind = 'event' AND e.id = a.row_id
 LEFT JOIN repricings r ON a.kind = 'reprice' AND r.id = a.row_id
 ORDER BY a.seq
 """
-_SCANNED = ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
+_SCANNED = ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens", *SUBSET_TOKENS)
 
 
 def verify(ledger) -> Verdict:

@@ -126,7 +126,8 @@ class Ledger:
             inserted = [
                 (entry, row) for entry, row in zip(entries, rows, strict=True) if self.backend.insert_call(cursor, row)
             ]
-            chained = [("call", row[0], None, row) for _, row in inserted]  # typed by call_row: MACed as is
+            # Typed by call_row: MACed as is, less the version-2 columns when they hold their defaults.
+            chained = [("call", row[0], None, audit.call_mac_content(row)) for _, row in inserted]
             audit.append(self.backend, cursor, self.audit_key, chained)
             change = TotalsChange()
             decisions: dict[tuple, list[float]] = {}

@@ -14,14 +14,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from spendwatch.exporter.ledger.schema import CALL_COLUMNS_V1, CALLS, SUBSET_TOKENS, Column
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = ["SCHEMA_VERSION", "UPGRADES", "VERSION_KEY", "VERSION_QUERY", "check_version", "create_or_upgrade"]
 
 Step = Callable[[object, object], None]
 
-# Version 1 is the first schema, so there is nothing to upgrade from yet.
-UPGRADES: tuple[Step, ...] = ()
+
+def _add_columns(backend, cursor, table: str, columns) -> None:
+    for column in columns:
+        definition = f"{column.name} {backend.types[column.type]} {column.definition}"
+        backend.execute(cursor, f"ALTER TABLE {table} ADD COLUMN {definition}")
+
+
+def _every_billed_unit(backend, cursor) -> None:
+    """Version 2: calls keep the token counts billed at their own rates, other billed units and the service tier,
+    and the running totals count those tokens. Every earlier call has none of them, so the new counters start at 0,
+    which is what a scan of calls gives."""
+    added = CALLS.columns[CALL_COLUMNS_V1:]
+    _add_columns(backend, cursor, "calls", added)
+    counters = [column for column in added if column.name in SUBSET_TOKENS]
+    for table in ("totals", "daily_totals"):
+        _add_columns(backend, cursor, table, [Column(c.name, "int", "NOT NULL DEFAULT 0") for c in counters])
+
+
+# Version 1 is the first schema; UPGRADES[n - 1] takes version n to n + 1.
+UPGRADES: tuple[Step, ...] = (_every_billed_unit,)
 SCHEMA_VERSION = str(len(UPGRADES) + 1)
 VERSION_KEY = "schema_version"
 VERSION_QUERY = "SELECT value FROM spendwatch_meta WHERE key = ?"

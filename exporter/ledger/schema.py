@@ -20,11 +20,13 @@ from spendwatch.exporter.periods import local_day
 __all__ = [
     "BUCKET_KEYS",
     "CALL_COLUMNS",
+    "CALL_COLUMNS_V1",
     "CALL_TYPES",
     "EVENT_COLUMNS",
     "EVENT_TYPES",
     "REPRICING_COLUMNS",
     "REPRICING_TYPES",
+    "SUBSET_TOKENS",
     "TABLES",
     "TOTAL_COUNTERS",
     "TOTAL_KEYS",
@@ -84,6 +86,15 @@ def _json(attributes: dict) -> str | None:
     return json.dumps(attributes) if attributes else None
 
 
+# Token counts billed at their own rates: subsets of input_tokens or output_tokens (schema version 2).
+SUBSET_TOKENS = (
+    "cache_write_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "output_image_tokens",
+)
+
 CALLS = Table(
     "calls",
     (
@@ -108,9 +119,16 @@ CALLS = Table(
         Column("trace_id", "text", "", lambda entry, tz: _hex(entry.record.trace_id, 32)),
         Column("span_id", "text", "", lambda entry, tz: _hex(entry.record.span_id, 16)),
         Column("attributes", "text", "", lambda entry, tz: _json(entry.record.attributes)),
+        # Added by schema version 2 (every billed unit kept raw, so a re-pricing can recompute any of them).
+        *(Column(name, "int", "NOT NULL DEFAULT 0", _record(name)) for name in SUBSET_TOKENS),
+        Column("units", "text", "", lambda entry, tz: _json(entry.record.units)),
+        Column("service_tier", "text", "", _record("service_tier")),
     ),
     indexes=(("calls_by_day", "day"),),
 )
+# The calls columns of schema version 1. A row's MAC covers the columns added since only when one of them holds more
+# than its default, so the MAC of a row written before they existed still verifies (see audit.call_content).
+CALL_COLUMNS_V1 = 21
 
 # The running totals: one row per series (and per local day), added to in the transaction that writes the calls.
 TOTAL_KEYS = ("provider", "model", "operation", "category")
@@ -130,6 +148,7 @@ _COUNTERS = tuple(
         "estimated",
         "duration_sum",
         "duration_count",
+        *SUBSET_TOKENS,  # schema version 2
     )
 )
 TOTAL_COUNTERS = tuple(column.name for column in _COUNTERS)
@@ -204,6 +223,7 @@ TABLES = (
 )
 
 CALL_COLUMNS = CALLS.column_names
+assert CALL_COLUMNS[CALL_COLUMNS_V1 - 1] == "attributes"
 CALL_TYPES = CALLS.audit_types
 EVENT_COLUMNS = EVENTS.column_names
 EVENT_TYPES = EVENTS.audit_types

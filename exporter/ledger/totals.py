@@ -34,6 +34,11 @@ def counters(r: UsageRecord) -> list[float]:
         int(r.estimated),
         r.duration_s,
         1,
+        r.cache_write_tokens,
+        r.input_audio_tokens,
+        r.output_audio_tokens,
+        r.input_image_tokens,
+        r.output_image_tokens,
     ]
 
 
