@@ -14,7 +14,14 @@ from typing import Any
 
 from spendwatch.instrumentation.pricing.price import NEVER, PER_MILLION, Price, Resolution
 
-__all__ = ["bundled_data_mtime", "bundled_data_source", "price_context", "provider_at", "resolve_bundled"]
+__all__ = [
+    "bundled_data_mtime",
+    "bundled_data_source",
+    "price_context",
+    "provider_at",
+    "provider_models",
+    "resolve_bundled",
+]
 
 # Semantic-convention provider names → genai-prices provider ids. Others are passed through unchanged.
 _GENAI_PRICES_PROVIDER = {
@@ -37,6 +44,19 @@ def provider_at(api_url: str) -> str | None:
         if re.match(provider.api_pattern, api_url):
             return _SEMCONV_PROVIDER.get(provider.id, provider.id)
     return None
+
+
+def provider_models(provider: str) -> tuple[tuple[str, str], ...]:
+    """``(provider, model id)`` of every model the bundled data lists for ``provider`` and the providers it falls
+    back to; of every provider's models when the data does not know ``provider`` (an OpenAI-compatible host).
+    Providers are named as the semantic conventions name them. Loads the bundled data (for the guard's bounds)."""
+    providers = _bundled_snapshot().providers
+    provider_id = _GENAI_PRICES_PROVIDER.get(provider, provider)
+    own = next((candidate for candidate in providers if candidate.id == provider_id), None)
+    if own is not None:
+        lenders = set(own.fallback_model_providers or ())
+        providers = [own, *(candidate for candidate in providers if candidate.id in lenders)]
+    return tuple((_SEMCONV_PROVIDER.get(p.id, p.id), model.id) for p in providers for model in p.models)
 
 
 def price_context(service_tier: str | None, batch: bool) -> dict[str, str]:
