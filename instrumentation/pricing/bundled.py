@@ -35,13 +35,16 @@ _GENAI_PRICES_PROVIDER = {
 }
 # And back, the first semantic-convention name of an id winning (azure → azure.ai.openai, google → gcp.gemini).
 _SEMCONV_PROVIDER = {genai_id: name for name, genai_id in reversed(_GENAI_PRICES_PROVIDER.items())}
+_URL_ENDS = frozenset({"", "/", ":", "?", "#"})  # what may follow a provider's API URL prefix
 
 
 def provider_at(api_url: str) -> str | None:
     """The semantic-convention name of the provider whose API URL pattern (genai-prices') matches ``api_url``, or
     None for a host no provider claims (a gateway, a proxy, a local server). Loads the bundled data."""
     for provider in _bundled_snapshot().providers:
-        if re.match(provider.api_pattern, api_url):
+        match = re.match(provider.api_pattern, api_url)
+        # The patterns are not anchored at their end: "https://api.openai.com.example.org" is no OpenAI host.
+        if match is not None and (match.group().endswith("/") or api_url[match.end() : match.end() + 1] in _URL_ENDS):
             return _SEMCONV_PROVIDER.get(provider.id, provider.id)
     return None
 
