@@ -24,7 +24,7 @@ from spendwatch.instrumentation.background import start_background_thread
 from spendwatch.instrumentation.calls import Call, CallRecorder
 from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.openai_sdk.failures import end_failed
-from spendwatch.instrumentation.openai_sdk.providers import provider_of
+from spendwatch.instrumentation.openai_sdk.providers import endpoint_of
 from spendwatch.instrumentation.openai_sdk.responses import (
     AsyncStreamedResponseProxy,
     StreamedResponseProxy,
@@ -113,7 +113,11 @@ def _request_attributes(kwargs: dict, capture_content: bool) -> dict | None:
 def _start(recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, capture: bool) -> Call | None:
     try:
         model = text(kwargs.get("model")) or "unknown"
-        call = recorder.start(operation, provider_of(resource), model, _request_attributes(kwargs, capture))
+        provider, price_provider, attributes = endpoint_of(resource)
+        requested = _request_attributes(kwargs, capture)
+        if requested:
+            attributes = {**attributes, **requested}
+        call = recorder.start(operation, provider, model, attributes, None)  # H2a: price_provider once H1 lands
         call.activate()
         return call
     except Exception:  # noqa: BLE001

@@ -1,41 +1,86 @@
-"""Which provider an OpenAI SDK client talks to: ``azure.ai.openai`` for Azure OpenAI, else ``openai``.
+"""Which provider an OpenAI SDK client talks to, and whose price list prices its calls.
 
-Asked on every call, so the answer is kept per client base URL object.
+The provider is read from the client's base URL: Azure OpenAI's hosts (or an Azure client class) are
+``azure.ai.openai``; a host genai-prices knows by its API URL pattern is that provider (``deepseek``, ``groq``,
+``openrouter``, ``gcp.gemini``, ...); ``api.openai.com`` is ``openai``. Any other host (a corporate gateway, a proxy,
+a local test server, a self-hosted model) is ``openai`` priced as ``openai-compatible``: OpenAI's price when OpenAI
+lists the model, else that of the one provider that lists it. Asked on every call, so the answer is kept per client
+base URL object, with the ``server.address`` / ``server.port`` span attributes of the endpoint.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["provider_of"]
+from spendwatch.instrumentation.pricing.bundled import provider_at
 
+__all__ = ["OPENAI_COMPATIBLE", "Endpoint", "endpoint_of"]
+
+OPENAI_COMPATIBLE = "openai-compatible"  # the price provider of a host no provider claims (see PriceTable)
 # Azure OpenAI's hosts: Microsoft's v1 API is reached with the plain OpenAI client, base_url ".../openai/v1/".
 _AZURE_OPENAI_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com")
-_MAX_CACHED_PROVIDERS = 1024
-# The provider by id() of a client's base URL object, with that object and the client's type: a client keeps its URL
+_AZURE_CLIENTS = ("AzureOpenAI", "AsyncAzureOpenAI")
+# Google's OpenAI-compatible endpoints: Vertex AI's; genai-prices' google pattern (any googleapis.com) is Gemini's.
+_VERTEX_AI_HOST = "aiplatform.googleapis.com"
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+_MAX_CACHED_ENDPOINTS = 1024
+
+
+class Endpoint(NamedTuple):
+    """What a call learns from its client: the provider (``gen_ai.provider.name``), whose price list prices it
+    (None: the provider's own) and the span attributes naming the server (never to be modified: shared)."""
+
+    provider: str
+    price_provider: str | None
+    attributes: dict
+
+
+_UNKNOWN = Endpoint("openai", None, {})
+# The endpoint by id() of a client's base URL object, with that object and the client's type: a client keeps its URL
 # object until its base_url is set again, and the entry holds the object, so the id cannot be reused meanwhile.
-_provider_by_url_id: dict[int, tuple[Any, type, str]] = {}
+_endpoint_by_url_id: dict[int, tuple[Any, type, Endpoint]] = {}
 
 
-def provider_of(resource: Any) -> str:
-    """The GenAI provider name of the client behind an SDK resource (``client.chat.completions``, say)."""
+def endpoint_of(resource: Any) -> Endpoint:
+    """The endpoint of the client behind an SDK resource (``client.chat.completions``, say)."""
     client = getattr(resource, "_client", None)
     url = getattr(client, "_base_url", None)
-    known = _provider_by_url_id.get(id(url))
+    known = _endpoint_by_url_id.get(id(url))
     if known is not None and known[0] is url and known[1] is type(client):
         return known[2]
-    return _remember_provider(client, url)
+    return _remember_endpoint(client, url)
 
 
-def _remember_provider(client: Any, url: Any) -> str:
-    """``azure.ai.openai`` for an Azure client class, or any client whose base URL is an Azure OpenAI host."""
+def _remember_endpoint(client: Any, url: Any) -> Endpoint:
     client_type = type(client)
+    try:
+        endpoint = _endpoint(client_type, url)
+    except Exception:  # noqa: BLE001 - a URL of an unexpected shape: the call is still counted, as OpenAI's
+        endpoint = _UNKNOWN
+    if len(_endpoint_by_url_id) >= _MAX_CACHED_ENDPOINTS:  # clients made per request: keep it bounded
+        _endpoint_by_url_id.clear()
+    _endpoint_by_url_id[id(url)] = (url, client_type, endpoint)
+    return endpoint
+
+
+def _endpoint(client_type: type, url: Any) -> Endpoint:
     host = getattr(url, "host", None)
-    is_azure = any(base.__name__ in ("AzureOpenAI", "AsyncAzureOpenAI") for base in client_type.__mro__) or (
-        isinstance(host, str) and host.lower().endswith(_AZURE_OPENAI_HOSTS)
-    )
-    provider = "azure.ai.openai" if is_azure else "openai"
-    if len(_provider_by_url_id) >= _MAX_CACHED_PROVIDERS:  # clients made per request: keep it bounded
-        _provider_by_url_id.clear()
-    _provider_by_url_id[id(url)] = (url, client_type, provider)
-    return provider
+    host = host.lower() if isinstance(host, str) else ""
+    attributes = _server_attributes(url, host)
+    if any(base.__name__ in _AZURE_CLIENTS for base in client_type.__mro__) or host.endswith(_AZURE_OPENAI_HOSTS):
+        return Endpoint("azure.ai.openai", None, attributes)
+    if host.endswith(_VERTEX_AI_HOST):
+        return Endpoint("gcp.vertex_ai", None, attributes)
+    provider = provider_at(str(url)) if host else None
+    if provider is None:
+        return Endpoint("openai", OPENAI_COMPATIBLE, attributes)
+    return Endpoint(provider, None, attributes)
+
+
+def _server_attributes(url: Any, host: str) -> dict:
+    if not host:
+        return {}
+    port = getattr(url, "port", None)
+    if type(port) is not int:
+        port = _DEFAULT_PORTS.get(getattr(url, "scheme", None))
+    return {"server.address": host} if port is None else {"server.address": host, "server.port": port}

@@ -7,6 +7,7 @@ any field may hold anything.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +27,12 @@ __all__ = [
     "estimate_tokens",
     "request_text_length",
     "response_identity",
+    "header_cost",
+    "tool_units",
+    "usage_from_raw",
     "usage_from_request",
     "usage_from_result",
+    "usd",
 ]
 
 CHAT = "chat"
@@ -137,9 +142,11 @@ RESPONSES_USAGE_FIELDS = ("input_tokens", "output_tokens", "input_tokens_details
 
 
 def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tuple[bool, bool]:
-    """Copy the counts of a provider ``usage`` object into ``usage``. Returns whether input and output are still to
-    be estimated (missing or malformed); the caller estimates them and flags the usage as estimated. A count below
-    its own part (cached above input) is left as reported: ``calls._apply_usage`` raises it for every source."""
+    """Copy the counts of a provider ``usage`` object into ``usage``: the totals, their billed subsets (cached and
+    cache-write input, audio and image tokens each way, reasoning) and the cost the provider states (OpenRouter's
+    ``usage.cost``). Returns whether input and output are still to be estimated (missing or malformed); the caller
+    estimates them and flags the usage as estimated. A malformed subset is left out (0). A count below its own part
+    (cached above input) is left as reported: ``calls._apply_usage`` raises it for every source."""
     input_name, output_name, input_details, output_details = fields
     input_tokens = getattr(raw, input_name, None)
     output_tokens = getattr(raw, output_name, None)
@@ -149,9 +156,50 @@ def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tu
         usage.input_tokens = input_tokens
     if not output_missing:
         usage.output_tokens = output_tokens
-    usage.cache_read_tokens = count(getattr(getattr(raw, input_details, None), "cached_tokens", None)) or 0
-    usage.reasoning_tokens = count(getattr(getattr(raw, output_details, None), "reasoning_tokens", None)) or 0
+    details = getattr(raw, input_details, None)
+    if details is not None:  # the same names in chat's prompt_tokens_details and the Responses API's
+        usage.cache_read_tokens = count(getattr(details, "cached_tokens", None)) or 0
+        usage.cache_write_tokens = count(getattr(details, "cache_write_tokens", None)) or 0
+        usage.input_audio_tokens = count(getattr(details, "audio_tokens", None)) or 0
+        usage.input_image_tokens = count(getattr(details, "image_tokens", None)) or 0
+    details = getattr(raw, output_details, None)
+    if details is not None:
+        usage.reasoning_tokens = count(getattr(details, "reasoning_tokens", None)) or 0
+        usage.output_audio_tokens = count(getattr(details, "audio_tokens", None)) or 0
+        usage.output_image_tokens = count(getattr(details, "image_tokens", None)) or 0
+    cost = getattr(raw, "cost", None)
+    if cost is not None:
+        usage.provider_cost_usd = usd(cost)
     return input_missing, output_missing
+
+
+def usd(value: Any) -> float | None:
+    """A charge in USD as a provider states it (a JSON number, or a header's decimal text), or None when it is
+    not a finite non-negative number."""
+    if type(value) is str:
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    elif type(value) is not float and type(value) is not int:
+        return None  # bool too: not a charge
+    return float(value) if 0 <= value < math.inf else None
+
+
+# The cost header of a gateway in front of the provider: LiteLLM's proxy states what it priced the call at.
+COST_HEADERS = ("x-litellm-response-cost",)
+
+
+def header_cost(headers: Any) -> float | None:
+    """The cost a gateway states in the response headers (``httpx.Headers`` or a mapping), or None."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    for name in COST_HEADERS:
+        value = get(name)
+        if value is not None:
+            return usd(value)
+    return None
 
 
 def estimate_missing(
@@ -197,17 +245,66 @@ def _chat_usage(result: Any, kwargs: dict) -> Usage:
 
 def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
     usage = Usage(response_model=text(getattr(result, "model", None)))
-    prompt_tokens = count(getattr(getattr(result, "usage", None), "prompt_tokens", None))
+    raw = getattr(result, "usage", None)
+    prompt_tokens = count(getattr(raw, "prompt_tokens", None))
     if prompt_tokens is None:
         usage.estimated = True
         prompt_tokens = estimate_tokens(request_text_length(kwargs))
     usage.input_tokens = prompt_tokens
+    cost = getattr(raw, "cost", None)
+    if cost is not None:
+        usage.provider_cost_usd = usd(cost)
     return usage
 
 
 def responses_usage(response: Any, kwargs: dict) -> Usage:
-    """A Responses API ``Response`` (also the one inside a stream's ``response.completed`` event)."""
-    return _read_usage(response, kwargs, RESPONSES_USAGE_FIELDS, _responses_output_length)
+    """A Responses API ``Response`` (also the one inside a stream's final event), with its built-in tools' calls."""
+    usage = _read_usage(response, kwargs, RESPONSES_USAGE_FIELDS, _responses_output_length)
+    usage.units = tool_units(getattr(response, "output", None))
+    return usage
+
+
+# Output items of the Responses API's built-in tools billed per call, and the unit each counts.
+_TOOL_CALL_UNITS = {
+    "web_search_call": "web_search_calls",
+    "file_search_call": "file_search_calls",
+    "image_generation_call": "images",
+}
+_NOT_TOOL_CALLS = frozenset({"message", "reasoning", "function_call"})  # the usual items: passed over at once
+_CODE_INTERPRETER_CALL = "code_interpreter_call"
+_MAX_REMEMBERED_CONTAINERS = 4096
+# Code-interpreter containers already counted: one is billed once, when created, however many calls then use it.
+_counted_containers: dict[str, None] = {}
+
+
+def tool_units(output: Any) -> dict[str, float] | None:
+    """The built-in tool charges of a response's ``output`` items: web and file searches and generated images per
+    call, code-interpreter sessions per container not seen before in this process. None when there are none."""
+    units = None
+    for item in items(output):
+        kind = getattr(item, "type", None)
+        if kind in _NOT_TOOL_CALLS or type(kind) is not str:
+            continue
+        unit = _TOOL_CALL_UNITS.get(kind)
+        if unit is None:
+            if kind != _CODE_INTERPRETER_CALL or not _new_container(getattr(item, "container_id", None)):
+                continue
+            unit = "code_interpreter_sessions"
+        if units is None:
+            units = {}
+        units[unit] = units.get(unit, 0) + 1
+    return units
+
+
+def _new_container(container_id: Any) -> bool:
+    if type(container_id) is not str or not container_id:
+        return False  # no id to count a session by: left out rather than invented
+    if container_id in _counted_containers:
+        return False
+    if len(_counted_containers) >= _MAX_REMEMBERED_CONTAINERS:
+        _counted_containers.clear()  # containers expire after minutes idle: the oldest ids are long gone
+    _counted_containers[container_id] = None
+    return True
 
 
 _EXTRACTORS: dict[str, Callable[[Any, dict], Usage]] = {
@@ -225,3 +322,12 @@ def usage_from_request(kwargs: dict) -> Usage:
 
 def usage_from_result(kind: str, result: Any, kwargs: dict) -> Usage:
     return _EXTRACTORS[kind](result, kwargs)
+
+
+def usage_from_raw(kind: str, parsed: Any, kwargs: dict, headers: Any) -> Usage:
+    """A response read with its HTTP headers (``with_raw_response``, ``with_streaming_response``): a gateway's cost
+    header stands for the provider's cost unless the body states one (the biller's own figure)."""
+    usage = _EXTRACTORS[kind](parsed, kwargs)
+    if usage.provider_cost_usd is None:
+        usage.provider_cost_usd = header_cost(headers)
+    return usage
