@@ -1,0 +1,3 @@
+_instruments = ("google-genai >= 1.0.0",)
+
+_supports_metrics = True
