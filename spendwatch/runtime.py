@@ -171,7 +171,20 @@ def instrumentation_disabled(name: str, environ: Mapping[str, str] = os.environ)
 _INSTRUMENTORS = (
     ("spendwatch_openai", "openai", "spendwatch.instrumentation.openai_sdk", "OpenAIInstrumentor"),
     ("spendwatch_lightrag", "lightrag", "spendwatch.instrumentation.lightrag_hku", "LightRAGInstrumentor"),
+    (
+        "spendwatch_google_genai",
+        "google.genai",
+        "spendwatch.instrumentation.google_genai_sdk",
+        "GoogleGenAIInstrumentor",
+    ),
 )
+
+
+def _installed(library: str) -> bool:
+    try:
+        return importlib.util.find_spec(library) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is not installed (google.genai without google)
+        return False
 
 
 def _instrument_installed(prices: PriceTable) -> None:
@@ -179,7 +192,7 @@ def _instrument_installed(prices: PriceTable) -> None:
     One that opentelemetry-instrument instrumented already, before spendwatch's settings were read, is handed the
     configured price table, so a config file's ``prices_file`` prices its calls too."""
     for name, library, module, class_name in _INSTRUMENTORS:
-        if instrumentation_disabled(name) or importlib.util.find_spec(library) is None:
+        if instrumentation_disabled(name) or not _installed(library):
             continue
         instrumentor = getattr(importlib.import_module(module), class_name)()
         if instrumentor.is_instrumented_by_opentelemetry:
