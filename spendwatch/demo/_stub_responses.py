@@ -40,6 +40,12 @@ class ReportedUsage:
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    # Further subsets of input_tokens / output_tokens, each reported only when not 0 (as they are rare).
+    cache_write_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    cost: float | None = None  # what the provider says it charged (OpenRouter's usage.cost), when it says
 
     @property
     def total_tokens(self) -> int:
@@ -67,33 +73,52 @@ def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
 
 def chat_usage(usage: ReportedUsage) -> dict[str, Any]:
     """``usage`` of chat and legacy completions (prompt/completion naming)."""
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": usage.reasoning_tokens,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
+    prompt_details = {"cached_tokens": usage.cached_tokens, "audio_tokens": usage.input_audio_tokens}
+    return _with_cost(
+        {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+            "prompt_tokens_details": prompt_details | _input_extras(usage),
+            "completion_tokens_details": {
+                "reasoning_tokens": usage.reasoning_tokens,
+                "audio_tokens": usage.output_audio_tokens,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         },
-    }
+        usage,
+    )
 
 
 def responses_usage(usage: ReportedUsage) -> dict[str, Any]:
     """``usage`` of the Responses API (input/output naming)."""
-    return {
-        "input_tokens": usage.input_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
-        "output_tokens": usage.output_tokens,
-        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-        "total_tokens": usage.total_tokens,
-    }
+    return _with_cost(
+        {
+            "input_tokens": usage.input_tokens,
+            "input_tokens_details": {"cached_tokens": usage.cached_tokens} | _input_extras(usage),
+            "output_tokens": usage.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+            "total_tokens": usage.total_tokens,
+        },
+        usage,
+    )
 
 
 def embeddings_usage(usage: ReportedUsage) -> dict[str, Any]:
-    return {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens}
+    return _with_cost({"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens}, usage)
+
+
+def _input_extras(usage: ReportedUsage) -> dict[str, int]:
+    """Cache writes (GPT-5.6 on) and image tokens, named as both APIs name them; absent when 0."""
+    extras = {"cache_write_tokens": usage.cache_write_tokens, "image_tokens": usage.input_image_tokens}
+    return {key: value for key, value in extras.items() if value}
+
+
+def _with_cost(payload: dict[str, Any], usage: ReportedUsage) -> dict[str, Any]:
+    if usage.cost is not None:
+        payload["cost"] = usage.cost  # OpenRouter's usage accounting: USD (credits), a float
+    return payload
 
 
 MALFORMED_CHAT_USAGE = {
@@ -120,9 +145,14 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
 
 
 def chat_completion(
-    model: str, replies: list[str], usage: dict[str, Any] | None, tool_call: dict[str, Any] | None = None
+    model: str,
+    replies: list[str],
+    usage: dict[str, Any] | None,
+    tool_call: dict[str, Any] | None = None,
+    audio: bool = False,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` with one choice per reply (or one tool-calling choice)."""
+    """A ``chat.completion`` with one choice per reply (or one tool-calling choice); ``audio``: spoken replies, the
+    text as the audio's transcript (``modalities=["text", "audio"]``)."""
     if tool_call is not None:
         message = {"role": "assistant", "content": None, "tool_calls": [tool_call], "refusal": None, "annotations": []}
         choices = [{"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}]
@@ -130,7 +160,7 @@ def chat_completion(
         choices = [
             {
                 "index": index,
-                "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                "message": _reply_message(text, audio),
                 "logprobs": None,
                 "finish_reason": "stop",
             }
@@ -142,6 +172,19 @@ def chat_completion(
         body["usage"] = usage
     body |= {"service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT}
     return body
+
+
+def _reply_message(text: str, audio: bool) -> dict[str, Any]:
+    if not audio:
+        return {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+    spoken = {"id": new_id("audio_"), "data": _SILENT_WAV, "expires_at": now() + 3600, "transcript": text}
+    return {"role": "assistant", "content": None, "refusal": None, "annotations": [], "audio": spoken}
+
+
+# A WAV header with no samples, base64: the audio a stub can afford.
+_SILENT_WAV = base64.b64encode(
+    b"RIFF$\x00\x00\x00WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 24000, 48000, 2, 16) + b"data\x00\x00\x00\x00"
+).decode()
 
 
 def chat_chunks(
@@ -304,17 +347,47 @@ def message_item(item_id: str, text: str | None) -> dict[str, Any]:
     return {"id": item_id, "type": "message", "status": "completed", "content": [part], "role": "assistant"}
 
 
-def response_output(text: str, reasoning: bool) -> list[dict[str, Any]]:
-    """The ``output`` items: an (empty-summary) reasoning item for reasoning models, then the message."""
-    return ([reasoning_item()] if reasoning else []) + [message_item(new_id("msg_"), text)]
+def response_output(text: str, reasoning: bool, tool_items: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The ``output`` items: an (empty-summary) reasoning item for reasoning models, the built-in tools' calls, then
+    the message."""
+    return ([reasoning_item()] if reasoning else []) + list(tool_items) + [message_item(new_id("msg_"), text)]
+
+
+# A 1x1 transparent PNG, base64: what the stub's image generation tool draws.
+TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+
+
+def tool_call_item(tool: dict[str, Any], query: str) -> dict[str, Any] | None:
+    """The output item of one built-in tool's call (web search, file search, code interpreter, image generation),
+    or None for a tool the stub does not call (functions, MCP, ...)."""
+    kind = tool.get("type")
+    if kind in ("web_search", "web_search_preview"):
+        action = {"type": "search", "query": query, "sources": None}
+        return {"id": new_id("ws_"), "type": "web_search_call", "status": "completed", "action": action}
+    if kind == "file_search":
+        return {"id": new_id("fs_"), "type": "file_search_call", "status": "completed", "queries": [query]}
+    if kind == "code_interpreter":
+        container = tool.get("container")
+        container_id = container if isinstance(container, str) else new_id("cntr_")
+        code = {"code": "print(2 + 2)", "container_id": container_id, "outputs": None}
+        return {"id": new_id("ci_"), "type": "code_interpreter_call", "status": "completed"} | code
+    if kind == "image_generation":
+        image = {"result": TINY_PNG, "revised_prompt": query, "size": "1024x1024", "quality": "low"}
+        return {"id": new_id("ig_"), "type": "image_generation_call", "status": "completed"} | image
+    return None
 
 
 def response_events(
-    request: dict[str, Any], model: str, words: list[str], usage: dict[str, Any] | None, reasoning: bool
+    request: dict[str, Any],
+    model: str,
+    words: list[str],
+    usage: dict[str, Any] | None,
+    reasoning: bool,
+    tool_items: list[dict[str, Any]] = (),
 ) -> list[tuple[str, dict[str, Any]]]:
     """The Responses API stream: ``(event type, payload)`` pairs in the order the API sends them."""
     text = "".join(words)
-    output = response_output(text, reasoning)
+    output = response_output(text, reasoning, tool_items)
     msg_id = output[-1]["id"]
     response = response_object(request, model, output, usage)
     msg_index = len(output) - 1
@@ -324,9 +397,9 @@ def response_events(
         ("response.created", {"response": in_progress(response)}),
         ("response.in_progress", {"response": in_progress(response)}),
     ]
-    if reasoning:
-        events.append(("response.output_item.added", {"item": output[0], "output_index": 0}))
-        events.append(("response.output_item.done", {"item": output[0], "output_index": 0}))
+    for index, item in enumerate(output[:-1]):  # reasoning and tool calls, each whole
+        events.append(("response.output_item.added", {"item": item, "output_index": index}))
+        events.append(("response.output_item.done", {"item": item, "output_index": index}))
     events.append(("response.output_item.added", {"item": message_item(msg_id, None), "output_index": msg_index}))
     events.append(("response.content_part.added", where | {"part": empty_part}))
     events += [("response.output_text.delta", where | {"delta": word, "logprobs": []}) for word in words]

@@ -18,7 +18,13 @@ Usage is a pure function of the request, one token per word:
 - output tokens: the reply's words per choice (``max_tokens``, ``max_completion_tokens`` or
   ``max_output_tokens`` when given, else ``DEFAULT_REPLY_WORDS``), plus the ``reasoning_tokens``
   option for reasoning models (``o1``/``o3``/``o4``/``gpt-5`` prefixes);
-- cached input tokens: the ``cached_tokens`` option, capped by the input count (chat and Responses).
+- cached input tokens: the ``cached_tokens`` option, capped by the input count (chat and Responses); cache writes:
+  the ``cache_write_tokens`` option, capped by the uncached rest;
+- image and audio input parts (chat ``image_url`` / ``input_audio``, Responses ``input_image``): ``IMAGE_TOKENS`` and
+  ``AUDIO_CLIP_TOKENS`` input tokens each, reported as image and audio tokens; a chat request for audio output
+  (``modalities`` with ``"audio"``) is answered with a transcript and ``AUDIO_TOKENS_PER_WORD`` audio tokens a word;
+- Responses built-in tools (web search, file search, code interpreter, image generation): one call of each listed;
+- the ``usage_cost`` option adds OpenRouter's ``usage.cost``, ``cost_header`` LiteLLM's ``x-litellm-response-cost``.
 
 Chat replies are a fixed text, except that LightRAG's prompts (entity extraction, gleaning, keywords, description
 summaries, answers; recognised by stable markers in the prompt) get the rows, JSON or prose LightRAG parses (see
@@ -45,6 +51,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from spendwatch.demo import _stub_responses as shapes
+from spendwatch.demo._stub_media import MEDIA_ENDPOINTS, parse_multipart
 from spendwatch.demo._stub_responses import ReportedUsage
 
 __all__ = ["DEFAULT_REPLY_WORDS", "SPECIAL_MODELS", "LocalHTTPServer", "ReportedUsage", "StubServer", "main"]
@@ -59,6 +66,9 @@ SPECIAL_MODELS = {
     "stub-stream-cut": "a stream whose connection closes half-way, without [DONE] (non-streamed calls succeed)",
 }
 MESSAGE_OVERHEAD = 3
+IMAGE_TOKENS = 85  # a low-detail image, as OpenAI counts it
+AUDIO_CLIP_TOKENS = 50
+AUDIO_TOKENS_PER_WORD = 5
 _SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
 _POLL_SECONDS = 0.02  # stop() waits up to this long; serve_forever's default 0.5 s slows test suites
 _REPLY_TEXT = "This is a test reply from the spendwatch stub server and it counts one token for every word"
@@ -68,18 +78,21 @@ _NOT_COUNTED = frozenset({"role", "type", "id", "name", "call_id", "tool_call_id
 _WORD_PIECES = re.compile(r"\s*\S+")
 _ROUTE = re.compile(
     r"^(?:/openai/deployments/(?P<deployment>[^/]+)|/openai)?(?:/v1)?"
-    r"/(?P<endpoint>chat/completions|completions|embeddings|responses)/?$"
+    r"/(?P<endpoint>chat/completions|completions|embeddings|responses|moderations"
+    r"|images/(?:generations|edits|variations)|audio/(?:speech|transcriptions|translations))/?$"
 )
 
 
 @dataclass
 class _Reply:
-    """What the handler sends: a JSON body, or SSE events (cut short when ``cut``)."""
+    """What the handler sends: a JSON body, raw bytes of ``content_type``, or SSE events (cut short when ``cut``)."""
 
     status: int = 200
     body: dict[str, Any] | None = None
     events: list[bytes] = field(default_factory=list)
     cut: bool = False
+    raw: bytes | None = None
+    content_type: str = "application/json"
 
 
 class LocalHTTPServer:
@@ -142,9 +155,15 @@ class StubServer(LocalHTTPServer):
         reasoning_tokens: int = 0,
         response_models: Mapping[str, str] | None = None,
         reply_delay_s: float = 0.0,
+        cache_write_tokens: int = 0,
+        usage_cost: float | None = None,
+        cost_header: str | None = None,
     ) -> None:
         super().__init__(host, port)
         self.cached_tokens = cached_tokens
+        self.cache_write_tokens = cache_write_tokens
+        self.usage_cost = usage_cost  # reported as usage.cost, as OpenRouter does
+        self.cost_header = cost_header  # sent as x-litellm-response-cost, as LiteLLM's proxy does
         self.reply_delay_s = reply_delay_s  # each answer waits this long first: for client timeouts, cancelled calls
         self.reasoning_tokens = reasoning_tokens
         self.response_models = dict(response_models or {})
@@ -202,12 +221,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        content_type = self.headers.get("Content-Type") or ""
         try:
-            body = json.loads(raw) if raw else {}
+            body = parse_multipart(content_type, raw) if content_type.startswith("multipart/") else json.loads(raw or "{}")
         except ValueError:
             body = None
         stub = self.server.owner
         stub._record_request(self.path, self.headers, body)
+        if stub.refuse_after is not None and len(stub.requests) >= stub.refuse_after:
+            threading.Thread(target=stub.stop, daemon=True).start()  # this request is answered, the next refused
         route = _ROUTE.match(path)
         if route is None:
             self._send(_error(404, f"Invalid URL (POST {path})", "invalid_request_error", None))
@@ -227,9 +249,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("x-request-id", shapes.new_id("req_"))
         if reply.status >= 400:
             self.send_header("x-should-retry", "false")
-        if reply.body is not None:
-            data = json.dumps(reply.body).encode()
-            self.send_header("Content-Type", "application/json")
+        elif self.server.owner.cost_header is not None:
+            self.send_header("x-litellm-response-cost", self.server.owner.cost_header)
+        if reply.body is not None or reply.raw is not None:
+            data = json.dumps(reply.body).encode() if reply.raw is None else reply.raw
+            self.send_header("Content-Type", reply.content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -263,6 +287,10 @@ class _Call:
     def stream(self) -> bool:
         return bool(self.body.get("stream"))
 
+    def reply(self, **fields: Any) -> _Reply:
+        """A reply for the endpoints served from other modules (``_stub_media``), which cannot import this one."""
+        return _stream(fields["events"], self) if "events" in fields else _Reply(**fields)
+
     @property
     def include_usage(self) -> bool:
         return bool((self.body.get("stream_options") or {}).get("include_usage"))
@@ -283,11 +311,25 @@ class _Call:
         words = [vocabulary[i % len(vocabulary)] for i in range(limit or DEFAULT_REPLY_WORDS)]
         return words[:1] + [" " + word for word in words[1:]]
 
-    def usage(self, input_tokens: int, output_tokens: int = 0, *, cacheable: bool = True) -> ReportedUsage:
+    def usage(
+        self, input_tokens: int, output_tokens: int = 0, *, cacheable: bool = True, **subsets: int
+    ) -> ReportedUsage:
+        """``subsets``: ReportedUsage's audio and image token counts, already in the totals."""
         reasoning = self.stub.reasoning_tokens if self.model.startswith(_REASONING_PREFIXES) else 0
         cached = min(self.stub.cached_tokens, input_tokens) if cacheable else 0
+        written = min(self.stub.cache_write_tokens, input_tokens - cached) if cacheable else 0
         endpoint = self.endpoint.replace("/", ".")
-        return ReportedUsage(endpoint, self.model, input_tokens, output_tokens + reasoning, cached, reasoning)
+        return ReportedUsage(
+            endpoint,
+            self.model,
+            input_tokens,
+            output_tokens + reasoning,
+            cached,
+            reasoning,
+            written,
+            cost=self.stub.usage_cost,
+            **subsets,
+        )
 
     def report(self, usage: ReportedUsage, shape: Callable[[ReportedUsage], dict[str, Any]]) -> dict[str, Any] | None:
         """The ``usage`` payload to send (logging it), or None / garbage for the usage misbehaviours."""
@@ -329,16 +371,35 @@ def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _count_parts(value: Any, part_type: str) -> int:
+    """Content parts of ``part_type`` (``image_url``, ``input_audio``, ``input_image``) anywhere in ``value``."""
+    if isinstance(value, list):
+        return sum(_count_parts(item, part_type) for item in value)
+    if isinstance(value, dict):
+        own = value.get("type") == part_type
+        return own + sum(_count_parts(item, part_type) for item in value.values() if isinstance(item, list | dict))
+    return 0
+
+
 def _chat(call: _Call) -> _Reply:
     messages = call.body.get("messages") or []
     n = int(call.body.get("n") or 1)
     tool_call = _tool_call(call.body)
     words = call.reply_words(None if tool_call else shapes.lightrag_reply(messages))
     output = _count_words(tool_call["function"]["arguments"]) + 1 if tool_call else n * len(words)
-    usage = call.usage(_count_words(messages) + MESSAGE_OVERHEAD * len(messages), output)
+    spoken = "audio" in (call.body.get("modalities") or ()) and tool_call is None
+    subsets = {
+        "input_image_tokens": IMAGE_TOKENS * _count_parts(messages, "image_url"),
+        "input_audio_tokens": AUDIO_CLIP_TOKENS * _count_parts(messages, "input_audio"),
+        "output_audio_tokens": AUDIO_TOKENS_PER_WORD * output if spoken else 0,
+    }
+    input_tokens = _count_words(messages) + MESSAGE_OVERHEAD * len(messages)
+    input_tokens += subsets["input_image_tokens"] + subsets["input_audio_tokens"]
+    usage = call.usage(input_tokens, output + subsets["output_audio_tokens"], **subsets)
     payload = call.report(usage, shapes.chat_usage) if call.reports_usage else None
     if not call.stream:
-        return _Reply(body=shapes.chat_completion(call.response_model, ["".join(words)] * n, payload, tool_call))
+        replies = ["".join(words)] * n
+        return _Reply(body=shapes.chat_completion(call.response_model, replies, payload, tool_call, spoken))
     chunks = shapes.chat_chunks(call.response_model, words, n, payload, call.include_usage, tool_call)
     return _stream([shapes.sse(chunk) for chunk in chunks] + [shapes.sse("[DONE]")], call)
 
@@ -369,13 +430,18 @@ def _responses(call: _Call) -> _Reply:
     items = 1 if isinstance(raw, str) else len(raw or [])
     instructions = call.body.get("instructions")
     input_tokens = _count_words([raw, instructions]) + MESSAGE_OVERHEAD * (items + bool(instructions))
+    image_tokens = IMAGE_TOKENS * _count_parts(raw, "input_image")
     words = call.reply_words()
-    usage = call.report(call.usage(input_tokens, len(words)), shapes.responses_usage)
+    usage = call.usage(input_tokens + image_tokens, len(words), input_image_tokens=image_tokens)
+    usage = call.report(usage, shapes.responses_usage)
     reasoning = call.model.startswith(_REASONING_PREFIXES)
+    query = raw if isinstance(raw, str) else "stub query"
+    tool_items = [shapes.tool_call_item(tool, query) for tool in call.body.get("tools") or () if isinstance(tool, dict)]
+    tool_items = [item for item in tool_items if item is not None]
     if not call.stream:
-        output = shapes.response_output("".join(words), reasoning)
+        output = shapes.response_output("".join(words), reasoning, tool_items)
         return _Reply(body=shapes.response_object(call.body, call.response_model, output, usage))
-    events = shapes.response_events(call.body, call.response_model, words, usage, reasoning)
+    events = shapes.response_events(call.body, call.response_model, words, usage, reasoning, tool_items)
     return _stream([shapes.sse(payload, event=kind) for kind, payload in events], call)
 
 
@@ -388,6 +454,7 @@ _ENDPOINTS: dict[str, Callable[[_Call], _Reply]] = {
     "completions": _completions,
     "embeddings": _embeddings,
     "responses": _responses,
+    **MEDIA_ENDPOINTS,
 }
 
 
