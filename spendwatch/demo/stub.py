@@ -158,8 +158,10 @@ class StubServer(LocalHTTPServer):
         cache_write_tokens: int = 0,
         usage_cost: float | None = None,
         cost_header: str | None = None,
+        refuse_after: int | None = None,
     ) -> None:
         super().__init__(host, port)
+        self.refuse_after = refuse_after  # stop listening after this many requests: later ones are refused
         self.cached_tokens = cached_tokens
         self.cache_write_tokens = cache_write_tokens
         self.usage_cost = usage_cost  # reported as usage.cost, as OpenRouter does
@@ -223,7 +225,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         content_type = self.headers.get("Content-Type") or ""
         try:
-            body = parse_multipart(content_type, raw) if content_type.startswith("multipart/") else json.loads(raw or "{}")
+            multipart = content_type.startswith("multipart/")  # images and audio sent as files
+            body = parse_multipart(content_type, raw) if multipart else json.loads(raw or "{}")
         except ValueError:
             body = None
         stub = self.server.owner
