@@ -327,7 +327,7 @@ def usage_from_result(kind: str, result: Any, kwargs: dict) -> Usage:
 def usage_from_raw(kind: str, parsed: Any, kwargs: dict, headers: Any) -> Usage:
     """A response read with its HTTP headers (``with_raw_response``, ``with_streaming_response``): a gateway's cost
     header stands for the provider's cost unless the body states one (the biller's own figure)."""
-    usage = _EXTRACTORS[kind](parsed, kwargs)
+    usage = usage_from_result(kind, parsed, kwargs)
     if usage.provider_cost_usd is None:
         usage.provider_cost_usd = header_cost(headers)
     return usage
