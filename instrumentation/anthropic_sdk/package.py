@@ -1,0 +1,3 @@
+_instruments = ("anthropic >= 0.40.0",)
+
+_supports_metrics = True
