@@ -171,6 +171,7 @@ def instrumentation_disabled(name: str, environ: Mapping[str, str] = os.environ)
 _INSTRUMENTORS = (
     ("spendwatch_openai", "openai", "spendwatch.instrumentation.openai_sdk", "OpenAIInstrumentor"),
     ("spendwatch_lightrag", "lightrag", "spendwatch.instrumentation.lightrag_hku", "LightRAGInstrumentor"),
+    ("spendwatch_anthropic", "anthropic", "spendwatch.instrumentation.anthropic_sdk", "AnthropicInstrumentor"),
     ("spendwatch_bedrock", "botocore", "spendwatch.instrumentation.bedrock_sdk", "BedrockInstrumentor"),
     (
         "spendwatch_google_genai",
