@@ -16,7 +16,8 @@ Usage is a pure function of the request, one token per word of text, as in :mod:
 ``AUDIO_TOKENS`` per inline audio part (reported by modality in ``promptTokensDetails``); the reply has
 ``maxOutputTokens`` words (else ``DEFAULT_REPLY_WORDS``); models named ``*thinking*`` or ``gemini-2.5-*`` also
 report ``THOUGHTS_TOKENS`` thoughts; ``cached_tokens`` (capped by the prompt) are reported as
-``cachedContentTokenCount``. A stream sends one word per chunk and the usage on the last chunk only.
+``cachedContentTokenCount``. A stream sends one word per chunk and the usage on the last chunk only. A request
+declaring functions gets a call of the first one (no arguments) until it sends a function response.
 
 The request model picks a misbehaviour: see ``SPECIAL_MODELS``. Runnable: ``python -m spendwatch.demo.gemini_stub
 --port N`` prints its origin and serves until interrupted.
@@ -108,7 +109,8 @@ def _prompt_counts(body: dict[str, Any]) -> dict[str, int]:
         for part in content.get("parts") or []:
             if isinstance(part.get("text"), str):
                 counts["TEXT"] += _words(part["text"])
-            mime = str((part.get("inlineData") or part.get("fileData") or {}).get("mimeType", ""))
+            media = part.get("inlineData") or part.get("fileData") or {}
+            mime = str(media.get("mimeType") or media.get("mime_type") or "")  # the API takes both spellings
             if mime.startswith("image/"):
                 counts["IMAGE"] += IMAGE_TOKENS
             elif mime.startswith("audio/"):
@@ -158,10 +160,23 @@ def _response(model: str, text: str, finish: str | None, usage: dict[str, Any] |
     return answer
 
 
+def _function_to_call(body: dict[str, Any]) -> str | None:
+    """The first declared function, unless the last turn already answers a call: the model asks for it once."""
+    declared = [f for tool in body.get("tools") or [] for f in tool.get("functionDeclarations") or []]
+    last_parts = ((body.get("contents") or [{}])[-1]).get("parts") or []
+    if not declared or any("functionResponse" in part for part in last_parts):
+        return None
+    return declared[0].get("name")
+
+
 def _generate(model: str, body: dict[str, Any], cached_tokens: int) -> dict[str, Any]:
     words = _reply_words(body)
     usage = None if model == "stub-no-usage" else _usage(model, body, len(words), cached_tokens)
-    return _response(model, " ".join(words), "STOP", usage)
+    answer = _response(model, " ".join(words), "STOP", usage)
+    function = _function_to_call(body)
+    if function is not None:
+        answer["candidates"][0]["content"]["parts"] = [{"functionCall": {"name": function, "args": {}}}]
+    return answer
 
 
 def _stream_events(model: str, body: dict[str, Any], cached_tokens: int) -> list[bytes]:
