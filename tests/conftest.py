@@ -114,9 +114,10 @@ def _nothing_stays_attached():
     """Whatever a test attached (spendwatch.configure) or instrumented is undone before the next test."""
     yield
     from spendwatch import runtime
+    from spendwatch.instrumentation.anthropic_sdk import AnthropicInstrumentor
     from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
 
     runtime.detach()
-    for instrumentor in (OpenAIInstrumentor(), LightRAGInstrumentor()):
+    for instrumentor in (OpenAIInstrumentor(), LightRAGInstrumentor(), AnthropicInstrumentor()):
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
