@@ -22,11 +22,15 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 
 from spendwatch.exporter.mapping import printable
-from spendwatch.exporter.periods import local_day, period_bounds, period_days
+from spendwatch.exporter.periods import local_day, period_days
+from spendwatch.exporter.projection import projected_spend, remaining_days
+from spendwatch.exporter.stage_report import STAGE_GROUPINGS, stage_columns, stage_rows
 from spendwatch.instrumentation.pricing import USD_DECIMALS, rounded_usd
 
 __all__ = [
+    "ALL_GROUPINGS",
     "GROUPINGS",
+    "NOT_RECORDED",
     "MIN_TREND_DAYS",
     "NOT_ENOUGH_HISTORY",
     "TREND_BAND",
@@ -36,13 +40,20 @@ __all__ = [
     "format_table",
     "format_usd",
     "is_money",
+    "grouped_columns",
+    "grouped_rows",
     "report_columns",
+    "report_document",
     "report_rows",
     "total_row",
     "trend",
 ]
 
-GROUPINGS = ("day", "model", "category", "operation")
+GROUPINGS = ("day", "model", "category", "operation", "provider")
+# What else ``report --by`` and the API's report take: LightRAG's stage, document and query mode, read from the calls'
+# attributes (:mod:`spendwatch.exporter.stage_report`), and the calling service, which the ledger does not keep yet.
+NOT_RECORDED = {"service": "the ledger does not record the calling service (service.name) yet"}
+ALL_GROUPINGS = GROUPINGS + tuple(STAGE_GROUPINGS) + tuple(NOT_RECORDED)
 # A trend is "flat" while the fitted daily change stays within ±5 % of the average daily cost.
 TREND_BAND = 0.05
 # Complete days of history a trend needs (fewer when fewer are asked for): one day has no direction.
@@ -73,6 +84,28 @@ def report_rows(ledger, since: date, until: date, by: str = "day") -> list[dict]
         key = total[by] if by != "category" else (total["category"] or None)
         _accumulate(groups.setdefault(key, _empty_row(by, key)), total)
     return _sorted(list(groups.values()), by)
+
+
+def grouped_rows(ledger, since: date, until: date, by: str) -> list[dict]:
+    """The rows of any grouping ``report --by`` takes (:data:`ALL_GROUPINGS`): :func:`report_rows` from the per-day
+    totals, or LightRAG's stage rows from the calls. A grouping the ledger has no data for is a ValueError."""
+    if by in NOT_RECORDED:
+        raise ValueError(f"cannot group a report by {by}: {NOT_RECORDED[by]}")
+    if by in STAGE_GROUPINGS:
+        return stage_rows(ledger, since, until, by=by)
+    return report_rows(ledger, since, until, by=by)
+
+
+def grouped_columns(by: str) -> list[str]:
+    """The columns of :func:`grouped_rows` for a grouping, in display order."""
+    if by in STAGE_GROUPINGS:
+        return stage_columns(by)
+    return report_columns(by)
+
+
+def report_document(rows: Sequence[dict], since: date, until: date, by: str) -> dict:
+    """A report as ``--format json`` and the API write it (add ``trend`` for ``--trend``)."""
+    return {"since": since, "until": until, "by": by, "rows": list(rows)}
 
 
 def report_columns(by: str) -> list[str]:
@@ -165,7 +198,8 @@ def trend(ledger, settings, days: int = 7, now: float | None = None) -> Trend:
       ``rising`` when the slope exceeds +5 % of the average per day (:data:`TREND_BAND`), ``falling`` below −5 %,
       ``flat`` otherwise (and always when the window is one day or nothing was spent).
     - Projection: month-to-date spend (today so far included) + average × remaining days, where remaining days are
-      the whole days after today plus the unfinished fraction of today (by the clock, so DST days count right).
+      the whole days after today plus the unfinished fraction of today (by the clock, so DST days count right):
+      :mod:`spendwatch.exporter.projection`, the method the API's overview and the exhaustion alert share.
     """
     if days < 1:
         raise ValueError(f"a trend needs at least one complete day, not {days}")
@@ -176,7 +210,7 @@ def trend(ledger, settings, days: int = 7, now: float | None = None) -> Trend:
     first_day = _history_start(ledger, today - timedelta(days=days), today, by_day)
     month_first, month_end = period_days("month", today)
     month_to_date = ledger.spend(month_first, month_end)
-    remaining = _remaining_days(now, tz, today, month_end)
+    remaining = remaining_days(now, tz, "month")
     known = {"first_day": first_day, "last_day": today - timedelta(days=1), "days_asked": days}
     known |= {"month_to_date_usd": month_to_date, "remaining_days": remaining}
     count = (today - first_day).days
@@ -198,7 +232,7 @@ def trend(ledger, settings, days: int = 7, now: float | None = None) -> Trend:
         average_daily_usd=average,
         slope_usd_per_day=slope,
         direction=_direction(slope, average),
-        projected_month_usd=month_to_date + average * remaining,
+        projected_month_usd=projected_spend(month_to_date, average, remaining),
     )
 
 
@@ -234,14 +268,6 @@ def _direction(slope: float, average: float) -> str:
     if average <= 0 or abs(slope) <= TREND_BAND * average:
         return "flat"
     return "rising" if slope > 0 else "falling"
-
-
-def _remaining_days(now: float, tz, today: date, month_end: date) -> float:
-    today_start, tomorrow_start = (moment.timestamp() for moment in period_bounds("day", now, tz))
-    # The time left today over today's real length (23 or 25 hours across a DST change). Instants, not aware
-    # datetimes: subtracting two datetimes of one zone ignores an offset change between them.
-    fraction_of_today = (tomorrow_start - now) / (tomorrow_start - today_start)
-    return (month_end - today).days - 1 + fraction_of_today
 
 
 # --- output formats -------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import ssl
 import threading
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
@@ -117,9 +117,10 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def serve_as_configured(registry, settings) -> MetricsServer:
-    """Serve ``registry`` where and how ``settings`` say: address, basic auth, TLS; answers name the ledger."""
-    return start_metrics_server(registry, settings.metrics_address, **server_options(settings))
+def serve_as_configured(registry, settings, routes: Mapping[str, Callable] | None = None) -> MetricsServer:
+    """Serve ``registry`` (and ``routes``, see :func:`try_start`) where and how ``settings`` say: address, basic
+    auth, TLS; answers name the ledger."""
+    return start_metrics_server(registry, settings.metrics_address, routes=routes, **server_options(settings))
 
 
 def server_options(settings) -> dict:
@@ -153,10 +154,16 @@ def try_start(
     certfile: str | None = None,
     keyfile: str | None = None,
     ledger_location: str | None = None,
+    routes: Mapping[str, Callable] | None = None,
 ) -> MetricsServer:
     """As :func:`start_metrics_server`, but a port in use raises :class:`AddressInUseError`, for the caller to wait
-    for the address; an unresolvable host or unusable TLS files are still a :class:`ConfigError`."""
+    for the address; an unresolvable host or unusable TLS files are still a :class:`ConfigError`.
+
+    ``routes`` serves more WSGI apps on the same address, behind the same auth and TLS: a path equal to a key, or
+    under a key ending in ``/`` (``"/api/v1/"``), goes to that key's app; every other path is ``/metrics``."""
     app = make_wsgi_app(registry)
+    if routes:
+        app = _routed(app, dict(routes))
     if ledger_location is not None:
         app = _identified(app, ledger_fingerprint(ledger_location))
     if basic_auth is not None:
@@ -188,6 +195,18 @@ def require_basic_auth(app: Callable, user: str, password: str) -> Callable:
         return [b"401 Unauthorized: this /metrics endpoint needs basic auth credentials\n"]
 
     return guarded
+
+
+def _routed(metrics_app: Callable, routes: dict[str, Callable]) -> Callable:
+    """WSGI middleware: a request goes to the app of its route (see :func:`try_start`), else to ``metrics_app``."""
+    prefixes = [(key, app) for key, app in routes.items() if key.endswith("/") and key != "/"]
+
+    def routed(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        app = routes.get(path) or next((app for key, app in prefixes if path.startswith(key)), metrics_app)
+        return app(environ, start_response)
+
+    return routed
 
 
 def ledger_fingerprint(location: str) -> str:

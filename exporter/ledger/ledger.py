@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from zoneinfo import ZoneInfo
 
-from spendwatch.exporter.ledger import audit
+from spendwatch.exporter.ledger import audit, history
 from spendwatch.exporter.ledger.locations import LedgerUnavailable, first_line
 from spendwatch.exporter.ledger.schema import BUCKET_KEYS, CALL_COLUMNS, TOTAL_COUNTERS, TOTAL_KEYS, call_row
 from spendwatch.exporter.ledger.totals import TotalsChange, add_to, counters
@@ -37,6 +37,7 @@ _KEY_ORDER = {
     "calls": "id",
     "totals": ", ".join(TOTAL_KEYS),
     "daily_totals": ", ".join(("day", *TOTAL_KEYS)),
+    "hourly_totals": ", ".join(("hour", *TOTAL_KEYS)),
     "duration_buckets": ", ".join(BUCKET_KEYS),
 }
 
@@ -138,10 +139,12 @@ class Ledger:
                     add_to(decisions, decision, [1])
                 for lease in r.leases:
                     lease_costs[lease] = lease_costs.get(lease, 0.0) + (r.cost_usd or 0.0)
-                change.add(row[_DAY], (r.provider, r.request_model, r.operation, r.category or ""), counters(r))
+                key = (r.provider, r.request_model, r.operation, r.category or "")
+                change.add(row[_DAY], key, counters(r), at=r.start_time)
                 change.add_duration(r.provider, r.request_model, r.operation, r.duration_s)
             change.apply(self.backend, cursor)
             self.backend.add_totals(cursor, "guard_decisions", ("budget", "action"), ("count",), decisions)
+            history.add_guard_events(self, cursor, (entry.record for entry, _ in inserted))
             for lease, cost in lease_costs.items():
                 # The cost is spend now: it leaves the lease it was drawn from, in the same transaction.
                 query = "UPDATE leases SET outstanding_usd = outstanding_usd - ? WHERE lease_id = ?"

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from spendwatch.exporter.ledger.schema import CALL_COLUMNS_V1, CALLS, SUBSET_TOKENS, Column
+from spendwatch.exporter.ledger.schema import (
+    CALL_COLUMNS_V1,
+    CALLS,
+    HOURLY_TOTALS,
+    SUBSET_TOKENS,
+    TOTAL_COUNTERS,
+    TOTAL_KEYS,
+    Column,
+)
+from spendwatch.exporter.ledger.totals import add_to, hour_of
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = ["SCHEMA_VERSION", "UPGRADES", "VERSION_KEY", "VERSION_QUERY", "check_version", "create_or_upgrade"]
@@ -39,8 +48,35 @@ def _every_billed_unit(backend, cursor) -> None:
         _add_columns(backend, cursor, table, [Column(c.name, "int", "NOT NULL DEFAULT 0") for c in counters])
 
 
+def _hourly_totals(backend, cursor) -> None:
+    """Version 3: the running totals per UTC hour, filled from a scan of ``calls`` one local day at a time (the hour
+    of an instant is plain arithmetic in Python, not in both SQL dialects). A call row stands for one API call here,
+    as for every counter a scan can check."""
+    for statement in HOURLY_TOTALS.create(backend.types):
+        backend.execute(cursor, statement)
+    columns = ", ".join(("ts", *TOTAL_KEYS, "cost_usd", "outcome", "estimated", "duration_s", *_SCANNED_TOKENS))
+    for (day,) in backend.execute(cursor, "SELECT DISTINCT day FROM calls"):
+        hourly: dict[tuple, list[float]] = {}
+        for ts, *rest in backend.execute(cursor, f"SELECT {columns} FROM calls WHERE day = ?", (day,)):
+            key, (cost, outcome, estimated, duration, *tokens) = tuple(rest[:4]), rest[4:]
+            add_to(hourly, (hour_of(float(ts)), *key), _scanned_counters(cost, outcome, estimated, duration, tokens))
+        backend.add_totals(cursor, "hourly_totals", ("hour", *TOTAL_KEYS), TOTAL_COUNTERS, hourly)
+
+
+_SCANNED_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens", *SUBSET_TOKENS)
+
+
+def _scanned_counters(cost, outcome: str, estimated, duration, tokens: list) -> list[float]:
+    """A calls row's contribution to each of TOTAL_COUNTERS, in their order."""
+    by_name = dict(zip(_SCANNED_TOKENS, (int(count or 0) for count in tokens), strict=True))
+    by_name |= {"cost_usd": float(cost or 0.0), "unpriced": int(cost is None), "estimated": int(estimated or 0)}
+    by_name |= {outcome_name: int(outcome == outcome_name) for outcome_name in ("success", "error", "blocked")}
+    by_name |= {"duration_sum": float(duration or 0.0), "duration_count": 1}
+    return [by_name[name] for name in TOTAL_COUNTERS]
+
+
 # Version 1 is the first schema; UPGRADES[n - 1] takes version n to n + 1.
-UPGRADES: tuple[Step, ...] = (_every_billed_unit,)
+UPGRADES: tuple[Step, ...] = (_every_billed_unit, _hourly_totals)
 SCHEMA_VERSION = str(len(UPGRADES) + 1)
 VERSION_KEY = "schema_version"
 VERSION_QUERY = "SELECT value FROM spendwatch_meta WHERE key = ?"

@@ -70,6 +70,7 @@ class RepriceResult:
 @dataclass(frozen=True, slots=True)
 class _Change:
     call_id: str
+    at: float  # when the call started
     day: str
     key: tuple  # the totals key: provider, model, operation, category
     old_cost: float | None
@@ -135,7 +136,7 @@ def _changes(calls: list[tuple], table: PriceTable, clock: _CallClock) -> tuple[
         new_cost = price.cost(*(int(tokens) for tokens in usage))
         if new_cost != cost or price.source != pricing:
             key = (provider, model, operation, category)
-            changes.append(_Change(call_id, day, key, cost, new_cost, pricing, price.source))
+            changes.append(_Change(call_id, float(ts), day, key, cost, new_cost, pricing, price.source))
     return changes, unpriced
 
 
@@ -147,9 +148,8 @@ def _apply(ledger: Ledger, cursor, changes: list[_Change], event_id: int) -> Non
         ((repricing_id,),) = backend.execute(cursor, _INSERT, row)
         chained.append(("reprice", None, repricing_id, audit.repricing_content([repricing_id, *row])))
         # The difference in cost, and one unpriced call fewer where an unpriced call got a price.
-        totals.add(
-            change.day, change.key, [change.new_cost - (change.old_cost or 0.0), -1 if change.old_cost is None else 0]
-        )
+        difference = [change.new_cost - (change.old_cost or 0.0), -1 if change.old_cost is None else 0]
+        totals.add(change.day, change.key, difference, at=change.at)
     query = "UPDATE calls SET cost_usd = ?, pricing = ? WHERE id = ?"
     backend.execute_many(cursor, query, [(change.new_cost, change.new_pricing, change.call_id) for change in changes])
     audit.append(backend, cursor, ledger.audit_key, chained)

@@ -24,6 +24,7 @@ __all__ = [
     "CALL_TYPES",
     "EVENT_COLUMNS",
     "EVENT_TYPES",
+    "HOURLY_TOTALS",
     "REPRICING_COLUMNS",
     "REPRICING_TYPES",
     "SUBSET_TOKENS",
@@ -155,6 +156,11 @@ TOTAL_COUNTERS = tuple(column.name for column in _COUNTERS)
 _COUNT = Column("count", "int", "NOT NULL DEFAULT 0")
 _TOTAL_KEY_COLUMNS = tuple(_text(name) for name in TOTAL_KEYS)
 
+# Schema version 3: the same counters per UTC hour (``hour``: its start in unix seconds), for the JSON API's hourly
+# analytics and the budgets' recent burn rate (see hourly.py).
+HOURLY_TOTALS = Table(
+    "hourly_totals", (Column("hour", "int"), *_TOTAL_KEY_COLUMNS, *_COUNTERS), key=("hour", *TOTAL_KEYS)
+)
 EVENTS = Table("events", (Column("id", "serial", ""), Column("ts", "real"), _text("kind"), _text("detail")))
 REPRICINGS = Table(
     # A call's cost before and after each re-pricing (see reprice.py); the calls row holds the latest.
@@ -176,6 +182,7 @@ TABLES = (
     CALLS,
     Table("totals", (*_TOTAL_KEY_COLUMNS, *_COUNTERS), key=TOTAL_KEYS),
     Table("daily_totals", (_text("day"), *_TOTAL_KEY_COLUMNS, *_COUNTERS), key=("day", *TOTAL_KEYS)),
+    HOURLY_TOTALS,
     Table(
         "duration_buckets",
         (

@@ -1,4 +1,4 @@
-"""The running totals: the one writer of ``totals``, ``daily_totals`` and ``duration_buckets``.
+"""The running totals: the one writer of ``totals``, ``daily_totals``, ``hourly_totals`` and ``duration_buckets``.
 
 The totals must always equal a scan of ``calls`` (``spendwatch audit verify`` checks it), so whatever changes a calls
 row changes the totals in the same transaction, through :class:`TotalsChange`: ingest adds each new call's counters,
@@ -13,10 +13,16 @@ from collections.abc import Sequence
 from spendwatch.exporter.ledger.schema import BUCKET_KEYS, TOTAL_COUNTERS, TOTAL_KEYS
 from spendwatch.instrumentation.records import UsageRecord
 
-__all__ = ["REQUEST_DURATION_BUCKETS", "TotalsChange", "add_to", "counters"]
+__all__ = ["HOUR_S", "REQUEST_DURATION_BUCKETS", "TotalsChange", "add_to", "counters", "hour_of"]
 
 # Upper bounds (seconds) of llm_request_duration_seconds; LLM calls take from 100 ms to minutes.
 REQUEST_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+HOUR_S = 3600
+
+
+def hour_of(unix_seconds: float) -> int:
+    """The start of the UTC hour an instant is in: the ``hour`` of ``hourly_totals``."""
+    return int(unix_seconds // HOUR_S) * HOUR_S
 
 
 def counters(r: UsageRecord) -> list[float]:
@@ -61,12 +67,15 @@ class TotalsChange:
         self.columns = tuple(columns)
         self.totals: dict[tuple, list[float]] = {}
         self.daily: dict[tuple, list[float]] = {}
+        self.hourly: dict[tuple, list[float]] = {}
         self.buckets: dict[tuple, list[float]] = {}
 
-    def add(self, day: str, key: tuple, values: Sequence[float]) -> None:
-        """``values`` (one per column) for the series ``key`` (:data:`TOTAL_KEYS`) on local day ``day``."""
+    def add(self, day: str, key: tuple, values: Sequence[float], *, at: float) -> None:
+        """``values`` (one per column) for the series ``key`` (:data:`TOTAL_KEYS`) of a call that started at ``at``
+        (unix seconds) on local day ``day``."""
         add_to(self.totals, key, values)
         add_to(self.daily, (day, *key), values)
+        add_to(self.hourly, (hour_of(at), *key), values)
 
     def add_duration(self, provider: str, model: str, operation: str, duration_s: float) -> None:
         """One call in its duration bucket; a call longer than the last bucket is only in the sum and count."""
@@ -78,4 +87,5 @@ class TotalsChange:
     def apply(self, backend, cursor) -> None:
         backend.add_totals(cursor, "totals", TOTAL_KEYS, self.columns, self.totals)
         backend.add_totals(cursor, "daily_totals", ("day", *TOTAL_KEYS), self.columns, self.daily)
+        backend.add_totals(cursor, "hourly_totals", ("hour", *TOTAL_KEYS), self.columns, self.hourly)
         backend.add_totals(cursor, "duration_buckets", BUCKET_KEYS, ("count",), self.buckets)

@@ -20,8 +20,9 @@ EXIT_OK = 0
 def add_commands(subcommands: argparse._SubParsersAction) -> None:
     command = subcommands.add_parser(
         "serve",
-        help="serve Prometheus metrics over the spend ledger",
-        description="Serve /metrics (spend, tokens, requests, durations and budgets) over the ledger that "
+        help="serve Prometheus metrics and the JSON API over the spend ledger",
+        description="Serve /metrics (spend, tokens, requests, durations and budgets) and the read-only JSON API "
+        "(/api/v1/overview, analytics, report, alerts; /api/v1/openapi.json describes it) over the ledger that "
         "SPENDWATCH_LEDGER names, until SIGTERM or SIGINT. Basic auth and TLS follow SPENDWATCH_METRICS_BASIC_AUTH "
         "and SPENDWATCH_METRICS_TLS_CERTFILE/KEYFILE.",
     )
@@ -35,6 +36,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from spendwatch.exporter import load_settings, open_ledger
+    from spendwatch.exporter.api import API_PREFIX, api_app
     from spendwatch.exporter.budgets import LedgerConfiguration, budget_statuses
     from spendwatch.exporter.collector import SpendCollector
     from spendwatch.exporter.server import serve_as_configured
@@ -56,7 +58,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         pricing_data_timestamp=_pricing_data_timestamp(),
         registry=registry,
     )
-    server = serve_as_configured(registry, settings)
+    server = serve_as_configured(registry, settings, routes={API_PREFIX: api_app(ledger, known.settings)})
     print(f"serving {server.url}", flush=True)
     try:
         _wait_for_stop_signal()
