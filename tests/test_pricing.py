@@ -120,7 +120,7 @@ def test_lookup_resolves_bundled_prices(table, model, options, priced_as, input_
         pytest.param("gpt-99-ultra", {}, id="unknown model"),
         pytest.param("gpt-99-ultra", {"provider": "azure.ai.openai"}, id="unknown azure model"),
         pytest.param("gpt-4o-mini", {"provider": "no-such-provider"}, id="unknown provider"),
-        pytest.param("whisper-1", {}, id="a model not priced per token"),
+        pytest.param("mistral-ocr-2503", {"provider": "mistral_ai"}, id="priced only by a unit not counted (pages)"),
         pytest.param("", {}, id="empty name"),
     ],
 )

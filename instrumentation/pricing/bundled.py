@@ -3,6 +3,7 @@ date on which the data says it changes. Read offline from the installed package,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -12,15 +13,19 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from spendwatch.instrumentation.pricing.price import NEVER, PER_MILLION, Price, Resolution
+from spendwatch.instrumentation.pricing.price import NEVER, Price, Resolution
+from spendwatch.instrumentation.pricing.units import GENAI_ALIASES, UNITS
 
 __all__ = [
+    "OPENAI_COMPATIBLE",
     "bundled_data_mtime",
     "bundled_data_source",
     "price_context",
     "provider_at",
     "provider_models",
+    "provider_name",
     "resolve_bundled",
+    "resolve_openai_compatible",
 ]
 
 # Semantic-convention provider names → genai-prices provider ids. Others are passed through unchanged.
@@ -36,6 +41,13 @@ _GENAI_PRICES_PROVIDER = {
 # And back, the first semantic-convention name of an id winning (azure → azure.ai.openai, google → gcp.gemini).
 _SEMCONV_PROVIDER = {genai_id: name for name, genai_id in reversed(_GENAI_PRICES_PROVIDER.items())}
 _URL_ENDS = frozenset({"", "/", ":", "?", "#"})  # what may follow a provider's API URL prefix
+# The price key of a call to an OpenAI-compatible host that is no known provider (a gateway, a proxy, a local server).
+OPENAI_COMPATIBLE = "openai-compatible"
+
+
+def provider_name(provider_id: str) -> str:
+    """The semantic-convention name of a genai-prices provider (x-ai: x_ai); others are the same."""
+    return _SEMCONV_PROVIDER.get(provider_id, provider_id)
 
 
 def provider_at(api_url: str) -> str | None:
@@ -45,7 +57,7 @@ def provider_at(api_url: str) -> str | None:
         match = re.match(provider.api_pattern, api_url)
         # The patterns are not anchored at their end: "https://api.openai.com.example.org" is no OpenAI host.
         if match is not None and (match.group().endswith("/") or api_url[match.end() : match.end() + 1] in _URL_ENDS):
-            return _SEMCONV_PROVIDER.get(provider.id, provider.id)
+            return provider_name(provider.id)
     return None
 
 
@@ -59,7 +71,7 @@ def provider_models(provider: str) -> tuple[tuple[str, str], ...]:
     if own is not None:
         lenders = set(own.fallback_model_providers or ())
         providers = [own, *(candidate for candidate in providers if candidate.id in lenders)]
-    return tuple((_SEMCONV_PROVIDER.get(p.id, p.id), model.id) for p in providers for model in p.models)
+    return tuple((provider_name(p.id), model.id) for p in providers for model in p.models)
 
 
 def price_context(service_tier: str | None, batch: bool) -> dict[str, str]:
@@ -117,16 +129,41 @@ def resolve_bundled(model: str, provider: str, context: dict[str, str], now: dat
     # the lender's tier and batch variants, which are not the borrower's prices.
     applied_context = context if own_model else {}
     model_price = model_info.get_prices(now, applied_context)
-    price = _price_from_model_price(model_info.id, model_price, bundled_data_source())
+    price, uncounted = _price_from_model_price(model_info.id, model_price, bundled_data_source())
     if price is None:
-        return Resolution(None, note=f"{model_info.id!r} has no per-token price in the bundled data")
+        listed = ", ".join(uncounted)
+        return Resolution(None, note=f"{model_info.id!r} is priced by {listed} in the bundled data, not counted here")
     return Resolution(
         price,
         valid_until=_next_price_change(model_info, now),
         provider_id=found_provider.id,
         variant=_variant_text(model_info, context, applied_context, now),
         note=None if own_model else _fallback_note(found_provider, model_info, context),
+        uncounted=uncounted,
     )
+
+
+def resolve_openai_compatible(model: str, context: dict[str, str], now: datetime) -> Resolution:
+    """OpenAI's price when OpenAI lists the model; else the price of the one provider that lists it (or the one price
+    every provider listing it agrees on); else unpriced."""
+    resolution = resolve_bundled(model, "openai", context, now)
+    if resolution.price is not None:
+        return resolution
+    name = model.lower()
+    listing = [provider.id for provider in _bundled_snapshot().providers if provider.find_model(name) is not None]
+    priced = [found for found in (resolve_bundled(model, pid, context, now) for pid in listing) if found.price]
+    if len({_comparable(found.price) for found in priced}) != 1:
+        who = f"{len(priced)} providers list it at different prices ({', '.join(listing)})" if priced else "none does"
+        return Resolution(None, note=f"OpenAI does not list {model!r} and {who}")
+    found = priced[0]
+    others = f"the {len(priced)} providers listing it agree on" if len(priced) > 1 else "the one provider listing it"
+    note = f"OpenAI does not list it: the price of {found.provider_id}, {others}"
+    return dataclasses.replace(found, note=note if found.note is None else f"{note}; {found.note}")
+
+
+def _comparable(price: Price) -> tuple:
+    tiers = tuple((threshold, _comparable(tier)) for threshold, tier in price.tiers)
+    return price.input, price.output, price.cache_read, tuple(sorted(price.per_unit.items())), tiers
 
 
 def _variant_text(model_info: Any, context: dict[str, str], applied_context: dict[str, str], now: datetime) -> str:
@@ -161,25 +198,37 @@ def _fallback_note(found_provider: Any, model_info: Any, context: dict[str, str]
     return note + (", without service-tier or batch variants" if context else "")
 
 
-def _price_from_model_price(model_id: str, model_price: Any, source: str) -> Price | None:
+def _price_from_model_price(model_id: str, model_price: Any, source: str) -> tuple[Price | None, tuple[str, ...]]:
+    """The model's price over the units spendwatch counts, and the genai-prices price keys it also lists that
+    spendwatch counts no usage of (document pages, video tokens...)."""
     from genai_prices.types import TieredPrices
 
-    input_mtok, output_mtok = model_price.input_mtok, model_price.output_mtok
-    if input_mtok is None and output_mtok is None:
-        return None  # priced by requests, characters, audio or images: not something a token count can price
-    zero = Decimal(0)
-    # Without a cache-read price, genai-prices bills cached tokens as input tokens.
-    by_key = {"input": input_mtok or zero, "output": output_mtok or zero}
-    by_key["cache_read"] = model_price.cache_read_mtok if model_price.cache_read_mtok is not None else by_key["input"]
+    listed = {key: value for key, value in model_price.__dict__.items() if value is not None and key[0] != "_"}
+    by_unit, used = {}, set()
+    for unit in UNITS.values():
+        keys = [key for key in (unit.genai_price_key, *GENAI_ALIASES.get(unit.name, ())) if key in listed]
+        if keys:  # the unit's own key first; an alias (input audio hours for audio hours) is the same usage
+            by_unit[unit.name] = (listed[keys[0]], unit.per)
+            used.update(keys)
+    uncounted = tuple(sorted(set(listed) - used))
+    if not by_unit and uncounted:
+        return None, uncounted  # billed only by what spendwatch does not count: not a price of $0
     starts = sorted(
-        {tier.start for value in by_key.values() if isinstance(value, TieredPrices) for tier in value.tiers}
+        {tier.start for value, _ in by_unit.values() if isinstance(value, TieredPrices) for tier in value.tiers}
     )
-    base = [_per_token(_price_at(by_key[key], None)) for key in ("input", "output", "cache_read")]
-    tiers = tuple(
-        (start + 1, *(_per_token(_price_at(by_key[key], start)) for key in ("input", "output", "cache_read")))
-        for start in starts
-    )
-    return Price(model_id, source, *base, tiers=tiers)
+    base = _price_at_tier(model_id, source, by_unit, None)
+    tiers = tuple((start + 1, _price_at_tier(model_id, source, by_unit, start)) for start in starts)
+    return Price(base.model, source, base.input, base.output, base.cache_read, tiers, base.per_unit), uncounted
+
+
+def _price_at_tier(model_id: str, source: str, by_unit: dict[str, tuple[Any, int]], tier_start: int | None) -> Price:
+    per_unit = {name: _per_unit(_price_at(value, tier_start), per) for name, (value, per) in by_unit.items()}
+    # A model listed without an input or output price bills none (an embedding model's output); without a
+    # cache-read price, genai-prices bills cached tokens as input tokens.
+    input_price = per_unit.pop("input_tokens", 0.0)
+    output_price = per_unit.pop("output_tokens", 0.0)
+    cache_read_price = per_unit.pop("cache_read_tokens", input_price)
+    return Price(model_id, source, input_price, output_price, cache_read_price, (), per_unit)
 
 
 def _price_at(value: Any, tier_start: int | None) -> Decimal:
@@ -195,8 +244,8 @@ def _price_at(value: Any, tier_start: int | None) -> Decimal:
     return applicable
 
 
-def _per_token(per_million: Decimal) -> float:
-    return float(per_million / PER_MILLION)  # Decimal division first, so 0.15/MTok is the float nearest 1.5e-7
+def _per_unit(price: Decimal, per: int) -> float:
+    return float(price / per)  # Decimal division first, so 0.15/MTok is the float nearest 1.5e-7
 
 
 def _next_price_change(model_info: Any, now: datetime) -> float:

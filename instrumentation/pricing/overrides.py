@@ -12,6 +12,7 @@ from typing import Any
 
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.pricing.price import PER_MILLION, Price
+from spendwatch.instrumentation.pricing.units import UNITS, Unit
 
 __all__ = ["PRICES_FILE_ENV", "load_overrides"]
 
@@ -36,7 +37,9 @@ def load_overrides(path: str | os.PathLike, label: str | None = None) -> dict[st
 
 
 _REQUIRED_KEYS = ("input_per_mtok", "output_per_mtok")
-_OPTIONAL_KEYS = ("cache_read_per_mtok",)
+# Every unit's key (cache_read_per_mtok, cache_write_per_mtok, web_search_per_call, per_request...) -> its unit.
+_UNIT_BY_KEY = {unit.override_key: unit for unit in UNITS.values()}
+_OPTIONAL_KEYS = tuple(key for key in _UNIT_BY_KEY if key not in _REQUIRED_KEYS)
 
 
 def _file_error(label: str, problem: str) -> ConfigError:
@@ -92,15 +95,14 @@ def _override_price(name: str, entry: Any, source: str, label: str, json_file: b
     for key in _REQUIRED_KEYS:
         if key not in entry:
             raise _file_error(label, f"{where} is missing the required key {key!r}")
-    per_mtok = {key: _per_mtok_value(entry[key], f"{where} {key!r}", label) for key in entry}
-    input_per_mtok = per_mtok["input_per_mtok"]
-    return Price(
-        model=name,
-        source=source,
-        input=input_per_mtok / PER_MILLION,
-        output=per_mtok["output_per_mtok"] / PER_MILLION,
-        cache_read=per_mtok.get("cache_read_per_mtok", input_per_mtok) / PER_MILLION,
-    )
+    per_unit = {}
+    for key, value in entry.items():
+        unit = _UNIT_BY_KEY[key]
+        per_unit[unit.name] = _price_value(value, f"{where} {key!r}", label, unit) / unit.override_per
+    input_price = per_unit.pop("input_tokens")
+    output_price = per_unit.pop("output_tokens")
+    cache_read_price = per_unit.pop("cache_read_tokens", input_price)
+    return Price(name, source, input_price, output_price, cache_read_price, (), per_unit)
 
 
 def _dotted_name(name: str, entry: dict) -> str:
@@ -110,8 +112,9 @@ def _dotted_name(name: str, entry: dict) -> str:
     return name
 
 
-def _per_mtok_value(value: Any, where: str, label: str) -> float:
-    problem = f"{where} must be a non-negative number of USD per million tokens"
+def _price_value(value: Any, where: str, label: str, unit: Unit) -> float:
+    per = "million tokens" if unit.override_per == PER_MILLION else unit.label
+    problem = f"{where} must be a non-negative number of USD per {per}"
     # bool is an int subclass, and true/false is never a price.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _file_error(label, f"{problem}, got {value!r}")

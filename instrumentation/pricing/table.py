@@ -11,13 +11,17 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from spendwatch.instrumentation.pricing.bundled import (
+    OPENAI_COMPATIBLE,
     bundled_data_mtime,
     bundled_data_source,
     price_context,
+    provider_name,
     resolve_bundled,
+    resolve_openai_compatible,
 )
 from spendwatch.instrumentation.pricing.overrides import PRICES_FILE_ENV, load_overrides
 from spendwatch.instrumentation.pricing.price import NEVER, PER_MILLION, Price, Resolution
+from spendwatch.instrumentation.pricing.units import UNITS
 
 __all__ = ["PriceTable", "price_table_from_env"]
 
@@ -84,9 +88,16 @@ class PriceTable:
     def describe(
         self, model: str, *, provider: str = "openai", service_tier: str | None = None, batch: bool = False
     ) -> str:
-        """Human-readable price in force for ``model``: USD per million tokens, tiers, source and matched model."""
+        """Human-readable price in force for ``model``: every unit's price, tiers, source and matched model."""
         resolution = self._resolve_and_cache((model, provider, service_tier, batch))
         return _describe(model, provider, resolution, self.data_version)
+
+    def details(
+        self, model: str, *, provider: str = "openai", service_tier: str | None = None, batch: bool = False
+    ) -> dict:
+        """``describe`` as JSON-ready data (see :func:`price_details`)."""
+        resolution = self._resolve_and_cache((model, provider, service_tier, batch))
+        return price_details(model, provider, resolution)
 
     @property
     def data_version(self) -> str:
@@ -115,7 +126,10 @@ class PriceTable:
         override = self._find_override(model)
         if override is not None:
             return Resolution(override)
-        return resolve_bundled(model, provider, price_context(service_tier, batch), self._clock())
+        context = price_context(service_tier, batch)
+        if provider == OPENAI_COMPATIBLE:
+            return resolve_openai_compatible(model, context, self._clock())
+        return resolve_bundled(model, provider, context, self._clock())
 
     def _match_override(self, model: str) -> Price | None:
         if not self._overrides or not isinstance(model, str):
@@ -145,26 +159,75 @@ def _describe(model: str, provider: str, resolution: Resolution, data_version: s
             f"{model}: unpriced ({reason}; checked {data_version} and any {PRICES_FILE_ENV} overrides).\n"
             "Calls to it are counted as unpriced requests, not as free."
         )
-    lines = [
-        f"{model} (provider {provider}): priced as {price.model!r}",
-        f"  USD per million tokens: input {_per_million(price.input)}, cached input {_per_million(price.cache_read)}, "
-        f"output {_per_million(price.output)}",
-    ]
-    for threshold, tier_input, tier_output, tier_cache_read in price.tiers:
-        lines.append(
-            f"  from {threshold:,} input tokens (whole call): input {_per_million(tier_input)}, "
-            f"cached input {_per_million(tier_cache_read)}, output {_per_million(tier_output)}"
-        )
+    if resolution.provider_id is not None:
+        provider = provider_name(resolution.provider_id) if provider == OPENAI_COMPATIBLE else provider
+    lines = [f"{model} (provider {provider}): priced as {price.model!r}", *_price_lines(price, "  ")]
+    for threshold, tier in price.tiers:
+        lines.append(f"  from {threshold:,} input tokens (whole call):")
+        lines += _price_lines(tier, "    ", differing_from=price)
     lines.append(f"  source: {price.source}")
     if resolution.provider_id is not None:
         lines.append(f"  genai-prices provider: {resolution.provider_id}")
     lines.append(f"  variant: {resolution.variant or 'standard'}")
+    if resolution.uncounted:
+        lines.append(f"  also listed, not counted by spendwatch: {', '.join(resolution.uncounted)}")
     if resolution.note:
         lines.append(f"  note: {resolution.note}")
     if resolution.valid_until != NEVER:
         changes_at = datetime.fromtimestamp(resolution.valid_until, UTC)
         lines.append(f"  valid until: {changes_at:%Y-%m-%d %H:%M} UTC (a dated price change in the data)")
     return "\n".join(lines)
+
+
+def _price_lines(price: Price, indent: str, differing_from: Price | None = None) -> list[str]:
+    """USD per million tokens on one line, then one line per other unit listed (a tier: those that differ)."""
+    tokens = [
+        f"{UNITS[name].label} {_per_million(per_token)}"
+        for name, per_token in unit_prices(price).items()
+        if UNITS[name].override_per == PER_MILLION
+        and (differing_from is None or unit_prices(differing_from).get(name) != per_token)
+    ]
+    lines = [f"{indent}USD per million tokens: {', '.join(tokens)}"] if tokens else []
+    for name, per_unit in price.per_unit.items():
+        unit, same = UNITS[name], differing_from is not None and differing_from.per_unit.get(name) == per_unit
+        if unit.override_per != PER_MILLION and not same:
+            lines.append(f"{indent}USD per {unit.label}: ${per_unit:.10g}")
+    return lines
+
+
+def unit_prices(price: Price) -> dict[str, float]:
+    """USD per unit of every unit ``price`` lists, by unit name, text tokens first."""
+    return {**price.token_prices(), **price.per_unit}
+
+
+def price_details(model: str, provider: str, resolution: Resolution) -> dict:
+    """What ``describe`` says, as JSON-ready data: USD per million tokens, or per unit for the other units."""
+    price = resolution.price
+    answer: dict = {"priced": price is not None}
+    if resolution.provider_id is not None:
+        answer["provider"] = provider_name(resolution.provider_id) if provider == OPENAI_COMPATIBLE else provider
+    if price is None:
+        answer["note"] = "unpriced: calls to this model are counted as unpriced requests, not as free"
+        return answer
+    answer |= {"priced_as": price.model, "source": price.source, **_usd(price)}
+    answer["tiers"] = [{"from_input_tokens": threshold, **_usd(tier)} for threshold, tier in price.tiers]
+    if resolution.uncounted:
+        answer["not_counted"] = list(resolution.uncounted)
+    return answer
+
+
+def _usd(price: Price) -> dict[str, dict[str, float]]:
+    def scale(value: float, per: int) -> float:
+        return float(f"{value * per:.12g}")  # 12 significant digits: 1.5e-07 * 1e6 prints as 0.15
+
+    per_million, per_unit = {}, {}
+    for name, value in unit_prices(price).items():
+        per = UNITS[name].override_per
+        if per == PER_MILLION:
+            per_million[name.removesuffix("_tokens")] = scale(value, per)
+        else:
+            per_unit[name] = scale(value, per)
+    return {"usd_per_million_tokens": per_million, "usd_per_unit": per_unit}
 
 
 def _per_million(per_token: float) -> str:
