@@ -1,10 +1,11 @@
 """The budget guard: refuse (or degrade, or throttle) a call before it is sent, when it could break a budget.
 
-Before a call, its worst-case cost is reserved against every budget it counts against: input tokens bounded from
-the request, output from its ``max_tokens``-style cap (or ``[guard] max_output_tokens``), priced at the model's
-price. The reservation is local arithmetic on a lease (:mod:`spendwatch.exporter.ledger.leases`) — a few µs — and the
-ledger is asked only when the lease runs short. After the call the reservation is settled to the actual cost: the
-rest goes back to the lease, and the cost moves from lease to spend when the ledger ingests the call's record.
+Before a call, its worst-case cost (:mod:`spendwatch.exporter.guard_bound`: the request's input bound, its output
+cap or the model's maximum output, the service tier asked for, cache writes and tool calls) is reserved against
+every budget it counts against. The reservation is local arithmetic on a lease
+(:mod:`spendwatch.exporter.ledger.leases`) — a few µs — and the ledger is asked only when the lease runs short. After
+the call the reservation is settled to the actual cost: the rest goes back to the lease, and the cost moves from
+lease to spend when the ledger ingests the call's record.
 So concurrent callers in any number of processes never take a budget past its limit, and a call is refused only
 when the budget could not cover its worst case.
 """
@@ -12,6 +13,7 @@ when the budget could not cover its worst case.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -19,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from spendwatch.exporter.guard_bound import WorstCase, worst_case
 from spendwatch.exporter.guard_rules import CEILING_BUDGET, GuardConfig, ShareRule
 from spendwatch.exporter.ledger import Ledger, first_line
 from spendwatch.exporter.ledger.leases import LeaseGrant, release_lease, renew_lease
@@ -26,7 +29,7 @@ from spendwatch.exporter.periods import period_bounds
 from spendwatch.exporter.settings import BudgetSpec, Settings
 from spendwatch.instrumentation.admission import CallRequest
 from spendwatch.instrumentation.errors import BudgetExceededError
-from spendwatch.instrumentation.pricing import PriceTable
+from spendwatch.instrumentation.pricing import Price, PriceTable
 from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = ["BudgetGuard", "GuardTicket"]
@@ -34,6 +37,7 @@ __all__ = ["BudgetGuard", "GuardTicket"]
 _logger = logging.getLogger(__name__)
 
 _RENEW_MARGIN_S = 30.0  # renew a lease this long before it would expire
+_NOTHING = WorstCase(0.0)  # asks for no room: learns a new period's spend
 
 
 @dataclass
@@ -78,6 +82,7 @@ class GuardTicket:
     worst_usd: float
     request_changes: dict | None
     decisions: tuple[tuple[str, str], ...]
+    assumed_price: Price | None = None  # the upper-bound price of a model without one ([guard] unpriced)
 
     def settle(self, record: UsageRecord) -> None:
         self.guard._settle(self, record)
@@ -108,8 +113,8 @@ class BudgetGuard:
     # --- admission (the caller's path) -------------------------------------------------------------------------
     def admit(self, request: CallRequest) -> GuardTicket | None:
         now = self.clock()
-        worst = self._worst_case(request)
-        self._check_ceilings(request, worst)
+        bound = worst_case(request, self.prices, self.config)
+        self._check_ceilings(request, bound)
         specs = [spec for spec in self.settings.budgets if spec.covers(request.category, request.model)]
         if not specs:
             return None
@@ -118,38 +123,29 @@ class BudgetGuard:
                 states = [self._state(spec, now) for spec in specs]
                 for state in states:
                     if state.expires_at == 0.0:  # new: learn the period's spend before any share rule reads it
-                        self._ensure_room(state, 0.0, now)
+                        self._ensure_room(state, _NOTHING, now)
                 changes, decisions = self._apply_rules(request, states, now)
                 if changes:
-                    worst = self._worst_case(_changed(request, changes))
+                    bound = worst_case(_changed(request, changes), self.prices, self.config)
                 for state in states:
-                    self._ensure_room(state, worst, now)
+                    self._ensure_room(state, bound, now)
             except _LedgerOutage as outage:
-                return self._without_ledger(specs, worst, outage)
+                return self._without_ledger(specs, bound.usd, outage)
             self._ledger_back()
+            worst = bound.usd
             for state in states:
                 state.inflight_usd += worst
             for rule_state in self._rules:
                 rule_state.recent.append((now, worst))
-        return GuardTicket(self, states, worst, changes, decisions)
+        return GuardTicket(self, states, worst, changes, decisions, bound.assumed_price)
 
-    def _worst_case(self, request: CallRequest) -> float:
-        price = self.prices.lookup(request.model, provider=request.provider)
-        if price is None:
-            if self.config.unpriced == "block":
-                reason = f"has no price for model {request.model!r} and [guard] unpriced = 'block'"
-                raise BudgetExceededError("unpriced", "day", 0.0, 0.0, 0.0, reason=reason)
-            return 0.0
-        output = request.max_output_tokens
-        if output is None:
-            output = self.config.max_output_tokens
-        return price.cost(request.input_tokens, output, 0)
-
-    def _check_ceilings(self, request: CallRequest, worst: float) -> None:
+    def _check_ceilings(self, request: CallRequest, bound: WorstCase) -> None:
         for ceiling in self.config.ceilings:
-            if ceiling.applies(request.operation, request.model) and worst > ceiling.max_usd:
+            if ceiling.applies(request.operation, request.model) and bound.usd > ceiling.max_usd:
                 reason = f"refuses any single call that could cost more than ${ceiling.max_usd:g}"
-                raise BudgetExceededError(CEILING_BUDGET, "call", ceiling.max_usd, 0.0, worst, reason=reason)
+                raise BudgetExceededError(
+                    CEILING_BUDGET, "call", ceiling.max_usd, 0.0, bound.usd, reason=reason, assumes=bound.assumptions
+                )
 
     def _state(self, spec: BudgetSpec, now: float) -> _PeriodState:
         key = (spec.name, spec.period)
@@ -162,7 +158,8 @@ class BudgetGuard:
             self._states[key] = state
         return state
 
-    def _ensure_room(self, state: _PeriodState, worst: float, now: float) -> None:
+    def _ensure_room(self, state: _PeriodState, bound: WorstCase, now: float) -> None:
+        worst = bound.usd
         room = state.unspent_usd - state.inflight_usd
         if room >= worst and now < state.expires_at - _RENEW_MARGIN_S:
             return
@@ -188,7 +185,9 @@ class BudgetGuard:
         if state.unspent_usd - state.inflight_usd < worst:
             spent, reserved = _standing(state, grant)
             spec = state.spec
-            raise BudgetExceededError(spec.name, spec.period, state.limit_usd, spent, worst, reserved_usd=reserved)
+            raise BudgetExceededError(
+                spec.name, spec.period, state.limit_usd, spent, worst, reserved_usd=reserved, assumes=bound.assumptions
+            )
 
     def _without_ledger(self, specs: list[BudgetSpec], worst: float, outage: _LedgerOutage) -> GuardTicket:
         """The ledger could not be asked. ``[guard] on_ledger_error`` decides: "block" (the default) refuses the
@@ -279,6 +278,8 @@ class BudgetGuard:
 
     # --- settling (when the call ends) -------------------------------------------------------------------------
     def _settle(self, ticket: GuardTicket, record: UsageRecord) -> None:
+        if record.cost_usd is None and ticket.assumed_price is not None:
+            _price_as_assumed(record, ticket.assumed_price)
         cost = record.cost_usd or 0.0
         with self._lock:
             for state in ticket.states:
@@ -340,15 +341,26 @@ def _changed(request: CallRequest, changes: dict) -> CallRequest:
     for argument in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         if argument in changes:
             cap_argument, cap = argument, changes[argument]
-    return CallRequest(
-        request.provider,
-        request.operation,
-        changes.get("model", request.model),
-        request.category,
-        request.input_tokens,
-        cap,
-        cap_argument,
+    model = changes.get("model", request.model)
+    return dataclasses.replace(request, model=model, max_output_tokens=cap, output_cap_argument=cap_argument)
+
+
+def _price_as_assumed(record: UsageRecord, price: Price) -> None:
+    """A call to a model without a price, admitted on an upper-bound price (``[guard] unpriced = "upper-bound"``),
+    counts against its budgets at that price for the tokens it really used: otherwise the budget would never see it.
+    The ledger's pricing column says so; a price override and ``spendwatch reprice`` replace it."""
+    record.cost_usd = price.cost(
+        record.input_tokens,
+        record.output_tokens,
+        record.cache_read_tokens,
+        record.cache_write_tokens,
+        input_audio_tokens=record.input_audio_tokens,
+        output_audio_tokens=record.output_audio_tokens,
+        input_image_tokens=record.input_image_tokens,
+        output_image_tokens=record.output_image_tokens,
+        units=record.units or None,
     )
+    record.pricing = f"upper bound: {price.model} ({price.source}; [guard] unpriced = upper-bound)"
 
 
 def _rate(rule: ShareRule) -> str:

@@ -1,8 +1,11 @@
 """The budget guard's rules from the ``[guard]`` table of the TOML config, validated at start-up.
 
 [guard]
-max_output_tokens = 4096      # the worst case assumed for a request that sets no output cap
-unpriced = "allow"            # or "block": what to do with a model that has no price
+max_output_tokens = 4096      # output assumed for a request with no cap, to a model the bundled data has no maximum for
+unpriced = "admit"            # a model without a price: "admit" (unbounded), "upper-bound" or "block" ("allow" = admit)
+max_tool_calls = 4            # tool calls assumed for a request that lets the provider run tools and sets no bound
+tool_result_tokens = 8000     # input tokens assumed per tool result (a search's results, file chunks)
+auto_service_tier = "default" # the tier a request naming none, or "auto", is priced at ("priority" if the project is)
 on_ledger_error = "block"     # or "admit": what to do with a call when the ledger cannot be reached to check it
 lease_fraction = 0.02         # how much of a budget one process reserves at a time
 
@@ -30,9 +33,11 @@ from typing import Any
 
 from spendwatch.instrumentation.errors import ConfigError
 
-__all__ = ["CallCeiling", "GuardConfig", "ShareRule", "guard_config", "CEILING_BUDGET"]
+__all__ = ["CallCeiling", "GuardConfig", "ShareRule", "guard_config", "CEILING_BUDGET", "UNPRICED_MODES"]
 
 ACTIONS = ("block", "throttle", "degrade")
+UNPRICED_MODES = ("admit", "upper-bound", "block")
+SERVICE_TIERS = ("default", "priority", "flex", "scale")
 CEILING_BUDGET = "per-call-ceiling"  # the budget label of a refusal by a ceiling
 
 
@@ -64,7 +69,10 @@ class ShareRule:
 @dataclass(frozen=True)
 class GuardConfig:
     max_output_tokens: int = 4096
-    unpriced: str = "allow"
+    unpriced: str = "admit"
+    max_tool_calls: int = 4
+    tool_result_tokens: int = 8000
+    auto_service_tier: str = "default"
     lease_fraction: float = 0.02
     lease_ttl_s: float = 300.0
     on_ledger_error: str = "block"
@@ -77,10 +85,14 @@ def guard_config(table: Any, where: str) -> GuardConfig:
     if table is None:
         return GuardConfig()
     known = {"max_output_tokens", "unpriced", "on_ledger_error", "lease_fraction", "ceilings", "rules"}
-    _table(table, "guard", where, known)
-    unpriced = table.get("unpriced", "allow")
-    if unpriced not in ("allow", "block"):
-        raise ConfigError(f"guard.unpriced={unpriced!r} in {where} must be allow or block")
+    _table(table, "guard", where, known | {"max_tool_calls", "tool_result_tokens", "auto_service_tier"})
+    unpriced = table.get("unpriced", "admit")
+    unpriced = "admit" if unpriced == "allow" else unpriced  # its name before "upper-bound" came
+    if unpriced not in UNPRICED_MODES:
+        raise ConfigError(f"guard.unpriced={unpriced!r} in {where} must be one of {', '.join(UNPRICED_MODES)}")
+    tier = table.get("auto_service_tier", "default")
+    if tier not in SERVICE_TIERS:
+        raise ConfigError(f"guard.auto_service_tier={tier!r} in {where} must be one of {', '.join(SERVICE_TIERS)}")
     on_ledger_error = table.get("on_ledger_error", "block")
     if on_ledger_error not in ("block", "admit"):
         raise ConfigError(f"guard.on_ledger_error={on_ledger_error!r} in {where} must be block or admit")
@@ -90,6 +102,9 @@ def guard_config(table: Any, where: str) -> GuardConfig:
     return GuardConfig(
         max_output_tokens=_count(table.get("max_output_tokens", 4096), "guard.max_output_tokens", where),
         unpriced=unpriced,
+        max_tool_calls=_count(table.get("max_tool_calls", 4), "guard.max_tool_calls", where),
+        tool_result_tokens=_count(table.get("tool_result_tokens", 8000), "guard.tool_result_tokens", where),
+        auto_service_tier=tier,
         on_ledger_error=on_ledger_error,
         lease_fraction=fraction,
         ceilings=tuple(_ceiling(entry, where) for entry in _list(table.get("ceilings"), "guard.ceilings", where)),

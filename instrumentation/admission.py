@@ -31,6 +31,13 @@ class CallRequest:
     input_tokens: int  # an upper bound, not an estimate: UTF-8 bytes of the input plus per-message overhead
     max_output_tokens: int | None  # what the request caps the output at, if it does
     output_cap_argument: str | None  # the keyword that caps it ("max_tokens", "max_output_tokens", ...)
+    # What else the request says about its price. Each defaults to "not said", which the guard bounds pessimistically.
+    price_provider: str | None = None  # whose price list prices the call, when not provider's (CallRecorder.start)
+    service_tier: str | None = None  # as asked ("priority", "flex", "auto"); None when the request names none
+    cache_write_possible: bool = True  # False only when the request cannot write to the prompt cache
+    tool_units: tuple[str, ...] = ()  # per-call billed units of the built-in tools it enables ("web_search_calls")
+    server_tools: bool = False  # the provider may run tools within this one request, each adding a model turn
+    max_tool_calls: int | None = None  # the request's own bound on those tool calls, if it sets one
 
 
 class Ticket(Protocol):

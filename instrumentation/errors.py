@@ -42,6 +42,7 @@ class BudgetExceededError(Exception):
         action: str = "block",
         reason: str = "",
         reserved_usd: float = 0.0,
+        assumes: tuple[str, ...] = (),
     ) -> None:
         self.budget = budget
         self.period = period
@@ -51,6 +52,7 @@ class BudgetExceededError(Exception):
         self.action = action
         self.reason = reason
         self.reserved_usd = reserved_usd
+        self.assumes = tuple(assumes)  # what the worst case rests on beyond the request and the bundled data
         super().__init__(self._message())
 
     @property
@@ -60,6 +62,8 @@ class BudgetExceededError(Exception):
 
     def _message(self) -> str:
         cost = f"it could cost up to {_usd(self.estimated_cost_usd)}"
+        if self.assumes:
+            cost += f" (a bound that assumes {'; '.join(self.assumes)})"
         if self.reason:
             tail = f" ({cost})" if self.estimated_cost_usd > 0 else ""
             return f"spendwatch refused the call: budget {self.budget!r} {self.reason}{tail}"
@@ -72,7 +76,8 @@ class BudgetExceededError(Exception):
 
     def _fields(self) -> tuple[tuple, dict]:
         positional = (self.budget, self.period, self.limit_usd, self.spent_usd, self.estimated_cost_usd)
-        return positional, {"action": self.action, "reason": self.reason, "reserved_usd": self.reserved_usd}
+        keywords = {"action": self.action, "reason": self.reason, "reserved_usd": self.reserved_usd}
+        return positional, {**keywords, "assumes": self.assumes}
 
     def __reduce__(self):
         # The default would call the class with the message alone; a refusal must cross processes whole.

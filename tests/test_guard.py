@@ -379,7 +379,7 @@ def test_on_threshold_fires_once_per_level(attach, client):
         ("[[guard.rules]]\nbudget = 'global'\nat = 0.9\naction = 'panic'", "must be one of block, throttle, degrade"),
         ("[[guard.rules]]\nbudget = 'global'\nat = 0.9\naction = 'degrade'", "needs max_output_tokens or model"),
         ("[[guard.ceilings]]\nmax_usd = -1", "non-negative"),
-        ("[guard]\nunpriced = 'maybe'", "allow or block"),
+        ("[guard]\nunpriced = 'maybe'", "must be one of admit, upper-bound, block"),
         ("[guard]\non_ledger_error = 'maybe'", "guard.on_ledger_error='maybe' .* must be block or admit"),
     ],
 )
@@ -438,21 +438,21 @@ def test_a_refusal_crosses_processes_whole():
 
 
 def test_a_refusal_counts_the_last_calls_settled_cost_not_its_reservation(attach, client, stub):
-    attached = attach("[guard]\nmax_output_tokens = 1000\n", daily_budget_usd=0.001)
-    chat(client)  # no cap: reserves ~$0.0006 for 1000 output tokens; the stub answers with 12
+    attached = attach(daily_budget_usd=0.02)
+    chat(client)  # no cap: reserves ~$0.0098 for gpt-4o-mini's 16,384 output tokens; the stub answers with 12
 
     with pytest.raises(spendwatch.BudgetExceededError) as refused:
-        chat(client, max_tokens=2000)  # could cost ~$0.0012, more than the whole limit
+        chat(client, max_tokens=40_000)  # could cost ~$0.024, more than the whole limit
 
     attached.sink.flush()
     error = refused.value
     settled = attached.ledger.totals()[0]["cost_usd"]
-    assert 0 < settled < MINI.cost(200, 1000) / 10
+    assert 0 < settled < MINI.cost(200, 16_384) / 100
     assert error.spent_usd == pytest.approx(settled)
     assert error.reserved_usd == 0
-    assert error.remaining_usd == pytest.approx(0.001 - settled)
-    assert str(error).startswith("spendwatch refused the call: it could cost up to $0.001")
-    assert "of its $0.001 daily limit left" in str(error)
+    assert error.remaining_usd == pytest.approx(0.02 - settled)
+    assert str(error).startswith("spendwatch refused the call: it could cost up to $0.024")
+    assert "of its $0.02 daily limit left" in str(error)
     assert "would exceed" not in str(error)
 
 

@@ -16,8 +16,9 @@ Usage is a pure function of the request, one token per word:
 - input tokens: words in every message/prompt/input text, plus 3 per chat message or Responses
   input item (the instructions count as one);
 - output tokens: the reply's words per choice (``max_tokens``, ``max_completion_tokens`` or
-  ``max_output_tokens`` when given, else ``DEFAULT_REPLY_WORDS``), plus the ``reasoning_tokens``
-  option for reasoning models (``o1``/``o3``/``o4``/``gpt-5`` prefixes);
+  ``max_output_tokens`` when given, else the ``reply_words`` option, ``DEFAULT_REPLY_WORDS`` by default), plus
+  the ``reasoning_tokens`` option for reasoning models (``o1``/``o3``/``o4``/``gpt-5`` prefixes); a chat reply
+  says the ``service_tier`` asked for when it is "priority" or "flex";
 - cached input tokens: the ``cached_tokens`` option, capped by the input count (chat and Responses); cache writes:
   the ``cache_write_tokens`` option, capped by the uncached rest;
 - image and audio input parts (chat ``image_url`` / ``input_audio``, Responses ``input_image``): ``IMAGE_TOKENS`` and
@@ -159,8 +160,10 @@ class StubServer(LocalHTTPServer):
         usage_cost: float | None = None,
         cost_header: str | None = None,
         refuse_after: int | None = None,
+        reply_words: int = DEFAULT_REPLY_WORDS,
     ) -> None:
         super().__init__(host, port)
+        self.reply_words = reply_words  # a reply's words when the request sets no length limit (long answers)
         self.refuse_after = refuse_after  # stop listening after this many requests: later ones are refused
         self.cached_tokens = cached_tokens
         self.cache_write_tokens = cache_write_tokens
@@ -311,7 +314,7 @@ class _Call:
             pieces = _WORD_PIECES.findall(text.strip())
             return pieces[:limit] if limit else pieces
         vocabulary = _REPLY_TEXT.split()
-        words = [vocabulary[i % len(vocabulary)] for i in range(limit or DEFAULT_REPLY_WORDS)]
+        words = [vocabulary[i % len(vocabulary)] for i in range(limit or self.stub.reply_words)]
         return words[:1] + [" " + word for word in words[1:]]
 
     def usage(
@@ -402,7 +405,10 @@ def _chat(call: _Call) -> _Reply:
     payload = call.report(usage, shapes.chat_usage) if call.reports_usage else None
     if not call.stream:
         replies = ["".join(words)] * n
-        return _Reply(body=shapes.chat_completion(call.response_model, replies, payload, tool_call, spoken))
+        body = shapes.chat_completion(call.response_model, replies, payload, tool_call, spoken)
+        if call.body.get("service_tier") in ("priority", "flex"):  # served at the tier asked for, as OpenAI says
+            body["service_tier"] = call.body["service_tier"]
+        return _Reply(body=body)
     chunks = shapes.chat_chunks(call.response_model, words, n, payload, call.include_usage, tool_call)
     return _stream([shapes.sse(chunk) for chunk in chunks] + [shapes.sse("[DONE]")], call)
 

@@ -1,0 +1,152 @@
+"""The most a call can cost, from what its request says: what the budget guard reserves before the call.
+
+- Input: the request's token bound (UTF-8 bytes), every token at the dearest input rate the model has: plain, cache
+  write (any input may be written to the prompt cache; 1-hour writes where priced), audio or image input.
+- Output: the request's cap, else the model's maximum output from the bundled data (LiteLLM's table), else
+  ``[guard] max_output_tokens`` — an assumption — each token at the dearest output rate (text, audio, image).
+- Service tier: the one the request asks for; one that names none, or "auto", is priced at
+  ``[guard] auto_service_tier`` (OpenAI bills "auto" at the project's default tier).
+- Tools the provider runs within the request (web and file search, code interpreter, MCP): up to ``max_tool_calls``
+  calls (the request's, else ``[guard] max_tool_calls`` — an assumption), each billed at the dearest such tool's
+  per-call price, and each adding a model turn that reads the input, the output so far and every tool result again
+  (``[guard] tool_result_tokens`` per result — an assumption).
+- A model without a price: ``[guard] unpriced`` = "admit" (no bound), "block" (refused), or "upper-bound": the
+  dearest known model of its provider and family (:func:`~spendwatch.instrumentation.pricing.limits.model_family`),
+  an assumption.
+
+What a bound assumes is returned with it in words, for the refusal and ``spendwatch status`` to say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spendwatch.exporter.guard_rules import GuardConfig
+from spendwatch.instrumentation.admission import CallRequest
+from spendwatch.instrumentation.errors import BudgetExceededError
+from spendwatch.instrumentation.pricing import Price, PriceTable
+from spendwatch.instrumentation.pricing.limits import family_models, max_output_tokens, model_family
+
+__all__ = ["WorstCase", "assumption_notes", "worst_case"]
+
+UNPRICED_BUDGET = "unpriced"  # the budget label of a refusal by [guard] unpriced = "block"
+
+
+@dataclass(frozen=True, slots=True)
+class WorstCase:
+    usd: float
+    assumptions: tuple[str, ...] = ()  # what the bound rests on beyond the request and the bundled data, in words
+    assumed_price: Price | None = None  # the upper-bound price a model without one is charged at
+
+
+def worst_case(request: CallRequest, prices: PriceTable, config: GuardConfig) -> WorstCase:
+    provider = request.price_provider or request.provider
+    tier = config.auto_service_tier if request.service_tier in (None, "auto") else request.service_tier
+    price = prices.lookup(request.model, provider=provider, service_tier=tier)
+    if price is not None:
+        output, output_assumed = _output_bound(request, request.model, provider, config)
+        usd, tools_assumed = _bound(price, request, output, config)
+        return WorstCase(usd, output_assumed + tools_assumed)
+    if config.unpriced == "block":
+        reason = f"has no price for model {request.model!r} and [guard] unpriced = 'block'"
+        raise BudgetExceededError(UNPRICED_BUDGET, "day", 0.0, 0.0, 0.0, reason=reason)
+    if config.unpriced == "admit":
+        return WorstCase(0.0, (f"{request.model!r} has no price and is not bounded ([guard] unpriced = 'admit')",))
+    return _upper_bound(request, prices, provider, tier, config)
+
+
+def _output_bound(request: CallRequest, model: str, provider: str, config: GuardConfig) -> tuple[int, tuple]:
+    if request.max_output_tokens is not None:
+        return request.max_output_tokens, ()
+    known = max_output_tokens(model, provider)
+    if known is not None:
+        return known, ()
+    assumed = f"output up to [guard] max_output_tokens = {config.max_output_tokens} (no cap in the request"
+    return config.max_output_tokens, (f"{assumed}, no maximum for {model!r} in the bundled data)",)
+
+
+def _bound(price: Price, request: CallRequest, output: int, config: GuardConfig) -> tuple[float, tuple]:
+    """The call's worst case at ``price``, and what its tool bound assumes."""
+    if not (request.server_tools or request.tool_units):
+        return _tokens_bound(price, request.input_tokens, output, request.cache_write_possible), ()
+    calls, assumed = request.max_tool_calls, ()
+    if calls is None:
+        calls = config.max_tool_calls
+        assumed = (f"up to [guard] max_tool_calls = {calls} tool calls (the request sets no max_tool_calls)",)
+    assumed += (f"[guard] tool_result_tokens = {config.tool_result_tokens} input tokens per tool result",)
+    # Turn k (0..calls) reads the input, at most the whole output so far and the k tool results before it.
+    turns = calls + 1
+    input_tokens = turns * (request.input_tokens + output) + config.tool_result_tokens * calls * turns // 2
+    usd = _tokens_bound(price, input_tokens, output, request.cache_write_possible)
+    fees = (_unit_cost(price, unit, calls) for unit in request.tool_units)
+    return usd + max(fees, default=0.0), assumed
+
+
+def _tokens_bound(price: Price, input_tokens: int, output_tokens: int, cache_write_possible: bool) -> float:
+    """Every input token at the dearest input rate, every output token at the dearest output rate. Price.cost is
+    linear in each count once the input size has chosen the tier, so the two maxima add up."""
+    inputs = [
+        price.cost(input_tokens, 0),
+        price.cost(input_tokens, 0, input_audio_tokens=input_tokens),
+        price.cost(input_tokens, 0, input_image_tokens=input_tokens),
+    ]
+    if cache_write_possible:
+        inputs.append(price.cost(input_tokens, 0, 0, input_tokens))
+        inputs.append(price.cost(input_tokens, 0, 0, input_tokens, units={"cache_write_1h_tokens": input_tokens}))
+    text_input = inputs[0]
+    outputs = (
+        price.cost(input_tokens, output_tokens),
+        price.cost(input_tokens, output_tokens, output_audio_tokens=output_tokens),
+        price.cost(input_tokens, output_tokens, output_image_tokens=output_tokens),
+        price.cost(input_tokens, output_tokens, reasoning_tokens=output_tokens),
+    )
+    return max(inputs) + max(outputs) - text_input
+
+
+def _unit_cost(price: Price, unit: str, count: int) -> float:
+    """What ``count`` of ``unit`` add to a call (cost() counts the call's own per-request charge already)."""
+    return price.cost(0, 0, units={unit: count}) - price.cost(0, 0)
+
+
+def _upper_bound(
+    request: CallRequest, prices: PriceTable, provider: str, tier: str | None, config: GuardConfig
+) -> WorstCase:
+    """An unknown model priced as the dearest known model of its provider and family (of its provider when the
+    family has none): the worst case of this request at each of their prices, the largest kept."""
+    family = model_family(request.model)
+    candidates = family_models(provider, family) or family_models(provider, "")
+    best, best_model = None, None
+    for owner, model in candidates:
+        price = prices.lookup(model, provider=owner, service_tier=tier)
+        if price is None:
+            continue
+        output, _ = _output_bound(request, request.model, provider, config)
+        if request.max_output_tokens is None and max_output_tokens(request.model, provider) is None:
+            output = max_output_tokens(model, owner) or config.max_output_tokens
+        usd, tools_assumed = _bound(price, request, output, config)
+        if best is None or usd > best.usd:
+            best, best_model = WorstCase(usd, tools_assumed, price), model
+    if best is None:
+        reason = f"has no price for model {request.model!r} nor for any model of provider {provider!r}"
+        raise BudgetExceededError(UNPRICED_BUDGET, "day", 0.0, 0.0, 0.0, reason=reason)
+    what = f"the dearest {family!r} model of {provider}" if family else f"the dearest model of {provider}"
+    priced_as = f"{request.model!r} has no price: priced as {best_model!r}, {what} ([guard] unpriced = 'upper-bound')"
+    return WorstCase(best.usd, (priced_as, *best.assumptions), best.assumed_price)
+
+
+def assumption_notes(config: GuardConfig) -> list[str]:
+    """Where the guard's worst cases rest on an assumption under ``config``, in words (for ``spendwatch status``)."""
+    notes = [
+        f"a call with no output cap, to a model the bundled data has no maximum output for, is bounded at "
+        f"[guard] max_output_tokens = {config.max_output_tokens}",
+        f"a call that lets the provider run tools (web or file search, code interpreter, MCP) and sets no "
+        f"max_tool_calls is bounded at [guard] max_tool_calls = {config.max_tool_calls}, each result at "
+        f"[guard] tool_result_tokens = {config.tool_result_tokens} tokens",
+        f"a call that names no service tier, or 'auto', is priced at the {config.auto_service_tier!r} tier "
+        "([guard] auto_service_tier: set 'priority' if your project defaults to priority processing)",
+    ]
+    if config.unpriced == "upper-bound":
+        notes.append("a model without a price is bounded at the dearest known model of its provider and family")
+    elif config.unpriced == "admit":
+        notes.append("a model without a price is not bounded at all ([guard] unpriced = 'admit')")
+    return notes
