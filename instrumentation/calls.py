@@ -28,6 +28,8 @@ from spendwatch.instrumentation.semconv_metrics import SemconvMetrics
 __all__ = [
     "CALL_ATTRIBUTES_KEY",
     "CATEGORY_BAGGAGE_KEY",
+    "NOT_BILLED",
+    "PROVIDER",
     "REPORTED",
     "Call",
     "CategoryTokens",
@@ -146,6 +148,7 @@ class Usage:
 
 
 REPORTED = "reported"
+PROVIDER = "provider"  # the price source of a call whose cost the provider reported (usage.provider_cost_usd)
 
 
 class CallRecorder:
@@ -273,7 +276,7 @@ class Call:
         elif error is not None:
             # A request the provider refused produced nothing to bill: known to cost nothing, not unpriced.
             record.cost_usd = 0.0
-            record.pricing = NOT_BILLED
+            record.pricing = attributes["spendwatch.pricing"] = NOT_BILLED
         if error is not None:
             record.outcome = "error"
             record.error_type = _error_type(error)
@@ -314,36 +317,68 @@ def _apply_usage(
     if response_model:
         response_model = storable(response_model)
         attributes["gen_ai.response.model"] = record.response_model = response_model
-    tier = usage.service_tier
+    tier, batch = usage.service_tier, False
     if tier == "default":  # what every response says unless the caller picked a tier: nothing to tell
         tier = None
     elif tier:
-        attributes["openai.response.service_tier"] = storable(tier)
+        attributes["openai.response.service_tier"] = record.service_tier = tier = storable(tier)
+        if tier == "batch":  # the Batch API's discount is not a service tier in the price data
+            tier, batch = None, True
     input_tokens, output_tokens, estimated = usage.input_tokens, usage.output_tokens, usage.estimated
-    if input_tokens < usage.cache_read_tokens or output_tokens < usage.reasoning_tokens:
-        # A whole below its own part (a proxy's inconsistent usage, a caller's set_tokens): raised to the part and
+    cache_read, cache_write = usage.cache_read_tokens, usage.cache_write_tokens
+    least_input, least_output = cache_read, usage.reasoning_tokens
+    units = usage.units
+    subsets = (
+        cache_write
+        or usage.input_audio_tokens
+        or usage.output_audio_tokens
+        or usage.input_image_tokens
+        or usage.output_image_tokens
+        or units
+    )
+    if subsets:  # rare: most calls bill text tokens only
+        least_input, least_output, cache_write, raised = _apply_subsets(record, usage, attributes)
+        estimated = estimated or raised
+    if input_tokens < least_input or output_tokens < least_output:
+        # A whole below its own parts (a proxy's inconsistent usage, a caller's set_tokens): raised to the parts and
         # flagged, so the call is never undercounted and never priced below zero.
-        input_tokens, output_tokens = (
-            max(input_tokens, usage.cache_read_tokens),
-            max(output_tokens, usage.reasoning_tokens),
-        )
+        input_tokens, output_tokens = max(input_tokens, least_input), max(output_tokens, least_output)
         estimated = True
     record.input_tokens = attributes["gen_ai.usage.input_tokens"] = input_tokens
     record.output_tokens = attributes["gen_ai.usage.output_tokens"] = output_tokens
-    if usage.cache_read_tokens:
-        record.cache_read_tokens = attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
+    if cache_read:
+        record.cache_read_tokens = attributes["gen_ai.usage.cache_read.input_tokens"] = cache_read
     if usage.reasoning_tokens:
         record.reasoning_tokens = attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
     record.estimated = attributes["spendwatch.cost.estimated"] = estimated
     record.calls, record.failed_calls = usage.calls, usage.failed_calls
+    cost_source = "local"
     if usage.reported_cost_usd is not None:
         cost, source = usage.reported_cost_usd, REPORTED
+    elif usage.provider_cost_usd is not None:  # what the provider says it charged beats any price list
+        cost, source = usage.provider_cost_usd, PROVIDER
+        cost_source = PROVIDER
     else:
-        price = prices.lookup_call(response_model, record.request_model, price_provider, tier)
+        price = prices.lookup_call(response_model, record.request_model, price_provider, tier, batch)
         if price is None:
             attributes["spendwatch.pricing"] = "unpriced"
             return
-        cost, source = price.cost(input_tokens, output_tokens, usage.cache_read_tokens), price.source
+        if subsets:
+            cost = price.cost(
+                input_tokens,
+                output_tokens,
+                cache_read,
+                cache_write,
+                input_audio_tokens=usage.input_audio_tokens,
+                output_audio_tokens=usage.output_audio_tokens,
+                input_image_tokens=usage.input_image_tokens,
+                output_image_tokens=usage.output_image_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                units=units,
+            )
+        else:
+            cost = price.cost(input_tokens, output_tokens, cache_read, reasoning_tokens=usage.reasoning_tokens)
+        source = price.source
     record.cost_usd = cost
     record.pricing = source
     # The span shows the cost as pricing.rounded_usd does (inlined: this is the hot path); the record keeps it raw.
@@ -351,8 +386,42 @@ def _apply_usage(
     attributes["gen_ai.usage.cost"] = shown
     attributes["gen_ai.usage.cost.amount"] = shown
     attributes["gen_ai.usage.cost.currency"] = "USD"
-    attributes["gen_ai.usage.cost.source"] = "local"
+    attributes["gen_ai.usage.cost.source"] = cost_source
     attributes["spendwatch.pricing"] = source
+
+
+def _apply_subsets(record: records.UsageRecord, usage: Usage, attributes: dict) -> tuple[int, int, int, bool]:
+    """Copy the parts billed at their own rates (besides cache reads and reasoning) and the other billed units into
+    the record and the span. Returns the least input and output that hold those parts, the cache writes (raised to
+    the part of them held for an hour, flagged by the last value when it was)."""
+    cache_write, raised = usage.cache_write_tokens, False
+    units = usage.units
+    if units:
+        record.units = dict(units)
+        for name, quantity in units.items():
+            attributes[f"spendwatch.usage.{name}"] = _count(quantity)
+        one_hour = units.get("cache_write_1h_tokens", 0)
+        if cache_write < one_hour:
+            cache_write, raised = _count(one_hour), True
+    if cache_write:
+        record.cache_write_tokens = attributes["gen_ai.usage.cache_write.input_tokens"] = cache_write
+    if usage.input_audio_tokens:
+        record.input_audio_tokens = attributes["gen_ai.usage.audio.input_tokens"] = usage.input_audio_tokens
+    if usage.output_audio_tokens:
+        record.output_audio_tokens = attributes["gen_ai.usage.audio.output_tokens"] = usage.output_audio_tokens
+    if usage.input_image_tokens:
+        record.input_image_tokens = attributes["gen_ai.usage.image.input_tokens"] = usage.input_image_tokens
+    if usage.output_image_tokens:
+        record.output_image_tokens = attributes["gen_ai.usage.image.output_tokens"] = usage.output_image_tokens
+    # Cache reads and writes are disjoint parts of the input, and so are its audio and its image tokens.
+    least_input = max(usage.cache_read_tokens + cache_write, usage.input_audio_tokens + usage.input_image_tokens)
+    least_output = max(usage.reasoning_tokens, usage.output_audio_tokens + usage.output_image_tokens)
+    return least_input, least_output, cache_write, raised
+
+
+def _count(quantity: float) -> int | float:
+    """A billed quantity as the span shows it: an int, unless it has a fraction (seconds of audio)."""
+    return int(quantity) if float(quantity).is_integer() else quantity
 
 
 def _settle(ticket: Ticket, record: records.UsageRecord) -> None:
