@@ -9,7 +9,8 @@ Point the real ``anthropic`` SDK at it::
 It serves ``POST /v1/messages`` (JSON, or the server-sent event stream with ``"stream": true``: ``message_start``,
 ``content_block_*``, ``ping``, ``message_delta``, ``message_stop``), ``POST /v1/messages/count_tokens``, Message
 Batches (``POST /v1/messages/batches``, ``GET .../{id}`` and ``GET .../{id}/results``: a batch has ended as soon as it
-is made), and Vertex AI's ``…/models/{model}:rawPredict`` / ``:streamRawPredict`` with the same bodies. Usage is a
+is made), Vertex AI's ``…/models/{model}:rawPredict`` / ``:streamRawPredict`` and Bedrock's ``/model/{model}/invoke``
+with the same bodies. Usage is a
 pure function of the request, one token per word: input is the words of ``system`` and every message plus 3 per
 message (Anthropic's ``input_tokens`` leaves out the cache reads and writes the stub's options add); output is the
 reply's words (``max_tokens`` at most, ``DEFAULT_REPLY_WORDS`` otherwise). ``ReportedUsage`` logs each answer.
@@ -26,6 +27,7 @@ import itertools
 import json
 import re
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -46,6 +48,7 @@ SPECIAL_MODELS = {
 }
 _REPLY = "This is a test reply from the spendwatch Anthropic stub and it counts one token for every word"
 _VERTEX_ROUTE = re.compile(r"/models/(?P<model>[^/:]+):(?P<method>rawPredict|streamRawPredict)$")
+_BEDROCK_ROUTE = re.compile(r"^/model/(?P<model>[^/]+)/invoke$")
 _BATCH_ROUTE = re.compile(r"^/v1/messages/batches/(?P<id>[^/]+)(?P<results>/results)?$")
 _ids = itertools.count(1)
 
@@ -166,11 +169,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.stub._record_request("POST", path, self.headers, body)
         if not isinstance(body, dict):
             return self._error(400, "invalid_request_error", "The request body is not valid JSON.")
-        vertex = _VERTEX_ROUTE.search(path)
+        vertex, bedrock = _VERTEX_ROUTE.search(path), _BEDROCK_ROUTE.match(path)
         if path == "/v1/messages":
             return self._messages(body, str(body.get("model", "")), bool(body.get("stream")))
         if vertex:
             return self._messages(body, vertex["model"], vertex["method"] == "streamRawPredict")
+        if bedrock:  # Bedrock's InvokeModel (its stream is AWS's binary event stream, not served here)
+            return self._messages(body, urllib.parse.unquote(bedrock["model"]), stream=False)
         if path == "/v1/messages/count_tokens":
             return self._json({"input_tokens": _input_tokens(body)})
         if path == "/v1/messages/batches":
@@ -370,9 +375,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (the default)")
     parser.add_argument("--cache-read-tokens", type=int, default=0)
     parser.add_argument("--cache-write-tokens", type=int, default=0)
+    parser.add_argument("--cache-write-1h-tokens", type=int, default=0, help="of the cache writes, held an hour")
+    parser.add_argument("--web-search-requests", type=int, default=0)
+    parser.add_argument("--service-tier", default="standard")
     args = parser.parse_args(argv)
     stub = AnthropicStub(
-        args.host, args.port, cache_read_tokens=args.cache_read_tokens, cache_write_tokens=args.cache_write_tokens
+        args.host,
+        args.port,
+        cache_read_tokens=args.cache_read_tokens,
+        cache_write_tokens=args.cache_write_tokens,
+        cache_write_1h_tokens=args.cache_write_1h_tokens,
+        web_search_requests=args.web_search_requests,
+        service_tier=args.service_tier,
     )
     stub.start()
     print(stub.origin, flush=True)
