@@ -7,8 +7,9 @@ Usage::
     OpenAIInstrumentor().instrument()  # or: opentelemetry-instrument python app.py
 
 Covers chat completions (``create``/``parse``, streaming), the Responses API, embeddings and legacy completions,
-sync and async, ``with_raw_response`` and Azure clients. Prompts and completions are recorded only with
-``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``. Prices come from bundled data plus
+images, audio (speech, transcriptions, translations) and moderations, sync and async, ``with_raw_response`` and
+Azure clients; each retried attempt the provider may have billed is counted too. Prompts and completions are
+recorded only with ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``. Prices come from bundled data plus
 ``SPENDWATCH_PRICES_FILE`` (``spendwatch.configure()`` later hands over its own table, which also honours a config
 file's ``prices_file``); a model without a price is marked ``spendwatch.pricing="unpriced"``, never costed at $0.
 """
@@ -59,7 +60,7 @@ class OpenAIInstrumentor(BaseInstrumentor):
         self._on_import = PatchOnImport("openai", self._patch)
 
     def _patch(self, _openai) -> None:
-        from spendwatch.instrumentation.openai_sdk import patch
+        from spendwatch.instrumentation.openai_sdk import attempts, patch
 
         recorder, capture = self._recorder, self._capture
         for module_name, class_name, method, kind, operation, is_async in patch.TARGETS:
@@ -75,6 +76,12 @@ class OpenAIInstrumentor(BaseInstrumentor):
                 continue
             wrap_function_wrapper(owner, "close", patch.async_helper_close if is_async else patch.helper_close)
             self._wrapped_targets.append((owner, "close"))
+        for module_name, class_name, is_async in attempts.RETRY_TARGETS:
+            owner = getattr(_import_or_none(module_name), class_name, None)
+            if owner is None or not hasattr(owner, "_sleep_for_retry"):
+                continue  # an SDK that retries some other way: only its last attempt is counted
+            wrap_function_wrapper(owner, "_sleep_for_retry", attempts.async_retrying if is_async else attempts.retrying)
+            self._wrapped_targets.append((owner, "_sleep_for_retry"))
 
     def _uninstrument(self, **kwargs):
         if getattr(self, "_on_import", None) is not None:

@@ -13,9 +13,9 @@ from openai import APIConnectionError, APIStatusError
 from openai import _base_client as openai_base_client
 
 from spendwatch.instrumentation.calls import Call, Usage
-from spendwatch.instrumentation.openai_sdk.usage import usage_from_request, usage_from_result
+from spendwatch.instrumentation.openai_sdk.media import request_usage, result_usage
 
-__all__ = ["end_failed"]
+__all__ = ["attempt_usage", "end_failed"]
 
 _logger = logging.getLogger(__name__)
 
@@ -35,15 +35,23 @@ def _billed_usage(kind: str, error: BaseException, kwargs: dict, sent: bool) -> 
 
     ``parse()``'s ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` carry the billed completion
     (openai 3.x). Otherwise a call that may have reached the provider is counted from the request's input and flagged
-    as estimated: a timeout, a lost connection, a cancelled task, an answer the SDK could not read. Only the SDK's
-    last attempt is looked at (it retries twice by default).
+    as estimated: a timeout, a lost connection, a cancelled task, an answer the SDK could not read. This is the SDK's
+    last attempt; the earlier ones are counted as they fail (``attempts``).
     """
     completion = getattr(error, "completion", None)
     if completion is not None:
-        return usage_from_result(kind, completion, kwargs)
+        return result_usage(kind, completion, kwargs)
     if not sent and _cannot_be_billed(error):
         return None
-    return usage_from_request(kwargs)
+    return request_usage(kind, kwargs)
+
+
+def attempt_usage(kind: str, error: BaseException, kwargs: dict) -> Usage | None:
+    """What one failed attempt of a request the SDK retries may have been billed for: ``error`` is the HTTP
+    library's own (the SDK wraps only the last attempt's). None when the request was not all sent."""
+    if type(error).__name__ not in _LOST_IN_FLIGHT:
+        return None
+    return request_usage(kind, kwargs)
 
 
 # The HTTP library's errors (httpx and httpx2 name them alike) that come after the whole request was sent.

@@ -117,7 +117,7 @@ def _start(recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, 
         requested = _request_attributes(kwargs, capture)
         if requested:
             attributes = {**attributes, **requested}
-        call = recorder.start(operation, provider, model, attributes, None)  # H2a: price_provider once H1 lands
+        call = recorder.start(operation, provider, model, attributes, price_provider)
         call.activate()
         return call
     except Exception:  # noqa: BLE001

@@ -17,8 +17,8 @@ from wrapt import ObjectProxy
 from spendwatch.instrumentation.background import start_background_thread
 from spendwatch.instrumentation.calls import Call
 from spendwatch.instrumentation.openai_sdk.failures import end_failed
-from spendwatch.instrumentation.openai_sdk.streams import AsyncStreamProxy, SyncStreamProxy, new_stream_state, queue_end
-from spendwatch.instrumentation.openai_sdk.usage import usage_from_request, usage_from_result
+from spendwatch.instrumentation.openai_sdk.media import raw_usage, request_usage, stream_state
+from spendwatch.instrumentation.openai_sdk.streams import AsyncStreamProxy, SyncStreamProxy, queue_end
 
 __all__ = [
     "AsyncStreamedResponseProxy",
@@ -42,7 +42,7 @@ def finish_raw(call: Call, kind: str, raw: LegacyAPIResponse, kwargs: dict) -> A
     except Exception as error:  # noqa: BLE001 - the caller's own parse() raises it: the call failed, maybe billed
         end_failed(call, error, kind, kwargs, sent=True)
         return raw
-    call.succeed(usage_from_result(kind, parsed, kwargs))
+    call.succeed(raw_usage(kind, parsed, kwargs, raw.headers))
     return raw
 
 
@@ -64,15 +64,16 @@ class _UnparsedResponseProxy(ObjectProxy):
         if self._self_stream is None and call is not None:
             try:
                 if isinstance(parsed, Stream | AsyncStream):
-                    state = new_stream_state(self._self_kind, self._self_kwargs)
+                    state = stream_state(self._self_kind, self._self_kwargs)
                     proxy_type = AsyncStreamProxy if isinstance(parsed, AsyncStream) else SyncStreamProxy
                     self._self_stream, self._self_call = proxy_type(parsed, call, state), None
                 else:
                     self._self_call = None
-                    call.succeed(usage_from_result(self._self_kind, parsed, self._self_kwargs))
+                    headers = self.__wrapped__.headers
+                    call.succeed(raw_usage(self._self_kind, parsed, self._self_kwargs, headers))
             except Exception:  # noqa: BLE001
                 _logger.debug("spendwatch: could not read a parsed response", exc_info=True)
-                end_unread(call, self._self_kwargs)  # counted from the request, as patch._finish does
+                end_unread(call, self._self_kind, self._self_kwargs)  # counted from the request, as patch._finish does
         return self._self_stream if self._self_stream is not None else parsed
 
     def _self_fail(self, error: BaseException) -> None:
@@ -91,7 +92,7 @@ class _UnparsedResponseProxy(ObjectProxy):
     def _self_end_unparsed(self) -> None:
         call, self._self_call = self._self_call, None
         if call is not None:
-            end_unread(call, self._self_kwargs)
+            end_unread(call, self._self_kind, self._self_kwargs)
 
     def __del__(self) -> None:
         # Never parsed, so never read: all we know is what the request carried. Ended later, as a finaliser must not
@@ -99,7 +100,7 @@ class _UnparsedResponseProxy(ObjectProxy):
         with contextlib.suppress(Exception):  # a finaliser must stay silent
             call, self._self_call = self._self_call, None
             if call is not None:
-                queue_end(lambda kwargs=self._self_kwargs: end_unread(call, kwargs))
+                queue_end(lambda kind=self._self_kind, kwargs=self._self_kwargs: end_unread(call, kind, kwargs))
 
 
 class RawStreamResponseProxy(_UnparsedResponseProxy):
@@ -134,9 +135,10 @@ class AsyncStreamedResponseProxy(_UnparsedResponseProxy):
             self._self_end_unparsed()
 
 
-def end_unread(call: Call, kwargs: dict) -> None:
-    """End ``call`` from the request alone (its answer was never read); never raises."""
+def end_unread(call: Call, kind: str, kwargs: dict) -> None:
+    """End ``call`` from the request alone (its answer was never read, e.g. speech streamed to a file); never
+    raises."""
     try:
-        call.succeed(usage_from_request(kwargs))
+        call.succeed(request_usage(kind, kwargs))
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record an unread call", exc_info=True)
