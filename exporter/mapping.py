@@ -63,12 +63,18 @@ OTHER_CATEGORY = "other"
 # Long enough for any real model or budget name; short enough that a hostile one cannot bloat every scrape.
 MAX_LABEL_LENGTH = 200
 
-# llm_tokens_total's `type` label -> the ledger totals column it reads.
+# llm_tokens_total's `type` label -> the ledger totals column it reads. Every type but input and output is a subset of
+# one of them (DESIGN.md), so a dashboard never adds them on top.
 TOKEN_TYPES = {
     "input": "input_tokens",
     "output": "output_tokens",
     "cache_read": "cache_read_tokens",
+    "cache_write": "cache_write_tokens",
     "reasoning": "reasoning_tokens",
+    "input_audio": "input_audio_tokens",
+    "output_audio": "output_audio_tokens",
+    "input_image": "input_image_tokens",
+    "output_image": "output_image_tokens",
 }
 # llm_requests_total's `outcome` label; the ledger totals column has the same name.
 OUTCOMES = ("success", "error", "blocked")

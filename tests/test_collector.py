@@ -138,6 +138,23 @@ def test_counters_sum_the_ledger_totals_per_series(ledger, registry):
     assert outcomes == {"success": 1, "error": 1, "blocked": 1}
 
 
+def test_cache_writes_and_audio_and_image_tokens_are_token_types_of_their_own(ledger, registry):
+    parts = {
+        "cache_write_tokens": 70,
+        "input_audio_tokens": 20,
+        "output_audio_tokens": 15,
+        "input_image_tokens": 30,
+        "output_image_tokens": 5,
+    }
+    ingest(ledger, call(input_tokens=100, output_tokens=40, cost_usd=0.5, **parts), call(cache_write_tokens=1))
+    SpendCollector(ledger, registry=registry)
+    families = scrape(registry)
+    series = {"provider": "openai", "model": "gpt-4o-mini", "operation": "chat", "category": "other"}
+    kinds = ("cache_write", "input_audio", "output_audio", "input_image", "output_image")
+    found = {kind: value(families, "llm_tokens_total", **series, type=kind) for kind in kinds}
+    assert found == {"cache_write": 71, "input_audio": 20, "output_audio": 15, "input_image": 30, "output_image": 5}
+
+
 def test_unconfigured_and_missing_categories_become_other_and_are_summed(ledger, registry):
     ingest(
         ledger,

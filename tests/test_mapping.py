@@ -153,5 +153,15 @@ def test_metric_names_are_the_design_contract():
         "spendwatch_ledger_errors_total",
         "spendwatch_pricing_data_timestamp_seconds",
     ]
-    assert list(m.TOKEN_TYPES) == ["input", "output", "cache_read", "reasoning"]
+    assert list(m.TOKEN_TYPES) == [
+        "input",
+        "output",
+        "cache_read",
+        "cache_write",
+        "reasoning",
+        "input_audio",
+        "output_audio",
+        "input_image",
+        "output_image",
+    ]
     assert m.OUTCOMES == ("success", "error", "blocked")
