@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import botocore.exceptions
 import genai_prices
@@ -14,6 +18,7 @@ from spendwatch.instrumentation import admission
 from spendwatch.instrumentation.errors import BudgetExceededError
 from tests.bedrock import *  # noqa: F403
 from tests.bedrock import ACCESS_KEY, CACHE_READ, CACHE_WRITE, SECRET_KEY, SESSION_TOKEN, bedrock_client
+from tests.test_auto_instrumentation import console_spans, ledger_in
 
 MESSAGES = [{"role": "user", "content": [{"text": "Say this is a test"}]}]
 CACHED_MESSAGES = [{"role": "user", "content": [{"text": "Say this is a test"}, {"cachePoint": {"type": "default"}}]}]
@@ -352,3 +357,46 @@ def test_instrument_uninstrument_instrument_gives_one_span_per_call(
 
     the_span(span_exporter)
     assert len(sink.records) == 1
+
+
+# --- opentelemetry-instrument ------------------------------------------------------------------------------------
+
+APP = """
+import os, boto3
+client = boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=os.environ["BEDROCK_STUB_URL"])
+stream = client.converse_stream(
+    modelId="us.anthropic.claude-3-5-sonnet-20240620-v1:0",
+    messages=[{"role": "user", "content": [{"text": "Say this is a test"}]}],
+)["stream"]
+deltas = [event["contentBlockDelta"]["delta"]["text"] for event in stream if "contentBlockDelta" in event]
+print("APP-RESULT", "".join(deltas))
+"""
+
+
+def test_opentelemetry_instrument_counts_a_bedrock_call(tmp_path, bedrock_stub):
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    environment = {
+        **os.environ,
+        "BEDROCK_STUB_URL": bedrock_stub.url,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_SESSION_TOKEN": SESSION_TOKEN,
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "SPENDWATCH_LEDGER": str(tmp_path / "ledger.db"),
+        "SPENDWATCH_METRICS_ADDRESS": "off",
+    }
+    command = [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable, str(app)]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "APP-RESULT This is a test reply" in result.stdout
+    (span,) = [span for span in console_spans(result.stdout) if span["name"] == f"chat {CONVERSE_MODEL}"]
+    assert span["kind"] == "SpanKind.CLIENT"
+    assert span["attributes"]["gen_ai.usage.input_tokens"] == STUB_INPUT
+    assert span["attributes"]["gen_ai.usage.cost"] == pytest.approx(expected_cost(CONVERSE_MODEL, STUB_INPUT, 12))
+    assert ledger_in(tmp_path).call_count() == 1
+    for secret in (SECRET_KEY, SESSION_TOKEN):
+        assert secret not in result.stdout + result.stderr
