@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date
+from datetime import UTC, date, datetime
 
+import genai_prices
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -205,3 +206,27 @@ def test_the_cli_reprices_with_a_prices_file(filled, ledger_location, tmp_path):
     assert result.stdout.startswith("re-priced 2 of 2 successful gpt-4o-mini calls from 2026-11-26 to 2026-11-27")
     assert costs(filled)["mini:27"] == pytest.approx(CORRECTED_COST)
     assert verify(filled).intact
+
+
+def test_every_unit_the_row_keeps_is_repriced_at_the_calls_tier(ledger):
+    # Written priced as plain input at the standard tier (what spendwatch did before it priced cache writes, tools
+    # and tiers): the re-pricing recomputes from the row's cache writes, web searches and priority tier.
+    parts = {"cache_write_tokens": 40_000, "units": {"web_search_calls": 3}, "service_tier": "priority"}
+    call = usage("gpt-5.6-sol", cost=0.05, input_tokens=60_000, output_tokens=900, cache_read_tokens=0, **parts)
+    provider_cost = usage("gpt-5.6-sol", cost=0.5, pricing="provider")
+    ledger.ingest([LedgerEntry("sol:27", call), LedgerEntry("sol:27-provider", provider_cost)])
+
+    result = reprice(ledger, "gpt-5.6-sol", NOV_27, NOV_27)
+
+    when = datetime.fromtimestamp(NOON_2026_11_27, UTC)
+    counts = {"input_tokens": 60_000, "output_tokens": 900, "cache_write_tokens": 40_000, "web_searches": 3}
+    expected = genai_prices.calc_price(
+        genai_prices.Usage(**counts),
+        "gpt-5.6-sol",
+        provider_id="openai",
+        genai_request_timestamp=when,
+        price_context={"service_tier": "priority"},
+    )
+    assert (result.matched, result.repriced) == (1, 1)
+    assert costs(ledger) == {"sol:27": pytest.approx(float(expected.total_price), rel=1e-12), "sol:27-provider": 0.5}
+    assert_totals_equal_a_scan_of_calls(ledger)

@@ -6,11 +6,12 @@ Usage::
                      overrides=load_overrides("corrected-prices.toml"))
 
 Which calls: successful calls whose request or response model is ``model``, on the local days ``since`` to ``until``
-(both included: the ledger's ``day`` column), except costs the provider reported itself. Each is priced the way the
-instrumentation prices a call (:meth:`PriceTable.lookup_call`: an override for either model name, then the bundled
-data for the response model, then for the request model, for its provider), at the price in force on the call's own
-date. The ledger keeps no service tier or batch flag, so a flex, priority or Batch API call is re-priced at the
-standard price. A call the corrected table does not price is left as it was.
+(both included: the ledger's ``day`` column), except costs the caller or the provider reported. Each is priced the
+way the instrumentation prices a call (:meth:`PriceTable.lookup_call`: an override for either model name, then the
+bundled data for the response model, then for the request model, for its provider), at the price in force on the
+call's own date and at its service tier (a Batch API call at the batch price), from every unit the calls row keeps
+(cache reads and writes, audio and image tokens, reasoning, and the other units: web searches, requests...). A call
+the corrected table does not price is left as it was.
 
 All in one transaction that holds the audit chain's head: for each call whose cost or price source changes, a
 ``repricings`` row keeps the old and new cost and source, the ``calls`` row takes the new ones, and ``totals`` and
@@ -24,6 +25,7 @@ counter reset (``rate()`` across that scrape is off; the totals are right).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,16 +34,17 @@ from datetime import UTC, date, datetime
 from spendwatch.exporter.ledger import audit
 from spendwatch.exporter.ledger.ledger import Ledger
 from spendwatch.exporter.ledger.totals import TotalsChange
-from spendwatch.instrumentation.calls import REPORTED
+from spendwatch.instrumentation.calls import PROVIDER, REPORTED
 from spendwatch.instrumentation.pricing import Price, PriceTable
 
 __all__ = ["RepriceResult", "reprice"]
 
 _MATCHING = """
-SELECT id, ts, day, provider, model, operation, category, response_model, input_tokens, output_tokens,
-       cache_read_tokens, cost_usd, pricing
+SELECT id, ts, day, provider, model, operation, category, response_model, service_tier, units,
+       input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, input_audio_tokens, output_audio_tokens,
+       input_image_tokens, output_image_tokens, reasoning_tokens, cost_usd, pricing
 FROM calls
-WHERE (model = ? OR response_model = ?) AND day >= ? AND day <= ? AND outcome = 'success' AND pricing <> ?
+WHERE (model = ? OR response_model = ?) AND day >= ? AND day <= ? AND outcome = 'success' AND pricing NOT IN (?, ?)
 ORDER BY ts, id
 """
 _INSERT = """
@@ -103,7 +106,7 @@ def reprice(
     clock = _CallClock()
     table = PriceTable(overrides, clock=clock)
     with ledger.chained_transaction() as cursor:
-        parameters = (model, model, since.isoformat(), until.isoformat(), REPORTED)
+        parameters = (model, model, since.isoformat(), until.isoformat(), REPORTED, PROVIDER)
         calls = ledger.backend.execute(cursor, _MATCHING, parameters)
         changes, unpriced = _changes(calls, table, clock)
         old = sum(change.old_cost or 0.0 for change in changes)
@@ -127,17 +130,39 @@ def reprice(
 
 def _changes(calls: list[tuple], table: PriceTable, clock: _CallClock) -> tuple[list[_Change], int]:
     changes, unpriced = [], 0
-    for call_id, ts, day, provider, model, operation, category, response_model, *usage, cost, pricing in calls:
+    for call_id, ts, day, provider, model, operation, category, response_model, tier, units, *usage in calls:
+        *tokens, cost, pricing = usage
         clock.at = float(ts)
-        price = table.lookup_call(response_model, model, provider=provider)
+        batch = tier == "batch"
+        price = table.lookup_call(response_model, model, provider, None if batch else tier, batch)
         if price is None:
             unpriced += 1
             continue
-        new_cost = price.cost(*(int(tokens) for tokens in usage))
+        new_cost = _cost(price, [int(count) for count in tokens], json.loads(units) if units else None)
         if new_cost != cost or price.source != pricing:
             key = (provider, model, operation, category)
             changes.append(_Change(call_id, float(ts), day, key, cost, new_cost, pricing, price.source))
     return changes, unpriced
+
+
+def _cost(price: Price, tokens: list[int], units: dict | None) -> float:
+    """What the instrumentation would have charged (calls._apply_usage): from every unit the calls row keeps."""
+    input_tokens, output_tokens, cache_read, cache_write, *parts, reasoning = tokens
+    if not (cache_write or any(parts) or units):
+        return price.cost(input_tokens, output_tokens, cache_read, reasoning_tokens=reasoning)
+    input_audio, output_audio, input_image, output_image = parts
+    return price.cost(
+        input_tokens,
+        output_tokens,
+        cache_read,
+        cache_write,
+        input_audio_tokens=input_audio,
+        output_audio_tokens=output_audio,
+        input_image_tokens=input_image,
+        output_image_tokens=output_image,
+        reasoning_tokens=reasoning,
+        units=units,
+    )
 
 
 def _apply(ledger: Ledger, cursor, changes: list[_Change], event_id: int) -> None:
