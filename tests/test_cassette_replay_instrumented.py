@@ -1,15 +1,25 @@
 """Every one of the 71 real OpenAI recordings, replayed through the instrumented SDK: the caller gets exactly what
-it gets uninstrumented, and each call's span and usage record carry the tokens and cost its recorded usage implies."""
+it gets uninstrumented, each call's span and usage record carry every unit of its recorded usage (cache reads and
+writes, audio and image tokens), and its cost is what genai-prices' ``calc_price`` makes of that usage."""
 
 from __future__ import annotations
 
 import openai
 import pytest
 
-from spendwatch.instrumentation.pricing import PriceTable, rounded_usd
+from spendwatch.instrumentation.pricing import rounded_usd
 from tests.cassettes import ReplayServer, call_async, call_sync, cassette_params, load_cassette, require_cassettes
+from tests.charges import genai_cost, recorded_tokens
 
-PRICES = PriceTable()
+# Span attribute of each billed subset → genai-prices' usage key (checked on the span and the record alike).
+SUBSET_ATTRIBUTES = {
+    "gen_ai.usage.cache_read.input_tokens": "cache_read_tokens",
+    "gen_ai.usage.cache_write.input_tokens": "cache_write_tokens",
+    "gen_ai.usage.audio.input_tokens": "input_audio_tokens",
+    "gen_ai.usage.audio.output_tokens": "output_audio_tokens",
+    "gen_ai.usage.image.input_tokens": "input_image_tokens",
+    "gen_ai.usage.image.output_tokens": "output_image_tokens",
+}
 
 
 def as_data(result):
@@ -19,17 +29,6 @@ def as_data(result):
     if isinstance(result, list):
         return [item.model_dump(warnings=False) for item in result]
     return result.model_dump(warnings=False)
-
-
-def tokens_from(usage: dict) -> tuple[int, int, int, int]:
-    """(input, output, cache_read, reasoning) from a chat/embeddings or a Responses usage object."""
-    if "input_tokens" in usage:
-        cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
-        reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
-        return usage["input_tokens"], usage["output_tokens"], cached, reasoning
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    return usage["prompt_tokens"], usage.get("completion_tokens") or 0, cached, reasoning
 
 
 async def replay(interactions, is_async: bool) -> list:
@@ -71,16 +70,26 @@ def check_span_against_recording(interaction, span, record) -> None:
         assert span.attributes["spendwatch.cost.estimated"] is True
         assert record.estimated and record.output_tokens > 0
         return
-    input_tokens, output_tokens, cached, reasoning = tokens_from(usage)
-    assert span.attributes["gen_ai.usage.input_tokens"] == input_tokens
-    assert span.attributes["gen_ai.usage.output_tokens"] == output_tokens
-    assert span.attributes.get("gen_ai.usage.cache_read.input_tokens", 0) == cached
-    assert span.attributes.get("gen_ai.usage.reasoning.output_tokens", 0) == reasoning
-    assert span.attributes["spendwatch.cost.estimated"] is False
-    price = PRICES.lookup(record.response_model or "") or PRICES.lookup(record.request_model)
-    if price is None:
-        assert span.attributes["spendwatch.pricing"] == "unpriced"
+    tokens = recorded_tokens(usage)
+    attributes = span.attributes
+    assert attributes["gen_ai.usage.input_tokens"] == record.input_tokens == tokens["input_tokens"]
+    assert attributes["gen_ai.usage.output_tokens"] == record.output_tokens == tokens["output_tokens"]
+    for attribute, key in SUBSET_ATTRIBUTES.items():
+        assert attributes.get(attribute, 0) == getattr(record, key) == tokens[key], attribute
+    reasoning = ((usage.get("output_tokens_details") or usage.get("completion_tokens_details")) or {}).get(
+        "reasoning_tokens"
+    )
+    assert attributes.get("gen_ai.usage.reasoning.output_tokens", 0) == (reasoning or 0)
+    assert attributes["spendwatch.cost.estimated"] is False
+    assert attributes["gen_ai.provider.name"] == record.provider == "openai"  # the replay server: an unknown host
+    assert attributes["server.address"] == "127.0.0.1"
+    # An unknown host is priced as OpenAI when OpenAI lists the model (every model recorded here is OpenAI's).
+    expected = genai_cost(record.response_model or "", "openai", **tokens)
+    if expected is None:
+        expected = genai_cost(record.request_model, "openai", **tokens)
+    if expected is None:
+        assert attributes["spendwatch.pricing"] == "unpriced"
         assert record.cost_usd is None
     else:
-        assert record.cost_usd == pytest.approx(price.cost(input_tokens, output_tokens, cached), rel=1e-12)
-        assert span.attributes["gen_ai.usage.cost"] == rounded_usd(record.cost_usd)
+        assert record.cost_usd == pytest.approx(expected, rel=1e-9)
+        assert attributes["gen_ai.usage.cost"] == rounded_usd(record.cost_usd)
