@@ -66,6 +66,14 @@ OTHER_OPENAI_INSTRUMENTATIONS = {
     "openinference-instrumentation-openai": "OpenInference",
     "openlit": "OpenLIT",
 }
+# And of boto3's Bedrock Runtime calls (botocore's adds a span to every AWS call, with GenAI usage on Bedrock's).
+OTHER_BEDROCK_INSTRUMENTATIONS = {
+    "opentelemetry-instrumentation-botocore": "OpenTelemetry contrib's botocore, with its Bedrock extension",
+    "opentelemetry-instrumentation-bedrock": "OpenLLMetry (traceloop)",
+    "openinference-instrumentation-bedrock": "OpenInference",
+    "openlit": "OpenLIT",
+}
+_OTHER_INSTRUMENTATIONS = (("OpenAI", OTHER_OPENAI_INSTRUMENTATIONS), ("Bedrock", OTHER_BEDROCK_INSTRUMENTATIONS))
 _LOOPBACK_FOR_WILDCARD = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
@@ -199,22 +207,35 @@ def check_exporter_hook(context: DoctorContext) -> CheckResult:
     return CheckResult("exporter_hook", OK, "opentelemetry-instrument attaches the ledger and /metrics")
 
 
+def _other_instrumentation(dist_name: str, environ) -> tuple | None:
+    """An installed distribution and its instrumentor entry points, unless the user disabled them all; else None."""
+    try:
+        dist = distribution(dist_name)
+    except PackageNotFoundError:
+        return None
+    points = [point.name for point in dist.entry_points if point.group == INSTRUMENTOR_GROUP]
+    if points and all(instrumentation_disabled(point, environ) for point in points):
+        return None
+    return dist, points
+
+
 def check_other_instrumentations(context: DoctorContext) -> CheckResult:
-    """Another OpenAI instrumentation active beside ours doubles every span and the gen_ai metrics."""
-    active, names = [], []
-    for dist_name, known_as in OTHER_OPENAI_INSTRUMENTATIONS.items():
-        try:
-            dist = distribution(dist_name)
-        except PackageNotFoundError:
-            continue
-        points = [point.name for point in dist.entry_points if point.group == INSTRUMENTOR_GROUP]
-        if points and all(instrumentation_disabled(point, context.environ) for point in points):
-            continue
-        active.append(f"{dist_name} {dist.version} ({known_as})")
-        names += points
+    """Another instrumentation of an SDK we instrument, active beside ours, doubles its spans and gen_ai metrics."""
+    active: dict[str, str] = {}
+    names, sdks = [], []
+    for sdk, others in _OTHER_INSTRUMENTATIONS:
+        for dist_name, known_as in others.items():
+            found = _other_instrumentation(dist_name, context.environ)
+            if found is None:
+                continue
+            if sdk not in sdks:
+                sdks.append(sdk)
+            if dist_name not in active:
+                active[dist_name] = f"{dist_name} {found[0].version} ({known_as})"
+                names += found[1]
     if not active:
-        return CheckResult("other_instrumentations", OK, "no other OpenAI instrumentation is installed")
-    summary = f"also installed: {'; '.join(active)}: OpenAI calls may get two spans each"
+        return CheckResult("other_instrumentations", OK, "no other OpenAI or Bedrock instrumentation is installed")
+    summary = f"also installed: {'; '.join(active.values())}: {' and '.join(sdks)} calls may get two spans each"
     fix = "pip uninstall it" + (f", or set {DISABLED_ENV}={','.join(sorted(set(names)))}" if names else "")
     return CheckResult("other_instrumentations", WARN, summary, fix)
 
@@ -647,6 +668,7 @@ CHECKS: tuple[Callable[[DoctorContext], CheckResult], ...] = (
     check_configuration,
     _instrumentor_check("spendwatch_openai", "openai", optional=False),
     _instrumentor_check("spendwatch_lightrag", "lightrag-hku", optional=True),
+    _instrumentor_check("spendwatch_bedrock", "botocore", optional=True),
     check_exporter_hook,
     check_other_instrumentations,
     check_opentelemetry_sdk,
