@@ -18,7 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from spendwatch.exporter.ledger import (
     shown_location,
     state_directory,
 )
+from spendwatch.exporter.ledger.history import record_outage
 from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = ["LedgerSink", "fallback_journal_directory", "journal_directory", "waiting_records"]
@@ -62,6 +65,7 @@ class LedgerSink:
         self.directories = _unique([Path(directory), fallback_journal_directory(ledger.location)])
         self.ledger_errors = 0
         self._failing = False
+        self._outage: tuple[float, int, str] | None = None  # since when, errors before it, its first error
         self._warned_unjournaled = False
         self._recovered = False
         self._pending: list[Callable[[], object]] = []  # run once the ledger takes writes (see when_reachable)
@@ -205,12 +209,26 @@ class LedgerSink:
         if not self._failing:
             where = shown_location(self.ledger.location)
             _logger.warning("spendwatch: cannot write the ledger %s (%s); calls wait in the journal", where, error)
+            self._outage = (time.time(), self.ledger_errors - 1, first_line(error))
         self._failing = True
 
     def _succeeded(self) -> None:
         if self._failing:
             _logger.warning("spendwatch: the ledger %s is writable again", shown_location(self.ledger.location))
+            self._record_outage()
         self._failing = False
+
+    def _record_outage(self) -> None:
+        """Keep the outage that just ended in the ledger's alert history: now is the first time it can be written."""
+        if self._outage is None:
+            return
+        (since, errors_before, error), self._outage = self._outage, None
+        process = {"pid": os.getpid(), "host": socket.gethostname()}
+        errors = self.ledger_errors - errors_before
+        try:
+            record_outage(self.ledger, since=since, until=time.time(), errors=errors, error=error, process=process)
+        except Exception:  # noqa: BLE001 - the history entry is lost, the records it was about are not
+            _logger.debug("spendwatch: cannot record the ledger outage", exc_info=True)
 
     def _ingest_one_by_one(self, batch: list[LedgerEntry]) -> None:
         for entry in batch:

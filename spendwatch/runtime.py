@@ -75,7 +75,7 @@ def attach(**settings: Any) -> Runtime:
         sink = LedgerSink(ledger, journal_directory(resolved.ledger))
         _record_startup(sink, resolved, prices)
         runtime = Runtime(resolved, ledger, sink, prices)
-        runtime.thresholds = ThresholdWatcher(runtime.budget_statuses)
+        runtime.thresholds = ThresholdWatcher(runtime.budget_statuses, record=_crossing_recorder(ledger))
         sink.after_drain.append(runtime.thresholds.check)
         if resolved.metrics_address is not None:
             _serve_metrics(runtime)
@@ -107,6 +107,15 @@ def detach() -> None:
     if runtime.guard is not None:
         runtime.guard.close()  # after the drain: the leases' costs are spend by now
     runtime.ledger.close()
+
+
+def _crossing_recorder(ledger):
+    """Keeps each threshold crossing in the ledger's alert history (the first process to see it records it)."""
+    import time
+
+    from spendwatch.exporter.ledger.history import record_threshold_crossing
+
+    return lambda status, level: record_threshold_crossing(ledger, status, level, at=time.time())
 
 
 def _record_startup(sink: LedgerSink, settings: Settings, prices: PriceTable) -> None:

@@ -22,9 +22,9 @@ __all__ = ["add_commands"]
 
 EXIT_OK = 0
 
-_GROUPINGS = ("day", "model", "category", "operation")
+_GROUPINGS = ("day", "model", "category", "operation", "provider", "service")
 _LIGHTRAG_GROUPINGS = ("stage", "document", "mode")  # LightRAG spend, from the calls' recorded stage attributes
-_FORMATS = ("table", "csv", "json")
+_FORMATS = ("table", "csv", "json", "focus")
 _DEFAULT_REPORT_DAYS = 7
 _STATUS_COLUMNS = (
     "budget",
@@ -223,9 +223,15 @@ def _add_report_command(subcommands: argparse._SubParsersAction) -> None:
         "--by",
         choices=_GROUPINGS + _LIGHTRAG_GROUPINGS,
         default="day",
-        help="one row per ... (default: day); stage, document and mode break down LightRAG spend",
+        help="one row per ... (default: day); stage, document and mode break down LightRAG spend; service is not "
+        "recorded yet",
     )
-    command.add_argument("--format", choices=_FORMATS, default="table", help="output format (default: table)")
+    command.add_argument(
+        "--format",
+        choices=_FORMATS,
+        default="table",
+        help="output format (default: table); focus writes FinOps FOCUS 1.2 CSV, one row per day and series",
+    )
     command.add_argument(
         "--trend",
         action="store_true",
@@ -245,7 +251,7 @@ def _run_report(args: argparse.Namespace) -> int:
     import time
 
     from spendwatch.exporter.periods import local_day
-    from spendwatch.exporter.report import report_rows, trend
+    from spendwatch.exporter.report import grouped_rows, trend
     from spendwatch.exporter.settings import load_settings
 
     problem = _report_usage_problem(args)
@@ -262,12 +268,12 @@ def _run_report(args: argparse.Namespace) -> int:
         if since > until:
             print(f"spendwatch report: --since {since} is after --until {until}", file=sys.stderr)
             return EXIT_USAGE
-        if args.by in _LIGHTRAG_GROUPINGS:
-            from spendwatch.exporter.stage_report import stage_rows
+        if args.format == "focus":
+            from spendwatch.exporter.focus import focus_rows, format_focus_csv
 
-            rows = stage_rows(ledger, since, until, by=args.by)
-        else:
-            rows = report_rows(ledger, since, until, by=args.by)
+            print(format_focus_csv(focus_rows(ledger, settings.timezone, since, until)).rstrip("\n"))
+            return EXIT_OK
+        rows = grouped_rows(ledger, since, until, args.by)
         recent = trend(ledger, settings, days=args.days or 7, now=now) if args.trend else None
     finally:
         ledger.close()
@@ -278,24 +284,30 @@ def _run_report(args: argparse.Namespace) -> int:
 def _report_usage_problem(args: argparse.Namespace) -> str | None:
     if args.days is not None and not args.trend:
         return "--days sets the trend's window; give it with --trend"
-    if args.trend and args.format == "csv":
-        return "--trend does not fit in CSV; use --format table or json"
+    if args.trend and args.format in ("csv", "focus"):
+        return f"--trend does not fit in {args.format.upper()}; use --format table or json"
+    if args.by == "service":
+        from spendwatch.exporter.report import NOT_RECORDED
+
+        return f"--by service is not available: {NOT_RECORDED['service']}"
     return None
 
 
 def _render_report(rows: list[dict], args: argparse.Namespace, since: date, until: date, recent) -> str:
-    from spendwatch.exporter.report import format_csv, format_json, format_table, report_columns, total_row
+    from spendwatch.exporter.report import (
+        format_csv,
+        format_json,
+        format_table,
+        grouped_columns,
+        report_document,
+        total_row,
+    )
 
-    if args.by in _LIGHTRAG_GROUPINGS:
-        from spendwatch.exporter.stage_report import stage_columns
-
-        columns = stage_columns(args.by)
-    else:
-        columns = report_columns(args.by)
+    columns = grouped_columns(args.by)
     if args.format == "csv":
         return format_csv(rows, columns).rstrip("\n")
     if args.format == "json":
-        document = {"since": since, "until": until, "by": args.by, "rows": rows}
+        document = report_document(rows, since, until, args.by)
         if recent is not None:
             document["trend"] = recent.as_dict()
         return format_json(document)
