@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
 import sys
+import textwrap
+from zoneinfo import ZoneInfo
 
 import anthropic
 import pytest
@@ -20,9 +24,12 @@ import spendwatch
 from spendwatch import runtime
 from spendwatch.demo.anthropic_stub import AnthropicStub
 from spendwatch.demo.processes import http_get, start_on_free_port, start_process
+from spendwatch.exporter import Ledger
+from spendwatch.exporter.ledger import open_backend
 from spendwatch.instrumentation.anthropic_sdk import AnthropicInstrumentor
 from spendwatch.instrumentation.background import flush_all
 from spendwatch.instrumentation.pricing import PriceTable
+from tests.test_auto_instrumentation import BIN, console_spans
 
 MODEL = "claude-sonnet-4-20250514"
 API_KEY = "sk-ant-spendwatch-test-key-5e1d"
@@ -385,3 +392,47 @@ def test_async_refusal_is_an_anthropic_error(enforced, anthropic_stub):
         asyncio.run(client.messages.create(model=MODEL, max_tokens=1000, messages=MESSAGES))
 
     assert isinstance(refused.value, spendwatch.BudgetExceededError)
+
+
+# --- opentelemetry-instrument ---------------------------------------------------------------------------------------
+
+APP = textwrap.dedent(
+    f"""
+    import anthropic
+    client = anthropic.Anthropic(max_retries=0)
+    reply = client.messages.create(model={MODEL!r}, max_tokens=20, messages={MESSAGES!r})
+    print("APP-RESULT", reply.content[0].text)
+    """
+)
+
+
+def test_opentelemetry_instrument_counts_an_anthropic_call_once(tmp_path, anthropic_stub):
+    (tmp_path / "app.py").write_text(APP)
+    environment = {
+        **os.environ,
+        "ANTHROPIC_API_KEY": API_KEY,
+        "ANTHROPIC_BASE_URL": anthropic_stub,
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "SPENDWATCH_LEDGER": str(tmp_path / "ledger.db"),
+        "SPENDWATCH_METRICS_ADDRESS": "off",
+    }
+    command = [str(BIN / "opentelemetry-instrument"), sys.executable, str(tmp_path / "app.py")]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "APP-RESULT This is a test reply" in result.stdout
+    spans = console_spans(result.stdout)
+    (ours,) = [span for span in spans if span["name"] == f"chat {MODEL}"]
+    (sdk,) = [span for span in spans if span["name"] == "anthropic.messages.create"]
+    assert sdk["parent_id"] == ours["context"]["span_id"]  # the SDK's own span sits inside ours
+    assert ours["attributes"]["gen_ai.usage.cost"] > 0
+    assert API_KEY not in result.stdout + result.stderr
+    ledger = Ledger(open_backend(str(tmp_path / "ledger.db")), ZoneInfo("UTC"))
+    try:
+        assert ledger.call_count() == 1
+        (total,) = ledger.totals()
+        assert total["input_tokens"] == expected({"max_tokens": 20, "messages": MESSAGES}).input_tokens + 10
+    finally:
+        ledger.close()
