@@ -23,7 +23,16 @@ from spendwatch.instrumentation.admission import CallRequest
 from spendwatch.instrumentation.background import start_background_thread
 from spendwatch.instrumentation.calls import Call, CallRecorder
 from spendwatch.instrumentation.errors import BudgetExceededError
+from spendwatch.instrumentation.openai_sdk.attempts import enter, leave
 from spendwatch.instrumentation.openai_sdk.failures import end_failed
+from spendwatch.instrumentation.openai_sdk.guard_request import price_terms
+from spendwatch.instrumentation.openai_sdk.media import (
+    MEDIA_KINDS,
+    MEDIA_TARGETS,
+    MODERATION,
+    result_usage,
+    stream_state,
+)
 from spendwatch.instrumentation.openai_sdk.providers import endpoint_of
 from spendwatch.instrumentation.openai_sdk.responses import (
     AsyncStreamedResponseProxy,
@@ -35,7 +44,6 @@ from spendwatch.instrumentation.openai_sdk.streams import (
     AsyncStreamProxy,
     SyncStreamProxy,
     end_helper_stream,
-    new_stream_state,
     queue_end,
 )
 from spendwatch.instrumentation.openai_sdk.usage import (
@@ -46,7 +54,6 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     input_token_bound,
     output_cap,
     text,
-    usage_from_result,
 )
 
 __all__ = ["HELPER_TARGETS", "TARGETS", "async_helper_close", "async_wrapper", "helper_close", "sync_wrapper"]
@@ -70,6 +77,7 @@ TARGETS = (
     ("openai.resources.responses", "Responses", "parse", RESPONSES, "generate_content", False),
     ("openai.resources.responses", "AsyncResponses", "create", RESPONSES, "generate_content", True),
     ("openai.resources.responses", "AsyncResponses", "parse", RESPONSES, "generate_content", True),
+    *MEDIA_TARGETS,  # images, audio, moderations
 )
 
 # The SDK's ``.stream()`` helpers (module, class, is_async): their ``close()`` closes the HTTP response past our
@@ -131,8 +139,12 @@ def _admit(guard: admission.Guard, call: Call, kind: str, kwargs: dict) -> dict:
     ``openai.OpenAIError`` too, so the app's handlers for the SDK's errors catch it."""
     try:
         cap_argument, cap = output_cap(kwargs)
+        if kind == MODERATION:
+            return kwargs  # free: no budget to guard
         if kind == EMBEDDINGS:
             cap_argument, cap = None, 0
+        elif kind in MEDIA_KINDS:
+            cap_argument = None  # no argument caps what an image or audio call is billed for
         elif cap_argument is None:
             cap_argument = _CAP_ARGUMENT_BY_KIND[kind]
         request = CallRequest(
@@ -143,6 +155,8 @@ def _admit(guard: admission.Guard, call: Call, kind: str, kwargs: dict) -> dict:
             input_token_bound(kwargs),
             cap,
             cap_argument,
+            call.price_provider,
+            **price_terms(kwargs),  # the service tier and the tools OpenAI runs, for the worst case
         )
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not describe a call to the guard", exc_info=True)
@@ -169,22 +183,22 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
     try:
         call.deactivate()
         if isinstance(result, BaseModel) and not capture:  # the usual case: a parsed response
-            call.succeed(usage_from_result(kind, result, kwargs))
+            call.succeed(result_usage(kind, result, kwargs))
             return result
         if isinstance(result, Stream):
-            return SyncStreamProxy(result, call, new_stream_state(kind, kwargs))
+            return SyncStreamProxy(result, call, stream_state(kind, kwargs))
         if isinstance(result, AsyncStream):
-            return AsyncStreamProxy(result, call, new_stream_state(kind, kwargs))
+            return AsyncStreamProxy(result, call, stream_state(kind, kwargs))
         if isinstance(result, LegacyAPIResponse):
             return finish_raw(call, kind, result, kwargs)
         if isinstance(result, APIResponse):
             return StreamedResponseProxy(result, call, kind, kwargs)
         if isinstance(result, AsyncAPIResponse):
             return AsyncStreamedResponseProxy(result, call, kind, kwargs)
-        call.succeed(usage_from_result(kind, result, kwargs), _output_content(result) if capture else None)
+        call.succeed(result_usage(kind, result, kwargs), _output_content(result) if capture else None)
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a call", exc_info=True)
-        end_unread(call, kwargs)  # counted from the request rather than lost (a no-op if it did end)
+        end_unread(call, kind, kwargs)  # counted from the request rather than lost (a no-op if it did end)
     return result
 
 
@@ -202,11 +216,14 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
             except BudgetExceededError as refusal:
                 end_failed(call, refusal, kind, kwargs)
                 raise
+        attempts = enter(call, kind, kwargs)  # each retried attempt that may have been billed is counted
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as error:
             end_failed(call, error, kind, kwargs)
             raise
+        finally:
+            leave(attempts)
         return _finish(call, kind, result, kwargs, capture)
 
     return traced
@@ -226,6 +243,7 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
             except BudgetExceededError as refusal:
                 end_failed(call, refusal, kind, kwargs)
                 raise
+        attempts = enter(call, kind, kwargs)
         try:
             result = await wrapped(*args, **kwargs)
         except GeneratorExit as error:  # closed while waiting for the answer, maybe by the garbage collector: ended
@@ -236,6 +254,8 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
         except BaseException as error:
             end_failed(call, error, kind, kwargs)
             raise
+        finally:
+            leave(attempts)
         return _finish(call, kind, result, kwargs, capture)
 
     return traced
