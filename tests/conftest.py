@@ -115,9 +115,11 @@ def _nothing_stays_attached():
     yield
     from spendwatch import runtime
     from spendwatch.instrumentation.anthropic_sdk import AnthropicInstrumentor
+    from spendwatch.instrumentation.google_genai_sdk import GoogleGenAIInstrumentor
     from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
 
     runtime.detach()
-    for instrumentor in (OpenAIInstrumentor(), LightRAGInstrumentor(), AnthropicInstrumentor()):
+    instrumentors = (OpenAIInstrumentor(), LightRAGInstrumentor(), AnthropicInstrumentor(), GoogleGenAIInstrumentor())
+    for instrumentor in instrumentors:
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
