@@ -231,6 +231,29 @@ def test_models_called_without_a_price_are_listed_until_a_prices_file_prices_the
     assert priced.status == OK and "priced now" in priced.summary
 
 
+@pytest.mark.parametrize(
+    ("base_url", "local"),
+    [
+        ("http://127.0.0.1:11434/v1", True),
+        ("http://localhost:8000/v1", True),
+        ("http://10.1.2.3/v1", True),
+        ("http://vllm:8000/v1", True),
+        ("https://llm.corp.example.com/v1", False),
+        ("https://93.184.216.34/v1", False),
+    ],
+)
+def test_unpriced_models_served_by_a_local_openai_base_url_are_suggested_a_price_of_zero(
+    base_url, local, environ, write_ledger
+):
+    write_ledger(record("llama3.1:8b", cost=None))
+
+    result = checks(environ | {"OPENAI_BASE_URL": base_url})["unpriced_models"]
+
+    assert result.status == WARN and "llama3.1:8b (1 call)" in result.summary
+    assert ("input_per_mtok = 0" in result.fix) is local
+    assert "SPENDWATCH_PRICES_FILE" in result.fix
+
+
 def test_a_malformed_prices_file_fails(environ, tmp_path):
     prices = tmp_path / "prices.toml"
     prices.write_text("[models.broken\n")

@@ -16,6 +16,7 @@ Its output names no secret: no API key, no metrics password, no password in a Po
 from __future__ import annotations
 
 import base64
+import ipaddress
 import math
 import os
 import socket
@@ -466,7 +467,35 @@ def check_unpriced_models(context: DoctorContext) -> CheckResult:
     )
     more = f" and {len(listed) - _MAX_LISTED} more" if len(listed) > _MAX_LISTED else ""
     fix = 'add [models."NAME"] with input_per_mtok and output_per_mtok to SPENDWATCH_PRICES_FILE'
+    local_host = _local_openai_host(context.environ)
+    if local_host is not None and any(provider == "openai" for provider, _ in still):
+        fix = (
+            f"OPENAI_BASE_URL is a local or private server ({printable(local_host, 60)}): if it serves its own models"
+            ' for free, make them free with [models."NAME"] input_per_mtok = 0 and output_per_mtok = 0 in'
+            " SPENDWATCH_PRICES_FILE; else " + fix
+        )
     return CheckResult("unpriced_models", WARN, f"calls to models without a price: {shown}{more}", fix)
+
+
+_LOCAL_NAME_SUFFIXES = (".localhost", ".local", ".internal", ".lan")
+
+
+def _local_openai_host(environ: Mapping[str, str]) -> str | None:
+    """The host of ``OPENAI_BASE_URL`` (the OpenAI SDK's default base URL) when it is a loopback or private server:
+    a literal loopback, private or link-local address, ``localhost``, a local-only domain, or a single-label name
+    (a container's service name, say). Judged from the name alone: doctor resolves no host for this."""
+    try:
+        host = urllib.parse.urlsplit(environ.get("OPENAI_BASE_URL", "").strip()).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        local = host == "localhost" or host.endswith(_LOCAL_NAME_SUFFIXES) or "." not in host
+        return host if local else None
+    return host if address.is_loopback or address.is_private or address.is_link_local else None
 
 
 # --- /metrics, budgets, clock ---------------------------------------------------------------------------------------
