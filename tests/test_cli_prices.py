@@ -60,8 +60,63 @@ def test_prices_json_is_one_object_with_per_million_prices():
         "priced_as": "gpt-4o-mini",
         "source": f"genai-prices {genai_prices.__version__}",
         "usd_per_million_tokens": {"input": 0.15, "cache_read": 0.075, "output": 0.6},
+        "usd_per_unit": {
+            "web_search_calls": per_call("web_searches"),
+            "file_search_calls": per_call("storage_searches"),
+        },
         "tiers": [],
     }
+
+
+def per_call(genai_unit: str, model: str = "gpt-4o-mini") -> float:
+    """USD per call of a tool, from genai-prices' own data (priced per thousand calls there)."""
+    model_price = genai_prices.calc_price(genai_prices.Usage(input_tokens=0), model, provider_id="openai").model_price
+    return float(getattr(model_price, f"{genai_unit}_kcount") / 1000)
+
+
+def test_a_model_of_an_openai_compatible_provider_is_priced_by_that_provider():
+    result = spendwatch("prices", "deepseek-chat")
+    assert result.returncode == 0, result.stderr
+    assert "deepseek-chat (provider deepseek): priced as 'deepseek-chat'" in result.stdout
+    answer = json.loads(spendwatch("prices", "deepseek-chat", "--json").stdout)
+    assert (answer["priced"], answer["provider"]) == (True, "deepseek")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected_lines"),
+    [
+        pytest.param(
+            ["claude-sonnet-4-5", "--provider", "anthropic"],
+            [
+                "cache write $3.75, cache write (1 hour) $6",
+                "USD per web search call: $0.01",
+                "from 200,001 input tokens",
+            ],
+            id="cache writes, tools and tiers",
+        ),
+        pytest.param(["gpt-audio"], ["audio input $32, audio output $64"], id="audio"),
+        pytest.param(["gpt-image-1.5"], ["image input $8", "image output $32", "cached image input $2"], id="images"),
+        pytest.param(["sonar", "--provider", "perplexity"], ["USD per request: $"], id="per request"),
+        pytest.param(["whisper-1"], ["USD per second of audio: $0.0001"], id="seconds of audio"),
+    ],
+)
+def test_prices_shows_every_unit(args, expected_lines):
+    result = spendwatch("prices", *args)
+    assert result.returncode == 0, result.stderr
+    for expected in expected_lines:
+        assert expected in result.stdout
+
+
+def test_every_unit_of_an_override_is_shown(tmp_path):
+    prices_file = tmp_path / "prices.toml"
+    prices_file.write_text(
+        '[models."house"]\ninput_per_mtok = 1\noutput_per_mtok = 2\ncache_write_per_mtok = 1.25\n'
+        "input_audio_per_mtok = 40\nweb_search_per_call = 0.02\nper_request = 0.001\n"
+    )
+    result = spendwatch("prices", "house", prices_file=prices_file)
+    assert result.returncode == 0, result.stderr
+    assert "input $1, cached input $1, output $2, cache write $1.25, audio input $40" in result.stdout
+    assert "USD per web search call: $0.02" in result.stdout and "USD per request: $0.001" in result.stdout
 
 
 @pytest.mark.parametrize("extra", [[], ["--json"]], ids=["text", "json"])

@@ -25,11 +25,13 @@ its two names it is keyed on (:meth:`PriceTable.lookup_call`): an Azure deployme
 request model beats the bundled price of the snapshot the response names.
 """
 
+from spendwatch.instrumentation.pricing.bundled import OPENAI_COMPATIBLE
 from spendwatch.instrumentation.pricing.overrides import PRICES_FILE_ENV, load_overrides
 from spendwatch.instrumentation.pricing.price import USD_DECIMALS, Price, rounded_usd
 from spendwatch.instrumentation.pricing.table import PriceTable, price_table_from_env
 
 __all__ = [
+    "OPENAI_COMPATIBLE",
     "Price",
     "PriceTable",
     "load_overrides",

@@ -22,6 +22,7 @@ __all__ = [
     "bundled_data_source",
     "price_context",
     "provider_at",
+    "provider_known",
     "provider_models",
     "provider_name",
     "resolve_bundled",
@@ -59,6 +60,18 @@ def provider_at(api_url: str) -> str | None:
         if match is not None and (match.group().endswith("/") or api_url[match.end() : match.end() + 1] in _URL_ENDS):
             return provider_name(provider.id)
     return None
+
+
+def provider_known(provider: str) -> bool:
+    """Whether the bundled data has a price list for ``provider`` (a semantic-convention name or a genai-prices id),
+    or it is the openai-compatible price key. Loads the bundled data."""
+    from genai_prices.data_snapshot import find_provider_by_id
+
+    if provider == OPENAI_COMPATIBLE:
+        return True
+    return (
+        find_provider_by_id(_bundled_snapshot().providers, _GENAI_PRICES_PROVIDER.get(provider, provider)) is not None
+    )
 
 
 def provider_models(provider: str) -> tuple[tuple[str, str], ...]:

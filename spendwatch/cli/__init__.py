@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from spendwatch.cli._common import EXIT_USAGE, usage
 from spendwatch.instrumentation.errors import ConfigError
+from spendwatch.instrumentation.pricing import OPENAI_COMPATIBLE
 
 __all__ = ["build_parser", "main"]
 
@@ -28,7 +29,6 @@ EXIT_OK = 0
 EXIT_NO = 1
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program whose reader went away (`| head`)
 
-_PROVIDERS = ("openai", "azure.ai.openai")
 # Modules that add their own subcommands with add_commands(subcommands).
 _COMMAND_MODULES = (
     "spendwatch.cli.commands_budget",
@@ -85,15 +85,32 @@ def _add_prices_command(subcommands: argparse._SubParsersAction) -> None:
     command = subcommands.add_parser(
         "prices",
         help="show the price in force for a model and where it came from",
-        description="Show the USD price per million tokens in force for MODEL now, and its source "
-        "(the bundled genai-prices data or the SPENDWATCH_PRICES_FILE overrides). Exits 1 when MODEL is unpriced.",
+        description="Show every unit price in force for MODEL now (USD per million tokens of each kind, per tool "
+        "call, request, second of audio...), its tiers, and its source (the bundled genai-prices data or the "
+        "SPENDWATCH_PRICES_FILE overrides). Exits 1 when MODEL is unpriced.",
     )
     command.add_argument("model", metavar="MODEL", help="model name as sent to the API, e.g. gpt-4o-mini")
-    command.add_argument("--provider", choices=_PROVIDERS, default="openai", help="gen_ai.provider.name")
+    command.add_argument(
+        "--provider",
+        type=_price_provider,
+        default=OPENAI_COMPATIBLE,
+        help="gen_ai.provider.name (openai, azure.ai.openai, anthropic, gcp.gemini, aws.bedrock, deepseek, groq, "
+        f"mistral_ai, x_ai, openrouter...); default {OPENAI_COMPATIBLE}: OpenAI's price when OpenAI lists MODEL, "
+        "else the one provider that lists it, as for an OpenAI client on an unknown host",
+    )
     command.add_argument("--service-tier", metavar="TIER", help="the response's service tier, e.g. flex or priority")
     command.add_argument("--batch", action="store_true", help="price as a Batch API call")
     command.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     command.set_defaults(handler=_run_prices)
+
+
+def _price_provider(text: str) -> str:
+    """An argparse ``type``: a provider the bundled price data knows."""
+    from spendwatch.instrumentation.pricing.bundled import provider_known
+
+    if not provider_known(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is no provider the bundled price data knows")
+    return text
 
 
 def _run_prices(args: argparse.Namespace) -> int:
@@ -101,37 +118,14 @@ def _run_prices(args: argparse.Namespace) -> int:
 
     table = load_settings().price_table()  # the prices_file of the environment or of the SPENDWATCH_CONFIG file
     options = {"provider": args.provider, "service_tier": args.service_tier, "batch": args.batch}
-    price = table.lookup(args.model, **options)
+    details = table.details(args.model, **options)
     if args.json:
-        print(json.dumps(_price_json(args.model, options, price), indent=2))
+        # The provider whose price it is: the one found for openai-compatible.
+        answer = {"model": args.model, **options, **details}
+        print(json.dumps(answer, indent=2))
     else:
         print(table.describe(args.model, **options))
-    return EXIT_OK if price is not None else EXIT_NO
-
-
-def _price_json(model: str, options: dict, price) -> dict:
-    answer = {"model": model, **options, "priced": price is not None}
-    if price is None:
-        answer["note"] = "unpriced: calls to this model are counted as unpriced requests, not as free"
-        return answer
-    answer |= {
-        "priced_as": price.model,
-        "source": price.source,
-        "usd_per_million_tokens": _per_million(price.input, price.cache_read, price.output),
-        "tiers": [
-            {"from_input_tokens": threshold, "usd_per_million_tokens": _per_million(tier_in, tier_cached, tier_out)}
-            for threshold, tier_in, tier_out, tier_cached in price.tiers
-        ],
-    }
-    return answer
-
-
-def _per_million(input_price: float, cache_read_price: float, output_price: float) -> dict[str, float]:
-    # Rounded to 12 significant digits so 1.5e-07 * 1e6 prints as 0.15, not 0.15000000000000002.
-    def scale(per_token: float) -> float:
-        return float(f"{per_token * 1_000_000:.12g}")
-
-    return {"input": scale(input_price), "cache_read": scale(cache_read_price), "output": scale(output_price)}
+    return EXIT_OK if details["priced"] else EXIT_NO
 
 
 # --- spendwatch demo ----------------------------------------------------------------------------------------------
