@@ -10,8 +10,10 @@ call, so it never runs per call: :meth:`PriceTable.lookup` resolves a model's te
     if price is not None:
         usd = price.cost(input_tokens=1200, output_tokens=300, cache_read_tokens=1024)
 
-A :class:`Price` covers text tokens only (input, cached input, output including reasoning). Per-request, audio,
-image, cache-write and web-search charges in the data are not priced.
+A :class:`Price` covers every unit genai-prices prices for the model that a response reports (units.py): text
+input, cached input and output, cache writes (and the part held for an hour), audio and image tokens in and out,
+reasoning where priced on its own, tool calls, requests, characters and seconds of audio, tiered by context length;
+a part without a price of its own is billed as its whole, as genai-prices bills it.
 
 Overrides file (TOML, or JSON with the same structure when the name ends in ``.json``)::
 
@@ -19,6 +21,8 @@ Overrides file (TOML, or JSON with the same structure when the name ends in ``.j
     input_per_mtok = 1.0          # USD per million input tokens, required
     output_per_mtok = 2.0         # USD per million output tokens, required (write 0 for an embedding model)
     cache_read_per_mtok = 0.5     # USD per million cached input tokens, optional, defaults to input_per_mtok
+    cache_write_per_mtok = 1.25   # optional, like every other unit's key (units.UNITS: input_audio_per_mtok,
+    web_search_per_call = 0.01    # per_request, audio_per_second...); a unit left out is billed as its whole
 
 An override wins over the bundled data for every provider, service tier and batch mode, and for a call whichever of
 its two names it is keyed on (:meth:`PriceTable.lookup_call`): an Azure deployment name or an alias overridden as the
