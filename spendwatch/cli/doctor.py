@@ -74,7 +74,17 @@ OTHER_BEDROCK_INSTRUMENTATIONS = {
     "openinference-instrumentation-bedrock": "OpenInference",
     "openlit": "OpenLIT",
 }
-_OTHER_INSTRUMENTATIONS = (("OpenAI", OTHER_OPENAI_INSTRUMENTATIONS), ("Bedrock", OTHER_BEDROCK_INSTRUMENTATIONS))
+# And of the anthropic SDK (besides the span the SDK makes itself, which spendwatch's span contains: see the README).
+OTHER_ANTHROPIC_INSTRUMENTATIONS = {
+    "opentelemetry-instrumentation-anthropic": "OpenLLMetry (traceloop)",
+    "openinference-instrumentation-anthropic": "OpenInference",
+    "openlit": "OpenLIT",
+}
+_OTHER_INSTRUMENTATIONS = (
+    ("OpenAI", OTHER_OPENAI_INSTRUMENTATIONS),
+    ("Bedrock", OTHER_BEDROCK_INSTRUMENTATIONS),
+    ("Anthropic", OTHER_ANTHROPIC_INSTRUMENTATIONS),
+)
 _LOOPBACK_FOR_WILDCARD = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
@@ -235,7 +245,7 @@ def check_other_instrumentations(context: DoctorContext) -> CheckResult:
                 active[dist_name] = f"{dist_name} {found[0].version} ({known_as})"
                 names += found[1]
     if not active:
-        return CheckResult("other_instrumentations", OK, "no other OpenAI or Bedrock instrumentation is installed")
+        return CheckResult("other_instrumentations", OK, "no other OpenAI, Bedrock or Anthropic instrumentation")
     summary = f"also installed: {'; '.join(active.values())}: {' and '.join(sdks)} calls may get two spans each"
     fix = "pip uninstall it" + (f", or set {DISABLED_ENV}={','.join(sorted(set(names)))}" if names else "")
     return CheckResult("other_instrumentations", WARN, summary, fix)
@@ -698,6 +708,7 @@ CHECKS: tuple[Callable[[DoctorContext], CheckResult], ...] = (
     _instrumentor_check("spendwatch_openai", "openai", optional=False),
     _instrumentor_check("spendwatch_lightrag", "lightrag-hku", optional=True),
     _instrumentor_check("spendwatch_bedrock", "botocore", optional=True),
+    _instrumentor_check("spendwatch_anthropic", "anthropic", optional=True),
     check_exporter_hook,
     check_other_instrumentations,
     check_opentelemetry_sdk,
