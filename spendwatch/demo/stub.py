@@ -51,6 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from spendwatch.demo import _stub_background as background
 from spendwatch.demo import _stub_responses as shapes
 from spendwatch.demo._stub_media import MEDIA_ENDPOINTS, parse_multipart
 from spendwatch.demo._stub_responses import ReportedUsage
@@ -161,8 +162,10 @@ class StubServer(LocalHTTPServer):
         cost_header: str | None = None,
         refuse_after: int | None = None,
         reply_words: int = DEFAULT_REPLY_WORDS,
+        background_polls: int = 1,
     ) -> None:
         super().__init__(host, port)
+        self.background = background.BackgroundResponses(background_polls)  # finished after that many retrievals
         self.reply_words = reply_words  # a reply's words when the request sets no length limit (long answers)
         self.refuse_after = refuse_after  # stop listening after this many requests: later ones are refused
         self.cached_tokens = cached_tokens
@@ -237,7 +240,9 @@ class _Handler(BaseHTTPRequestHandler):
         if stub.refuse_after is not None and len(stub.requests) >= stub.refuse_after:
             threading.Thread(target=stub.stop, daemon=True).start()  # this request is answered, the next refused
         route = _ROUTE.match(path)
-        if route is None:
+        if route is None and (cancelled := background.RESPONSE_ROUTE.match(path)) and cancelled["cancel"]:
+            self._send_response(stub.background.cancel(cancelled["id"]), stream=False)
+        elif route is None:
             self._send(_error(404, f"Invalid URL (POST {path})", "invalid_request_error", None))
         elif not isinstance(body, dict):
             self._send(_error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None))
@@ -248,7 +253,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_misbehaviour(call.model) or _ENDPOINTS[call.endpoint](call))
 
     def do_GET(self) -> None:
-        self._send(_error(404, f"Invalid URL (GET {urlsplit(self.path).path})", "invalid_request_error", None))
+        url = urlsplit(self.path)
+        self.server.owner._record_request(self.path, self.headers, None)
+        found = background.RESPONSE_ROUTE.match(url.path)
+        if found is None or found["cancel"]:
+            self._send(_error(404, f"Invalid URL (GET {url.path})", "invalid_request_error", None))
+        else:
+            self._send_response(self.server.owner.background.retrieve(found["id"]), stream="stream=true" in url.query)
+
+    def _send_response(self, response: dict[str, Any] | None, stream: bool) -> None:
+        """A background response retrieved or cancelled (404 when the stub never made it)."""
+        if response is None:
+            self._send(_error(404, "No response found with that id.", "invalid_request_error", None))
+        else:
+            self._send(_Reply(events=background.events(response)) if stream else _Reply(body=response))
 
     def _send(self, reply: _Reply) -> None:
         self.send_response(reply.status)
@@ -449,7 +467,8 @@ def _responses(call: _Call) -> _Reply:
     tool_items = [item for item in tool_items if item is not None]
     if not call.stream:
         output = shapes.response_output("".join(words), reasoning, tool_items)
-        return _Reply(body=shapes.response_object(call.body, call.response_model, output, usage))
+        response = shapes.response_object(call.body, call.response_model, output, usage)
+        return _Reply(body=call.stub.background.accept(response) if call.body.get("background") else response)
     events = shapes.response_events(call.body, call.response_model, words, usage, reasoning, tool_items)
     return _stream([shapes.sse(payload, event=kind) for kind, payload in events], call)
 
