@@ -69,16 +69,18 @@ def test_a_refused_stream_raises_where_the_sdk_would_raise_its_own_error(attach,
     assert stub.requests == []
 
 
-def test_the_guard_is_told_the_requests_output_cap(attach, stub):
-    attached = attach(daily_budget_usd=1.0)
+def test_the_guard_bounds_a_call_by_its_max_output_tokens(attach, stub):
+    attached = attach(daily_budget_usd=0.001)
     gemini = make_gemini(stub.base_url)
 
     gemini.models.generate_content(model="gemini-2.0-flash", contents=PROMPT, config={"max_output_tokens": 20})
+    with pytest.raises(spendwatch.BudgetExceededError):  # 100k output tokens at $0.40 a million: $0.04
+        gemini.models.generate_content(model="gemini-2.0-flash", contents=PROMPT, config={"max_output_tokens": 100_000})
     gemini.models.count_tokens(model="gemini-2.0-flash", contents=PROMPT)  # free: not a guard decision
 
     attached.sink.flush()
     assert len(stub.requests) == 2
-    assert attached.ledger.guard_decisions() == {("global", "allow"): 1}
+    assert attached.ledger.guard_decisions() == {("global", "allow"): 1, ("global", "block"): 1}
 
 
 def test_a_refusal_crosses_processes_whole(attach, stub):

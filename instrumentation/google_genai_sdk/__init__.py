@@ -7,8 +7,8 @@ Usage::
     GoogleGenAIInstrumentor().instrument()  # or: opentelemetry-instrument python app.py
 
 Covers ``generate_content`` (one span per request sent, so each round of automatic function calling is counted),
-``generate_content_stream``, ``embed_content`` and ``count_tokens`` (free: recorded at no cost), on ``client.models``
-and ``client.aio.models``, for Gemini API clients (provider ``gcp.gemini``) and Vertex AI clients
+``generate_content_stream`` and ``embed_content`` on ``client.models`` and ``client.aio.models`` (``count_tokens`` is
+free and not recorded), for Gemini API clients (provider ``gcp.gemini``) and Vertex AI clients
 (``gcp.vertex_ai``). Prompts and completions are recorded only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``; API keys and credentials never are.
 """

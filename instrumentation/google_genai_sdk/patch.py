@@ -19,7 +19,7 @@ from spendwatch.instrumentation.calls import Call, CallRecorder, Usage
 from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.google_genai_sdk.failures import BudgetRefusal, end_failed
 from spendwatch.instrumentation.google_genai_sdk.streams import StreamState, iterate, iterate_async
-from spendwatch.instrumentation.google_genai_sdk.targets import COUNT_TOKENS, EMBEDDINGS, GENERATE
+from spendwatch.instrumentation.google_genai_sdk.targets import GENERATE
 from spendwatch.instrumentation.google_genai_sdk.usage import (
     input_token_bound,
     output_cap,
@@ -107,7 +107,7 @@ def _admit(guard: admission.Guard, call: Call, operation: str, kwargs: dict) -> 
 def _admitted(call: Call, operation: str, kwargs: dict) -> dict:
     """The keyword arguments to send, after the guard (if any) admitted the call; a refusal ends the call."""
     guard = admission.current_guard()
-    if guard is None or operation == COUNT_TOKENS:  # counting tokens is free: nothing to guard
+    if guard is None:
         return kwargs
     try:
         return _admit(guard, call, operation, kwargs)
@@ -123,10 +123,7 @@ def _usage(operation: str, result: Any, kwargs: dict) -> Usage:
         if usage is None:
             usage = usage_from_request(kwargs)
         return usage
-    if operation == EMBEDDINGS:
-        return usage_from_embeddings(result, kwargs)
-    # count_tokens is free: a call of its own, with nothing billed (cost 0, not unpriced) and no tokens spent.
-    return Usage(reported_cost_usd=0.0)
+    return usage_from_embeddings(result, kwargs)
 
 
 def _output_content(result: Any) -> dict | None:
