@@ -80,10 +80,18 @@ OTHER_ANTHROPIC_INSTRUMENTATIONS = {
     "openinference-instrumentation-anthropic": "OpenInference",
     "openlit": "OpenLIT",
 }
+# And of google-genai (OpenLLMetry's google-generativeai instrumentation covers google-genai too).
+OTHER_GOOGLE_GENAI_INSTRUMENTATIONS = {
+    "opentelemetry-instrumentation-google-genai": "OpenTelemetry contrib's google-genai",
+    "opentelemetry-instrumentation-google-generativeai": "OpenLLMetry (traceloop)",
+    "openinference-instrumentation-google-genai": "OpenInference",
+    "openlit": "OpenLIT",
+}
 _OTHER_INSTRUMENTATIONS = (
     ("OpenAI", OTHER_OPENAI_INSTRUMENTATIONS),
     ("Bedrock", OTHER_BEDROCK_INSTRUMENTATIONS),
     ("Anthropic", OTHER_ANTHROPIC_INSTRUMENTATIONS),
+    ("Google Gen AI", OTHER_GOOGLE_GENAI_INSTRUMENTATIONS),
 )
 _LOOPBACK_FOR_WILDCARD = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
@@ -245,7 +253,8 @@ def check_other_instrumentations(context: DoctorContext) -> CheckResult:
                 active[dist_name] = f"{dist_name} {found[0].version} ({known_as})"
                 names += found[1]
     if not active:
-        return CheckResult("other_instrumentations", OK, "no other OpenAI, Bedrock or Anthropic instrumentation")
+        summary = "no other OpenAI, Bedrock, Anthropic or Google Gen AI instrumentation"
+        return CheckResult("other_instrumentations", OK, summary)
     summary = f"also installed: {'; '.join(active.values())}: {' and '.join(sdks)} calls may get two spans each"
     fix = "pip uninstall it" + (f", or set {DISABLED_ENV}={','.join(sorted(set(names)))}" if names else "")
     return CheckResult("other_instrumentations", WARN, summary, fix)
@@ -709,6 +718,7 @@ CHECKS: tuple[Callable[[DoctorContext], CheckResult], ...] = (
     _instrumentor_check("spendwatch_lightrag", "lightrag-hku", optional=True),
     _instrumentor_check("spendwatch_bedrock", "botocore", optional=True),
     _instrumentor_check("spendwatch_anthropic", "anthropic", optional=True),
+    _instrumentor_check("spendwatch_google_genai", "google-genai", optional=True),
     check_exporter_hook,
     check_other_instrumentations,
     check_opentelemetry_sdk,
