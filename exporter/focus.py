@@ -108,7 +108,8 @@ def _row(total: dict, tz: ZoneInfo) -> dict:
     cost = rounded_usd(float(total["cost_usd"]))
     tokens = int(total["input_tokens"]) + int(total["output_tokens"])
     requests = int(total["success"]) + int(total["error"])
-    unpriced = int(total["unpriced"])
+    # The ledger counts a refused call as unpriced too (it has no cost); here only calls that were sent count.
+    unpriced = max(0, int(total["unpriced"]) - int(total["blocked"]))
     return {
         "BillingAccountId": total["provider"],
         "BillingAccountName": None,
