@@ -60,7 +60,7 @@ class OpenAIInstrumentor(BaseInstrumentor):
         self._on_import = PatchOnImport("openai", self._patch)
 
     def _patch(self, _openai) -> None:
-        from spendwatch.instrumentation.openai_sdk import attempts, patch
+        from spendwatch.instrumentation.openai_sdk import attempts, background_responses, patch
 
         recorder, capture = self._recorder, self._capture
         for module_name, class_name, method, kind, operation, is_async in patch.TARGETS:
@@ -76,6 +76,13 @@ class OpenAIInstrumentor(BaseInstrumentor):
                 continue
             wrap_function_wrapper(owner, "close", patch.async_helper_close if is_async else patch.helper_close)
             self._wrapped_targets.append((owner, "close"))
+        for module_name, class_name, method, is_async in background_responses.RETRIEVAL_TARGETS:
+            owner = getattr(_import_or_none(module_name), class_name, None)
+            if owner is None or not hasattr(owner, method):
+                continue  # an SDK without background responses
+            read = background_responses.async_retrieved if is_async else background_responses.retrieved
+            wrap_function_wrapper(owner, method, read)
+            self._wrapped_targets.append((owner, method))
         for module_name, class_name, is_async in attempts.RETRY_TARGETS:
             owner = getattr(_import_or_none(module_name), class_name, None)
             if owner is None or not hasattr(owner, "_sleep_for_retry"):

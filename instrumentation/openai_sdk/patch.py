@@ -24,6 +24,7 @@ from spendwatch.instrumentation.background import start_background_thread
 from spendwatch.instrumentation.calls import Call, CallRecorder
 from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.openai_sdk.attempts import enter, leave
+from spendwatch.instrumentation.openai_sdk.background_responses import remember
 from spendwatch.instrumentation.openai_sdk.failures import end_failed
 from spendwatch.instrumentation.openai_sdk.guard_request import price_terms
 from spendwatch.instrumentation.openai_sdk.media import (
@@ -183,7 +184,10 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
     try:
         call.deactivate()
         if isinstance(result, BaseModel) and not capture:  # the usual case: a parsed response
-            call.succeed(result_usage(kind, result, kwargs))
+            usage = result_usage(kind, result, kwargs)
+            call.succeed(usage)
+            if kind == RESPONSES and kwargs.get("background") is True:
+                remember(call, result, usage)  # its output is counted when this process reads the result
             return result
         if isinstance(result, Stream):
             return SyncStreamProxy(result, call, stream_state(kind, kwargs))
@@ -195,7 +199,10 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
             return StreamedResponseProxy(result, call, kind, kwargs)
         if isinstance(result, AsyncAPIResponse):
             return AsyncStreamedResponseProxy(result, call, kind, kwargs)
-        call.succeed(result_usage(kind, result, kwargs), _output_content(result) if capture else None)
+        usage = result_usage(kind, result, kwargs)
+        call.succeed(usage, _output_content(result) if capture else None)
+        if kind == RESPONSES and kwargs.get("background") is True:
+            remember(call, result, usage)
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a call", exc_info=True)
         end_unread(call, kind, kwargs)  # counted from the request rather than lost (a no-op if it did end)

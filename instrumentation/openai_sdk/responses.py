@@ -16,6 +16,7 @@ from wrapt import ObjectProxy
 
 from spendwatch.instrumentation.background import start_background_thread
 from spendwatch.instrumentation.calls import Call
+from spendwatch.instrumentation.openai_sdk.background_responses import remember
 from spendwatch.instrumentation.openai_sdk.failures import end_failed
 from spendwatch.instrumentation.openai_sdk.media import raw_usage, request_usage, stream_state
 from spendwatch.instrumentation.openai_sdk.streams import AsyncStreamProxy, SyncStreamProxy, queue_end
@@ -42,7 +43,10 @@ def finish_raw(call: Call, kind: str, raw: LegacyAPIResponse, kwargs: dict) -> A
     except Exception as error:  # noqa: BLE001 - the caller's own parse() raises it: the call failed, maybe billed
         end_failed(call, error, kind, kwargs, sent=True)
         return raw
-    call.succeed(raw_usage(kind, parsed, kwargs, raw.headers))
+    usage = raw_usage(kind, parsed, kwargs, raw.headers)
+    call.succeed(usage)
+    if kwargs.get("background") is True:
+        remember(call, parsed, usage)  # a background response: its output is counted when its result is read
     return raw
 
 
