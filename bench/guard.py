@@ -1,20 +1,35 @@
-"""``python -m bench.guard [--quick]``: what the budget guard costs per call, and whether it overshoots.
+"""``python -m bench.guard [--quick] [--against REV]``: what the budget guard costs per call, and how well it keeps
+a budget.
 
 1. Admission cost: ``admit()`` + ``settle()`` of spendwatch's lease-based guard on a SQLite ledger, per call, against
    the same loop without a guard, interleaved in rounds (median µs of the difference).
-2. Overshoot under the same concurrent load, side by side: threads in several processes hammer one small daily
-   budget with calls that take a few milliseconds (as a real request does) and cost a known amount;
-   - ``spendwatch``: the guard that ships (reserve the worst case before the call, settle after);
-   - ``check-recorded``: what LiteLLM-style budgets do: refuse when the *recorded* spend plus this call's estimate
-     exceeds the limit, record the cost after the call.
-   Reported: final spend ÷ limit (ours must never exceed 1.0) and how much of the budget was used.
+2. Keeping a budget: threads in several processes hammer one small daily budget with calls that take a few
+   milliseconds (as a real request does) and whose cost the request does not cap: gpt-4o-mini chat calls with no
+   output cap, one in four at the priority tier, one in five answering at length (12,000 tokens), as reasoning
+   models and long answers do. Reported per guard:
+   - overshoot: final spend ÷ limit (above 1.000, the budget was broken);
+   - under-admission: the budget left unused ÷ limit, when calls were refused (0 when none was);
+   Guards:
+   - ``spendwatch``: this checkout's guard (its worst case: the model's maximum output at the tier asked for);
+   - ``spendwatch@REV``: the guard as committed at REV (default 1451b18, before the bound), run from a git worktree;
+   - ``LiteLLM reserve``: LiteLLM's budget reservation (v1.85 and later), modelled as its
+     ``proxy/spend_tracking/budget_reservation.py`` (1.110.2) does it: before the call, hold the counted input tokens
+     at the input price plus min(the request's cap or 16,384, the model's maximum output) at the output price, on an
+     atomic counter; a hold that does not fit what is left is shrunk to it and the call admitted, unless nothing is
+     left; after the call the hold is replaced by the actual cost. Modelled in one process with as many threads:
+     the counter is atomic in LiteLLM too (Redis), so spreading the callers over processes changes nothing;
+   - ``LiteLLM fail_closed``: the same with ``fail_closed_budget_enforcement``: a hold that does not fit refuses;
+   - ``check-recorded``: refuse when the *recorded* spend plus this call's estimate exceeds the limit, record the
+     cost after the call (LiteLLM before 1.85).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,8 +51,13 @@ from spendwatch.instrumentation.records import UsageRecord
 __all__ = ["main"]
 
 _UTC = ZoneInfo("UTC")
-_REQUEST = CallRequest("openai", "chat", "gpt-4o-mini", None, 200, 400, "max_tokens")
+_MODEL = "gpt-4o-mini"
+_CAPPED_REQUEST = CallRequest("openai", "chat", _MODEL, None, 200, 400, "max_tokens")
 _CALL_SECONDS = 0.02
+_INPUT_TOKENS = 150  # what each call really reads; its request's bound says 200 (UTF-8 bytes)
+_LONG_ANSWER, _SHORT_ANSWER = 12_000, 300
+_BASELINE = "1451b18"
+_LITELLM_DEFAULT_OUTPUT = 16_384  # LiteLLM's DEFAULT_MAX_OUTPUT_TOKENS_FALLBACK
 
 
 def _guard(path: str, limit: float) -> tuple[BudgetGuard, LedgerSink, Ledger]:
@@ -48,7 +68,36 @@ def _guard(path: str, limit: float) -> tuple[BudgetGuard, LedgerSink, Ledger]:
 
 
 def _record(cost: float) -> UsageRecord:
-    return UsageRecord("openai", "chat", "gpt-4o-mini", cost_usd=cost, start_time=time.time())
+    return UsageRecord("openai", "chat", _MODEL, cost_usd=cost, start_time=time.time())
+
+
+# --- the workload ------------------------------------------------------------------------------------------------
+
+
+def _tier(call: int) -> str | None:
+    return "priority" if call % 4 == 0 else None
+
+
+def _output(call: int) -> int:
+    return _LONG_ANSWER if call % 5 == 0 else _SHORT_ANSWER
+
+
+def _actual_cost(prices: PriceTable, call: int) -> float:
+    return prices.lookup(_MODEL, service_tier=_tier(call)).cost(_INPUT_TOKENS, _output(call))
+
+
+def _request(call: int) -> CallRequest:
+    """The call's request: no output cap, its tier when the guard's CallRequest can say one (not at 1451b18)."""
+    base = ("openai", "chat", _MODEL, None, 200, None, None)
+    if "service_tier" in CallRequest.__dataclass_fields__:
+        return CallRequest(*base, service_tier=_tier(call))
+    return CallRequest(*base)
+
+
+def _limit(processes: int, threads: int, calls: int) -> float:
+    """Room for about a third of the attempts."""
+    prices = PriceTable()
+    return sum(_actual_cost(prices, call) for call in range(calls)) * processes * threads / 3
 
 
 # --- 1. admission cost -------------------------------------------------------------------------------------------
@@ -57,11 +106,11 @@ def _record(cost: float) -> UsageRecord:
 def admission_cost(rounds: int, calls: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         guard, sink, _ = _guard(f"{tmp}/ledger.db", 1e9)
-        cost = PriceTable().lookup("gpt-4o-mini").cost(200, 300)
+        cost = PriceTable().lookup(_MODEL).cost(200, 300)
 
         def guarded() -> None:
             record = _record(cost)
-            guard.admit(_REQUEST).settle(record)
+            guard.admit(_CAPPED_REQUEST).settle(record)
             sink.record(record)
 
         def bare() -> None:
@@ -81,20 +130,23 @@ def admission_cost(rounds: int, calls: int) -> dict[str, float]:
     return {"median_us": statistics.median(deltas), "min_us": min(deltas), "max_us": max(deltas)}
 
 
-# --- 2. overshoot under concurrency ------------------------------------------------------------------------------
+# --- 2. keeping a budget -----------------------------------------------------------------------------------------
 
 
-def _spendwatch_worker(path: str, limit: float, threads: int, calls: int, cost: float) -> None:
+def _spendwatch_worker(path: str, limit: float, threads: int, calls: int, refusals) -> None:
     guard, sink, _ = _guard(path, limit)
+    prices = PriceTable()
 
     def caller() -> None:
-        for _ in range(calls):
+        for call in range(calls):
             try:
-                ticket = guard.admit(_REQUEST)
+                ticket = guard.admit(_request(call))
             except BudgetExceededError:
+                with refusals.get_lock():
+                    refusals.value += 1
                 continue
             time.sleep(_CALL_SECONDS)  # the request in flight
-            record = _record(cost)
+            record = _record(_actual_cost(prices, call))
             if ticket is not None:
                 ticket.settle(record)
             sink.record(record)
@@ -103,21 +155,24 @@ def _spendwatch_worker(path: str, limit: float, threads: int, calls: int, cost: 
     sink.close()
 
 
-def _check_recorded_worker(path: str, limit: float, threads: int, calls: int, cost: float) -> None:
+def _check_recorded_worker(path: str, limit: float, threads: int, calls: int, refusals) -> None:
     ledger = Ledger(open_backend(path), _UTC)
-    estimate = PriceTable().lookup("gpt-4o-mini").cost(_REQUEST.input_tokens, _REQUEST.max_output_tokens)
+    prices = PriceTable()
+    estimate = prices.lookup(_MODEL).cost(200, 4096)
     today = date.today()
     lock = threading.Lock()
     counter = iter(range(10**9))
 
     def caller() -> None:
-        for _ in range(calls):
+        for call in range(calls):
             if ledger.spend(today - timedelta(days=1), today + timedelta(days=2)) + estimate > limit:
+                with refusals.get_lock():
+                    refusals.value += 1
                 continue
             time.sleep(_CALL_SECONDS)
             with lock:
                 entry_id = f"{id(ledger)}:{next(counter)}"
-            ledger.ingest([LedgerEntry(entry_id, _record(cost))])
+            ledger.ingest([LedgerEntry(entry_id, _record(_actual_cost(prices, call)))])
 
     _run_threads(caller, threads)
 
@@ -130,43 +185,153 @@ def _run_threads(target, count: int) -> None:
         thread.join()
 
 
-def overshoot(variant: str, processes: int, threads: int, calls: int) -> dict[str, float]:
-    cost = PriceTable().lookup("gpt-4o-mini").cost(150, 350)  # what each call really costs: under its worst case
-    limit = cost * processes * threads * calls / 3  # room for about a third of the attempts
-    worker = _spendwatch_worker if variant == "spendwatch" else _check_recorded_worker
+def _in_processes(worker, processes: int, threads: int, calls: int, limit: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/ledger.db"
         open_backend(path).close()
         context = multiprocessing.get_context("spawn")
-        jobs = [context.Process(target=worker, args=(path, limit, threads, calls, cost)) for _ in range(processes)]
+        refusals = context.Value("i", 0)
+        jobs = [context.Process(target=worker, args=(path, limit, threads, calls, refusals)) for _ in range(processes)]
         for job in jobs:
             job.start()
         for job in jobs:
             job.join()
         (total,) = Ledger(open_backend(path), _UTC).totals()
-    return {"spend_over_limit": total["cost_usd"] / limit, "calls": total["success"]}
+    return _outcome(total["cost_usd"], limit, int(total["success"]), refusals.value)
+
+
+def _outcome(spent: float, limit: float, admitted: int, refused: int) -> dict[str, float]:
+    unused = max(limit - spent, 0.0) / limit if refused else 0.0
+    return {"spend_over_limit": spent / limit, "under_admission": unused, "calls": admitted, "refused": refused}
+
+
+class _LiteLLMCounter:
+    """LiteLLM's spend counter for one budget: spend plus the holds of calls in flight, changed atomically."""
+
+    def __init__(self, limit: float, fail_closed: bool) -> None:
+        self.limit, self.fail_closed = limit, fail_closed
+        self.counter = 0.0
+        self.spent = 0.0
+        self.lock = threading.Lock()
+
+    def reserve(self, estimate: float) -> float | None:
+        """The hold taken (None: refused), as ``_apply_over_budget_reservation_policy`` decides."""
+        with self.lock:
+            self.counter += estimate
+            if self.counter - self.limit <= 1e-12:
+                return estimate
+            remaining = self.limit - (self.counter - estimate)
+            if remaining <= 1e-12 or self.fail_closed:
+                self.counter -= estimate
+                return None
+            self.counter += remaining - estimate  # the hold shrunk to what was left
+            return remaining
+
+    def settle(self, hold: float, cost: float) -> None:
+        with self.lock:
+            self.counter += cost - hold
+            self.spent += cost
+
+
+def litellm(fail_closed: bool, processes: int, threads: int, calls: int, limit: float) -> dict[str, float]:
+    from spendwatch.instrumentation.pricing.limits import max_output_tokens
+
+    prices = PriceTable()
+    standard = prices.lookup(_MODEL)  # LiteLLM's model table prices the standard tier
+    output = min(_LITELLM_DEFAULT_OUTPUT, max_output_tokens(_MODEL) or _LITELLM_DEFAULT_OUTPUT)
+    estimate = standard.cost(_INPUT_TOKENS, output)  # LiteLLM counts the input with a tokenizer
+    budget = _LiteLLMCounter(limit, fail_closed)
+    outcomes = {"admitted": 0, "refused": 0}
+
+    def caller() -> None:
+        for call in range(calls):
+            hold = budget.reserve(estimate)
+            if hold is None:
+                with budget.lock:
+                    outcomes["refused"] += 1
+                continue
+            time.sleep(_CALL_SECONDS)
+            budget.settle(hold, _actual_cost(prices, call))
+            with budget.lock:
+                outcomes["admitted"] += 1
+
+    _run_threads(caller, processes * threads)
+    return _outcome(budget.spent, limit, outcomes["admitted"], outcomes["refused"])
+
+
+def _at_revision(rev: str, load: dict) -> dict[str, float]:
+    """The spendwatch guard as committed at ``rev``: this harness run in a worktree of it (``--only-spendwatch``)."""
+    from bench.baseline import checkout
+
+    with checkout(rev) as run_dir:
+        arguments = [f"--{key}={value}" for key, value in load.items()]
+        answer = subprocess.run(
+            [sys.executable, "-m", "bench.guard", "--only-spendwatch", *arguments],
+            cwd=run_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return json.loads(answer.stdout.strip().splitlines()[-1])
+
+
+def keeping(load: dict, against: str) -> dict[str, dict[str, float]]:
+    limit = _limit(**load)
+    results = {"spendwatch": _in_processes(_spendwatch_worker, **load, limit=limit)}
+    results[f"spendwatch@{against}"] = _at_revision(against, load)
+    results["LiteLLM reserve"] = litellm(False, **load, limit=limit)
+    results["LiteLLM fail_closed"] = litellm(True, **load, limit=limit)
+    results["check-recorded"] = _in_processes(_check_recorded_worker, **load, limit=limit)
+    return results
+
+
+def _table(admission: dict, load: dict, results: dict) -> list[str]:
+    names = list(results)
+    rows = [
+        "| measure | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        f"| final spend ÷ limit, overshoot above 1.000 ({load['processes']} processes × {load['threads']} threads) | "
+        + " | ".join(f"{results[name]['spend_over_limit']:.3f}" for name in names)
+        + " |",
+        "| under-admission: budget left unused ÷ limit, calls having been refused | "
+        + " | ".join(f"{results[name]['under_admission']:.3f}" for name in names)
+        + " |",
+        "| calls admitted / refused | "
+        + " | ".join(f"{results[name]['calls']} / {results[name]['refused']}" for name in names)
+        + " |",
+    ]
+    return [
+        f"Admission + settle per call, µs over no guard (SQLite): {admission['median_us']:.1f} "
+        f"({admission['min_us']:.1f}–{admission['max_us']:.1f})",
+        "",
+        *rows,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.guard")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--against", default=_BASELINE, metavar="REV", help=f"the earlier guard (default {_BASELINE})")
+    parser.add_argument("--only-spendwatch", action="store_true", help=argparse.SUPPRESS)  # one JSON line, for REV
+    for key in ("processes", "threads", "calls"):
+        parser.add_argument(f"--{key}", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    load = {"processes": args.processes or 4, "threads": args.threads or 4, "calls": args.calls or 25}
+    if args.quick and args.calls is None:
+        load["calls"] = 10
+    if args.only_spendwatch:
+        print(json.dumps(_in_processes(_spendwatch_worker, **load, limit=_limit(**load))))
+        return 0
     rounds, calls = (5, 2000) if args.quick else (15, 5000)
     admission = admission_cost(rounds, calls)
-    load = {"processes": 4, "threads": 4, "calls": 10 if args.quick else 25}
-    results = {variant: overshoot(variant, **load) for variant in ("spendwatch", "check-recorded")}
-    table = [
-        "| measure | spendwatch | check-recorded-spend guard |",
-        "|---|---|---|",
-        f"| admission + settle per call, µs over no guard (SQLite) | {admission['median_us']:.1f} "
-        f"({admission['min_us']:.1f}–{admission['max_us']:.1f}) | — |",
-        f"| final spend ÷ limit ({load['processes']} processes × {load['threads']} threads) | "
-        f"{results['spendwatch']['spend_over_limit']:.3f} | {results['check-recorded']['spend_over_limit']:.3f} |",
-        f"| calls admitted | {results['spendwatch']['calls']} | {results['check-recorded']['calls']} |",
-    ]
+    results = keeping(load, args.against)
     command = "python -m bench.guard" + (" --quick" if args.quick else "")
+    if args.against != _BASELINE:
+        command += f" --against {args.against}"
     text = f"Budget guard, `{command}`, {time.strftime('%Y-%m-%d')}, python {sys.version.split()[0]}\n\n"
-    text += "\n".join(table) + "\n"
+    text += "Workload: gpt-4o-mini calls without an output cap, 1 in 4 at the priority tier, 1 in 5 answering "
+    text += f"{_LONG_ANSWER:,} tokens (the rest {_SHORT_ANSWER}); the limit has room for about a third of them.\n\n"
+    text += "\n".join(_table(admission, load, results)) + "\n"
     publish("guard.md", text)
     return 1 if results["spendwatch"]["spend_over_limit"] > 1.0 else 0
 

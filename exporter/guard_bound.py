@@ -19,6 +19,7 @@ What a bound assumes is returned with it in words, for the refusal and ``spendwa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from spendwatch.exporter.guard_rules import GuardConfig
@@ -27,7 +28,7 @@ from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.pricing import Price, PriceTable
 from spendwatch.instrumentation.pricing.limits import family_models, max_output_tokens, model_family
 
-__all__ = ["WorstCase", "assumption_notes", "worst_case"]
+__all__ = ["WorstCase", "assumed_models", "assumption_notes", "worst_case"]
 
 UNPRICED_BUDGET = "unpriced"  # the budget label of a refusal by [guard] unpriced = "block"
 
@@ -82,9 +83,23 @@ def _bound(price: Price, request: CallRequest, output: int, config: GuardConfig)
     return usd + max(fees, default=0.0), assumed
 
 
+# Token kinds a price may list at a rate of their own: when it lists none, every token is at the text rates.
+_OWN_RATE_TOKENS = (
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "input_image_tokens",
+    "output_audio_tokens",
+    "output_image_tokens",
+    "reasoning_tokens",
+)
+
+
 def _tokens_bound(price: Price, input_tokens: int, output_tokens: int, cache_write_possible: bool) -> float:
     """Every input token at the dearest input rate, every output token at the dearest output rate. Price.cost is
     linear in each count once the input size has chosen the tier, so the two maxima add up."""
+    if not any(kind in listed.per_unit for listed in _with_tiers(price) for kind in _OWN_RATE_TOKENS):
+        return price.cost(input_tokens, output_tokens)  # the usual price: text tokens only
     inputs = [
         price.cost(input_tokens, 0),
         price.cost(input_tokens, 0, input_audio_tokens=input_tokens),
@@ -101,6 +116,10 @@ def _tokens_bound(price: Price, input_tokens: int, output_tokens: int, cache_wri
         price.cost(input_tokens, output_tokens, reasoning_tokens=output_tokens),
     )
     return max(inputs) + max(outputs) - text_input
+
+
+def _with_tiers(price: Price) -> tuple[Price, ...]:
+    return (price, *(tier for _, tier in price.tiers))
 
 
 def _unit_cost(price: Price, unit: str, count: int) -> float:
@@ -149,4 +168,19 @@ def assumption_notes(config: GuardConfig) -> list[str]:
         notes.append("a model without a price is bounded at the dearest known model of its provider and family")
     elif config.unpriced == "admit":
         notes.append("a model without a price is not bounded at all ([guard] unpriced = 'admit')")
+    return notes
+
+
+def assumed_models(models: Iterable[tuple[str, str]], prices: PriceTable, config: GuardConfig) -> list[str]:
+    """Of ``(provider, model)`` pairs (those the ledger has seen), the ones whose worst case rests on an assumption
+    whatever the request says: no price, or (for a request without an output cap) no maximum output in the data."""
+    notes = []
+    for provider, model in sorted(set(models)):
+        if prices.lookup(model, provider=provider) is None:
+            notes.append(f"{model} ({provider}) has no price: [guard] unpriced = {config.unpriced!r}")
+        elif max_output_tokens(model, provider) is None:
+            notes.append(
+                f"{model} ({provider}): a call without an output cap is bounded at [guard] max_output_tokens = "
+                f"{config.max_output_tokens}, the bundled data having no maximum for it"
+            )
     return notes

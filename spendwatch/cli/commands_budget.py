@@ -94,6 +94,7 @@ def _run_status(args: argparse.Namespace) -> int:
         statuses = budget_statuses(ledger, settings, now=now)
         notes = _limit_notes(statuses, known, run_time_changes(ledger))
         decisions = ledger.guard_decisions()
+        assumptions = _guard_assumptions(ledger, settings) if settings.enforce == "block" else []
     finally:
         ledger.close()
     if args.json:
@@ -101,13 +102,28 @@ def _run_status(args: argparse.Namespace) -> int:
         for budget, note in zip(document["budgets"], notes, strict=True):
             budget.update(note)
         document["guard"] = {"enforce": settings.enforce, "decisions": _decisions_document(decisions)}
+        if assumptions:
+            document["guard"]["assumptions"] = assumptions
         print(format_json(document))
         return EXIT_OK
     print(_NO_BUDGETS if not statuses else format_table([_status_line(s) for s in statuses], _STATUS_COLUMNS))
     for line in _limit_lines(statuses, notes, known):
         print(line)
     print(f"\nguard: enforce={settings.enforce}; decisions so far: {_decisions_text(decisions)}")
+    if assumptions:  # the guard's bound is the true worst case except there
+        print("a call's worst case rests on an assumption where:")
+        print("\n".join(f"  - {note}" for note in assumptions))
     return EXIT_OK
+
+
+def _guard_assumptions(ledger, settings) -> list[str]:
+    """Where the guard's worst case is not a bound but an assumption: by its settings, and for the models seen."""
+    from spendwatch.exporter.guard_bound import assumed_models, assumption_notes
+    from spendwatch.exporter.guard_rules import guard_config
+
+    config = guard_config(settings.raw.get("guard"), f"SPENDWATCH_CONFIG={settings.config_path!r}")
+    seen = ((row["provider"], row["model"]) for row in ledger.totals() if row["operation"] != "embeddings")
+    return assumption_notes(config) + assumed_models(seen, settings.price_table(), config)
 
 
 def _limit_notes(statuses, known, changes: dict) -> list[dict]:
