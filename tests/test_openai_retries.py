@@ -61,3 +61,33 @@ async def test_an_async_call_counts_its_retried_attempts_too(sink):
     assert len(sink.records) == 2
     for record in sink.records:
         assert_estimated(record, "APITimeoutError")
+
+
+@pytest.fixture(scope="module")
+def refusing_url():
+    with StubServer() as gone:
+        url = gone.base_url
+    return url  # nothing listens there any more: every connection is refused
+
+
+CALLS = {
+    "chat": lambda client: client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES),
+    "chat stream": lambda client: client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True),
+    "raw responses": lambda client: client.responses.with_raw_response.create(model="gpt-4o-mini", input="Hi"),
+    "images": lambda client: client.images.generate(model="gpt-image-1", prompt="a cat"),
+    "moderations": lambda client: client.moderations.create(input="Hi"),
+}
+
+
+@pytest.mark.parametrize("max_retries", [0, 1])
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
+def test_every_refused_call_is_not_billed_on_its_record_and_span(refusing_url, sink, span_exporter, call, max_retries):
+    client = openai.OpenAI(api_key=FAKE_API_KEY, base_url=refusing_url, max_retries=max_retries)
+    with pytest.raises(openai.APIConnectionError):
+        call(client)
+
+    (record,) = sink.records  # a refused attempt adds nothing
+    (span,) = span_exporter.get_finished_spans()
+    assert (record.cost_usd, record.pricing) == (0.0, "not billed")
+    assert span.attributes["spendwatch.pricing"] == "not billed"
+    assert "gen_ai.usage.cost" not in span.attributes
