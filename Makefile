@@ -82,6 +82,8 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_PEERS ?= opentelemetry-instrumentation-openai-v2 opentelemetry-util-genai==1.1b0 httpx \
 	opentelemetry-instrumentation-openai \
 	opentelemetry-instrumentation-google-genai opentelemetry-instrumentation-google-generativeai
+# The Anthropic peer (bench.anthropic_sdk). OpenLIT is left out there too: it requires anthropic<1.
+BENCH_PEERS += opentelemetry-instrumentation-anthropic
 BENCH_ARGS ?=
 
 $(BENCH_STAMP): pyproject.toml
@@ -102,6 +104,7 @@ bench: $(BENCH_STAMP) test-servers
 	$(BENCH_BIN)/python -m bench.guard $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.startup $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.instructions $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.anthropic_sdk $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.google_genai $(BENCH_ARGS)
 
 # The working tree against spendwatch at a git revision, in one run (bench/baseline.py): make bench-against REV=main
