@@ -39,7 +39,8 @@ test-fast: $(STAMP) test-servers
 
 # The instrumentation's tests again on the older openai lines it supports (1.x and 2.x use httpx, 3.x httpx2).
 COMPAT_TESTS := tests/test_openai_instrumentation.py tests/test_openai_edges.py \
-	tests/test_cassette_replay_instrumented.py tests/test_failed_calls.py
+	tests/test_cassette_replay_instrumented.py tests/test_failed_calls.py \
+	tests/test_openai_media.py tests/test_openai_retries.py tests/test_openai_background.py
 COMPAT_DEPS := opentelemetry-sdk opentelemetry-distro pytest pytest-asyncio pyyaml 'psycopg[binary]'
 .PHONY: test-openai-compat
 test-openai-compat:
