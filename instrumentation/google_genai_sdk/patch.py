@@ -186,26 +186,25 @@ def async_wrapper(recorder: CallRecorder, operation: str, capture: bool):
 def stream_wrapper(recorder: CallRecorder, operation: str, capture: bool):
     """The SDK's streamed request is a generator: the call starts when the caller asks for its first chunk."""
 
+    def traced_stream(wrapped, instance, args, kwargs):
+        call = _start(recorder, operation, instance, kwargs, capture)
+        if call is None:
+            yield from wrapped(*args, **kwargs)
+            return
+        kwargs = _admitted(call, operation, kwargs)
+        try:
+            stream = wrapped(*args, **kwargs)
+        except BaseException as error:
+            end_failed(call, error, kwargs)
+            raise
+        yield from iterate(call, StreamState(kwargs), stream)
+
     def traced(wrapped, instance, args, kwargs):
         if not is_instrumentation_enabled() or not recorder.active:
             return wrapped(*args, **kwargs)
-        return _traced_stream(recorder, operation, capture, wrapped, instance, args, kwargs)
+        return traced_stream(wrapped, instance, args, kwargs)
 
     return traced
-
-
-def _traced_stream(recorder, operation, capture, wrapped, instance, args, kwargs):
-    call = _start(recorder, operation, instance, kwargs, capture)
-    if call is None:
-        yield from wrapped(*args, **kwargs)
-        return
-    kwargs = _admitted(call, operation, kwargs)
-    try:
-        stream = wrapped(*args, **kwargs)
-    except BaseException as error:
-        end_failed(call, error, kwargs)
-        raise
-    yield from iterate(call, StreamState(kwargs), stream)
 
 
 def async_stream_wrapper(recorder: CallRecorder, operation: str, capture: bool):
