@@ -301,6 +301,26 @@ def test_report_end_defaults_to_today(api):
     assert api("/api/v1/report", start=since).json()["until"] == until
 
 
+# --- alerts --------------------------------------------------------------------------------------------------------
+
+
+def test_alerts_show_the_guards_refusals_of_the_range_newest_first(api, history):
+    document = api("/api/v1/alerts", range="72h").json()
+    start, end = instant(document["start"]), instant(document["end"])
+    # The history was ingested in batches of 2000 calls: one event per batch that had refused calls, at its last one.
+    entries = history["entries"]
+    batches = [entries[first : first + 2000] for first in range(0, len(entries), 2000)]
+    refused = [[e.record for e in batch if e.record.outcome == "blocked"] for batch in batches]
+    expected = [(max(r.start_time for r in calls), len(calls)) for calls in refused if calls]
+    expected = [(at, count) for at, count in expected if start <= at < end + 1]
+
+    shown = [(instant(alert["at"]), alert["calls"]) for alert in document["alerts"]]
+    assert expected
+    assert [alert["kind"] for alert in document["alerts"]] == ["guard_refused"] * len(expected)
+    assert [count for _, count in shown] == [count for _, count in sorted(expected, reverse=True)]
+    assert [at for at, _ in shown] == sorted((int(at) for at, _ in expected), reverse=True)
+
+
 # --- bad requests, the OpenAPI document, auth ----------------------------------------------------------------------
 
 
