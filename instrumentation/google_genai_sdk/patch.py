@@ -15,7 +15,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from spendwatch.instrumentation import admission
 from spendwatch.instrumentation.admission import CallRequest
-from spendwatch.instrumentation.calls import Call, CallRecorder, Usage
+from spendwatch.instrumentation.calls import Call, CallRecorder, Usage, safe_instrumentation
 from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.google_genai_sdk.failures import BudgetRefusal, end_failed
 from spendwatch.instrumentation.google_genai_sdk.streams import StreamState, iterate, iterate_async
@@ -140,7 +140,8 @@ def _finish(call: Call, operation: str, result: Any, kwargs: dict, capture: bool
         call.succeed(_usage(operation, result, kwargs), extra)
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a call", exc_info=True)
-        end_failed(call, RuntimeError("unreadable response"), kwargs, sent=True)
+        with safe_instrumentation("recording a call from its request"):
+            call.succeed(usage_from_request(kwargs))  # counted from the request rather than lost (a no-op if ended)
 
 
 def sync_wrapper(recorder: CallRecorder, operation: str, capture: bool):
