@@ -19,6 +19,8 @@ What a bound assumes is returned with it in words, for the refusal and ``spendwa
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -133,24 +135,76 @@ def _upper_bound(
     """An unknown model priced as the dearest known model of its provider and family (of its provider when the
     family has none): the worst case of this request at each of their prices, the largest kept."""
     family = model_family(request.model)
-    candidates = family_models(provider, family) or family_models(provider, "")
+    in_family, candidates = _family_prices(prices, provider, family, tier, config.max_output_tokens, _today())
+    own_limit = request.max_output_tokens
+    if own_limit is None:
+        own_limit = max_output_tokens(request.model, provider)
     best, best_model = None, None
-    for owner, model in candidates:
-        price = prices.lookup(model, provider=owner, service_tier=tier)
-        if price is None:
-            continue
-        output, _ = _output_bound(request, request.model, provider, config)
-        if request.max_output_tokens is None and max_output_tokens(request.model, provider) is None:
-            output = max_output_tokens(model, owner) or config.max_output_tokens
-        usd, tools_assumed = _bound(price, request, output, config)
+    for model, price, model_limit in candidates:
+        usd, tools_assumed = _bound(price, request, own_limit if own_limit is not None else model_limit, config)
         if best is None or usd > best.usd:
             best, best_model = WorstCase(usd, tools_assumed, price), model
     if best is None:
         reason = f"has no price for model {request.model!r} nor for any model of provider {provider!r}"
         raise BudgetExceededError(UNPRICED_BUDGET, "day", 0.0, 0.0, 0.0, reason=reason)
-    what = f"the dearest {family!r} model of {provider}" if family else f"the dearest model of {provider}"
+    if in_family:
+        what = f"the dearest {family!r} model of {provider}"
+    else:
+        what = f"the dearest model of {provider}, which lists none of the {family!r} family"
     priced_as = f"{request.model!r} has no price: priced as {best_model!r}, {what} ([guard] unpriced = 'upper-bound')"
     return WorstCase(best.usd, (priced_as, *best.assumptions), best.assumed_price)
+
+
+@functools.lru_cache(maxsize=256)
+def _family_prices(
+    prices: PriceTable, provider: str, family: str, tier: str | None, fallback_output: int, day: int
+) -> tuple[bool, tuple[tuple[str, Price, int], ...]]:
+    """Whether ``family`` has priced models at ``provider``, and ``(model, price, maximum output)`` of the models an
+    unknown one is bounded by (those of the family, else every model of the provider), less those another one is
+    at least as dear as on every count. Cached per day, as prices change on dates."""
+    found = []
+    for in_family, candidates in ((True, family_models(provider, family)), (False, family_models(provider, ""))):
+        for owner, model in candidates:
+            price = prices.lookup(model, provider=owner, service_tier=tier)
+            if price is not None:
+                found.append((model, price, max_output_tokens(model, owner) or fallback_output))
+        if found:
+            return in_family, _undominated(found)
+    return False, ()
+
+
+def _undominated(found: list[tuple[str, Price, int]]) -> tuple[tuple[str, Price, int], ...]:
+    """The candidates no other candidate is at least as dear as on every count (the first of equals kept). Only
+    prices of text tokens and per-unit charges without tiers are compared; the others are all kept."""
+    plain = [entry for entry in found if _plain(entry[1])]
+    kept = [entry for entry in found if not _plain(entry[1])]
+    for index, entry in enumerate(plain):
+        if not any(
+            _at_least_as_dear(other, entry) and (other_index < index or not _at_least_as_dear(entry, other))
+            for other_index, other in enumerate(plain)
+            if other_index != index
+        ):
+            kept.append(entry)
+    return tuple(kept)
+
+
+def _plain(price: Price) -> bool:
+    return not price.tiers and not any(kind in price.per_unit for kind in _OWN_RATE_TOKENS)
+
+
+def _at_least_as_dear(one: tuple[str, Price, int], other: tuple[str, Price, int]) -> bool:
+    _, price, limit = one
+    _, other_price, other_limit = other
+    return (
+        price.input >= other_price.input
+        and price.output >= other_price.output
+        and limit >= other_limit
+        and all(price.per_unit.get(unit, 0.0) >= rate for unit, rate in other_price.per_unit.items())
+    )
+
+
+def _today() -> int:
+    return int(time.time() // 86_400)
 
 
 def assumption_notes(config: GuardConfig) -> list[str]:
