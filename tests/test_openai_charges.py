@@ -169,6 +169,16 @@ def test_web_and_file_searches_are_counted_and_priced_per_call(stream, stub, spa
     assert_costs(span, record, row, expected)
 
 
+async def test_an_async_stream_counts_its_searches_too(async_client, stub, span_exporter, sink):
+    stream = await async_client.responses.create(model=TOOLS_MODEL, input="Look it up", tools=SEARCH_TOOLS, stream=True)
+    async for _ in stream:
+        pass
+
+    _, record = only_call(span_exporter, sink)
+    assert record.units == {"web_search_calls": 2, "file_search_calls": 1}
+    assert record.cost_usd == pytest.approx(genai_cost_of(stub.usage_log[0], units=record.units), rel=1e-9)
+
+
 def test_a_code_interpreter_container_is_one_session_however_many_calls_use_it(stub, span_exporter, sink):
     client = client_at(stub.base_url, stub)
     tool = {"type": "code_interpreter", "container": "cntr_charges_test_shared"}
