@@ -4,9 +4,9 @@ well it keeps a budget.
 1. Admission cost: ``admit()`` + ``settle()`` of spendwatch's lease-based guard on a SQLite ledger, per call, against
    the same loop without a guard, interleaved in rounds (median µs of the difference).
 2. Keeping a budget: threads in several processes hammer one small daily budget with calls that take a few
-   milliseconds (as a real request does) and whose cost the request does not cap: gpt-4o-mini chat calls with no
-   output cap, one in four at the priority tier, one in five answering at length (12,000 tokens), as reasoning
-   models and long answers do. Every guard runs once a round (3 rounds, 1 with ``--quick``); reported per guard:
+   milliseconds (as a real request does) and whose cost the request does not cap: chat calls with no output cap,
+   one in four at the priority tier, one in five answering at length: gpt-4o-mini with 12,000 tokens, and gpt-5 (a
+   reasoning model) with 30,000. Every guard runs once a round (3 rounds, 1 with ``--quick``); reported per guard:
    - overshoot: final spend ÷ limit, the worst round (above 1.000, the budget was broken);
    - under-admission: the budget left unused ÷ limit when calls were refused (0 when none was), the median round;
    Guards:
@@ -56,7 +56,9 @@ _MODEL = "gpt-4o-mini"
 _CAPPED_REQUEST = CallRequest("openai", "chat", _MODEL, None, 200, 400, "max_tokens")
 _CALL_SECONDS = 0.02
 _INPUT_TOKENS = 150  # what each call really reads; its request's bound says 200 (UTF-8 bytes)
-_LONG_ANSWER, _SHORT_ANSWER = 12_000, 300
+_SHORT_ANSWER = 300
+# (model, tokens of a long answer): a chat model's long reply, and a reasoning model's, past LiteLLM's 16,384
+_WORKLOADS = (("gpt-4o-mini", 12_000), ("gpt-5", 30_000))
 _BASELINE = "1451b18"
 _LITELLM_DEFAULT_OUTPUT = 16_384  # LiteLLM's DEFAULT_MAX_OUTPUT_TOKENS_FALLBACK
 
@@ -68,8 +70,8 @@ def _guard(path: str, limit: float) -> tuple[BudgetGuard, LedgerSink, Ledger]:
     return BudgetGuard(ledger, settings, PriceTable(), GuardConfig()), sink, ledger
 
 
-def _record(cost: float) -> UsageRecord:
-    return UsageRecord("openai", "chat", _MODEL, cost_usd=cost, start_time=time.time())
+def _record(cost: float, model: str = _MODEL) -> UsageRecord:
+    return UsageRecord("openai", "chat", model, cost_usd=cost, start_time=time.time())
 
 
 # --- the workload ------------------------------------------------------------------------------------------------
@@ -79,26 +81,26 @@ def _tier(call: int) -> str | None:
     return "priority" if call % 4 == 0 else None
 
 
-def _output(call: int) -> int:
-    return _LONG_ANSWER if call % 5 == 0 else _SHORT_ANSWER
+def _output(call: int, long: int) -> int:
+    return long if call % 5 == 0 else _SHORT_ANSWER
 
 
-def _actual_cost(prices: PriceTable, call: int) -> float:
-    return prices.lookup(_MODEL, service_tier=_tier(call)).cost(_INPUT_TOKENS, _output(call))
+def _actual_cost(prices: PriceTable, call: int, model: str, long: int) -> float:
+    return prices.lookup(model, service_tier=_tier(call)).cost(_INPUT_TOKENS, _output(call, long))
 
 
-def _request(call: int) -> CallRequest:
+def _request(call: int, model: str) -> CallRequest:
     """The call's request: no output cap, its tier when the guard's CallRequest can say one (not at 1451b18)."""
-    base = ("openai", "chat", _MODEL, None, 200, None, None)
+    base = ("openai", "chat", model, None, 200, None, None)
     if "service_tier" in CallRequest.__dataclass_fields__:
         return CallRequest(*base, service_tier=_tier(call))
     return CallRequest(*base)
 
 
-def _limit(processes: int, threads: int, calls: int) -> float:
+def _limit(processes: int, threads: int, calls: int, model: str, long: int) -> float:
     """Room for about a third of the attempts."""
     prices = PriceTable()
-    return sum(_actual_cost(prices, call) for call in range(calls)) * processes * threads / 3
+    return sum(_actual_cost(prices, call, model, long) for call in range(calls)) * processes * threads / 3
 
 
 # --- 1. admission cost -------------------------------------------------------------------------------------------
@@ -134,20 +136,20 @@ def admission_cost(rounds: int, calls: int) -> dict[str, float]:
 # --- 2. keeping a budget -----------------------------------------------------------------------------------------
 
 
-def _spendwatch_worker(path: str, limit: float, threads: int, calls: int, refusals) -> None:
+def _spendwatch_worker(path: str, limit: float, threads: int, calls: int, model: str, long: int, refusals) -> None:
     guard, sink, _ = _guard(path, limit)
     prices = PriceTable()
 
     def caller() -> None:
         for call in range(calls):
             try:
-                ticket = guard.admit(_request(call))
+                ticket = guard.admit(_request(call, model))
             except BudgetExceededError:
                 with refusals.get_lock():
                     refusals.value += 1
                 continue
             time.sleep(_CALL_SECONDS)  # the request in flight
-            record = _record(_actual_cost(prices, call))
+            record = _record(_actual_cost(prices, call, model, long), model)
             if ticket is not None:
                 ticket.settle(record)
             sink.record(record)
@@ -156,10 +158,10 @@ def _spendwatch_worker(path: str, limit: float, threads: int, calls: int, refusa
     sink.close()
 
 
-def _check_recorded_worker(path: str, limit: float, threads: int, calls: int, refusals) -> None:
+def _check_recorded_worker(path: str, limit: float, threads: int, calls: int, model: str, long: int, refusals) -> None:
     ledger = Ledger(open_backend(path), _UTC)
     prices = PriceTable()
-    estimate = prices.lookup(_MODEL).cost(200, 4096)
+    estimate = prices.lookup(model).cost(200, 4096)
     today = date.today()
     lock = threading.Lock()
     counter = iter(range(10**9))
@@ -173,7 +175,7 @@ def _check_recorded_worker(path: str, limit: float, threads: int, calls: int, re
             time.sleep(_CALL_SECONDS)
             with lock:
                 entry_id = f"{id(ledger)}:{next(counter)}"
-            ledger.ingest([LedgerEntry(entry_id, _record(_actual_cost(prices, call)))])
+            ledger.ingest([LedgerEntry(entry_id, _record(_actual_cost(prices, call, model, long), model))])
 
     _run_threads(caller, threads)
 
@@ -186,19 +188,23 @@ def _run_threads(target, count: int) -> None:
         thread.join()
 
 
-def _in_processes(worker, processes: int, threads: int, calls: int, limit: float) -> dict[str, float]:
+def _in_processes(
+    worker, processes: int, threads: int, calls: int, model: str, long: int, limit: float
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/ledger.db"
         open_backend(path).close()
         context = multiprocessing.get_context("spawn")
         refusals = context.Value("i", 0)
-        jobs = [context.Process(target=worker, args=(path, limit, threads, calls, refusals)) for _ in range(processes)]
+        arguments = (path, limit, threads, calls, model, long, refusals)
+        jobs = [context.Process(target=worker, args=arguments) for _ in range(processes)]
         for job in jobs:
             job.start()
         for job in jobs:
             job.join()
-        (total,) = Ledger(open_backend(path), _UTC).totals()
-    return _outcome(total["cost_usd"], limit, int(total["success"]), refusals.value)
+        rows = Ledger(open_backend(path), _UTC).totals()  # none when every call was refused
+    spent, admitted = (rows[0]["cost_usd"], int(rows[0]["success"])) if rows else (0.0, 0)
+    return _outcome(spent, limit, admitted, refusals.value)
 
 
 def _outcome(spent: float, limit: float, admitted: int, refused: int) -> dict[str, float]:
@@ -234,12 +240,14 @@ class _LiteLLMCounter:
             self.spent += cost
 
 
-def litellm(fail_closed: bool, processes: int, threads: int, calls: int, limit: float) -> dict[str, float]:
+def litellm(
+    fail_closed: bool, processes: int, threads: int, calls: int, model: str, long: int, limit: float
+) -> dict[str, float]:
     from spendwatch.instrumentation.pricing.limits import max_output_tokens
 
     prices = PriceTable()
-    standard = prices.lookup(_MODEL)  # LiteLLM's model table prices the standard tier
-    output = min(_LITELLM_DEFAULT_OUTPUT, max_output_tokens(_MODEL) or _LITELLM_DEFAULT_OUTPUT)
+    standard = prices.lookup(model)  # LiteLLM's model table prices the standard tier
+    output = min(_LITELLM_DEFAULT_OUTPUT, max_output_tokens(model) or _LITELLM_DEFAULT_OUTPUT)
     estimate = standard.cost(_INPUT_TOKENS, output)  # LiteLLM counts the input with a tokenizer
     budget = _LiteLLMCounter(limit, fail_closed)
     outcomes = {"admitted": 0, "refused": 0}
@@ -252,7 +260,7 @@ def litellm(fail_closed: bool, processes: int, threads: int, calls: int, limit: 
                     outcomes["refused"] += 1
                 continue
             time.sleep(_CALL_SECONDS)
-            budget.settle(hold, _actual_cost(prices, call))
+            budget.settle(hold, _actual_cost(prices, call, model, long))
             with budget.lock:
                 outcomes["admitted"] += 1
 
@@ -297,7 +305,7 @@ def _summary(outcomes: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
-def _table(admission: dict, load: dict, rounds: int, results: dict) -> list[str]:
+def _table(load: dict, rounds: int, results: dict) -> list[str]:
     names = list(results)
     rows = [
         "| measure | " + " | ".join(names) + " |",
@@ -312,14 +320,9 @@ def _table(admission: dict, load: dict, rounds: int, results: dict) -> list[str]
         + " | ".join(f"{results[name]['calls']:.0f} / {results[name]['refused']:.0f}" for name in names)
         + " |",
     ]
-    return [
-        f"Admission + settle per call, µs over no guard (SQLite): {admission['median_us']:.1f} "
-        f"({admission['min_us']:.1f}–{admission['max_us']:.1f})",
-        "",
-        f"{load['processes']} processes × {load['threads']} threads × {load['calls']} calls, {rounds} rounds:",
-        "",
-        *rows,
-    ]
+    heading = f"{load['model']}, 1 in 5 answering {load['long']:,} tokens (the rest {_SHORT_ANSWER}), 1 in 4 at"
+    heading += f" priority; {load['processes']} processes × {load['threads']} threads × {load['calls']} calls,"
+    return [heading + f" {rounds} rounds:", "", *rows, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,28 +331,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", default=_BASELINE, metavar="REV", help=f"the earlier guard (default {_BASELINE})")
     parser.add_argument("--rounds", type=int, help="rounds of the budget-keeping runs (default 3, --quick 1)")
     parser.add_argument("--only-spendwatch", action="store_true", help=argparse.SUPPRESS)  # one JSON line, for REV
-    for key in ("processes", "threads", "calls"):
+    for key in ("processes", "threads", "calls", "long"):
         parser.add_argument(f"--{key}", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     load = {"processes": args.processes or 4, "threads": args.threads or 4, "calls": args.calls or 25}
     if args.quick and args.calls is None:
         load["calls"] = 10
     args.rounds = args.rounds or (1 if args.quick else 3)
     if args.only_spendwatch:
+        load |= {"model": args.model, "long": args.long}
         print(json.dumps(_in_processes(_spendwatch_worker, **load, limit=_limit(**load))))
         return 0
     rounds, calls = (5, 2000) if args.quick else (15, 5000)
     admission = admission_cost(rounds, calls)
-    results = keeping(load, args.against, args.rounds)
+    tables = []
+    broken = False
+    for model, long in _WORKLOADS:
+        workload = load | {"model": model, "long": long}
+        results = keeping(workload, args.against, args.rounds)
+        tables += _table(workload, args.rounds, results)
+        broken = broken or results["spendwatch"]["spend_over_limit"] > 1.0
     command = "python -m bench.guard" + (" --quick" if args.quick else "")
     if args.against != _BASELINE:
         command += f" --against {args.against}"
     text = f"Budget guard, `{command}`, {time.strftime('%Y-%m-%d')}, python {sys.version.split()[0]}\n\n"
-    text += "Workload: gpt-4o-mini calls without an output cap, 1 in 4 at the priority tier, 1 in 5 answering "
-    text += f"{_LONG_ANSWER:,} tokens (the rest {_SHORT_ANSWER}); the limit has room for about a third of them.\n\n"
-    text += "\n".join(_table(admission, load, args.rounds, results)) + "\n"
+    text += f"Admission + settle per call, µs over no guard (SQLite): {admission['median_us']:.1f} "
+    text += f"({admission['min_us']:.1f}–{admission['max_us']:.1f})\n\n"
+    text += "Keeping a budget: calls without an output cap; the limit has room for about a third of them.\n\n"
+    text += "\n".join(tables)
     publish("guard.md", text)
-    return 1 if results["spendwatch"]["spend_over_limit"] > 1.0 else 0
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":
