@@ -64,31 +64,24 @@ class OpenAIInstrumentor(BaseInstrumentor):
 
         recorder, capture = self._recorder, self._capture
         for module_name, class_name, method, kind, operation, is_async in patch.TARGETS:
-            owner = getattr(_import_or_none(module_name), class_name, None)
-            if owner is None or not hasattr(owner, method):
-                continue  # an older SDK without this API
             factory = patch.async_wrapper if is_async else patch.sync_wrapper
-            wrap_function_wrapper(module_name, f"{class_name}.{method}", factory(recorder, kind, operation, capture))
-            self._wrapped_targets.append((owner, method))
+            self._wrap(module_name, class_name, method, factory(recorder, kind, operation, capture))
         for module_name, class_name, is_async in patch.HELPER_TARGETS:
-            owner = getattr(_import_or_none(module_name), class_name, None)
-            if owner is None:
-                continue
-            wrap_function_wrapper(owner, "close", patch.async_helper_close if is_async else patch.helper_close)
-            self._wrapped_targets.append((owner, "close"))
+            self._wrap(module_name, class_name, "close", patch.async_helper_close if is_async else patch.helper_close)
         for module_name, class_name, method, is_async in background_responses.RETRIEVAL_TARGETS:
-            owner = getattr(_import_or_none(module_name), class_name, None)
-            if owner is None or not hasattr(owner, method):
-                continue  # an SDK without background responses
             read = background_responses.async_retrieved if is_async else background_responses.retrieved
-            wrap_function_wrapper(owner, method, read)
-            self._wrapped_targets.append((owner, method))
+            self._wrap(module_name, class_name, method, read)
+        # An SDK that retries some other way has only its last attempt counted.
         for module_name, class_name, is_async in attempts.RETRY_TARGETS:
-            owner = getattr(_import_or_none(module_name), class_name, None)
-            if owner is None or not hasattr(owner, "_sleep_for_retry"):
-                continue  # an SDK that retries some other way: only its last attempt is counted
-            wrap_function_wrapper(owner, "_sleep_for_retry", attempts.async_retrying if is_async else attempts.retrying)
-            self._wrapped_targets.append((owner, "_sleep_for_retry"))
+            retrying = attempts.async_retrying if is_async else attempts.retrying
+            self._wrap(module_name, class_name, "_sleep_for_retry", retrying)
+
+    def _wrap(self, module_name: str, class_name: str, method: str, wrapper) -> None:
+        owner = getattr(_import_or_none(module_name), class_name, None)
+        if owner is None or not hasattr(owner, method):
+            return  # an older SDK without this API
+        wrap_function_wrapper(owner, method, wrapper)
+        self._wrapped_targets.append((owner, method))
 
     def _uninstrument(self, **kwargs):
         if getattr(self, "_on_import", None) is not None:

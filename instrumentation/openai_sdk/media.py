@@ -314,7 +314,7 @@ class MediaStreamState:
         if self.usage is None:
             self.usage = usage
             return
-        for name in ("input_tokens", "output_tokens", "input_image_tokens", "output_image_tokens"):
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "input_image_tokens", "output_image_tokens"):
             setattr(self.usage, name, getattr(self.usage, name) + getattr(usage, name))
 
     def to_usage(self) -> Usage:
