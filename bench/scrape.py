@@ -8,7 +8,8 @@ scrape of each and the median of the per-round ratios big ÷ small (target ≤ 1
 
 Building 10 million calls through ``Ledger.ingest`` would take an hour, so the ledgers are generated in SQL: a
 recursive CTE inserts the calls, then the running totals (``totals``, ``daily_totals``, ``duration_buckets``) are
-computed from them with ``INSERT … SELECT … GROUP BY`` — what ingest would have produced. Every run first checks
+computed from them with ``INSERT … SELECT … GROUP BY`` — what ingest would have produced (``hourly_totals`` too,
+which the JSON API's benchmark, ``bench.api``, reads from the same cached ledger). Every run first checks
 that on a small sample: the same calls fed through ``Ledger.ingest`` give the same rows and the same totals. The big
 ledger is cached in ``bench/.cache/`` keyed by row count, ledger schema and generator, so a second run skips the
 build. The table goes to stdout and to ``bench/results/scrape.md``.
@@ -46,6 +47,7 @@ from spendwatch.exporter.ledger import (
     LedgerEntry,
     open_backend,
 )
+from spendwatch.exporter.ledger.schema import SUBSET_TOKENS
 from spendwatch.exporter.settings import BudgetSpec, Settings
 from spendwatch.exporter.sink import LedgerSink
 from spendwatch.instrumentation.records import UsageRecord
@@ -103,6 +105,7 @@ _CONTRIBUTIONS = {
     "estimated": "estimated",
     "duration_sum": "duration_s",
     "duration_count": "1",
+    **{name: name for name in SUBSET_TOKENS},  # schema version 2's token types: 0 in every generated call
 }
 _BUCKET = "CASE " + " ".join(f"WHEN duration_s <= {le!r} THEN {le!r}" for le in REQUEST_DURATION_BUCKETS) + " END"
 _KEYS = ", ".join(TOTAL_KEYS)
@@ -119,6 +122,11 @@ _AGGREGATE = (
     "INSERT INTO duration_buckets (provider, model, operation, le, count) SELECT provider, model, operation, le,"
     " SUM(duration_count) FROM bench_sums WHERE le IS NOT NULL GROUP BY provider, model, operation, le",
     "DROP TABLE bench_sums",
+    # Schema version 3's per-hour totals: a second scan, grouped by the UTC hour (ts is never negative here).
+    f"INSERT INTO hourly_totals (hour, {_KEYS}, {', '.join(TOTAL_COUNTERS)}) SELECT CAST(ts / 3600 AS INTEGER) * 3600"
+    f" AS hour, {_KEYS}, "
+    + ", ".join(f"SUM({_CONTRIBUTIONS[column]})" for column in TOTAL_COUNTERS)
+    + f" FROM calls GROUP BY hour, {_KEYS}",
 )
 _GENERATOR_KEY = hashlib.sha256(
     "\n".join((_GENERATE, *_AGGREGATE, repr((_END_TS, _DAYS, _CATEGORIES)))).encode()
@@ -126,15 +134,16 @@ _GENERATOR_KEY = hashlib.sha256(
 
 
 # --- building a ledger ---------------------------------------------------------------------------------------------
-def _build(path: Path, rows: int) -> dict[str, float]:
-    """A ledger of ``rows`` generated calls and their totals at ``path``; returns the seconds each phase took."""
+def _build(path: Path, rows: int, days: int = _DAYS) -> dict[str, float]:
+    """A ledger of ``rows`` generated calls over the ``days`` before ``_END_TS`` and their totals at ``path``; returns
+    the seconds each phase took."""
     open_backend(str(path)).close()  # the schema, exactly as spendwatch creates it
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         # For the build only: nothing here needs to survive a crash (a half-built file is never renamed into place).
         for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -262144", "temp_store = MEMORY"):
             connection.execute(f"PRAGMA {pragma}")
-        parameters = {"rows": rows, "start": _END_TS - _DAYS * 86400, "span_ms": _DAYS * 86_400_000}
+        parameters = {"rows": rows, "start": _END_TS - days * 86400, "span_ms": days * 86_400_000}
         started = time.monotonic()
         connection.execute("BEGIN")
         connection.execute(_GENERATE, parameters)
@@ -149,13 +158,14 @@ def _build(path: Path, rows: int) -> dict[str, float]:
     return {"insert_s": inserted - started, "totals_s": done - inserted, "build_s": done - started}
 
 
-def _cached_big_ledger(rows: int, rebuild: bool) -> tuple[Path, dict]:
-    """The big ledger from ``bench/.cache``, built first when missing; and how long its build took."""
+def _cached_big_ledger(rows: int, rebuild: bool, days: int = _DAYS) -> tuple[Path, dict]:
+    """The big ledger (``rows`` calls over ``days``) from ``bench/.cache``, built first when missing; and how long its
+    build took."""
     _CACHE.mkdir(exist_ok=True)
     ignore = _CACHE / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# generated benchmark ledgers (GBs): never committed\n*\n")
-    name = f"scrape-ledger-schema{SCHEMA_VERSION}-{_GENERATOR_KEY}-{rows}"
+    name = f"scrape-ledger-schema{SCHEMA_VERSION}-{_GENERATOR_KEY}-{rows}" + (f"-{days}d" if days != _DAYS else "")
     path, info_path = _CACHE / f"{name}.db", _CACHE / f"{name}.json"
     for stale in _CACHE.glob("scrape-ledger-*"):  # another generator or schema: GBs nobody will read again
         if _GENERATOR_KEY not in stale.name or f"schema{SCHEMA_VERSION}-" not in stale.name:
@@ -167,7 +177,7 @@ def _cached_big_ledger(rows: int, rebuild: bool) -> tuple[Path, dict]:
     building = _CACHE / f"{name}.building"
     building.unlink(missing_ok=True)
     print(f"building a ledger of {rows:,} calls in {building} ...", file=sys.stderr, flush=True)
-    info = _build(building, rows)
+    info = _build(building, rows, days)
     info["bytes"] = building.stat().st_size
     info["built"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     os.replace(building, path)
@@ -200,7 +210,7 @@ def _record_from_row(row: dict) -> UsageRecord:
     )
 
 
-_TABLES = ("calls", "totals", "daily_totals", "duration_buckets")
+_TABLES = ("calls", "totals", "daily_totals", "hourly_totals", "duration_buckets")
 
 
 def _same(a, b) -> bool:

@@ -322,10 +322,11 @@ def format_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def format_json(value) -> str:
-    """Indented JSON; money (:func:`is_money` keys) rounded to 1e-9 USD, dates as ISO text, no value as null, and
-    non-finite numbers (which JSON lacks) as null."""
-    return json.dumps(_json_safe(value), indent=2, default=_json_default)
+def format_json(value, *, indent: int | None = 2) -> str:
+    """JSON, indented unless ``indent`` is None (then compact, as the API answers); money (:func:`is_money` keys)
+    rounded to 1e-9 USD, dates as ISO text, no value as null, and non-finite numbers (which JSON lacks) as null."""
+    separators = (",", ":") if indent is None else None
+    return json.dumps(_json_safe(value), indent=indent, separators=separators, default=_json_default)
 
 
 def _rounded_money(row: dict, money: Sequence[str]) -> dict:

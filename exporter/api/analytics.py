@@ -6,7 +6,8 @@ Read from the per-day totals (``granularity="day"``: the configured time zone's 
     analytics(ledger, settings, range_s=7 * 86400, granularity="day", by="model")
 
 Every bucket of the range is listed, oldest first, with a group per value of ``by`` that had calls in it (costliest
-first); ``totals`` adds each group up over the range. A call without a category is in the group ``null``.
+first); ``totals`` adds each group up over the range. A call without a category is in the group ``null``. Money is
+already rounded to 1e-9 USD, so the answer goes to ``json.dumps`` as it is (a year by day has thousands of groups).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from datetime import timedelta
 from spendwatch.exporter.api.params import BadRequest
 from spendwatch.exporter.api.times import rfc3339
 from spendwatch.exporter.focus import utc_text
-from spendwatch.exporter.ledger.hourly import HOUR_S, hour_of, hourly_totals
+from spendwatch.exporter.ledger.hourly import HOUR_S, daily_sums, hour_of, hourly_sums
 from spendwatch.exporter.periods import local_day
+from spendwatch.instrumentation.pricing import rounded_usd
 
 __all__ = ["GRANULARITIES", "GROUPS", "UNAVAILABLE_GROUPS", "analytics"]
 
@@ -39,9 +41,9 @@ def analytics(ledger, settings, *, range_s: int, granularity: str, by: str, now:
         raise BadRequest("by", by, f"by={by} is not available: {UNAVAILABLE_GROUPS[by]}")
     now = time.time() if now is None else now
     buckets = (
-        _day_buckets(ledger, settings.timezone, range_s, now)
+        _day_buckets(ledger, settings.timezone, range_s, now, by)
         if granularity == "day"
-        else _hour_buckets(ledger, range_s, now)
+        else _hour_buckets(ledger, range_s, now, by)
     )
     groups: dict[str | None, dict] = {}
     listed = []
@@ -62,21 +64,21 @@ def analytics(ledger, settings, *, range_s: int, granularity: str, by: str, now:
     }
 
 
-def _day_buckets(ledger, tz, range_s: int, now: float) -> list[tuple[str, list[dict]]]:
+def _day_buckets(ledger, tz, range_s: int, now: float, by: str) -> list[tuple[str, list[dict]]]:
     today = local_day(now, tz)
     first = today - timedelta(days=math.ceil(range_s / 86400) - 1)
     by_day: dict[str, list[dict]] = {}
-    for total in ledger.daily_totals(first, today + timedelta(days=1)):
+    for total in daily_sums(ledger, first, today + timedelta(days=1), by):
         by_day.setdefault(total["day"], []).append(total)
     days = [first + timedelta(days=offset) for offset in range((today - first).days + 1)]
     return [(utc_text(day, tz), by_day.get(day.isoformat(), [])) for day in days]
 
 
-def _hour_buckets(ledger, range_s: int, now: float) -> list[tuple[str, list[dict]]]:
+def _hour_buckets(ledger, range_s: int, now: float, by: str) -> list[tuple[str, list[dict]]]:
     current = hour_of(now)
     first = current - (math.ceil(range_s / HOUR_S) - 1) * HOUR_S
     by_hour: dict[int, list[dict]] = {}
-    for total in hourly_totals(ledger, first, current + HOUR_S):
+    for total in hourly_sums(ledger, first, current + HOUR_S, by):
         by_hour.setdefault(int(total["hour"]), []).append(total)
     return [(rfc3339(hour), by_hour.get(hour, [])) for hour in range(first, current + HOUR_S, HOUR_S)]
 
@@ -94,4 +96,7 @@ def _add(group: dict, total: dict) -> None:
 
 
 def _costliest_first(groups: dict, by: str) -> list[dict]:
-    return sorted(groups.values(), key=lambda group: (-group["cost_usd"], group[by] or ""))
+    ordered = sorted(groups.values(), key=lambda group: (-group["cost_usd"], group[by] or ""))
+    for group in ordered:
+        group["cost_usd"] = rounded_usd(group["cost_usd"])  # here, so the answer is JSON-ready as it is
+    return ordered

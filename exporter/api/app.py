@@ -78,7 +78,7 @@ def _error(parameter: str, value, message: str) -> str:
 def _handlers(ledger, settings: Callable[[], object], clock: Callable[[], float]) -> dict[str, Callable]:
     def overview_answer(query: Query) -> tuple[str, str]:
         query.refuse_unknown(())
-        return _JSON, format_json(overview(ledger, settings(), clock()))
+        return _JSON, _compact(overview(ledger, settings(), clock()))
 
     def analytics_answer(query: Query) -> tuple[str, str]:
         query.refuse_unknown(("range", "granularity", "by"))
@@ -86,7 +86,7 @@ def _handlers(ledger, settings: Callable[[], object], clock: Callable[[], float]
         granularity = query.choice("granularity", GRANULARITIES, "day")
         by = query.choice("by", GROUPS, "model")
         answer = analytics(ledger, settings(), range_s=seconds, granularity=granularity, by=by, now=clock())
-        return _JSON, format_json({"range": text, **answer})
+        return _JSON, json.dumps({"range": text, **answer}, separators=(",", ":"), ensure_ascii=False)
 
     def report_answer(query: Query) -> tuple[str, str]:
         query.refuse_unknown(("start", "end", "by", "format"))
@@ -100,7 +100,7 @@ def _handlers(ledger, settings: Callable[[], object], clock: Callable[[], float]
     def alerts_answer(query: Query) -> tuple[str, str]:
         query.refuse_unknown(("range",))
         text, seconds = query.range_seconds("range", "24h")
-        return _JSON, format_json({"range": text, **alerts(ledger, range_s=seconds, now=clock())})
+        return _JSON, _compact({"range": text, **alerts(ledger, range_s=seconds, now=clock())})
 
     def openapi_answer(query: Query) -> tuple[str, str]:
         query.refuse_unknown(())
@@ -113,6 +113,11 @@ def _handlers(ledger, settings: Callable[[], object], clock: Callable[[], float]
         f"{API_PREFIX}alerts": alerts_answer,
         f"{API_PREFIX}openapi.json": openapi_answer,
     }
+
+
+def _compact(document: dict) -> str:
+    """The API's JSON: compact (an analytics answer has thousands of numbers), money rounded to 1e-9 USD."""
+    return format_json(document, indent=None)
 
 
 def _version() -> str:

@@ -7,11 +7,26 @@ a range of hours costs O(hours × series) and never a scan of ``calls``.
 
 from __future__ import annotations
 
+from datetime import date
+
 from spendwatch.exporter.ledger.ledger import budget_scope
 from spendwatch.exporter.ledger.schema import TOTAL_COUNTERS, TOTAL_KEYS
 from spendwatch.exporter.ledger.totals import HOUR_S, hour_of
 
-__all__ = ["HOUR_S", "hour_of", "hourly_totals", "spend_between"]
+__all__ = ["HOUR_S", "SUMMED", "daily_sums", "hour_of", "hourly_sums", "hourly_totals", "spend_between"]
+
+# The counters :func:`daily_sums` and :func:`hourly_sums` add up per bucket and group.
+SUMMED = (
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "reasoning_tokens",
+    "success",
+    "error",
+    "blocked",
+    "unpriced",
+)
 
 
 def hourly_totals(ledger, first_hour: int, end_hour: int) -> list[dict]:
@@ -21,6 +36,27 @@ def hourly_totals(ledger, first_hour: int, end_hour: int) -> list[dict]:
     with ledger.snapshot() as rows:
         names = ("hour", *TOTAL_KEYS, *TOTAL_COUNTERS)
         return [dict(zip(names, row, strict=True)) for row in rows(query, (first_hour, end_hour))]
+
+
+def daily_sums(ledger, first_day: date, end_day: date, by: str) -> list[dict]:
+    """:data:`SUMMED` per local day in ``[first_day, end_day)`` and value of ``by`` (one of ``TOTAL_KEYS``), added up
+    by the database: one row per day and group, however many series."""
+    return _sums(ledger, "daily_totals", "day", by, (first_day.isoformat(), end_day.isoformat()))
+
+
+def hourly_sums(ledger, first_hour: int, end_hour: int, by: str) -> list[dict]:
+    """:data:`SUMMED` per UTC hour in ``[first_hour, end_hour)`` and value of ``by``, as :func:`daily_sums`."""
+    return _sums(ledger, "hourly_totals", "hour", by, (first_hour, end_hour))
+
+
+def _sums(ledger, table: str, bucket: str, by: str, bounds: tuple) -> list[dict]:
+    if by not in TOTAL_KEYS:  # a column name goes into the SQL: only the known ones
+        raise ValueError(f"cannot group totals by {by!r}; choose one of {', '.join(TOTAL_KEYS)}")
+    sums = ", ".join(f"SUM({column})" for column in SUMMED)
+    query = f"SELECT {bucket}, {by}, {sums} FROM {table} WHERE {bucket} >= ? AND {bucket} < ? GROUP BY {bucket}, {by}"
+    names = (bucket, by, *SUMMED)
+    with ledger.snapshot() as rows:
+        return [dict(zip(names, row, strict=True)) for row in rows(query, bounds)]
 
 
 def spend_between(
