@@ -102,6 +102,7 @@ bench: $(BENCH_STAMP) test-servers
 	$(BENCH_BIN)/python -m bench $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.ledger $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.scrape $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.api $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.guard $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.startup $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.instructions $(BENCH_ARGS)
