@@ -335,7 +335,6 @@ def test_alerts_show_the_guards_refusals_of_the_range_newest_first(api, history)
         ("/api/v1/analytics", {"granularity": "minute"}, "granularity"),
         ("/api/v1/analytics", {"by": "colour"}, "by"),
         ("/api/v1/analytics", {"by": "service"}, "by"),
-        ("/api/v1/analytics", {"by": "stage"}, "by"),
         ("/api/v1/analytics", {"rnage": "7d"}, "rnage"),
         ("/api/v1/report", {}, "start"),
         ("/api/v1/report", {"start": "2025-02-30"}, "start"),

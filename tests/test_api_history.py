@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from spendwatch.exporter import LedgerEntry, LedgerSink, load_settings
-from spendwatch.exporter.api import alerts
+from spendwatch.exporter.api import alerts, analytics
 from spendwatch.exporter.budgets import budget_statuses
 from spendwatch.exporter.ledger import Ledger, open_backend
 from spendwatch.exporter.ledger.audit import verify
@@ -32,7 +32,8 @@ UTC_ZONE = ZoneInfo("UTC")
 
 
 def call(entry_id: str, at: float, cost: float | None = 0.5, **fields) -> LedgerEntry:
-    record = UsageRecord(fields.pop("provider", "openai"), "chat", fields.pop("model", "gpt-4o-mini"), **fields)
+    provider, operation = fields.pop("provider", "openai"), fields.pop("operation", "chat")
+    record = UsageRecord(provider, operation, fields.pop("model", "gpt-4o-mini"), **fields)
     record.cost_usd, record.start_time = cost, at
     return LedgerEntry(entry_id, record)
 
@@ -204,3 +205,30 @@ def test_upgrading_a_ledger_without_hourly_totals_fills_them_from_its_calls(tmp_
         assert verify(upgraded).intact
     finally:
         upgraded.close()
+
+
+# --- LightRAG stages -----------------------------------------------------------------------------------------------
+
+
+def test_analytics_by_stage_adds_up_each_stages_calls_per_day_and_hour_leaving_cache_hits_out(ledger):
+    now = datetime(2025, 3, 10, 12, 30, tzinfo=UTC).timestamp()
+    settings = load_settings({"ledger": ledger.location}, environ={})
+    stage = "spendwatch.lightrag.stage"
+    ledger.ingest(
+        [
+            call("extract-1", now - 86400, 0.25, attributes={stage: "extract"}, input_tokens=100),
+            call("extract-2", now - 600, 0.5, attributes={stage: "extract"}, input_tokens=200),
+            call("query-1", now - 60, 0.125, attributes={stage: "query"}),
+            call("cached", now - 30, None, operation="cache_hit", attributes={stage: "query"}),
+            call("plain", now - 30, 1.0),
+        ]
+    )
+    by_day = analytics(ledger, settings, range_s=2 * 86400, granularity="day", by="stage", now=now)
+    by_hour = analytics(ledger, settings, range_s=3600, granularity="hour", by="stage", now=now)
+
+    assert [[(g["stage"], g["cost_usd"], g["calls"]) for g in b["groups"]] for b in by_day["buckets"]] == [
+        [("extract", 0.25, 1)],
+        [("extract", 0.5, 1), ("query", 0.125, 1)],
+    ]
+    assert [(g["stage"], g["tokens"]["input_tokens"]) for g in by_day["totals"]] == [("extract", 300), ("query", 0)]
+    assert [(g["stage"], g["cost_usd"]) for g in by_hour["totals"]] == [("extract", 0.5), ("query", 0.125)]

@@ -1,7 +1,9 @@
 """``/api/v1/analytics``: spend, tokens and calls per day or hour and per group, over a recent range.
 
 Read from the per-day totals (``granularity="day"``: the configured time zone's days) or the per-hour totals
-(``"hour"``: UTC hours), so a year of history costs O(buckets × series), never a scan of the calls::
+(``"hour"``: UTC hours), so a year of history costs O(buckets × series), never a scan of the calls. The one
+exception is ``by="stage"`` (LightRAG's stages are kept per call): it scans the calls of the range's days
+(:mod:`.stages`)::
 
     analytics(ledger, settings, range_s=7 * 86400, granularity="day", by="model")
 
@@ -17,6 +19,7 @@ import time
 from datetime import timedelta
 
 from spendwatch.exporter.api.params import BadRequest
+from spendwatch.exporter.api.stages import stage_sums
 from spendwatch.exporter.api.times import rfc3339
 from spendwatch.exporter.focus import utc_text
 from spendwatch.exporter.ledger.hourly import HOUR_S, daily_sums, hour_of, hourly_sums
@@ -28,10 +31,7 @@ __all__ = ["GRANULARITIES", "GROUPS", "UNAVAILABLE_GROUPS", "analytics"]
 GRANULARITIES = ("day", "hour")
 GROUPS = ("model", "category", "operation", "provider", "stage", "service")
 # Groupings the running totals do not carry, and why (the API answers them with a 400 that says so).
-UNAVAILABLE_GROUPS = {
-    "stage": "LightRAG stages are kept per call, not in the running totals; /api/v1/report?by=stage has them",
-    "service": "the ledger does not record the calling service (service.name) yet",
-}
+UNAVAILABLE_GROUPS = {"service": "the ledger does not record the calling service (service.name) yet"}
 _TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
 
 
@@ -43,7 +43,7 @@ def analytics(ledger, settings, *, range_s: int, granularity: str, by: str, now:
     buckets = (
         _day_buckets(ledger, settings.timezone, range_s, now, by)
         if granularity == "day"
-        else _hour_buckets(ledger, range_s, now, by)
+        else _hour_buckets(ledger, settings.timezone, range_s, now, by)
     )
     groups: dict[str | None, dict] = {}
     listed = []
@@ -67,18 +67,27 @@ def analytics(ledger, settings, *, range_s: int, granularity: str, by: str, now:
 def _day_buckets(ledger, tz, range_s: int, now: float, by: str) -> list[tuple[str, list[dict]]]:
     today = local_day(now, tz)
     first = today - timedelta(days=math.ceil(range_s / 86400) - 1)
+    if by == "stage":
+        sums = stage_sums(ledger, tz, first, today, "day")
+    else:
+        sums = daily_sums(ledger, first, today + timedelta(days=1), by)
     by_day: dict[str, list[dict]] = {}
-    for total in daily_sums(ledger, first, today + timedelta(days=1), by):
+    for total in sums:
         by_day.setdefault(total["day"], []).append(total)
     days = [first + timedelta(days=offset) for offset in range((today - first).days + 1)]
     return [(utc_text(day, tz), by_day.get(day.isoformat(), [])) for day in days]
 
 
-def _hour_buckets(ledger, range_s: int, now: float, by: str) -> list[tuple[str, list[dict]]]:
+def _hour_buckets(ledger, tz, range_s: int, now: float, by: str) -> list[tuple[str, list[dict]]]:
     current = hour_of(now)
     first = current - (math.ceil(range_s / HOUR_S) - 1) * HOUR_S
+    if by == "stage":
+        days = (local_day(first, tz), local_day(current + HOUR_S - 1, tz))
+        sums = [row for row in stage_sums(ledger, tz, *days, "hour") if first <= row["hour"] <= current]
+    else:
+        sums = hourly_sums(ledger, first, current + HOUR_S, by)
     by_hour: dict[int, list[dict]] = {}
-    for total in hourly_sums(ledger, first, current + HOUR_S, by):
+    for total in sums:
         by_hour.setdefault(int(total["hour"]), []).append(total)
     return [(rfc3339(hour), by_hour.get(hour, [])) for hour in range(first, current + HOUR_S, HOUR_S)]
 

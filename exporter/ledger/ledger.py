@@ -285,10 +285,12 @@ class Ledger:
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def calls_with_attributes(self, first_day: date, last_day: date) -> list[dict]:
-        """The calls of days ``first_day`` to ``last_day`` (both included) that carry attributes: ``operation``,
-        the token counts, ``cost_usd`` and ``attributes`` (JSON text). A scan of those days, off the hot path."""
+        """The calls of days ``first_day`` to ``last_day`` (both included) that carry attributes: ``ts``,
+        ``operation``, the token counts, ``cost_usd``, ``outcome`` and ``attributes`` (JSON text). A scan of those days,
+        off the hot path."""
         query = (
-            "SELECT operation, input_tokens, output_tokens, cache_read_tokens, cost_usd, attributes"
+            "SELECT ts, operation, input_tokens, output_tokens, cache_read_tokens, reasoning_tokens, cost_usd, outcome,"
+            " attributes"
             " FROM calls WHERE day >= ? AND day <= ? AND attributes IS NOT NULL"
         )
         return self._select_dicts(query, (first_day.isoformat(), last_day.isoformat()))
