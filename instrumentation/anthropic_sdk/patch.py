@@ -18,6 +18,11 @@ from typing import Any
 
 from anthropic import AnthropicError, AsyncStream, BaseModel, Stream
 from anthropic._response import APIResponse, AsyncAPIResponse
+
+try:  # with_raw_response's response before anthropic 1.x; its parse() is not a coroutine, even on async clients
+    from anthropic._legacy_response import LegacyAPIResponse
+except ImportError:
+    LegacyAPIResponse = APIResponse
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from spendwatch.instrumentation import admission
@@ -127,7 +132,7 @@ def _finish(call: Call, result: Any, kwargs: dict, capture: bool) -> Any:
             return result
         if isinstance(result, Stream | AsyncStream):
             return proxy_stream(result, call, kwargs, isinstance(result, AsyncStream))
-        if isinstance(result, APIResponse):
+        if isinstance(result, APIResponse | LegacyAPIResponse):
             return ResponseProxy(result, call, kwargs)
         if isinstance(result, AsyncAPIResponse):
             return AsyncResponseProxy(result, call, kwargs)
