@@ -8,7 +8,7 @@
 - Transcriptions and translations: token usage (``gpt-4o-transcribe``) or audio seconds (``usage.seconds``,
   ``duration`` of ``verbose_json``); without either, the seconds of a WAV file read from its header, flagged as
   estimated.
-- Moderations are free: counted as requests at a cost of $0.
+- Moderations are free: counted as calls at $0 (genai-prices lists every moderation model at $0).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ MEDIA_KINDS = frozenset({IMAGES, SPEECH, TRANSCRIPTION, MODERATION})
 # (images, speech, a transcript); a moderation generates nothing, and no well-known value fits it.
 _GENERATE = "generate_content"
 MODERATION_OPERATION = "moderation"
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"  # what the API runs when the request names no model
 
 # (module, class, method, kind, gen_ai.operation.name, is_async), as patch.TARGETS.
 MEDIA_TARGETS = tuple(
@@ -187,11 +188,13 @@ def _transcription_usage(result: Any, kwargs: dict) -> Usage:
 
 
 def _moderation_usage(result: Any, kwargs: dict) -> Usage:
-    return _free(text(getattr(result, "model", None)))
+    return _moderation(text(getattr(result, "model", None)) or _request_model(kwargs))
 
 
-def _free(model: str | None = None) -> Usage:
-    return Usage(response_model=model, reported_cost_usd=0.0, units={"requests": 1})
+def _moderation(model: str) -> Usage:
+    """Moderations are free: priced by the price table, where genai-prices lists every moderation model at $0. A
+    request that names no model runs the API's default, which is then the model priced."""
+    return Usage(response_model=model or DEFAULT_MODERATION_MODEL)
 
 
 # --- from the request alone (its answer never read, or a failed attempt) -------------------------------------------
@@ -249,7 +252,7 @@ _REQUEST_USAGE = {
     IMAGES: _images_request_usage,
     SPEECH: _speech_request_usage,
     TRANSCRIPTION: _transcription_request_usage,
-    MODERATION: lambda kwargs: _free(),
+    MODERATION: lambda kwargs: _moderation(_request_model(kwargs)),
 }
 
 
