@@ -232,3 +232,13 @@ def test_analytics_by_stage_adds_up_each_stages_calls_per_day_and_hour_leaving_c
     ]
     assert [(g["stage"], g["tokens"]["input_tokens"]) for g in by_day["totals"]] == [("extract", 300), ("query", 0)]
     assert [(g["stage"], g["cost_usd"]) for g in by_hour["totals"]] == [("extract", 0.5), ("query", 0.125)]
+
+
+def test_hourly_totals_that_do_not_add_up_to_the_calls_are_named_by_audit_verify(ledger):
+    ingest_all(ledger, generated_history(time.time(), 2))
+    assert verify(ledger).intact
+    with ledger.transaction() as cursor:
+        ledger.backend.execute(cursor, "UPDATE hourly_totals SET cost_usd = 0")
+
+    verdict = verify(ledger)
+    assert not verdict.intact and "hourly_totals" in verdict.problem

@@ -49,6 +49,7 @@ from spendwatch.exporter.ledger.schema import (
     REPRICING_TYPES,
     SUBSET_TOKENS,
 )
+from spendwatch.exporter.ledger.totals import add_to, hour_of
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = [
@@ -406,9 +407,20 @@ class _Walk:
         for key, values in scanned.items():
             overall[key[1:]] = [a + b for a, b in zip(overall.get(key[1:], [0.0] * len(values)), values, strict=True)]
         columns = ", ".join(_SCANNED)
-        return self._compare("daily_totals", f"SELECT {keys}, {columns} FROM daily_totals", scanned) or self._compare(
-            "totals", f"SELECT provider, model, operation, category, {columns} FROM totals", overall
+        return (
+            self._compare("daily_totals", f"SELECT {keys}, {columns} FROM daily_totals", scanned)
+            or self._compare("totals", f"SELECT provider, model, operation, category, {columns} FROM totals", overall)
+            or self.hourly_totals()
         )
+
+    def hourly_totals(self) -> _Problem | None:
+        """``hourly_totals`` (what the API's analytics and budgets' burn rates read) must add up to the calls too. The
+        hour of an instant is arithmetic the two SQL dialects spell differently, so the calls are summed here."""
+        keys, columns = "provider, model, operation, category", ", ".join(_SCANNED)
+        scanned: dict[tuple, list] = {}
+        for ts, *row in self.rows(f"SELECT ts, {keys}, {columns} FROM calls"):
+            add_to(scanned, (hour_of(float(ts)), *row[:4]), [float(value or 0) for value in row[4:]])
+        return self._compare("hourly_totals", f"SELECT hour, {keys}, {columns} FROM hourly_totals", scanned)
 
     def _compare(self, table: str, query: str, scanned: dict[tuple, list]) -> _Problem | None:
         width = len(_SCANNED)
