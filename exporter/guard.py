@@ -358,6 +358,7 @@ def _price_as_assumed(record: UsageRecord, price: Price) -> None:
         output_audio_tokens=record.output_audio_tokens,
         input_image_tokens=record.input_image_tokens,
         output_image_tokens=record.output_image_tokens,
+        reasoning_tokens=record.reasoning_tokens,
         units=record.units or None,
     )
     record.pricing = f"upper bound: {price.model} ({price.source}; [guard] unpriced = upper-bound)"

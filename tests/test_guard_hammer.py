@@ -4,10 +4,8 @@ never goes past the limit, and the guard does refuse."""
 
 from __future__ import annotations
 
-import collections
 import multiprocessing
 import os
-import threading
 from zoneinfo import ZoneInfo
 
 import openai
@@ -19,31 +17,9 @@ from spendwatch.demo.stub import StubServer
 from spendwatch.exporter import Ledger
 from spendwatch.exporter.ledger import open_backend
 from tests.conftest import FAKE_API_KEY
-from tests.test_guard import MESSAGES, attach  # noqa: F401 - attach is a fixture
+from tests.test_guard import MESSAGES, attach, hammer  # noqa: F401 - attach is a fixture
 
 LONG_ANSWER = 16_000  # words the stub answers with when the request sets no cap: past the 4096 the old guard assumed
-
-
-def hammer(call, threads: int = 8, calls: int = 3) -> collections.Counter:
-    outcomes: collections.Counter = collections.Counter()
-    lock = threading.Lock()
-
-    def caller():
-        for _ in range(calls):
-            try:
-                call()
-                outcome = "ok"
-            except spendwatch.BudgetExceededError:
-                outcome = "refused"
-            with lock:
-                outcomes[outcome] += 1
-
-    workers = [threading.Thread(target=caller) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return outcomes
 
 
 def _client(server: StubServer) -> openai.OpenAI:
