@@ -61,14 +61,18 @@ class Query:
             if default is None:
                 raise BadRequest(name, None, f"{name} is required: a day as YYYY-MM-DD")
             return default
-        try:
-            return date.fromisoformat(text) if len(text) == 10 else _not_a_day()
-        except ValueError:
-            raise BadRequest(name, text, f"{name} must be a day as YYYY-MM-DD") from None
+        # Only the extended form: fromisoformat also reads 20250301 and 2025-W09-6, which nobody means here.
+        day = _iso_day(text) if len(text) == 10 else None
+        if day is None:
+            raise BadRequest(name, text, f"{name} must be a day as YYYY-MM-DD")
+        return day
 
 
-def _not_a_day() -> date:
-    raise ValueError
+def _iso_day(text: str) -> date | None:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def parse_query(query_string: str) -> Query:
