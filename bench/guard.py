@@ -29,6 +29,7 @@ import argparse
 import collections
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         load |= {"model": args.model, "long": args.long}
         print(json.dumps(_in_processes(_spendwatch_worker, **load, limit=_limit(**load))))
         return 0
+    load_at_start = os.getloadavg()[0]  # the admission cost is µs: a busy machine shows in it
     rounds, calls = (5, 2000) if args.quick else (15, 5000)
     admission = admission_cost(rounds, calls)
     tables = []
@@ -355,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.guard" + (" --quick" if args.quick else "")
     if args.against != _BASELINE:
         command += f" --against {args.against}"
-    text = f"Budget guard, `{command}`, {time.strftime('%Y-%m-%d')}, python {sys.version.split()[0]}\n\n"
+    text = f"Budget guard, `{command}`, {time.strftime('%Y-%m-%d')}, python {sys.version.split()[0]}, "
+    text += f"load average {load_at_start:.1f} on {os.cpu_count()} cores at the start\n\n"
     text += f"Admission + settle per call, µs over no guard (SQLite): {admission['median_us']:.1f} "
     text += f"({admission['min_us']:.1f}–{admission['max_us']:.1f})\n\n"
     text += "Keeping a budget: calls without an output cap; the limit has room for about a third of them.\n\n"
