@@ -1,3 +1,3 @@
-_instruments = ("anthropic >= 0.40.0",)
+_instruments = ("anthropic >= 0.75.0",)
 
 _supports_metrics = True
