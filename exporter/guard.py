@@ -25,6 +25,7 @@ from spendwatch.exporter.guard_bound import WorstCase, worst_case
 from spendwatch.exporter.guard_rules import CEILING_BUDGET, GuardConfig, ShareRule
 from spendwatch.exporter.ledger import Ledger, first_line
 from spendwatch.exporter.ledger.leases import LeaseGrant, release_lease, renew_lease
+from spendwatch.exporter.ledger.schema import ASSUMED_PRICE
 from spendwatch.exporter.periods import period_bounds
 from spendwatch.exporter.settings import BudgetSpec, Settings
 from spendwatch.instrumentation.admission import CallRequest
@@ -361,7 +362,7 @@ def _price_as_assumed(record: UsageRecord, price: Price) -> None:
         reasoning_tokens=record.reasoning_tokens,
         units=record.units or None,
     )
-    record.pricing = f"upper bound: {price.model} ({price.source}; [guard] unpriced = upper-bound)"
+    record.pricing = f"{ASSUMED_PRICE}{price.model} ({price.source}; [guard] unpriced = upper-bound)"
 
 
 def _rate(rule: ShareRule) -> str:

@@ -22,6 +22,7 @@ from spendwatch.exporter.ledger.schema import (
     TOTAL_COUNTERS,
     TOTAL_KEYS,
     Column,
+    has_no_price,
 )
 from spendwatch.exporter.ledger.totals import add_to, hour_of
 from spendwatch.instrumentation.errors import ConfigError
@@ -54,22 +55,25 @@ def _hourly_totals(backend, cursor) -> None:
     as for every counter a scan can check."""
     for statement in HOURLY_TOTALS.create(backend.types):
         backend.execute(cursor, statement)
-    columns = ", ".join(("ts", *TOTAL_KEYS, "cost_usd", "outcome", "estimated", "duration_s", *_SCANNED_TOKENS))
+    scanned = ("ts", *TOTAL_KEYS, "cost_usd", "pricing", "outcome", "estimated", "duration_s", *_SCANNED_TOKENS)
+    columns = ", ".join(scanned)
     for (day,) in backend.execute(cursor, "SELECT DISTINCT day FROM calls"):
         hourly: dict[tuple, list[float]] = {}
         for ts, *rest in backend.execute(cursor, f"SELECT {columns} FROM calls WHERE day = ?", (day,)):
-            key, (cost, outcome, estimated, duration, *tokens) = tuple(rest[:4]), rest[4:]
-            add_to(hourly, (hour_of(float(ts)), *key), _scanned_counters(cost, outcome, estimated, duration, tokens))
+            key, (cost, pricing, outcome, estimated, duration, *tokens) = tuple(rest[:4]), rest[4:]
+            counters = _scanned_counters(cost, pricing, outcome, estimated, duration, tokens)
+            add_to(hourly, (hour_of(float(ts)), *key), counters)
         backend.add_totals(cursor, "hourly_totals", ("hour", *TOTAL_KEYS), TOTAL_COUNTERS, hourly)
 
 
 _SCANNED_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens", *SUBSET_TOKENS)
 
 
-def _scanned_counters(cost, outcome: str, estimated, duration, tokens: list) -> list[float]:
+def _scanned_counters(cost, pricing: str, outcome: str, estimated, duration, tokens: list) -> list[float]:
     """A calls row's contribution to each of TOTAL_COUNTERS, in their order."""
     by_name = dict(zip(_SCANNED_TOKENS, (int(count or 0) for count in tokens), strict=True))
-    by_name |= {"cost_usd": float(cost or 0.0), "unpriced": int(cost is None), "estimated": int(estimated or 0)}
+    by_name |= {"cost_usd": float(cost or 0.0), "unpriced": int(has_no_price(cost, pricing))}
+    by_name["estimated"] = int(estimated or 0)
     by_name |= {outcome_name: int(outcome == outcome_name) for outcome_name in ("success", "error", "blocked")}
     by_name |= {"duration_sum": float(duration or 0.0), "duration_count": 1}
     return [by_name[name] for name in TOTAL_COUNTERS]

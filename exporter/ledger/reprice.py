@@ -33,6 +33,7 @@ from datetime import UTC, date, datetime
 
 from spendwatch.exporter.ledger import audit
 from spendwatch.exporter.ledger.ledger import Ledger
+from spendwatch.exporter.ledger.schema import has_no_price
 from spendwatch.exporter.ledger.totals import TotalsChange
 from spendwatch.instrumentation.calls import PROVIDER, REPORTED
 from spendwatch.instrumentation.pricing import Price, PriceTable
@@ -173,7 +174,8 @@ def _apply(ledger: Ledger, cursor, changes: list[_Change], event_id: int) -> Non
         ((repricing_id,),) = backend.execute(cursor, _INSERT, row)
         chained.append(("reprice", None, repricing_id, audit.repricing_content([repricing_id, *row])))
         # The difference in cost, and one unpriced call fewer where an unpriced call got a price.
-        difference = [change.new_cost - (change.old_cost or 0.0), -1 if change.old_cost is None else 0]
+        was_unpriced = has_no_price(change.old_cost, change.old_pricing)
+        difference = [change.new_cost - (change.old_cost or 0.0), -int(was_unpriced)]
         totals.add(change.day, change.key, difference, at=change.at)
     query = "UPDATE calls SET cost_usd = ?, pricing = ? WHERE id = ?"
     backend.execute_many(cursor, query, [(change.new_cost, change.new_pricing, change.call_id) for change in changes])

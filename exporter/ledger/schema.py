@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from spendwatch.exporter.periods import local_day
 
 __all__ = [
+    "ASSUMED_PRICE",
     "BUCKET_KEYS",
     "CALL_COLUMNS",
     "CALL_COLUMNS_V1",
@@ -35,6 +36,7 @@ __all__ = [
     "Table",
     "call_row",
     "create_statements",
+    "has_no_price",
 ]
 
 
@@ -85,6 +87,16 @@ def _hex(identifier: int, digits: int) -> str | None:
 
 def _json(attributes: dict) -> str | None:
     return json.dumps(attributes) if attributes else None
+
+
+# The pricing of a call to a model without a price that the guard charged at an assumed upper-bound price
+# ([guard] unpriced = "upper-bound"): its budgets count that cost, and it still counts as unpriced (and is alerted).
+ASSUMED_PRICE = "upper bound: "
+
+
+def has_no_price(cost_usd: float | None, pricing: str) -> bool:
+    """Whether a call counts as unpriced: no cost, or only the guard's assumed one."""
+    return cost_usd is None or pricing.startswith(ASSUMED_PRICE)
 
 
 # Token counts billed at their own rates: subsets of input_tokens or output_tokens (schema version 2).

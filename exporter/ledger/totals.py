@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from spendwatch.exporter.ledger.schema import BUCKET_KEYS, TOTAL_COUNTERS, TOTAL_KEYS
+from spendwatch.exporter.ledger.schema import BUCKET_KEYS, TOTAL_COUNTERS, TOTAL_KEYS, has_no_price
 from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = ["HOUR_S", "REQUEST_DURATION_BUCKETS", "TotalsChange", "add_to", "counters", "hour_of"]
@@ -36,7 +36,7 @@ def counters(r: UsageRecord) -> list[float]:
         (r.calls - r.failed_calls) if r.outcome == "success" else 0,
         r.failed_calls + (r.calls if r.outcome == "error" else 0),
         r.calls if r.outcome == "blocked" else 0,
-        int(r.cost_usd is None),
+        int(has_no_price(r.cost_usd, r.pricing)),
         int(r.estimated),
         r.duration_s,
         1,
