@@ -25,6 +25,7 @@ __all__ = [
     "RESPONSES",
     "estimate_missing",
     "estimate_tokens",
+    "model_fields",
     "request_text_length",
     "response_identity",
     "header_cost",
@@ -148,29 +149,52 @@ def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tu
     estimates them and flags the usage as estimated. A malformed subset is left out (0). A count below its own part
     (cached above input) is left as reported: ``calls._apply_usage`` raises it for every source."""
     input_name, output_name, input_details, output_details = fields
-    input_tokens = getattr(raw, input_name, None)
-    output_tokens = getattr(raw, output_name, None)
+    values = model_fields(raw)
+    input_tokens = values.get(input_name)
+    output_tokens = values.get(output_name)
     input_missing = type(input_tokens) is not int or input_tokens < 0
     output_missing = type(output_tokens) is not int or output_tokens < 0
     if not input_missing:
         usage.input_tokens = input_tokens
     if not output_missing:
         usage.output_tokens = output_tokens
-    details = getattr(raw, input_details, None)
+    details = values.get(input_details)
     if details is not None:  # the same names in chat's prompt_tokens_details and the Responses API's
-        usage.cache_read_tokens = count(getattr(details, "cached_tokens", None)) or 0
-        usage.cache_write_tokens = count(getattr(details, "cache_write_tokens", None)) or 0
-        usage.input_audio_tokens = count(getattr(details, "audio_tokens", None)) or 0
-        usage.input_image_tokens = count(getattr(details, "image_tokens", None)) or 0
-    details = getattr(raw, output_details, None)
+        details = model_fields(details)
+        usage.cache_read_tokens = count(details.get("cached_tokens")) or 0
+        get = details.get
+        written, audio, image = get("cache_write_tokens"), get("audio_tokens"), get("image_tokens")
+        if written or audio or image:  # most calls have none of them: one test
+            usage.cache_write_tokens = count(written) or 0
+            usage.input_audio_tokens = count(audio) or 0
+            usage.input_image_tokens = count(image) or 0
+    details = values.get(output_details)
     if details is not None:
-        usage.reasoning_tokens = count(getattr(details, "reasoning_tokens", None)) or 0
-        usage.output_audio_tokens = count(getattr(details, "audio_tokens", None)) or 0
-        usage.output_image_tokens = count(getattr(details, "image_tokens", None)) or 0
-    cost = getattr(raw, "cost", None)
+        details = model_fields(details)
+        usage.reasoning_tokens = count(details.get("reasoning_tokens")) or 0
+        audio, image = details.get("audio_tokens"), details.get("image_tokens")
+        if audio or image:
+            usage.output_audio_tokens = count(audio) or 0
+            usage.output_image_tokens = count(image) or 0
+    cost = values.get("cost")
     if cost is not None:
         usage.provider_cost_usd = usd(cost)
     return input_missing, output_missing
+
+
+_NO_FIELDS: dict = {}
+
+
+def model_fields(model: Any) -> dict:
+    """The fields of an SDK model by name, those its class declares and those the API sent beyond them (pydantic's
+    extras); empty for what is no model (a malformed usage: a number, a list). Read as dicts because the SDK's models
+    answer an absent attribute through pydantic's slow path (an exception built per miss, ~50x a read), and most
+    usage details are absent from most responses: this runs on every call."""
+    fields = getattr(model, "__dict__", None)
+    if fields is None:
+        return _NO_FIELDS
+    extra = getattr(model, "__pydantic_extra__", None)
+    return {**fields, **extra} if extra else fields
 
 
 def usd(value: Any) -> float | None:
@@ -251,7 +275,7 @@ def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
         usage.estimated = True
         prompt_tokens = estimate_tokens(request_text_length(kwargs))
     usage.input_tokens = prompt_tokens
-    cost = getattr(raw, "cost", None)
+    cost = model_fields(raw).get("cost")
     if cost is not None:
         usage.provider_cost_usd = usd(cost)
     return usage
