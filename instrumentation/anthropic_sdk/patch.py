@@ -34,6 +34,7 @@ from spendwatch.instrumentation.openai_sdk.streams import queue_end
 from spendwatch.instrumentation.openai_sdk.usage import text
 
 from .failures import end_failed
+from .guard_request import price_terms
 from .providers import provider_of
 from .responses import AsyncResponseProxy, ResponseProxy, end_unread
 from .streams import AsyncStreamManagerProxy, StreamManagerProxy, proxy_stream
@@ -89,6 +90,7 @@ def _admit(guard: admission.Guard, call: Call, kwargs: dict) -> dict:
             request_input_bound(kwargs),
             cap if type(cap) is int and cap >= 0 else None,
             _OUTPUT_CAP,
+            **price_terms(kwargs),
         )
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not describe a call to the guard", exc_info=True)
