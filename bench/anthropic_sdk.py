@@ -20,11 +20,11 @@ from collections.abc import Callable
 from bench import sdk_instructions, variants
 from bench.sdk_instructions import OURS, SdkBench, instrumentor_variant, version_of
 
-__all__ = ["BENCH", "call_kinds", "main", "make_client"]
+__all__ = ["BENCH", "DELTAS", "REQUEST", "call_kinds", "main", "make_client"]
 
 MODEL = "claude-sonnet-4-20250514"
 DELTAS = 24
-_MESSAGES = [{"role": "user", "content": "Say this is a test"}]
+REQUEST = {"model": MODEL, "max_tokens": 100, "messages": [{"role": "user", "content": "Say this is a test"}]}
 _ANSWER = (
     "This is a test of a streamed answer that keeps going word by word until it has sent twenty four text deltas in all"
 )
@@ -103,14 +103,14 @@ def call_kinds() -> dict[str, Callable[[], object]]:
     messages = client.messages
 
     def create() -> object:
-        return messages.create(model=MODEL, max_tokens=100, messages=_MESSAGES)
+        return messages.create(**REQUEST)
 
     def stream() -> None:
-        for _ in messages.create(model=MODEL, max_tokens=100, messages=_MESSAGES, stream=True):
+        for _ in messages.create(**REQUEST, stream=True):
             pass
 
     def helper() -> None:
-        with messages.stream(model=MODEL, max_tokens=100, messages=_MESSAGES) as events:
+        with messages.stream(**REQUEST) as events:
             for _ in events:
                 pass
 
