@@ -76,7 +76,8 @@ def test_an_unknown_host_prices_a_model_only_one_provider_lists_by_that_provider
 def test_an_unknown_host_prices_a_model_openai_lists_as_openai(client, stub, span_exporter, sink):
     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
-    _, record = one_call(span_exporter, sink)
+    span, record = one_call(span_exporter, sink)
+    assert (span.attributes["server.address"], record.provider) == ("127.0.0.1", "openai")
     assert record.cost_usd == pytest.approx(genai_cost_of(stub.usage_log[0], "openai"), rel=1e-9)
 
 
@@ -84,6 +85,7 @@ def test_an_unknown_host_leaves_a_model_no_provider_lists_unpriced(client, stub,
     client.chat.completions.create(model="my-local-llama-7b", messages=MESSAGES)
 
     span, record = one_call(span_exporter, sink)
+    assert span.attributes["server.address"] == "127.0.0.1"
     assert span.attributes["spendwatch.pricing"] == "unpriced"
     assert record.cost_usd is None
 
