@@ -85,6 +85,8 @@ BENCH_PEERS ?= opentelemetry-instrumentation-openai-v2 opentelemetry-util-genai=
 	opentelemetry-instrumentation-google-genai opentelemetry-instrumentation-google-generativeai
 # The Anthropic peer (bench.anthropic_sdk). OpenLIT is left out there too: it requires anthropic<1.
 BENCH_PEERS += opentelemetry-instrumentation-anthropic
+# The Bedrock peers (bench.bedrock): contrib's botocore instrumentation (its Bedrock extension) and OpenLLMetry's.
+BENCH_PEERS += opentelemetry-instrumentation-botocore opentelemetry-instrumentation-bedrock
 BENCH_ARGS ?=
 
 $(BENCH_STAMP): pyproject.toml
@@ -108,6 +110,7 @@ bench: $(BENCH_STAMP) test-servers
 	$(BENCH_BIN)/python -m bench.instructions $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.anthropic_sdk $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.google_genai $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.bedrock $(BENCH_ARGS)
 
 # The working tree against spendwatch at a git revision, in one run (bench/baseline.py): make bench-against REV=main
 REV ?= HEAD
