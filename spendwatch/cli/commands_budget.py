@@ -254,6 +254,12 @@ def _add_report_command(subcommands: argparse._SubParsersAction) -> None:
         help="add the average daily cost of the last complete days, its direction and the month-end projection",
     )
     command.add_argument("--days", type=_positive_int, metavar="N", help="complete days the trend averages (default 7)")
+    command.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write the cost page to FILE instead (one self-contained HTML file: budgets, spend over the last 24 "
+        "hours, 7 and 30 days by model, category, operation and LightRAG stage, alerts); other options do not apply",
+    )
     command.set_defaults(handler=_run_report)
 
 
@@ -279,6 +285,8 @@ def _run_report(args: argparse.Namespace) -> int:
     ledger = _open(settings)
     try:
         settings = _known(ledger, settings).settings()  # the apps' time zone, unless this command sets one
+        if args.html:
+            return _write_html(ledger, settings, args.html, now)
         until = args.until or local_day(now, settings.timezone)
         since = args.since or until - timedelta(days=_DEFAULT_REPORT_DAYS - 1)
         if since > until:
@@ -297,11 +305,26 @@ def _run_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _write_html(ledger, settings, path: str, now: float) -> int:
+    from spendwatch.cli.commands_serve import _pricing_data_timestamp
+    from spendwatch.exporter.page import write_page_file
+
+    try:
+        write_page_file(ledger, settings, path, now=now, prices_as_of=_pricing_data_timestamp())
+    except OSError as error:
+        print(f"spendwatch report: --html {path} cannot be written: {error.strerror or error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote the cost page to {path}")
+    return EXIT_OK
+
+
 def _report_usage_problem(args: argparse.Namespace) -> str | None:
     if args.days is not None and not args.trend:
         return "--days sets the trend's window; give it with --trend"
     if args.trend and args.format in ("csv", "focus"):
         return f"--trend does not fit in {args.format.upper()}; use --format table or json"
+    if args.html and (args.trend or args.format != "table"):
+        return "--html writes the cost page; give it without --format or --trend"
     if args.by == "service":
         from spendwatch.exporter.report import NOT_RECORDED
 

@@ -20,11 +20,11 @@ EXIT_OK = 0
 def add_commands(subcommands: argparse._SubParsersAction) -> None:
     command = subcommands.add_parser(
         "serve",
-        help="serve Prometheus metrics and the JSON API over the spend ledger",
-        description="Serve /metrics (spend, tokens, requests, durations and budgets) and the read-only JSON API "
-        "(/api/v1/overview, analytics, report, alerts; /api/v1/openapi.json describes it) over the ledger that "
-        "SPENDWATCH_LEDGER names, until SIGTERM or SIGINT. Basic auth and TLS follow SPENDWATCH_METRICS_BASIC_AUTH "
-        "and SPENDWATCH_METRICS_TLS_CERTFILE/KEYFILE.",
+        help="serve Prometheus metrics, the cost page and the JSON API over the spend ledger",
+        description="Serve /metrics (spend, tokens, requests, durations and budgets), the HTML cost page at / and "
+        "the read-only JSON API (/api/v1/overview, analytics, report, alerts; /api/v1/openapi.json describes it) "
+        "over the ledger that SPENDWATCH_LEDGER names, until SIGTERM or SIGINT. Basic auth and TLS follow "
+        "SPENDWATCH_METRICS_BASIC_AUTH and SPENDWATCH_METRICS_TLS_CERTFILE/KEYFILE.",
     )
     command.add_argument(
         "--address", metavar="HOST:PORT", help="where to listen (default: SPENDWATCH_METRICS_ADDRESS, 127.0.0.1:9464)"
@@ -39,6 +39,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from spendwatch.exporter.api import API_PREFIX, api_app
     from spendwatch.exporter.budgets import LedgerConfiguration, budget_statuses
     from spendwatch.exporter.collector import SpendCollector
+    from spendwatch.exporter.page import page_app
     from spendwatch.exporter.server import serve_as_configured
     from spendwatch.instrumentation.errors import ConfigError
 
@@ -50,15 +51,20 @@ def _run_serve(args: argparse.Namespace) -> int:
     # on each scrape, so an app started later with another budget shows without a restart.
     known = LedgerConfiguration(ledger, settings)
     registry = CollectorRegistry()
+    prices_as_of = _pricing_data_timestamp()
     SpendCollector(
         ledger,
         categories=known.settings().categories,
         budget_statuses=lambda: budget_statuses(ledger, known.settings()),
         guard_decisions=ledger.guard_decisions,
-        pricing_data_timestamp=_pricing_data_timestamp(),
+        pricing_data_timestamp=prices_as_of,
         registry=registry,
     )
-    server = serve_as_configured(registry, settings, routes={API_PREFIX: api_app(ledger, known.settings)})
+    routes = {
+        "/": page_app(ledger, known.settings, prices_as_of=prices_as_of),
+        API_PREFIX: api_app(ledger, known.settings),
+    }
+    server = serve_as_configured(registry, settings, routes=routes)
     print(f"serving {server.url}", flush=True)
     try:
         _wait_for_stop_signal()
