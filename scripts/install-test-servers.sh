@@ -1,6 +1,7 @@
 #!/bin/sh
-# Installs the real servers the tests start: Debian's postgresql, prometheus and prometheus-alertmanager; and
-# valgrind, which the instruction-count benchmark (bench/instructions.py) and its test run under.
+# Installs the real servers the tests start: Debian's postgresql, prometheus and prometheus-alertmanager; valgrind,
+# which the instruction-count benchmark (bench/instructions.py) and its test run under; and chromium with
+# chromium-driver, the real browser the cost page's tests (tests/test_html_page.py) drive through Selenium.
 # Idempotent and quick when they are present (no apt call then). Needs root to install; without it, it only
 # says what is missing and exits 0, so local tests skip (and CI, where CI=true, fails instead).
 set -eu
@@ -24,9 +25,11 @@ if ! command -v prometheus-alertmanager >/dev/null 2>&1 || ! command -v amtool >
 fi
 
 command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
 
 if [ -z "$missing" ]; then
-    echo "test servers: postgresql, prometheus, prometheus-alertmanager and valgrind are installed"
+    echo "test servers: postgresql, prometheus, prometheus-alertmanager, valgrind and chromium are installed"
     exit 0
 fi
 
