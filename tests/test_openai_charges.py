@@ -8,15 +8,18 @@ import json
 from dataclasses import replace
 from zoneinfo import ZoneInfo
 
+import openai
 import pytest
+from openai import _base_client
 
 from spendwatch.demo.stub import StubServer
 from spendwatch.exporter import Ledger, LedgerEntry
 from spendwatch.exporter.ledger import open_backend
 from spendwatch.instrumentation.pricing import rounded_usd
-from tests.charges import client_at, genai_cost_of
+from tests.charges import client_at, genai_cost, genai_cost_of
 
 pytestmark = pytest.mark.usefixtures("instrument_openai")
+httpx_module = getattr(_base_client, "httpx2", None) or _base_client.httpx  # what this SDK sends through
 
 MESSAGES = [{"role": "user", "content": "How much does this call cost?"}]
 CACHE_WRITE_MODEL = "gpt-5.6-sol"  # OpenAI bills cache writes from GPT-5.6 on
@@ -259,3 +262,42 @@ def test_the_bodys_cost_wins_over_a_gateways_header(stub_with, span_exporter, si
 
     _, record = only_call(span_exporter, sink)
     assert record.cost_usd == 0.25
+
+
+# --- hostile answers ---------------------------------------------------------------------------------------------
+
+
+def test_malformed_details_and_output_items_are_left_out_and_the_rest_is_read(span_exporter, sink):
+    usage = {
+        "input_tokens": 40,
+        "input_tokens_details": {"cached_tokens": 8, "cache_write_tokens": -5, "image_tokens": "many"},
+        "output_tokens": 10,
+        "output_tokens_details": {"reasoning_tokens": 2, "audio_tokens": [3], "image_tokens": None},
+        "total_tokens": 50,
+        "cost": float("inf"),
+    }
+    output = [
+        {"type": ["web_search_call"], "id": "odd"},
+        {"type": "code_interpreter_call", "id": "ci", "container_id": 7},
+        {"type": "web_search_call", "id": "ws", "status": "completed"},
+        "not an item",
+    ]
+    body = {"id": "resp_1", "object": "response", "model": TOOLS_MODEL, "output": output, "usage": usage}
+    headers = {"content-type": "application/json"}
+    reply = json.dumps(body).encode()  # "Infinity" too, which Python's JSON reader (the SDK's) takes
+    answer = httpx_module.MockTransport(lambda request: httpx_module.Response(200, headers=headers, content=reply))
+    client = openai.OpenAI(
+        api_key="k", base_url="https://api.openai.com/v1", http_client=httpx_module.Client(transport=answer)
+    )
+
+    client.responses.create(model=TOOLS_MODEL, input="Hi")
+
+    _, record = only_call(span_exporter, sink)
+    assert (record.input_tokens, record.output_tokens, record.cache_read_tokens) == (40, 10, 8)
+    assert (record.cache_write_tokens, record.input_image_tokens, record.output_audio_tokens) == (0, 0, 0)
+    assert record.units == {"web_search_calls": 1}
+    assert record.estimated is False
+    expected = genai_cost(
+        TOOLS_MODEL, "openai", units=record.units, input_tokens=40, output_tokens=10, cache_read_tokens=8
+    )
+    assert record.cost_usd == pytest.approx(expected, rel=1e-9)

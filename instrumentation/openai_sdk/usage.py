@@ -307,7 +307,7 @@ def tool_units(output: Any) -> dict[str, float] | None:
     units = None
     for item in items(output):
         kind = getattr(item, "type", None)
-        if kind in _NOT_TOOL_CALLS or type(kind) is not str:
+        if type(kind) is not str or kind in _NOT_TOOL_CALLS:
             continue
         unit = _TOOL_CALL_UNITS.get(kind)
         if unit is None:
