@@ -8,11 +8,13 @@ tests/artifacts/html_page/ (gitignored) for a person or CI to look at."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -185,14 +187,22 @@ def value(driver, selector: str) -> float:
 
 
 def table_rows(driver, table_id: str) -> dict[str, dict[str, float]]:
-    """A table's rows by their group: each numeric cell's value by its data-field."""
-    rows = {}
-    for row in driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr"):
-        cells = row.find_elements(By.CSS_SELECTOR, "td[data-field]")
-        rows[row.get_attribute("data-group")] = {
-            cell.get_attribute("data-field"): float(cell.get_attribute("data-value")) for cell in cells
-        }
-    return rows
+    """A table's rows by their group: each numeric cell's value by its data-field (read in one script, so a redraw
+    cannot swap the table between two reads)."""
+    rows = driver.execute_script(
+        """return Array.from(document.querySelectorAll('#' + arguments[0] + ' tbody tr')).map(row => [
+            row.dataset.group,
+            Object.fromEntries(Array.from(row.querySelectorAll('td[data-field]')).map(
+                cell => [cell.dataset.field, Number(cell.dataset.value)]))])""",
+        table_id,
+    )
+    return dict(rows)
+
+
+def wait_for_view(driver, span: str, by: str) -> None:
+    """Wait until the chart's totals show ``span`` and ``by`` (the page redraws them when the reader picks)."""
+    shown = "const t = document.getElementById('totals-table'); return t && [t.dataset.range, t.dataset.by]"
+    WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script(shown) == [span, by])
 
 
 def screenshot(driver, name: str, size: tuple[int, int], dark: bool = False) -> Path:
@@ -311,12 +321,9 @@ def test_served_page_shows_the_last_7_days_by_model_then_any_range_and_grouping_
 
     Select(browser.find_element(By.ID, "range")).select_by_value("24h")
     Select(browser.find_element(By.ID, "group")).select_by_value("category")
-    WebDriverWait(browser, WAIT_S).until(
-        lambda d: d.find_element(By.ID, "totals-table").get_attribute("data-by") == "category"
-    )
+    wait_for_view(browser, "24h", "category")
     first_hour = (int(now) // 3600 - 23) * 3600
     day = in_range(history["entries"], first_hour, now + 1)
-    assert browser.find_element(By.ID, "totals-table").get_attribute("data-range") == "24h"
     assert_groups_shown(table_rows(browser, "totals-table"), expected_groups(day, "category"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-table tbody tr")) == 24
     assert problems(browser) == []
@@ -339,9 +346,7 @@ def test_served_page_controls_work_from_the_keyboard(browser, served):
     assert "range" in reached and reached[-1] == "group"
 
     browser.switch_to.active_element.send_keys("o")  # the first grouping starting with "o": Operation
-    WebDriverWait(browser, WAIT_S).until(
-        lambda d: d.find_element(By.ID, "totals-table").get_attribute("data-by") == "operation"
-    )
+    wait_for_view(browser, "7d", "operation")
     assert set(table_rows(browser, "totals-table")) == {"chat", "embeddings"}
 
 
@@ -428,15 +433,11 @@ def test_report_html_file_carries_every_preset_range_and_grouping(browser, page_
 
     Select(browser.find_element(By.ID, "range")).select_by_value("30d")
     Select(browser.find_element(By.ID, "group")).select_by_value("stage")
-    WebDriverWait(browser, WAIT_S).until(
-        lambda d: d.find_element(By.ID, "totals-table").get_attribute("data-by") == "stage"
-    )
+    wait_for_view(browser, "30d", "stage")
     stages = table_rows(browser, "totals-table")
     assert list(stages) == ["extract"] and stages["extract"]["calls"] == sum(DOCUMENTS.values())
     Select(browser.find_element(By.ID, "group")).select_by_value("model")
-    WebDriverWait(browser, WAIT_S).until(
-        lambda d: d.find_element(By.ID, "totals-table").get_attribute("data-by") == "model"
-    )
+    wait_for_view(browser, "30d", "model")
     month = in_range(history["entries"], day_start(now, 29), now + 1)
     assert_groups_shown(table_rows(browser, "totals-table"), expected_groups(month, "model"))
     assert problems(browser) == [] and set(requested_urls(browser)) == {page_file.as_uri()}
@@ -458,3 +459,57 @@ def test_a_hostile_category_name_is_shown_as_text(tmp_path):
 
     text = (tmp_path / "page.html").read_text()
     assert "</script><img" not in text and "\\u003c/script\\u003e\\u003cimg src=x\\u003e" in text
+
+
+def test_the_harness_sees_a_policy_violation(browser, page_file, tmp_path):
+    # The checks above pass only if a violation would show: an inline style attribute the policy forbids must.
+    broken = tmp_path / "broken.html"
+    broken.write_text(page_file.read_text().replace("<main>", '<main><p style="color: red">styled</p>', 1))
+    open_page(browser, broken.as_uri())
+
+    assert any("style-src" in problem for problem in problems(browser))
+
+
+def test_report_html_refuses_a_format_or_trend(history, tmp_path):
+    done = subprocess.run(
+        [*SPENDWATCH, "report", "--html", str(tmp_path / "x.html"), "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=history["environ"],
+        timeout=120,
+    )
+
+    assert done.returncode == 2 and "--html writes the cost page" in done.stderr
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_the_served_page_needs_the_same_credentials_as_metrics(history):
+    environ = history["environ"] | {"SPENDWATCH_METRICS_BASIC_AUTH": "reader:s3cret"}
+
+    def start(port: int):
+        command = [*SPENDWATCH, "serve", "--address", f"127.0.0.1:{port}"]
+        return start_process(command, env=environ, log_path=history["directory"] / f"serve-auth-{port}.log")
+
+    def ready(port: int):
+        return lambda: http_get(f"http://127.0.0.1:{port}/api/v1/openapi.json", timeout=2)[0] == 401
+
+    process, port = start_on_free_port(start, ready, "spendwatch serve", timeout=60)
+    try:
+        refused = http_get(f"http://127.0.0.1:{port}/", timeout=30)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/")
+        request.add_header("Authorization", "Basic " + base64.b64encode(b"reader:s3cret").decode())
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, body = response.status, response.read().decode()
+        posted = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"x", method="POST")
+        posted.add_header("Authorization", "Basic " + base64.b64encode(b"reader:s3cret").decode())
+        try:
+            urllib.request.urlopen(posted, timeout=30)
+            post_status = 200
+        except urllib.error.HTTPError as error:
+            post_status = error.code
+    finally:
+        process.stop()
+
+    assert refused[0] == 401 and "LLM spend" not in str(refused[1])
+    assert status == 200 and body.startswith("<!DOCTYPE html>") and 'id="spendwatch-data"' in body
+    assert post_status == 405
