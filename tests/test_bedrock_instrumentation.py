@@ -110,6 +110,9 @@ def test_converse_cache_reads_and_writes_are_part_of_the_input(instrument_bedroc
     total_input = STUB_INPUT + CACHE_READ + CACHE_WRITE
     assert span.attributes["gen_ai.usage.input_tokens"] == total_input
     assert span.attributes["gen_ai.usage.cache_read.input_tokens"] == CACHE_READ
+    assert span.attributes["gen_ai.usage.cache_write.input_tokens"] == CACHE_WRITE
+    (record,) = sink.records
+    assert record.cost_usd == pytest.approx(expected_cost(CONVERSE_MODEL, total_input, REPLY, CACHE_READ, CACHE_WRITE))
 
 
 def test_converse_stream_events_reach_the_caller_untouched(
@@ -171,6 +174,29 @@ def test_anthropic_stream_cache_counts_come_from_message_start(instrument_bedroc
     span = the_span(span_exporter)
     assert span.attributes["gen_ai.usage.input_tokens"] == STUB_INPUT + 2 + CACHE_READ + CACHE_WRITE
     assert span.attributes["gen_ai.usage.cache_read.input_tokens"] == CACHE_READ
+    assert span.attributes["gen_ai.usage.cache_write.input_tokens"] == CACHE_WRITE
+
+
+@pytest.mark.parametrize(
+    ("model", "marker"),
+    [
+        ("anthropic.claude-3-haiku-20240307-v1:0", {"cache_control": {"type": "ephemeral"}}),
+        ("amazon.nova-micro-v1:0", {"cachePoint": {"type": "default"}}),
+    ],
+)
+def test_invoke_model_cache_counts_come_from_the_body(model, marker, instrument_bedrock, bedrock, span_exporter, sink):
+    body = json.loads(json.dumps(FAMILY_BODIES[model]))
+    body["messages"][0]["content"][0].update(marker)
+
+    bedrock.invoke_model(modelId=model, body=json.dumps(body))["body"].read()
+
+    span = the_span(span_exporter)
+    total_input = STUB_INPUT + CACHE_READ + CACHE_WRITE
+    assert span.attributes["gen_ai.usage.input_tokens"] == total_input
+    assert span.attributes["gen_ai.usage.cache_read.input_tokens"] == CACHE_READ
+    assert span.attributes["gen_ai.usage.cache_write.input_tokens"] == CACHE_WRITE
+    expected = expected_cost(model, total_input, REPLY, CACHE_READ, CACHE_WRITE)
+    assert sink.records[0].cost_usd == pytest.approx(expected)
 
 
 def test_an_inference_profile_arn_is_priced_as_its_profile(instrument_bedrock, bedrock, span_exporter, sink):
