@@ -355,8 +355,11 @@ def test_served_page_lists_top_documents_unpriced_calls_and_what_happened(browse
     now = generated_at(browser)
     window = in_range(history["entries"], day_start(now, 29), now + 1)
 
+    # Summed from the calls (seconds on a big ledger), so the served page fetches them from its API once shown.
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_elements(By.ID, "documents-table"))
     documents = table_rows(browser, "documents-table")
     assert {name: row["requests"] for name, row in documents.items()} == DOCUMENTS
+    assert any("/api/v1/report?by=document" in url for url in requested_urls(browser))
     unpriced = table_rows(browser, "unpriced-table")
     assert unpriced == {
         "claude-unknown-model": {
@@ -423,6 +426,8 @@ def test_report_html_file_opens_from_disk_with_its_own_policy_and_no_network(bro
     window = in_range(history["entries"], day_start(now, 29), now + 1)
     assert value(browser, "#summary-cost_usd") == pytest.approx(sum(r.cost_usd or 0.0 for r in window), abs=2e-9)
     assert value(browser, "#summary-calls") == len(window)
+    documents = table_rows(browser, "documents-table")  # carried in the file, as it cannot ask for them
+    assert {name: row["requests"] for name, row in documents.items()} == DOCUMENTS
     screenshot(browser, "file", PHONE)
     screenshot(browser, "file", LAPTOP)
 

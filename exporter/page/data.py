@@ -29,6 +29,9 @@ class Presets:
 
     def __init__(self, ranges: tuple[str, ...], groups: tuple[str, ...], embed_all: bool) -> None:
         self.ranges, self.groups, self.embed_all = ranges, groups, embed_all
+        # The top documents are summed from the calls themselves (LightRAG's document is kept per call), seconds on
+        # a ledger of millions: a served page loads them from /api/v1/report after it shows, a file carries them.
+        self.embed_documents = embed_all
 
     def embedded(self) -> list[tuple[str, str]]:
         """(range, by) pairs whose analytics go into the page: all of them in a file, the first on a served page
@@ -52,8 +55,9 @@ def analytics_key(span: str, by: str) -> str:
 
 
 def page_data(ledger, settings, *, presets: Presets, now: float | None = None, prices_as_of: float | None = None):
-    """The page's document: budgets, analytics for the embedded choices, the last SUMMARY_DAYS days' totals, top
-    categories and documents, unpriced calls by model, the alert history, and the price data's date."""
+    """The page's document: budgets, analytics for the embedded choices, the last SUMMARY_DAYS days' (``window``)
+    totals, top categories and documents (None: to be fetched), unpriced calls by model, the alert history, and the
+    price data's date."""
     now = time.time() if now is None else now
     window_s = SUMMARY_DAYS * 86400
     by_model = analytics(ledger, settings, range_s=window_s, granularity="day", by="model", now=now)["totals"]
@@ -61,7 +65,7 @@ def page_data(ledger, settings, *, presets: Presets, now: float | None = None, p
     history = alerts(ledger, range_s=window_s, now=now)
     until = local_day(now, settings.timezone)
     since = until - timedelta(days=SUMMARY_DAYS - 1)
-    documents = grouped_rows(ledger, since, until, "document")
+    documents = grouped_rows(ledger, since, until, "document")[:TOP_ROWS] if presets.embed_documents else None
     return {
         "generated_at": rfc3339(now),
         "timezone": settings.timezone.key,
@@ -75,7 +79,8 @@ def page_data(ledger, settings, *, presets: Presets, now: float | None = None, p
             for span, by in presets.embedded()
         },
         "top_categories": by_category[:TOP_ROWS],
-        "top_documents": documents[:TOP_ROWS],
+        "top_documents": documents,
+        "window": {"start": since, "end": until},
         "unpriced_by_model": [group for group in by_model if group["unpriced_calls"]],
         "alerts": history["alerts"],
     }

@@ -298,6 +298,31 @@
 
   // --- tables of the last days ----------------------------------------------------------------------------------
 
+  function drawDocuments(documents) {
+    var rows = documents.map(function (d) {
+      return el("tr", { "data-group": label(d.document) }, [el("th", { scope: "row" }, [label(d.document)]),
+        money(d.cost_usd, { "data-field": "cost_usd" }), number(d.requests, { "data-field": "requests" }),
+        number(d.unpriced, { "data-field": "unpriced" })]);
+    });
+    fill("top-documents", rows.length ? [table("Costliest documents, last " + data.summary_days + " days",
+      ["Document", "#Spend", "#LLM calls", "#Unpriced"], rows, { id: "documents-table" })]
+      : [nothing("No LightRAG document calls in these days.")]);
+  }
+
+  function loadDocuments() {
+    // A served page asks its own API for them: they are summed from the calls, which can take a while.
+    fill("top-documents", [nothing("Loading…")]);
+    var url = "api/v1/report?by=document&format=json&start=" + data.window.start + "&end=" + data.window.end;
+    fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" }).then(function (response) {
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      return response.json();
+    }).then(function (report) {
+      drawDocuments(report.rows.slice(0, 10));
+    }).catch(function (error) {
+      fill("top-documents", [nothing("Could not load the top documents: " + error.message)]);
+    });
+  }
+
   function drawTops() {
     var categories = data.top_categories.map(function (g) {
       return el("tr", { "data-group": label(g.category) }, [el("th", { scope: "row" }, [label(g.category)]),
@@ -307,14 +332,7 @@
     fill("top-categories", categories.length ? [table("Costliest categories, last " + data.summary_days + " days",
       ["Category", "#Spend", "#Calls", "#Unpriced"], categories, { id: "categories-table" })]
       : [nothing("No calls in these days.")]);
-    var documents = data.top_documents.map(function (d) {
-      return el("tr", { "data-group": label(d.document) }, [el("th", { scope: "row" }, [label(d.document)]),
-        money(d.cost_usd, { "data-field": "cost_usd" }), number(d.requests, { "data-field": "requests" }),
-        number(d.unpriced, { "data-field": "unpriced" })]);
-    });
-    fill("top-documents", documents.length ? [table("Costliest documents, last " + data.summary_days + " days",
-      ["Document", "#Spend", "#LLM calls", "#Unpriced"], documents, { id: "documents-table" })]
-      : [nothing("No LightRAG document calls in these days.")]);
+    if (data.top_documents) drawDocuments(data.top_documents); else loadDocuments();
   }
 
   function drawUnpriced() {
