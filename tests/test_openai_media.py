@@ -165,7 +165,9 @@ def test_a_plain_text_transcript_is_priced_from_the_wav_files_length_as_an_estim
 
 
 async def test_a_translation_is_priced_like_a_transcription(async_client, stub, sink):
-    await async_client.audio.translations.create(model="whisper-1", file=("a.wav", wav()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # translations are deprecated in openai 3.x
+        await async_client.audio.translations.create(model="whisper-1", file=("a.wav", wav()))
 
     assert only_record(sink).units == {"audio_seconds": 3}
 

@@ -85,7 +85,7 @@ _IMAGE_TOKENS = {
 
 
 def _billed_per_image(model: str) -> bool:
-    return model.startswith("dall-e")
+    return model.startswith("dall-e") or not model  # a request naming no model runs the API's default, dall-e-2
 
 
 def _billed_per_character(model: str) -> bool:
@@ -111,9 +111,16 @@ def raw_usage(kind: str, parsed: Any, kwargs: dict, headers: Any) -> Usage:
     return usage
 
 
+def _reported_usage(result: Any) -> Any:
+    """A response's ``usage``, read as attributes also when the SDK's model does not declare it (older releases keep
+    undeclared fields as dicts)."""
+    raw = getattr(result, "usage", None)
+    return _Attributes(raw) if isinstance(raw, dict) else raw
+
+
 def _images_usage(result: Any, kwargs: dict) -> Usage:
     model = _request_model(kwargs)
-    raw = getattr(result, "usage", None)
+    raw = _reported_usage(result)
     if raw is not None or not _billed_per_image(model):
         usage = _image_tokens(raw)
         if usage is None:  # a GPT Image response without usage
@@ -171,9 +178,7 @@ class _Attributes:
 
 
 def _transcription_usage(result: Any, kwargs: dict) -> Usage:
-    raw = getattr(result, "usage", None)
-    if isinstance(raw, dict):  # a field the SDK's model does not declare (a translation's usage), kept as a dict
-        raw = _Attributes(raw)
+    raw = _reported_usage(result)  # a translation's is not declared, in any release
     kind = text(getattr(raw, "type", None))
     if kind == "tokens":
         usage = _token_counts(raw)
