@@ -3,6 +3,9 @@
 ``hourly_totals`` is ``daily_totals`` by UTC hour instead of local day (``hour`` is the hour's start in unix seconds,
 a multiple of 3600), kept by :mod:`spendwatch.exporter.ledger.totals` in the transaction that writes the calls, so
 a range of hours costs O(hours × series) and never a scan of ``calls``.
+
+Also here, for the API's analytics: :func:`daily_sums` and :func:`hourly_sums`, the totals of a range of days or hours
+added up per bucket and group by the database, and :func:`spend_between`, a budget's spend over the last hour or day.
 """
 
 from __future__ import annotations
