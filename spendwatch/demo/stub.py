@@ -9,7 +9,9 @@ Point the real ``openai`` SDK at it::
 
 It serves ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and ``/v1/responses``
 (streamed and not), and the Azure form ``/openai/deployments/{deployment}/…?api-version=…``, with
-bodies shaped like the real API's (see :mod:`spendwatch.demo._stub_responses`).
+bodies shaped like the real API's (see :mod:`spendwatch.demo._stub_responses`); images, audio and moderations
+(:mod:`spendwatch.demo._stub_media`); background responses, retrieved and cancelled later
+(:mod:`spendwatch.demo._stub_background`).
 
 Usage is a pure function of the request, one token per word:
 
