@@ -115,11 +115,12 @@ def _nothing_stays_attached():
     yield
     from spendwatch import runtime
     from spendwatch.instrumentation.anthropic_sdk import AnthropicInstrumentor
+    from spendwatch.instrumentation.bedrock_sdk import BedrockInstrumentor
     from spendwatch.instrumentation.google_genai_sdk import GoogleGenAIInstrumentor
     from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor
 
     runtime.detach()
     instrumentors = (OpenAIInstrumentor(), LightRAGInstrumentor(), AnthropicInstrumentor(), GoogleGenAIInstrumentor())
-    for instrumentor in instrumentors:
+    for instrumentor in (*instrumentors, BedrockInstrumentor()):
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
