@@ -448,22 +448,32 @@ def test_report_html_file_carries_every_preset_range_and_grouping(browser, page_
     assert problems(browser) == [] and set(requested_urls(browser)) == {page_file.as_uri()}
 
 
-def test_a_hostile_category_name_is_shown_as_text(tmp_path):
+def test_a_file_names_days_in_the_budgets_time_zone_and_shows_hostile_names_as_text(browser, tmp_path):
     from spendwatch.exporter.page import write_page_file
 
-    location = str(tmp_path / "ledger.db")
-    ledger = Ledger(open_backend(location), ZoneInfo("UTC"))
+    location, zone = str(tmp_path / "ledger.db"), "Pacific/Kiritimati"  # UTC+14: its day is rarely UTC's
+    ledger = Ledger(open_backend(location), ZoneInfo(zone))
     try:
         record = UsageRecord("openai", "chat", "gpt-4o-mini", input_tokens=5, category="</script><img src=x>")
         record.cost_usd, record.start_time = 0.001, time.time() - 5
         ledger.ingest([LedgerEntry("hostile", record)])
-        settings = load_settings({"ledger": location, "daily_budget_usd": 1}, environ={})
+        settings = load_settings({"ledger": location, "daily_budget_usd": 1, "timezone": zone}, environ={})
         write_page_file(ledger, settings, tmp_path / "page.html")
     finally:
         ledger.close()
-
     text = (tmp_path / "page.html").read_text()
     assert "</script><img" not in text and "\\u003c/script\\u003e\\u003cimg src=x\\u003e" in text
+    open_page(browser, (tmp_path / "page.html").as_uri())
+
+    days = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#chart-table tbody th')).map(cell => cell.textContent)"
+    )
+    today = datetime.fromtimestamp(generated_at(browser), ZoneInfo(zone)).date()
+    assert days == [(today - timedelta(days=back)).isoformat() for back in range(6, -1, -1)]
+    Select(browser.find_element(By.ID, "group")).select_by_value("category")
+    wait_for_view(browser, "7d", "category")
+    assert list(table_rows(browser, "totals-table")) == ["</script><img src=x>"]
+    assert browser.find_elements(By.CSS_SELECTOR, "main img") == [] and problems(browser) == []
 
 
 def test_the_harness_sees_a_policy_violation(browser, page_file, tmp_path):

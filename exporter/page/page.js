@@ -145,8 +145,16 @@
     return index < 0 ? SERIES : index;
   }
   function seriesClass(index) { return index >= SERIES ? "s-other" : "s" + index; }
+  // A day bucket starts at its local midnight, written in UTC: named by its day in the budgets' time zone.
+  var dayFormat = new Intl.DateTimeFormat("en-US", { timeZone: data.timezone, year: "numeric", month: "2-digit",
+    day: "2-digit" });
+  function localDay(text) {
+    var parts = {};
+    dayFormat.formatToParts(new Date(text)).forEach(function (part) { parts[part.type] = part.value; });
+    return parts.year + "-" + parts.month + "-" + parts.day;
+  }
   function bucketLabel(answer, start) {
-    return answer.granularity === "hour" ? start.slice(5, 10) + " " + start.slice(11, 16) : start.slice(0, 10);
+    return answer.granularity === "hour" ? start.slice(5, 10) + " " + start.slice(11, 16) : localDay(start);
   }
 
   function stacks(answer, series) {
