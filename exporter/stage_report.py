@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from datetime import date
 
-__all__ = ["STAGE_GROUPINGS", "stage_columns", "stage_rows"]
+__all__ = ["STAGE_GROUPINGS", "call_attributes", "stage_columns", "stage_rows"]
 
 STAGE_GROUPINGS = {
     "stage": "spendwatch.lightrag.stage",
@@ -42,7 +42,7 @@ def stage_rows(ledger, since: date, until: date, by: str = "stage") -> list[dict
         raise ValueError(f"the report starts on {since} after it ends on {until}")
     groups: dict[str, dict] = {}
     for call in ledger.calls_with_attributes(since, until):
-        attributes = _attributes(call["attributes"])
+        attributes = call_attributes(call["attributes"])
         key = attributes.get(attribute)
         if key is not None:
             _accumulate(groups.setdefault(key, _empty_row(by, key)), call, attributes)
@@ -54,7 +54,8 @@ def stage_columns(by: str) -> list[str]:
     return [by, *_SUMMED, *_COUNTED, "avoided_usd"]
 
 
-def _attributes(raw) -> dict:
+def call_attributes(raw) -> dict:
+    """A calls row's ``attributes`` (JSON text) as a dict; an empty one when it is not a JSON object."""
     try:
         parsed = json.loads(raw) if isinstance(raw, str) else raw
     except ValueError:

@@ -5,12 +5,11 @@ buckets and groups them the same way. Cache hits cost nothing and are not calls 
 
 from __future__ import annotations
 
-import json
 from datetime import date
 
 from spendwatch.exporter.ledger.hourly import SUMMED, hour_of
 from spendwatch.exporter.periods import local_day
-from spendwatch.exporter.stage_report import STAGE_GROUPINGS
+from spendwatch.exporter.stage_report import STAGE_GROUPINGS, call_attributes
 
 __all__ = ["stage_sums"]
 
@@ -23,7 +22,7 @@ def stage_sums(ledger, tz, first_day: date, last_day: date, granularity: str) ->
     """:data:`SUMMED` per bucket (``day``: local day as ISO text; ``hour``: UTC hour start) and LightRAG stage."""
     sums: dict[tuple, dict] = {}
     for call in ledger.calls_with_attributes(first_day, last_day):
-        stage = _attributes(call["attributes"]).get(_STAGE)
+        stage = call_attributes(call["attributes"]).get(_STAGE)
         if stage is None or call["operation"] == _CACHE_HIT:
             continue
         at = float(call["ts"])
@@ -40,11 +39,3 @@ def _add(row: dict, call: dict) -> None:
         row[name] += int(call[name] or 0)
     if call["outcome"] in _OUTCOMES:
         row[call["outcome"]] += 1
-
-
-def _attributes(raw) -> dict:
-    try:
-        parsed = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
