@@ -39,13 +39,13 @@ from tests.servers import require_binary
 
 DAYS = 40
 CONFIG = """
+[budgets.summarise]
+category = "summarise"
+monthly_usd = 0.05
+
 [budgets.global]
 daily_usd = 0.01
 monthly_usd = 10
-
-[budgets.search]
-category = "search"
-daily_usd = 0.004
 """
 ARTIFACTS = Path(__file__).parent / "artifacts" / "html_page"
 PHONE, LAPTOP = (390, 844), (1366, 900)
@@ -98,8 +98,8 @@ def _lightrag_calls(at: float) -> list[LedgerEntry]:
 def _degraded_calls(at: float) -> list[LedgerEntry]:
     calls = []
     for n in range(DEGRADED):
-        record = UsageRecord("openai", "chat", "gpt-4o-mini", input_tokens=200, output_tokens=10, category="search")
-        record.guard_actions = (("search", "degrade"),)
+        record = UsageRecord("openai", "chat", "gpt-4o-mini", input_tokens=200, output_tokens=10, category="summarise")
+        record.guard_actions = (("summarise", "degrade"),)
         record.cost_usd, record.pricing, record.start_time = 0.0001, "test", at + n
         calls.append(LedgerEntry(f"degraded-{n}", record))
     return calls
