@@ -476,6 +476,28 @@ def test_a_file_names_days_in_the_budgets_time_zone_and_shows_hostile_names_as_t
     assert browser.find_elements(By.CSS_SELECTOR, "main img") == [] and problems(browser) == []
 
 
+def test_an_empty_ledger_without_budgets_gives_a_page_that_says_so(browser, tmp_path):
+    from spendwatch.exporter.page import write_page_file
+
+    location = str(tmp_path / "ledger.db")
+    ledger = Ledger(open_backend(location), ZoneInfo("UTC"))
+    try:
+        write_page_file(ledger, load_settings({"ledger": location}, environ={}), tmp_path / "empty.html")
+    finally:
+        ledger.close()
+    browser.get_log("browser")
+    browser.get((tmp_path / "empty.html").as_uri())
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "alerts").text)
+
+    shown = {section: browser.find_element(By.ID, section).text for section in ("budgets", "chart", "alerts")}
+    assert shown == {
+        "budgets": "No budgets are configured.",
+        "chart": "No calls in this range.",
+        "alerts": "Nothing happened in the last 30 days.",
+    }
+    assert value(browser, "#summary-cost_usd") == 0 and problems(browser) == []
+
+
 def test_the_harness_sees_a_policy_violation(browser, page_file, tmp_path):
     # The checks above pass only if a violation would show: an inline style attribute the policy forbids must.
     broken = tmp_path / "broken.html"
