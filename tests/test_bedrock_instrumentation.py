@@ -14,6 +14,9 @@ import genai_prices
 import pytest
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
+import spendwatch
+from spendwatch import runtime
+from spendwatch.demo.bedrock_stub import BedrockStub
 from spendwatch.instrumentation import admission
 from spendwatch.instrumentation.errors import BudgetExceededError
 from tests.bedrock import *  # noqa: F403
@@ -328,6 +331,29 @@ def test_the_guard_degrades_a_converse_cap(instrument_bedrock, bedrock, guard, s
     result = bedrock.converse(modelId=CONVERSE_MODEL, messages=MESSAGES)
 
     assert result["usage"]["outputTokens"] == 2
+
+
+@pytest.fixture
+def enforced(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPENDWATCH_CONFIG", raising=False)
+    attached = spendwatch.configure(
+        ledger=str(tmp_path / "ledger.db"), metrics_address="off", enforce="block", daily_budget_usd=0.0001
+    )
+    yield attached
+    runtime.detach()
+
+
+def test_configure_instruments_bedrock_and_its_guard_refuses_before_sending(enforced):
+    with BedrockStub() as stub:  # in this process, to see what reached it
+        client = bedrock_client(stub.origin)
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            client.converse(modelId=CONVERSE_MODEL, messages=MESSAGES, inferenceConfig={"maxTokens": 4000})
+
+    assert stub.requests == []
+    assert isinstance(refused.value, spendwatch.BudgetExceededError)
+    enforced.sink.flush()
+    (total,) = enforced.ledger.totals()
+    assert (total["blocked"], total["success"]) == (1, 0)
 
 
 # --- safety ------------------------------------------------------------------------------------------------------
