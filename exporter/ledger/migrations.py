@@ -27,7 +27,15 @@ from spendwatch.exporter.ledger.schema import (
 from spendwatch.exporter.ledger.totals import add_to, hour_of
 from spendwatch.instrumentation.errors import ConfigError
 
-__all__ = ["SCHEMA_VERSION", "UPGRADES", "VERSION_KEY", "VERSION_QUERY", "check_version", "create_or_upgrade"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "UNSEALED_LEASES_KEY",
+    "UPGRADES",
+    "VERSION_KEY",
+    "VERSION_QUERY",
+    "check_version",
+    "create_or_upgrade",
+]
 
 Step = Callable[[object, object], None]
 
@@ -79,8 +87,19 @@ def _scanned_counters(cost, pricing: str, outcome: str, estimated, duration, tok
     return [by_name[name] for name in TOTAL_COUNTERS]
 
 
+def _sealed_leases(backend, cursor) -> None:
+    """Version 4: every lease row carries its HMAC. The key is not at hand here, so the leases an earlier release
+    wrote stay unsealed; they end within their TTL, and the audit accepts an unsealed lease only if it expires by the
+    latest expiry among them (kept in ``spendwatch_meta``), so one forged later is still caught."""
+    _add_columns(backend, cursor, "leases", [Column("mac", "text", "")])
+    ((latest,),) = backend.execute(cursor, "SELECT COALESCE(MAX(expires_at), 0) FROM leases")
+    backend.set_meta(cursor, UNSEALED_LEASES_KEY, repr(float(latest)))
+
+
+UNSEALED_LEASES_KEY = "leases_unsealed_until"
+
 # Version 1 is the first schema; UPGRADES[n - 1] takes version n to n + 1.
-UPGRADES: tuple[Step, ...] = (_every_billed_unit, _hourly_totals)
+UPGRADES: tuple[Step, ...] = (_every_billed_unit, _hourly_totals, _sealed_leases)
 SCHEMA_VERSION = str(len(UPGRADES) + 1)
 VERSION_KEY = "schema_version"
 VERSION_QUERY = "SELECT value FROM spendwatch_meta WHERE key = ?"

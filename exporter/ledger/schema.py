@@ -224,7 +224,10 @@ TABLES = (
             _text("period"),
             _text("period_start"),
             Column("outstanding_usd", "real"),
-            Column("expires_at", "real"),
+            Column("expires_at", "real"),  # by the database's clock (see leases.py)
+            # Schema version 4: each write's HMAC over the other columns, so a forged or altered lease is caught
+            # (see lease_rows.py); NULL only on a lease an earlier release wrote.
+            _text("mac", ""),
         ),
     ),
     REPRICINGS,
