@@ -40,6 +40,7 @@ __all__ = [
     "reset_category_variable",
     "set_category_variable",
     "Usage",
+    "apply_usage",
     "safe_instrumentation",
     "storable",
 ]
@@ -272,7 +273,7 @@ class Call:
             record.attributes = dict(self.attributes)
         attributes: dict = {}
         if usage is not None:
-            _apply_usage(record, usage, recorder.prices, attributes, self.price_provider)
+            apply_usage(record, usage, recorder.prices, attributes, self.price_provider)
         elif error is not None:
             # A request the provider refused produced nothing to bill: known to cost nothing, not unpriced.
             record.cost_usd = 0.0
@@ -309,10 +310,11 @@ def _storable_value(value):
     return storable(value) if isinstance(value, str) else value
 
 
-def _apply_usage(
+def apply_usage(
     record: records.UsageRecord, usage: Usage, prices: PriceTable, attributes: dict, price_provider: str
 ) -> None:
-    """Copy ``usage`` into the record and the span attributes, and price it."""
+    """Copy ``usage`` into the record and the span attributes, and price it: the one pricing of a call, whether an
+    instrumentor saw it or it was read from another instrumentation's span (exporter/spans/records.py)."""
     response_model = usage.response_model
     if response_model:
         response_model = storable(response_model)

@@ -56,6 +56,9 @@ class UsageRecord:
     leases: tuple[str, ...] = ()
     calls: int = 1  # API calls this record stands for: more than one for a batch recorded at once
     failed_calls: int = 0  # of those, how many failed
+    source: str = "sdk"  # who saw the call: "sdk" (an instrumentor here), "span" (another instrumentation's span
+    # in this process) or "otlp" (a span sent to spendwatch serve)
+    service: str | None = None  # the OpenTelemetry service.name of the process (or OTLP resource) that made the call
 
 
 class UsageSink(Protocol):
