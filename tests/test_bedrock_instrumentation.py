@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import botocore.exceptions
 import genai_prices
 import pytest
+from botocore.config import Config
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 import spendwatch
@@ -21,6 +24,7 @@ from spendwatch.instrumentation import admission
 from spendwatch.instrumentation.errors import BudgetExceededError
 from tests.bedrock import *  # noqa: F403
 from tests.bedrock import ACCESS_KEY, CACHE_READ, CACHE_WRITE, SECRET_KEY, SESSION_TOKEN, bedrock_client
+from tests.cassettes import Interaction, RecordedRequest, RecordedResponse, ReplayServer
 from tests.test_auto_instrumentation import console_spans, ledger_in
 
 MESSAGES = [{"role": "user", "content": [{"text": "Say this is a test"}]}]
@@ -452,3 +456,85 @@ def test_opentelemetry_instrument_counts_a_bedrock_call(tmp_path, bedrock_stub):
     assert ledger_in(tmp_path).call_count() == 1
     for secret in (SECRET_KEY, SESSION_TOKEN):
         assert secret not in result.stdout + result.stderr
+
+
+# --- answers that are not what they should be ----------------------------------------------------------------------
+
+
+def answer(path: str, body: bytes, content_type: str = "application/json", **headers: str) -> Interaction:
+    request = RecordedRequest("POST", f"http://bedrock{path}", {}, None)
+    return Interaction(request, RecordedResponse(200, "OK", {"content-type": content_type, **headers}, body))
+
+
+def converse_outcome(origin: str):
+    """What a caller gets from a converse call: the answer, or the exception's type and message."""
+    try:
+        return bedrock_client(origin).converse(modelId=CONVERSE_MODEL, messages=MESSAGES)["output"]
+    except Exception as error:  # noqa: BLE001 - botocore's own parser may refuse the answer
+        return (type(error), str(error))
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [{"inputTokens": "many", "outputTokens": -1}, {"inputTokens": None}, {"outputTokens": 3}, "not a dict", [1, 2]],
+    ids=["wrong-types", "nulls", "no-input", "a-string", "a-list"],
+)
+def test_a_malformed_converse_usage_reaches_the_caller_as_without_spendwatch(
+    usage, instrument_bedrock, span_exporter, sink, tracer_provider, meter_provider
+):
+    body = json.dumps({"output": {"message": {"role": "assistant", "content": [{"text": "hi"}]}}, "usage": usage})
+    path = f"/model/{CONVERSE_MODEL.replace(':', '%3A')}/converse"
+    instrument_bedrock.uninstrument()
+    with ReplayServer([answer(path, body.encode())]) as server:
+        bare = converse_outcome(server.origin)
+    instrument_bedrock.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    with ReplayServer([answer(path, body.encode())]) as server:
+        instrumented = converse_outcome(server.origin)
+
+    assert instrumented == bare
+    (record,) = sink.records
+    if isinstance(bare, tuple):  # botocore refused the answer: a failed call, counted from its request
+        assert record.outcome == "error" and record.estimated
+    else:  # botocore let it through: what the usage lacks is estimated, and flagged
+        assert record.outcome == "success" and record.estimated
+
+
+def test_an_invoke_model_body_that_is_not_json_is_handed_back_whole(instrument_bedrock, span_exporter, sink):
+    body = b"\x00\xffnot json at all"
+    path = "/model/mistral.mistral-7b-instruct-v0%3A2/invoke"
+    with ReplayServer([answer(path, body, **{"x-amzn-bedrock-input-token-count": "7"})]) as server:
+        result = bedrock_client(server.origin).invoke_model(modelId="mistral.mistral-7b-instruct-v0:2", body="{}")
+        assert result["body"].read() == body
+
+    record = sink.records[0]
+    assert record.input_tokens == 7 and record.estimated  # the output count is missing: flagged, never invented
+
+
+def test_no_connection_is_not_billed(instrument_bedrock, sink):
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        origin = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with pytest.raises(botocore.exceptions.EndpointConnectionError):
+        bedrock_client(origin).converse(modelId=CONVERSE_MODEL, messages=MESSAGES)
+
+    (record,) = sink.records
+    assert record.outcome == "error" and record.pricing == "not billed"
+
+
+def test_an_answer_lost_after_sending_is_counted_from_the_request(instrument_bedrock, sink):
+    with socket.socket() as silent:  # takes the request (the kernel accepts it) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        client = boto3.client(
+            "bedrock-runtime",
+            region_name="us-east-1",
+            endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            config=Config(retries={"max_attempts": 1}, read_timeout=0.5),
+        )
+        with pytest.raises(botocore.exceptions.ReadTimeoutError):
+            client.converse(modelId=CONVERSE_MODEL, messages=MESSAGES)
+
+    (record,) = sink.records
+    assert record.outcome == "error" and record.estimated and record.input_tokens > 0

@@ -17,6 +17,8 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from botocore import exceptions as botocore_errors
+from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from wrapt import ObjectProxy
@@ -36,7 +38,7 @@ from spendwatch.instrumentation.bedrock_sdk.usage import (
     request_estimate,
     request_model,
 )
-from spendwatch.instrumentation.calls import Call, CallRecorder
+from spendwatch.instrumentation.calls import Call, CallRecorder, safe_instrumentation
 from spendwatch.instrumentation.errors import BudgetExceededError
 from spendwatch.instrumentation.openai_sdk.usage import count
 
@@ -55,10 +57,6 @@ _INFERENCE_ATTRIBUTES = (
     ("maxTokens", "gen_ai.request.max_tokens"),
     ("temperature", "gen_ai.request.temperature"),
     ("topP", "gen_ai.request.top_p"),
-)
-# The botocore errors raised after the whole request was sent: the model may have run, and billed.
-_LOST_IN_FLIGHT = frozenset(
-    {"ReadTimeoutError", "ConnectionClosedError", "ResponseStreamingError", "IncompleteReadError"}
 )
 _client_attributes: dict[tuple, dict] = {}  # per (endpoint, region): a process has few clients
 _MAX_CLIENTS = 256
@@ -188,14 +186,23 @@ def _degraded(call: Call, kind: str, api_params: dict, body: Any, changes: dict)
     return params
 
 
+def _may_have_been_billed(error: BaseException) -> bool:
+    """Whether the model may have run: not for an error answer (``ClientError``, the guard's refusal too), no
+    connection, or botocore's own checks before sending (parameters, credentials, region); yes for an answer lost or
+    cut after the request was sent (``HTTPClientError``: a read timeout, a closed connection), and for anything else
+    (an answer botocore could not parse, an interrupt while waiting)."""
+    if isinstance(error, ClientError | BudgetExceededError | botocore_errors.ConnectionError):
+        return False
+    if isinstance(error, botocore_errors.HTTPClientError | botocore_errors.IncompleteReadError):
+        return True
+    return not isinstance(error, botocore_errors.BotoCoreError)
+
+
 def end_failed(call: Call, error: BaseException, api_params: dict) -> None:
-    """End ``call`` as failed. Only an answer lost after the request was sent may have been billed: counted from the
-    request and flagged as estimated. An error answer (``ClientError``), no connection, a parameter the SDK refused
-    and the guard's refusal cannot have been."""
+    """End ``call`` as failed; one that may have been billed is counted from its request, flagged as estimated."""
     try:
         call.deactivate()
-        billed = type(error).__name__ in _LOST_IN_FLIGHT
-        call.fail(error, request_estimate(api_params) if billed else None)
+        call.fail(error, request_estimate(api_params) if _may_have_been_billed(error) else None)
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a failed call", exc_info=True)
 
@@ -212,7 +219,10 @@ class _UnreadBody(ObjectProxy):
 
 
 def _finish_invoke(call: Call, result: dict, api_params: dict, capture: bool) -> None:
-    body = result["body"]
+    body = result.get("body")
+    if not hasattr(body, "read"):  # no body to read usage from: the token-count headers, else the request
+        call.succeed(invoke_usage(None, headers_of(result), api_params))
+        return
     try:
         data = body.read()
     except Exception as error:  # noqa: BLE001 - the caller meets the same error when it reads the body
@@ -239,7 +249,8 @@ def _finish(call: Call, kind: str, result: Any, api_params: dict, capture: bool)
             result["body"] = EventStreamProxy(result["body"], call, InvokeStreamState(api_params, headers_of(result)))
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not record a call", exc_info=True)
-        call.succeed(request_estimate(api_params))  # counted from the request rather than lost (no-op if it ended)
+        with safe_instrumentation("counting a call from its request"):
+            call.succeed(request_estimate(api_params))  # counted rather than lost (a no-op if it ended)
     return result
 
 
