@@ -10,12 +10,13 @@ TOML file (every key optional)::
     enforce = "off"                               # or "block"
     categories = ["metabolite_identification", "literature_review"]
     prices_file = "prices.toml"                   # a relative path here (or in ledger) is from this file's directory
+    ingest_spans = "off"                          # "on": also price GenAI spans other instrumentations make here
 
     [budgets.global]                              # SPENDWATCH_DAILY/MONTHLY_BUDGET_USD set the same budget
     daily_usd = 50
     monthly_usd = 1000
 
-    [budgets.metabolomics]                        # a named budget scoped to a category (or: model = "gpt-4o")
+    [budgets.metabolomics]                        # a named budget scoped to a category (or model, or service)
     category = "metabolite_identification"
     daily_usd = 10
 """
@@ -58,6 +59,7 @@ ENV = {
     "metrics_basic_auth": "SPENDWATCH_METRICS_BASIC_AUTH",
     "metrics_tls_certfile": "SPENDWATCH_METRICS_TLS_CERTFILE",
     "metrics_tls_keyfile": "SPENDWATCH_METRICS_TLS_KEYFILE",
+    "ingest_spans": "SPENDWATCH_INGEST_SPANS",
 }
 CONFIG_ENV = "SPENDWATCH_CONFIG"
 _FILE_ONLY = ("budgets",)
@@ -65,16 +67,22 @@ _FILE_ONLY = ("budgets",)
 
 @dataclass(frozen=True)
 class BudgetSpec:
-    """A spending limit for one calendar period, over all calls or those of one category or model."""
+    """A spending limit for one calendar period, over all calls or those of one category, model or service (the
+    OpenTelemetry service.name of the process or OTLP resource that made the call)."""
 
     name: str
     period: str  # "day" | "month"
     limit_usd: float
     category: str | None = None
     model: str | None = None
+    service: str | None = None
 
-    def covers(self, category: str | None, model: str | None) -> bool:
-        return (self.category is None or self.category == category) and (self.model is None or self.model == model)
+    def covers(self, category: str | None, model: str | None, service: str | None = None) -> bool:
+        return (
+            (self.category is None or self.category == category)
+            and (self.model is None or self.model == model)
+            and (self.service is None or self.service == service)
+        )
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class Settings:
     metrics_basic_auth: tuple[str, str] | None = None
     metrics_tls_certfile: str | None = None
     metrics_tls_keyfile: str | None = None
+    ingest_spans: bool = False  # SPENDWATCH_INGEST_SPANS=on: price GenAI spans other instrumentations make here
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     config_path: str | None = None
     # Where prices_file was set, as its errors name it: "prices_file='/etc/p.toml' in SPENDWATCH_CONFIG='...'".
@@ -149,6 +158,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         metrics_basic_auth=_basic_auth(*pick("metrics_basic_auth")),
         metrics_tls_certfile=_optional_text(*pick("metrics_tls_certfile")),
         metrics_tls_keyfile=_optional_text(*pick("metrics_tls_keyfile")),
+        ingest_spans=_on_off(*pick("ingest_spans")),
         raw=from_file,
         config_path=config_path,
         prices_file_label=None if prices_file is None else _label(prices_file_name, prices_file),
@@ -256,6 +266,15 @@ def _enforce(value: Any, name: str) -> str:
     return mode
 
 
+def _on_off(value: Any, name: str) -> bool:
+    if isinstance(value, bool):  # a TOML true/false
+        return value
+    text = "off" if value is None else str(value).strip().lower()
+    if text not in ("on", "off"):
+        raise ConfigError(f"{_label(name, value)} must be on or off")
+    return text == "on"
+
+
 def _categories(value: Any, name: str) -> frozenset[str]:
     if value is None:
         return frozenset()
@@ -317,6 +336,9 @@ def _budgets(pick, table: Any, config_path: str | None) -> tuple[BudgetSpec, ...
     return tuple(budgets)
 
 
+_SCOPES = ("category", "model", "service")  # what a named budget can be narrowed to
+
+
 def _file_budget(budget_name: str, entry: Any, config_path: str | None) -> list[BudgetSpec]:
     where = f"budgets.{budget_name} in {CONFIG_ENV}={config_path!r}"
 
@@ -326,12 +348,12 @@ def _file_budget(budget_name: str, entry: Any, config_path: str | None) -> list[
 
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a table")
-    unknown = sorted(set(entry) - {"daily_usd", "monthly_usd", "category", "model"})
+    unknown = sorted(set(entry) - {"daily_usd", "monthly_usd", *_SCOPES})
     if unknown:
         raise ConfigError(f"{where} has an unknown key {unknown[0]!r}")
-    if budget_name == GLOBAL_BUDGET and ("category" in entry or "model" in entry):
-        raise ConfigError(f"{where} covers every call and cannot be scoped to a category or model")
-    scope = {key: _optional_text(entry.get(key), key_name(key)) for key in ("category", "model")}
+    if budget_name == GLOBAL_BUDGET and any(key in entry for key in _SCOPES):
+        raise ConfigError(f"{where} covers every call and cannot be scoped to a category, model or service")
+    scope = {key: _optional_text(entry.get(key), key_name(key)) for key in _SCOPES}
     if scope["category"] is not None:
         _check_category(scope["category"], key_name("category"), entry["category"])
     specs = [

@@ -35,6 +35,7 @@ from spendwatch.exporter.ledger import (
     state_directory,
 )
 from spendwatch.exporter.ledger.history import record_outage
+from spendwatch.exporter.spans.records import entry_id_of
 from spendwatch.instrumentation.records import UsageRecord
 
 __all__ = ["LedgerSink", "fallback_journal_directory", "journal_directory", "waiting_records"]
@@ -74,6 +75,9 @@ class LedgerSink:
         self._stopping = False
         self._drain_interval = drain_interval
         self.after_drain: list = []  # callables run by the drainer after records reached the ledger
+        # The OpenTelemetry service.name of this process, read once when the exporter attaches: given to every record
+        # that names none (an instrumented call's), so budgets and reports can tell services sharing a ledger apart.
+        self.service: str | None = None
         self._journal = self._open_journal()
         self._start_drainer()
         os.register_at_fork(after_in_child=self._after_fork_in_child)
@@ -86,6 +90,8 @@ class LedgerSink:
 
     # --- the caller's path -------------------------------------------------------------------------------------
     def record(self, record: UsageRecord) -> None:
+        if record.service is None:
+            record.service = self.service
         journal = self._journal
         if journal is None:
             self._lost()
@@ -284,7 +290,10 @@ class LedgerSink:
 
 
 def _entry(journal: JournalFile, offset: int, payload: bytes) -> LedgerEntry:
-    return LedgerEntry(f"{journal.file_id}:{offset}", codec.decode(payload))
+    record = codec.decode(payload)
+    if record.source != "sdk":  # a span's call: one ledger row per span, however many times it was handed in
+        return LedgerEntry(entry_id_of(record.trace_id, record.span_id), record)
+    return LedgerEntry(f"{journal.file_id}:{offset}", record)
 
 
 def waiting_records(directories: list[Path]) -> int:

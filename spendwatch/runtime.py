@@ -45,6 +45,7 @@ class Runtime:
     registry: Any = None
     guard: Any = None
     thresholds: Any = None
+    span_ingest: Any = None  # the SpanIngestProcessor of SPENDWATCH_INGEST_SPANS=on
 
     @property
     def metrics_server(self):
@@ -73,6 +74,7 @@ def attach(**settings: Any) -> Runtime:
         # The ledger connects on first use: an app starts whether or not its ledger can be reached or written now.
         ledger = open_ledger_later(resolved)
         sink = LedgerSink(ledger, journal_directory(resolved.ledger))
+        sink.service = _process_service()
         _record_startup(sink, resolved, prices)
         runtime = Runtime(resolved, ledger, sink, prices)
         runtime.thresholds = ThresholdWatcher(runtime.budget_statuses, record=_crossing_recorder(ledger))
@@ -80,6 +82,8 @@ def attach(**settings: Any) -> Runtime:
         if resolved.metrics_address is not None:
             _serve_metrics(runtime)
         register_sink(sink)
+        if resolved.ingest_spans:
+            runtime.span_ingest = _ingest_spans(sink, prices)
         if resolved.enforce == "block":
             count = sink.count_ledger_error  # the guard's ledger failures count with the sink's
             runtime.guard = BudgetGuard(ledger, resolved, prices, guard_rules, count_ledger_error=count)
@@ -101,12 +105,47 @@ def detach() -> None:
     if runtime.guard is not None:
         unregister_guard(runtime.guard)
     unregister_sink(runtime.sink)
+    if runtime.span_ingest is not None:
+        runtime.span_ingest.active = False
     if runtime.metrics is not None:
         runtime.metrics.stop()
     runtime.sink.close()
     if runtime.guard is not None:
         runtime.guard.close()  # after the drain: the leases' costs are spend by now
     runtime.ledger.close()
+
+
+def _process_service() -> str | None:
+    """This process's service.name: from the tracer provider's resource, else from the environment the OpenTelemetry
+    SDK reads (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES) when no SDK provider is set yet."""
+    from opentelemetry import trace
+
+    from spendwatch.exporter.spans.processor import service_name
+
+    resource = getattr(trace.get_tracer_provider(), "resource", None)
+    if resource is None:
+        from opentelemetry.sdk.resources import Resource
+
+        resource = Resource.create()
+    return service_name(resource.attributes)
+
+
+def _ingest_spans(sink: LedgerSink, prices: PriceTable):
+    """SPENDWATCH_INGEST_SPANS=on: price the GenAI spans other instrumentations make, on the app's tracer provider."""
+    from opentelemetry import trace
+
+    from spendwatch.exporter.spans.processor import SpanIngestProcessor
+
+    provider = trace.get_tracer_provider()
+    if not hasattr(provider, "add_span_processor"):
+        _logger.warning(
+            "spendwatch: SPENDWATCH_INGEST_SPANS=on, but no OpenTelemetry SDK tracer provider is set yet; set it "
+            "before spendwatch attaches for other instrumentations' GenAI spans to be priced"
+        )
+        return None
+    processor = SpanIngestProcessor(sink, prices)
+    provider.add_span_processor(processor)
+    return processor
 
 
 def _crossing_recorder(ledger):
