@@ -40,16 +40,19 @@ def request_model(model: Any) -> str:
     return name.rsplit("/", 1)[-1] if "models/" in name or name.startswith("google/") else name
 
 
-def _modality(detail: Any) -> str | None:
-    modality = getattr(detail, "modality", None)
-    if type(modality) is int:
-        return _MODALITY_NUMBERS.get(modality)
-    return text(getattr(modality, "value", modality))
-
-
-def _by_modality(details: Any, wanted: str) -> int:
-    matching = (detail for detail in items(details) if _modality(detail) == wanted)
-    return sum(count(getattr(detail, "token_count", None)) or 0 for detail in matching)
+def _media_tokens(details: Any) -> tuple[int, int]:
+    """The audio and the image tokens of a list of per-modality counts. The SDK's modality is a ``str`` enum, so it
+    compares equal to its name; Vertex AI's enum numbers are named first."""
+    audio = image = 0
+    for detail in items(details):
+        modality = getattr(detail, "modality", None)
+        if type(modality) is int:
+            modality = _MODALITY_NUMBERS.get(modality)
+        if modality == "AUDIO":
+            audio += count(getattr(detail, "token_count", None)) or 0
+        elif modality == "IMAGE":
+            image += count(getattr(detail, "token_count", None)) or 0
+    return audio, image
 
 
 def usage_from_metadata(metadata: Any, response_model: str | None) -> Usage | None:
@@ -69,13 +72,14 @@ def usage_from_metadata(metadata: Any, response_model: str | None) -> Usage | No
         response_model=response_model,
         estimated=prompt is None,  # an output-only count: the prompt is counted, but not reported
     )
-    prompt_details = getattr(metadata, "prompt_tokens_details", None)
-    tool_details = getattr(metadata, "tool_use_prompt_tokens_details", None)
-    output_details = getattr(metadata, "candidates_tokens_details", None)
-    usage.input_audio_tokens = _by_modality(prompt_details, "AUDIO") + _by_modality(tool_details, "AUDIO")
-    usage.input_image_tokens = _by_modality(prompt_details, "IMAGE") + _by_modality(tool_details, "IMAGE")
-    usage.output_audio_tokens = _by_modality(output_details, "AUDIO")
-    usage.output_image_tokens = _by_modality(output_details, "IMAGE")
+    usage.input_audio_tokens, usage.input_image_tokens = _media_tokens(getattr(metadata, "prompt_tokens_details", None))
+    if tool_prompt:
+        tool_audio, tool_image = _media_tokens(getattr(metadata, "tool_use_prompt_tokens_details", None))
+        usage.input_audio_tokens += tool_audio
+        usage.input_image_tokens += tool_image
+    usage.output_audio_tokens, usage.output_image_tokens = _media_tokens(
+        getattr(metadata, "candidates_tokens_details", None)
+    )
     return usage
 
 
