@@ -122,6 +122,31 @@ def test_converse_cache_reads_and_writes_are_part_of_the_input(instrument_bedroc
     assert record.cost_usd == pytest.approx(expected_cost(CONVERSE_MODEL, total_input, REPLY, CACHE_READ, CACHE_WRITE))
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["converse", "converse_stream"])
+def test_converse_service_tier_and_hour_long_cache_writes_are_recorded(
+    stream, instrument_bedrock, bedrock, span_exporter, sink
+):
+    messages = [{"role": "user", "content": [{"text": "Say this is a test"}, {"cachePoint": {"type": "default"}}]}]
+    messages[0]["content"][1]["cachePoint"]["ttl"] = "1h"
+    arguments = {"modelId": CONVERSE_MODEL, "messages": messages, "serviceTier": {"type": "priority"}}
+
+    if stream:
+        list(bedrock.converse_stream(**arguments)["stream"])
+    else:
+        bedrock.converse(**arguments)
+
+    (record,) = sink.records
+    assert record.service_tier == "priority"
+    assert record.cache_write_tokens == CACHE_WRITE and record.units == {"cache_write_1h_tokens": CACHE_WRITE}
+
+
+def test_invoke_model_service_tier_is_recorded(instrument_bedrock, bedrock, sink):
+    model = "meta.llama3-1-70b-instruct-v1:0"
+    bedrock.invoke_model(modelId=model, body=json.dumps(FAMILY_BODIES[model]), serviceTier="flex")["body"].read()
+
+    assert sink.records[0].service_tier == "flex"
+
+
 def test_converse_stream_events_reach_the_caller_untouched(
     instrument_bedrock, bedrock, span_exporter, sink, tracer_provider, meter_provider
 ):

@@ -18,10 +18,10 @@ from wrapt import ObjectProxy
 from spendwatch.instrumentation.background import start_background_thread
 from spendwatch.instrumentation.bedrock_sdk.usage import (
     ANTHROPIC_FIELDS,
-    CONVERSE_FIELDS,
     HEADER_FIELDS,
     METRICS_FIELDS,
     body_json,
+    converse_usage,
     request_estimate,
     usage_from_fields,
 )
@@ -53,10 +53,13 @@ class ConverseStreamState:
             self.metadata = event["metadata"]
 
     def to_usage(self) -> Usage:
-        raw = self.metadata.get("usage") if isinstance(self.metadata, dict) else None
-        usage = usage_from_fields(raw, CONVERSE_FIELDS)
-        if usage is None:  # closed or broken before the metadata event: the deltas seen, about a token each
+        # The metadata event has a Converse answer's fields; without it (a stream closed or broken before it) the
+        # output is the deltas seen, about a token each.
+        if self.metadata is None:
             usage = request_estimate(self.api_params)
+        else:
+            usage = converse_usage(self.metadata, self.api_params)
+        if usage.estimated and not usage.output_tokens:
             usage.output_tokens = self.deltas
         return usage
 

@@ -91,9 +91,26 @@ def usage_from_fields(raw: Any, fields: tuple, usage: Usage | None = None) -> Us
 
 
 def converse_usage(result: Any, api_params: dict) -> Usage:
-    """A Converse answer's ``usage`` (also a ConverseStream ``metadata`` event's)."""
-    usage = usage_from_fields(result.get("usage") if isinstance(result, dict) else None, CONVERSE_FIELDS)
-    return usage if usage is not None else request_estimate(api_params)
+    """A Converse answer's ``usage`` (also a ConverseStream ``metadata`` event's), its cache writes held an hour
+    (``cacheDetails``) and the service tier that served it."""
+    if not isinstance(result, dict):
+        return request_estimate(api_params)
+    raw = result.get("usage")
+    usage = usage_from_fields(raw, CONVERSE_FIELDS)
+    if usage is None:
+        usage = request_estimate(api_params)
+    elif "cacheDetails" in raw:
+        held_1h = sum(_number(detail.get("inputTokens")) or 0 for detail in raw["cacheDetails"] if _1h(detail))
+        if held_1h:
+            usage.units = {"cache_write_1h_tokens": held_1h}
+    tier = result.get("serviceTier")
+    if isinstance(tier, dict) and type(tier.get("type")) is str:
+        usage.service_tier = tier["type"]
+    return usage
+
+
+def _1h(detail: Any) -> bool:
+    return isinstance(detail, dict) and detail.get("ttl") == "1h"
 
 
 def headers_of(result: Any) -> dict:
@@ -140,7 +157,12 @@ def invoke_usage(body: Any, headers: dict, api_params: dict) -> Usage:
     usage = body_usage(body)
     if usage is None or usage.estimated:
         usage = usage_from_fields(headers, HEADER_FIELDS, usage)
-    return usage if usage is not None else request_estimate(api_params)
+    if usage is None:
+        usage = request_estimate(api_params)
+    tier = headers.get("x-amzn-bedrock-service-tier")
+    if type(tier) is str and tier:
+        usage.service_tier = tier
+    return usage
 
 
 def body_json(data: Any) -> Any:

@@ -19,7 +19,9 @@ Usage is a pure function of the request, one token per word: input tokens are th
 request (roles, types and version fields not counted); output tokens are ``DEFAULT_REPLY_WORDS`` words, or fewer when
 the request caps its output (``inferenceConfig.maxTokens``, or the family's body field). A request that marks a cache
 point (Converse ``cachePoint``, Anthropic ``cache_control``) reports the server's ``cache_read_tokens`` and
-``cache_write_tokens`` besides, on top of its input (Bedrock's input counts exclude the cache, as these do).
+``cache_write_tokens`` besides, on top of its input (Bedrock's input counts exclude the cache, as these do), the
+writes in Converse's ``cacheDetails`` held ``1h`` when the cache point asks for that ``ttl``, else ``5m``. A service
+tier asked for (Converse ``serviceTier``, InvokeModel's ``X-Amzn-Bedrock-Service-Tier`` header) is echoed.
 
 Model ids that misbehave: ``does-not-exist`` (HTTP 400 ValidationException), ``stub-stream-error`` (a stream that
 ends with a ``modelStreamErrorException`` event after two deltas; a non-streamed call succeeds).
@@ -124,7 +126,9 @@ class _Request:
         self.family = _family(model)
         converse = action.startswith("converse")
         counted = {key: body.get(key) for key in ("messages", "system")} if converse else body
-        cached = "cachePoint" in json.dumps(body) or "cache_control" in json.dumps(body)
+        text = json.dumps(body)
+        cached = "cachePoint" in text or "cache_control" in text
+        self.cache_ttl = "1h" if '"ttl": "1h"' in text else "5m"
         cap = _lookup(body, ("inferenceConfig", "maxTokens") if converse else _CAP_PATHS.get(self.family or "", ()))
         words = DEFAULT_REPLY_WORDS if type(cap) is not int else max(0, min(cap, DEFAULT_REPLY_WORDS))
         self.reply = _REPLY_TEXT.split()[:words]
@@ -144,7 +148,8 @@ class _Request:
 # --- answers -----------------------------------------------------------------------------------------------------
 
 
-def _converse_usage(usage: _Usage) -> dict:
+def _converse_usage(request: _Request) -> dict:
+    usage = request.usage
     reported = {
         "inputTokens": usage.input_tokens,
         "outputTokens": usage.output_tokens,
@@ -152,15 +157,23 @@ def _converse_usage(usage: _Usage) -> dict:
     }
     if usage.cache_read or usage.cache_write:
         reported.update(cacheReadInputTokens=usage.cache_read, cacheWriteInputTokens=usage.cache_write)
+        reported["cacheDetails"] = [{"ttl": request.cache_ttl, "inputTokens": usage.cache_write}]
     return reported
+
+
+def _converse_extras(request: _Request) -> dict:
+    """The service tier the request asked for, echoed as Bedrock does."""
+    tier = request.body.get("serviceTier")
+    return {"serviceTier": tier} if isinstance(tier, dict) else {}
 
 
 def _converse(request: _Request) -> dict:
     return {
         "output": {"message": {"role": "assistant", "content": [{"text": request.text}]}},
         "stopReason": request.stop_reason,
-        "usage": _converse_usage(request.usage),
+        "usage": _converse_usage(request),
         "metrics": {"latencyMs": 1},
+        **_converse_extras(request),
     }
 
 
@@ -172,7 +185,7 @@ def _converse_events(request: _Request) -> list[bytes]:
             return frames + [_stream_error()]
     frames.append(event_frame("contentBlockStop", {"contentBlockIndex": 0}))
     frames.append(event_frame("messageStop", {"stopReason": request.stop_reason}))
-    metadata = {"usage": _converse_usage(request.usage), "metrics": {"latencyMs": 1}}
+    metadata = {"usage": _converse_usage(request), "metrics": {"latencyMs": 1}, **_converse_extras(request)}
     return frames + [event_frame("metadata", metadata)]
 
 
@@ -331,7 +344,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, EVENT_STREAM, b"".join(_converse_events(request)))
         elif action == "invoke":
             data = json.dumps(_invoke_body(request)).encode()
-            self._send(200, "application/json", data, _token_headers(request.usage))
+            headers = _token_headers(request.usage)
+            if self.headers.get("X-Amzn-Bedrock-Service-Tier"):  # the tier asked for, echoed as Bedrock does
+                headers["X-Amzn-Bedrock-Service-Tier"] = self.headers["X-Amzn-Bedrock-Service-Tier"]
+            self._send(200, "application/json", data, headers)
         else:
             self._send(200, EVENT_STREAM, b"".join(_invoke_events(request)))
 
