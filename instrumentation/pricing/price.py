@@ -63,8 +63,8 @@ class Price:
         set_field(self, "per_unit", MappingProxyType(dict(self.per_unit)))
         set_field(self, "tiers", tuple(self._tier(tier) for tier in self.tiers))
         rates = _rates({**self.per_unit, **self.token_prices()})
-        for name in _SUBSET_FIELDS:
-            set_field(self, _SUBSET_FIELDS[name], rates.pop(name, 0.0))
+        for name, attribute in _SUBSET_FIELDS.items():
+            set_field(self, attribute, rates.pop(name, 0.0))
         for name in _TEXT_UNITS:
             rates.pop(name, None)
         set_field(self, "_per_request", self.per_unit.get("requests", 0.0))
