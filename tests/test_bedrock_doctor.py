@@ -21,7 +21,8 @@ def test_another_bedrock_instrumentation_is_a_warning(environ, tmp_path, monkeyp
     warned = checks(environ)["other_instrumentations"]
     disabled = checks(environ | {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "botocore"})["other_instrumentations"]
 
+    # Other instrumentations installed here (another helper's test dependencies) may be named beside it.
     assert warned.status == WARN and "opentelemetry-instrumentation-botocore 0.55b0" in warned.summary
-    assert "Bedrock calls may get two spans each" in warned.summary
-    assert "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=botocore" in warned.fix
-    assert disabled.status == OK
+    assert "Bedrock" in warned.summary.rpartition(": ")[2]  # "... : <SDKs> calls may get two spans each"
+    assert "botocore" in warned.fix.rpartition("=")[2].split(",")
+    assert disabled.status == OK or "instrumentation-botocore" not in disabled.summary
