@@ -24,4 +24,4 @@ def test_openllmetrys_anthropic_instrumentation_is_a_warning(environ, tmp_path, 
     assert warned.status == WARN and "opentelemetry-instrumentation-anthropic 0.47.0" in warned.summary
     assert "Anthropic calls may get two spans each" in warned.summary
     assert "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=anthropic" in warned.fix
-    assert disabled.status == OK
+    assert "anthropic" not in disabled.summary  # (another SDK's instrumentation may be installed here too)
