@@ -8,6 +8,14 @@ the call the reservation is settled to the actual cost: the rest goes back to th
 lease to spend when the ledger ingests the call's record.
 So concurrent callers in any number of processes never take a budget past its limit, and a call is refused only
 when the budget could not cover its worst case.
+
+Under faults: a heartbeat renews the leases of calls in flight, so a call of any length keeps its reservation, and a
+lease's life is timed here on the monotonic clock from before each renewal was asked (never later than the database,
+which decides expiry, ends it). When the ledger cannot be reached to renew, ``[guard] on_ledger_error`` decides:
+"block" refuses, "admit" admits up to ``[guard] outage_allowance_usd`` of worst cases per budget period unchecked.
+Either way such a decision carries the cause ``ledger_unavailable`` and the budget label
+:data:`~spendwatch.exporter.guard_rules.OUTAGE_BUDGET`, apart from budget refusals. A call's period is decided once,
+from the guard's one clock read, which is also the start time its cost is charged at.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from spendwatch.exporter.guard_bound import WorstCase, worst_case
-from spendwatch.exporter.guard_rules import CEILING_BUDGET, GuardConfig, ShareRule
+from spendwatch.exporter.guard_rules import CEILING_BUDGET, OUTAGE_BUDGET, GuardConfig, ShareRule
 from spendwatch.exporter.ledger import Ledger, first_line
 from spendwatch.exporter.ledger.leases import LeaseGrant, release_lease, renew_lease
 from spendwatch.exporter.ledger.schema import ASSUMED_PRICE
@@ -37,7 +45,9 @@ __all__ = ["BudgetGuard", "GuardTicket"]
 
 _logger = logging.getLogger(__name__)
 
-_RENEW_MARGIN_S = 30.0  # renew a lease this long before it would expire
+_RENEW_MARGIN_S = 30.0  # renew a lease this long before it would expire (a fifth of a shorter TTL)
+_BEATS_PER_TTL = 3  # the heartbeat renews live leases this often per TTL
+LEDGER_UNAVAILABLE = "ledger_unavailable"  # a refusal's cause when the ledger could not be asked
 _NOTHING = WorstCase(0.0)  # asks for no room: learns a new period's spend
 
 
@@ -53,7 +63,8 @@ class _PeriodState:
     end_ts: float
     unspent_usd: float = 0.0  # granted to this process's lease and not yet settled as cost
     inflight_usd: float = 0.0  # worst cases of admitted calls not yet settled
-    expires_at: float = 0.0
+    expires_at: float = 0.0  # monotonic; 0 until the lease was first asked for
+    last_used: float = 0.0  # monotonic: when a call last asked for room
     spent_usd: float = 0.0  # the period's ledger spend at the last renewal
     settled_since_usd: float = 0.0  # costs settled here since then
 
@@ -84,6 +95,7 @@ class GuardTicket:
     request_changes: dict | None
     decisions: tuple[tuple[str, str], ...]
     assumed_price: Price | None = None  # the upper-bound price of a model without one ([guard] unpriced)
+    reserved_at: float | None = None  # the guard's clock read that chose the call's period: its start time
 
     def settle(self, record: UsageRecord) -> None:
         self.guard._settle(self, record)
@@ -110,10 +122,15 @@ class BudgetGuard:
         self._lock = threading.Lock()
         self._states: dict[tuple[str, str], _PeriodState] = {}
         self._rules = [_RuleState(rule) for rule in config.rules]
+        self._monotonic = time.monotonic
+        # [guard] on_ledger_error = "admit": worst cases admitted unchecked, per (budget, period, period start).
+        self._unchecked_usd: dict[tuple, float] = {}
+        self._closed = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     # --- admission (the caller's path) -------------------------------------------------------------------------
     def admit(self, request: CallRequest) -> GuardTicket | None:
-        now = self.clock()
+        now = self.clock()  # the call's one clock read: its period here, its start time when settled
         bound = worst_case(request, self.prices, self.config)
         self._check_ceilings(request, bound)
         specs = [spec for spec in self.settings.budgets if spec.covers(request.category, request.model)]
@@ -131,14 +148,15 @@ class BudgetGuard:
                 for state in states:
                     self._ensure_room(state, bound, now)
             except _LedgerOutage as outage:
-                return self._without_ledger(specs, bound.usd, outage)
+                return self._without_ledger(specs, bound.usd, outage, now)
             self._ledger_back()
             worst = bound.usd
             for state in states:
                 state.inflight_usd += worst
             for rule_state in self._rules:
                 rule_state.recent.append((now, worst))
-        return GuardTicket(self, states, worst, changes, decisions, bound.assumed_price)
+            self._start_heartbeat()
+        return GuardTicket(self, states, worst, changes, decisions, bound.assumed_price, reserved_at=now)
 
     def _check_ceilings(self, request: CallRequest, bound: WorstCase) -> None:
         for ceiling in self.config.ceilings:
@@ -161,13 +179,28 @@ class BudgetGuard:
 
     def _ensure_room(self, state: _PeriodState, bound: WorstCase, now: float) -> None:
         worst = bound.usd
+        tick = state.last_used = self._monotonic()
         room = state.unspent_usd - state.inflight_usd
-        if room >= worst and now < state.expires_at - _RENEW_MARGIN_S:
+        if room >= worst and tick < state.expires_at - self._renew_margin:
             return
         limits = _ask(self.ledger.budget_limits)
         state.limit_usd = limits.get((state.spec.name, state.spec.period), state.spec.limit_usd)
-        need = max(worst - room, 0.0)
-        want = max(need, self.config.lease_fraction * state.limit_usd)
+        grant = self._renew(state, max(worst - room, 0.0), None, tick)
+        if not grant.existed and state.unspent_usd - state.inflight_usd < worst:
+            # The lease had expired: what it held is gone, the reservations of calls in flight too. Ask for all of it.
+            grant = self._renew(state, worst - (state.unspent_usd - state.inflight_usd), None, tick)
+        if state.unspent_usd - state.inflight_usd < worst:
+            spent, reserved = _standing(state, grant)
+            spec = state.spec
+            raise BudgetExceededError(
+                spec.name, spec.period, state.limit_usd, spent, worst, reserved_usd=reserved, assumes=bound.assumptions
+            )
+
+    def _renew(self, state: _PeriodState, need: float, want: float | None, tick: float) -> LeaseGrant:
+        """Ask the ledger to add to this process's lease (at least ``need``, ``want`` if it can; by default a
+        ``lease_fraction`` of the limit) and keep it live one more TTL from ``tick``, a time read before asking."""
+        if want is None:
+            want = max(need, self.config.lease_fraction * state.limit_usd)
         grant = _ask(
             renew_lease,
             self.ledger,
@@ -177,27 +210,31 @@ class BudgetGuard:
             (state.first_day, state.end_day),
             need_usd=need,
             want_usd=want,
-            now=now,
             ttl_s=self.config.lease_ttl_s,
         )
         state.unspent_usd = (state.unspent_usd if grant.existed else 0.0) + grant.granted_usd
-        state.expires_at = now + self.config.lease_ttl_s
+        state.expires_at = tick + self.config.lease_ttl_s
         state.spent_usd, state.settled_since_usd = grant.spent_usd, 0.0
-        if state.unspent_usd - state.inflight_usd < worst:
-            spent, reserved = _standing(state, grant)
-            spec = state.spec
-            raise BudgetExceededError(
-                spec.name, spec.period, state.limit_usd, spent, worst, reserved_usd=reserved, assumes=bound.assumptions
-            )
+        return grant
 
-    def _without_ledger(self, specs: list[BudgetSpec], worst: float, outage: _LedgerOutage) -> GuardTicket:
+    def _allowance(self, spec: BudgetSpec) -> float:
+        configured = self.config.outage_allowance_usd
+        return configured if configured is not None else self.config.lease_fraction * spec.limit_usd
+
+    @property
+    def _renew_margin(self) -> float:
+        return min(_RENEW_MARGIN_S, self.config.lease_ttl_s / 5)
+
+    def _without_ledger(self, specs: list[BudgetSpec], worst: float, outage: _LedgerOutage, now: float) -> GuardTicket:
         """The ledger could not be asked. ``[guard] on_ledger_error`` decides: "block" (the default) refuses the
-        call, since the budget can no longer be kept; "admit" lets it through unguarded. Counted, logged once."""
+        call, since the budget can no longer be kept; "admit" lets it through unchecked while this process's
+        unchecked worst cases stay within ``[guard] outage_allowance_usd`` for each of its budgets' periods (the most
+        this process can take a budget past its limit), and refuses past that. Counted, logged once per outage."""
         self._count_ledger_error()
         why = first_line(outage.__cause__ or outage)
         mode = self.config.on_ledger_error
         if self._outage is None:
-            verb = "refuses" if mode == "block" else "lets through, unguarded,"
+            verb = "refuses" if mode == "block" else "lets through, up to [guard] outage_allowance_usd unchecked,"
             _logger.warning(
                 "spendwatch: the budget guard cannot reach its ledger (%s); it %s calls that need it until it is back"
                 " ([guard] on_ledger_error = %r)",
@@ -206,14 +243,22 @@ class BudgetGuard:
                 mode,
             )
         self._outage = why
-        if mode == "block":
-            spec = specs[0]
-            reason = (
-                f"cannot be checked because the ledger cannot be reached ({why});"
-                ' [guard] on_ledger_error = "admit" would let calls through meanwhile'
-            )
-            raise BudgetExceededError(spec.name, spec.period, spec.limit_usd, 0.0, worst, reason=reason)
-        return GuardTicket(self, [], worst, None, tuple(sorted({(spec.name, "allow") for spec in specs})))
+        spec = specs[0]
+        unchecked = (
+            f"means the ledger cannot be reached ({why}), so budget {spec.name!r} ({spec.period}) cannot be checked"
+        )
+        if mode == "admit":
+            periods = {(s.name, s.period, period_bounds(s.period, now, self.settings.timezone)[0]): s for s in specs}
+            if all(self._unchecked_usd.get(key, 0.0) + worst <= self._allowance(s) for key, s in periods.items()):
+                for key in periods:
+                    self._unchecked_usd[key] = self._unchecked_usd.get(key, 0.0) + worst
+                return GuardTicket(self, [], worst, None, ((OUTAGE_BUDGET, "allow"),), reserved_at=now)
+            reason = f"{unchecked}, and this process has admitted its [guard] outage_allowance_usd this period"
+        else:
+            reason = f'{unchecked}, and [guard] on_ledger_error = "block" refuses such calls'
+        raise BudgetExceededError(
+            OUTAGE_BUDGET, spec.period, spec.limit_usd, 0.0, worst, reason=reason, cause=LEDGER_UNAVAILABLE
+        )
 
     def _ledger_back(self) -> None:
         if self._outage is not None:
@@ -287,12 +332,46 @@ class BudgetGuard:
                 state.inflight_usd -= ticket.worst_usd
                 state.unspent_usd -= cost
                 state.settled_since_usd += cost
+        if ticket.reserved_at is not None:  # the period its reservation was made in is the one it is charged to
+            record.start_time = ticket.reserved_at
         record.leases = tuple(state.lease_id for state in ticket.states)
         if record.outcome != "blocked":
             record.guard_actions = ticket.decisions
 
+    # --- the heartbeat ------------------------------------------------------------------------------------------
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None and not self._closed.is_set():
+            self._heartbeat = threading.Thread(target=self._beat, name="spendwatch-guard-heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._closed.wait(self.config.lease_ttl_s / _BEATS_PER_TTL):
+            try:
+                self.renew_live_leases()
+            except Exception:  # noqa: BLE001 - the heartbeat must outlive anything; admissions still ask the ledger
+                _logger.debug("spendwatch: the guard's heartbeat failed", exc_info=True)
+
+    def renew_live_leases(self) -> None:
+        """Keep live, for one more TTL, the leases of calls in flight and of recent use, so a call of any length
+        keeps its reservation. Asks for no more money. A lease that cannot be renewed keeps its local expiry: past
+        it, admissions ask the ledger and ``[guard] on_ledger_error`` decides; a lease found expired is started
+        over (admissions then ask for the reservations of the calls still in flight too)."""
+        tick = self._monotonic()
+        ttl = self.config.lease_ttl_s
+        with self._lock:
+            for state in list(self._states.values()):
+                idle = state.inflight_usd <= 0 and tick - state.last_used > ttl
+                if state.expires_at == 0.0 or idle:
+                    continue  # an idle process's lease expires, handing its rest back to the others
+                try:
+                    self._renew(state, 0.0, 0.0, tick)
+                except _LedgerOutage:
+                    self._count_ledger_error()
+                    return
+
     def close(self) -> None:
-        """Give this process's leases back (call after the journal was drained)."""
+        """Stop the heartbeat and give this process's leases back (call after the journal was drained)."""
+        self._closed.set()
         with self._lock:
             states, self._states = list(self._states.values()), {}
         for state in states:

@@ -7,7 +7,10 @@ max_tool_calls = 4            # tool calls assumed for a request that lets the p
 tool_result_tokens = 8000     # input tokens assumed per tool result (a search's results, file chunks)
 auto_service_tier = "default" # the tier a request naming none, or "auto", is priced at ("priority" if the project is)
 on_ledger_error = "block"     # or "admit": what to do with a call when the ledger cannot be reached to check it
+outage_allowance_usd = 0.10   # "admit": the most one process admits unchecked per budget period (worst cases);
+                              # unset: a lease's worth (lease_fraction of the budget's limit)
 lease_fraction = 0.02         # how much of a budget one process reserves at a time
+lease_ttl_s = 300             # how long a lease lives unrenewed (a dead process's reservation is freed after it)
 
 [[guard.ceilings]]            # refuse any single call estimated above max_usd
 max_usd = 0.50
@@ -33,12 +36,23 @@ from typing import Any
 
 from spendwatch.instrumentation.errors import ConfigError
 
-__all__ = ["CallCeiling", "GuardConfig", "ShareRule", "guard_config", "CEILING_BUDGET", "UNPRICED_MODES"]
+__all__ = [
+    "CEILING_BUDGET",
+    "OUTAGE_BUDGET",
+    "UNPRICED_MODES",
+    "CallCeiling",
+    "GuardConfig",
+    "ShareRule",
+    "guard_config",
+]
 
 ACTIONS = ("block", "throttle", "degrade")
 UNPRICED_MODES = ("admit", "upper-bound", "block")
 SERVICE_TIERS = ("default", "priority", "flex", "scale")
 CEILING_BUDGET = "per-call-ceiling"  # the budget label of a refusal by a ceiling
+# The budget label of decisions taken while the ledger cannot be reached (llm_guard_decisions_total): "block" for a
+# refusal, "allow" for a call admitted unchecked under on_ledger_error = "admit". Told apart from budget refusals.
+OUTAGE_BUDGET = "ledger-unavailable"
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class GuardConfig:
     lease_fraction: float = 0.02
     lease_ttl_s: float = 300.0
     on_ledger_error: str = "block"
+    outage_allowance_usd: float | None = None  # None: lease_fraction of each budget's limit
     ceilings: tuple[CallCeiling, ...] = ()
     rules: tuple[ShareRule, ...] = ()
 
@@ -85,6 +100,7 @@ def guard_config(table: Any, where: str) -> GuardConfig:
     if table is None:
         return GuardConfig()
     known = {"max_output_tokens", "unpriced", "on_ledger_error", "lease_fraction", "ceilings", "rules"}
+    known |= {"outage_allowance_usd", "lease_ttl_s"}
     _table(table, "guard", where, known | {"max_tool_calls", "tool_result_tokens", "auto_service_tier"})
     unpriced = table.get("unpriced", "admit")
     unpriced = "admit" if unpriced == "allow" else unpriced  # its name before "upper-bound" came
@@ -99,6 +115,14 @@ def guard_config(table: Any, where: str) -> GuardConfig:
     fraction = _number(table.get("lease_fraction", 0.02), "guard.lease_fraction", where)
     if not 0 < fraction <= 1:
         raise ConfigError(f"guard.lease_fraction={fraction!r} in {where} must be above 0 and at most 1")
+    allowance = _optional_number(table.get("outage_allowance_usd"), "guard.outage_allowance_usd", where)
+    if allowance is not None and on_ledger_error != "admit":
+        raise ConfigError(
+            f'guard.outage_allowance_usd={allowance!r} in {where} applies only with on_ledger_error = "admit"'
+        )
+    ttl = _number(table.get("lease_ttl_s", 300), "guard.lease_ttl_s", where)
+    if ttl < 1:
+        raise ConfigError(f"guard.lease_ttl_s={ttl!r} in {where} must be at least 1 (seconds)")
     return GuardConfig(
         max_output_tokens=_count(table.get("max_output_tokens", 4096), "guard.max_output_tokens", where),
         unpriced=unpriced,
@@ -107,6 +131,8 @@ def guard_config(table: Any, where: str) -> GuardConfig:
         auto_service_tier=tier,
         on_ledger_error=on_ledger_error,
         lease_fraction=fraction,
+        lease_ttl_s=ttl,
+        outage_allowance_usd=allowance,
         ceilings=tuple(_ceiling(entry, where) for entry in _list(table.get("ceilings"), "guard.ceilings", where)),
         rules=tuple(_rule(entry, where) for entry in _list(table.get("rules"), "guard.rules", where)),
     )

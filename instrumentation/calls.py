@@ -284,6 +284,7 @@ class Call:
             attributes["error.type"] = record.error_type
             if isinstance(error, BudgetExceededError):
                 record.outcome = attributes["spendwatch.outcome"] = "blocked"
+                attributes["spendwatch.guard.cause"] = error.cause  # "budget" or "ledger_unavailable"
                 record.guard_actions = ((error.budget, error.action),)
         if self.ticket is not None:
             _settle(self.ticket, record)

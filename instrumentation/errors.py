@@ -43,6 +43,7 @@ class BudgetExceededError(Exception):
         reason: str = "",
         reserved_usd: float = 0.0,
         assumes: tuple[str, ...] = (),
+        cause: str = "budget",
     ) -> None:
         self.budget = budget
         self.period = period
@@ -53,6 +54,9 @@ class BudgetExceededError(Exception):
         self.reason = reason
         self.reserved_usd = reserved_usd
         self.assumes = tuple(assumes)  # what the worst case rests on beyond the request and the bundled data
+        # Why: "budget" (the budget, a ceiling or a rule said no), or "ledger_unavailable" (the guard could not reach
+        # its ledger to check, under [guard] on_ledger_error = "block" or past the outage allowance).
+        self.cause = cause
         super().__init__(self._message())
 
     @property
@@ -77,7 +81,7 @@ class BudgetExceededError(Exception):
     def _fields(self) -> tuple[tuple, dict]:
         positional = (self.budget, self.period, self.limit_usd, self.spent_usd, self.estimated_cost_usd)
         keywords = {"action": self.action, "reason": self.reason, "reserved_usd": self.reserved_usd}
-        return positional, {**keywords, "assumes": self.assumes}
+        return positional, {**keywords, "assumes": self.assumes, "cause": self.cause}
 
     def __reduce__(self):
         # The default would call the class with the message alone; a refusal must cross processes whole.

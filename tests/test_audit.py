@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import date
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,6 +15,9 @@ import pytest
 from spendwatch.exporter import Ledger, LedgerEntry, LedgerSink
 from spendwatch.exporter.ledger import open_backend
 from spendwatch.exporter.ledger.audit import AUDIT_KEY_ENV, key_file_path, verify
+from spendwatch.exporter.ledger.leases import renew_lease
+from spendwatch.exporter.ledger.schema import ASSUMED_PRICE
+from spendwatch.exporter.settings import BudgetSpec
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.records import UsageRecord
 
@@ -267,3 +271,104 @@ def test_each_configured_start_up_is_chained(tmp_path, monkeypatch):
     (started,) = ledger.events("configuration_started")
     assert '["global", "day", 5.0, null, null]' in started["detail"]
     assert verify(ledger).intact
+
+
+# --- the running totals' request counters and the leases (issue 20) ------------------------------------------------
+
+
+def fill_with_every_counter(ledger: Ledger) -> None:
+    """fill(), plus a failed call, an estimated one and one charged at the guard's assumed upper-bound price (which
+    counts as unpriced)."""
+    fill(ledger)
+    ledger.ingest(
+        [
+            LedgerEntry("test:4", usage(0.0, outcome="error", error_type="RateLimitError", duration_s=0.5)),
+            LedgerEntry("test:5", usage(0.002, estimated=True, duration_s=2.5)),
+            LedgerEntry(
+                "test:6", usage(0.03, pricing=f"{ASSUMED_PRICE}gpt-4o (bundled; [guard] unpriced = upper-bound)")
+            ),
+        ]
+    )
+
+
+COUNTER_TAMPERING = [
+    "UPDATE totals SET success = success + 100",
+    "UPDATE daily_totals SET error = error + 1",
+    "UPDATE hourly_totals SET blocked = 0",
+    "UPDATE totals SET unpriced = unpriced - 1",
+    "UPDATE daily_totals SET estimated = 0",
+    "UPDATE hourly_totals SET duration_sum = duration_sum + 60",
+    "UPDATE totals SET duration_count = duration_count * 2",
+]
+
+
+def test_the_request_counters_of_intact_totals_verify(ledger):
+    fill_with_every_counter(ledger)
+
+    verdict = verify(ledger)
+
+    assert verdict.intact, verdict.problem
+    assert verdict.kinds["call"] == 7
+
+
+@pytest.mark.parametrize("query", COUNTER_TAMPERING)
+def test_a_request_counter_altered_in_the_running_totals_is_named(ledger, query):
+    fill_with_every_counter(ledger)
+    tamper(ledger, query)
+
+    verdict = verify(ledger)
+
+    assert not verdict.intact
+    table, column = query.split()[1], query.split()[3]
+    assert verdict.problem.startswith(f"{table} for ")
+    assert f"({column} " in verdict.problem
+
+
+BUDGET = BudgetSpec("global", "day", 1.0)
+PERIOD = (date(2026, 11, 27), date(2026, 11, 28))
+
+
+def lease(ledger: Ledger, lease_id: str, amount: float) -> None:
+    renew_lease(ledger, lease_id, BUDGET, 1.0, PERIOD, need_usd=amount, want_usd=amount, ttl_s=300)
+
+
+def test_leases_renewed_and_drawn_on_by_ingested_calls_verify(ledger):
+    lease(ledger, "process-a:global:day", 0.2)
+    lease(ledger, "process-b:global:day", 0.3)
+    lease(ledger, "process-a:global:day", 0.1)  # renewed
+    ledger.ingest([LedgerEntry("leased:0", usage(0.05, leases=("process-a:global:day",)))])  # drawn on
+
+    verdict = verify(ledger)
+
+    assert verdict.intact, verdict.problem
+    amounts = dict(ledger.backend.select("SELECT lease_id, outstanding_usd FROM leases"))
+    assert amounts == {"process-a:global:day": pytest.approx(0.25), "process-b:global:day": pytest.approx(0.3)}
+
+
+LEASE_TAMPERING = {
+    # A forged lease with a negative amount hands out budget nobody has; a large one starves every process.
+    "forged": (
+        "INSERT INTO leases (lease_id, budget, period, period_start, outstanding_usd, expires_at, mac)"
+        " VALUES ('forged:global:day', 'global', 'day', '2026-11-27', -5.0, 9999999999.0, NULL)"
+    ),
+    "forged with a copied MAC": (
+        "INSERT INTO leases (lease_id, budget, period, period_start, outstanding_usd, expires_at, mac)"
+        " SELECT 'forged:global:day', budget, period, period_start, -5.0, expires_at, mac FROM leases"
+    ),
+    "amount lowered": "UPDATE leases SET outstanding_usd = 0",
+    "life extended": "UPDATE leases SET expires_at = expires_at + 86400",
+    "MAC removed": "UPDATE leases SET mac = NULL",
+}
+
+
+@pytest.mark.parametrize("how", LEASE_TAMPERING)
+def test_a_forged_or_altered_lease_is_named(ledger, how):
+    fill(ledger)
+    lease(ledger, "process-a:global:day", 0.2)
+    tamper(ledger, LEASE_TAMPERING[how])
+
+    verdict = verify(ledger)
+
+    assert not verdict.intact
+    assert "does not match its MAC: it was forged or altered" in verdict.problem
+    assert verdict.problem.startswith("lease ")

@@ -106,7 +106,7 @@ def test_the_guard_refuses_a_call_it_cannot_check_and_says_the_ledger_is_unreach
     assert chat(client)  # the guard admits again
     runtime.detach()
     ledger = Ledger(open_backend(stopped_postgres), UTC)
-    assert ledger.guard_decisions() == {("global", "block"): 1, ("global", "allow"): 1}
+    assert ledger.guard_decisions() == {("ledger-unavailable", "block"): 1, ("global", "allow"): 1}
     ledger.close()
 
 
@@ -130,7 +130,7 @@ def test_with_on_ledger_error_admit_the_guard_lets_the_call_through_and_counts_i
     runtime.detach()
     ledger = Ledger(open_backend(stopped_postgres), UTC)
     assert ledger.call_count() == 2
-    assert ledger.guard_decisions() == {("global", "allow"): 2}
+    assert ledger.guard_decisions() == {("ledger-unavailable", "allow"): 2}
     ledger.close()
 
 

@@ -14,6 +14,9 @@ current cost must equal the last re-pricing's. After each append the head ``(seq
 in ``spendwatch_meta``, so deleting the newest records is caught too (though a whole earlier copy of the database
 put back is not: keep the head that ``spendwatch audit verify`` prints somewhere else to catch that).
 
+The audit also checks what the chain does not hold row by row: every counter of the running totals against a scan of
+the chained calls, and each lease (a row that changes in place) against the HMAC written with it (``lease_rows.py``).
+
 Appends serialise on the chain head: SQLite's ``BEGIN IMMEDIATE`` already admits one writer at a time, and on
 PostgreSQL every chained transaction first takes the advisory transaction lock :data:`AUDIT_LOCK`.
 
@@ -38,7 +41,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from spendwatch.exporter.ledger.lease_rows import LEASE_COLUMNS, lease_mac
 from spendwatch.exporter.ledger.locations import is_postgres_location, state_directory
+from spendwatch.exporter.ledger.migrations import SCANNED_COLUMNS, UNSEALED_LEASES_KEY, scanned_counters
 from spendwatch.exporter.ledger.schema import (
     CALL_COLUMNS,
     CALL_COLUMNS_V1,
@@ -47,7 +52,8 @@ from spendwatch.exporter.ledger.schema import (
     EVENT_TYPES,
     REPRICING_COLUMNS,
     REPRICING_TYPES,
-    SUBSET_TOKENS,
+    TOTAL_COUNTERS,
+    TOTAL_KEYS,
 )
 from spendwatch.exporter.ledger.totals import add_to, hour_of
 from spendwatch.instrumentation.errors import ConfigError
@@ -269,17 +275,18 @@ LEFT JOIN events e ON a.kind = 'event' AND e.id = a.row_id
 LEFT JOIN repricings r ON a.kind = 'reprice' AND r.id = a.row_id
 ORDER BY a.seq
 """
-_SCANNED = ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens", *SUBSET_TOKENS)
 
 
 def verify(ledger) -> Verdict:
     """Walk the whole chain in one consistent snapshot and check everything it vouches for, in this order: each
     record's MAC over its row (an altered, deleted or reordered row or record), the sealed head (deleted newest
     records), rows no record covers (inserted without the key), budget limits against their last chained change,
-    and the running totals (what budgets and ``/metrics`` read) against a scan of ``calls``."""
+    every counter of the running totals (what budgets and ``/metrics`` read) against a scan of ``calls``, and each
+    lease against its MAC."""
     with ledger.snapshot() as rows:
         walk = _Walk(ledger.audit_key, rows, CALL_COLUMNS)
-        problem = walk.chain() or walk.head() or walk.unchained() or walk.budget_limits() or walk.totals()
+        problem = walk.chain() or walk.head() or walk.unchained() or walk.budget_limits()
+        problem = problem or walk.totals() or walk.leases()
     message, bad_seq = problem or (None, None)
     return Verdict(walk.seq, dict(walk.kinds), walk.mac, message, bad_seq)
 
@@ -397,40 +404,51 @@ class _Walk:
         return None
 
     def totals(self) -> _Problem | None:
-        """``totals`` and ``daily_totals`` (what budgets and /metrics read) must add up to the chained calls."""
-        keys = "day, provider, model, operation, category"
-        sums = ", ".join(f"SUM(COALESCE({column}, 0))" for column in _SCANNED)
-        scanned: dict[tuple, list] = {}
-        for row in self.rows(f"SELECT {keys}, {sums} FROM calls GROUP BY {keys}"):
-            scanned[tuple(row[:5])] = [float(value) for value in row[5:]]
+        """``totals``, ``daily_totals`` and ``hourly_totals`` (what budgets, ``/metrics`` and the API read) must add
+        up to the chained calls, every counter of them: cost, tokens, and the request counters (success, error,
+        blocked, unpriced, estimated, the duration sum and count). The calls are summed here, with the rules the
+        ledger counts them by (an hour is arithmetic the two SQL dialects spell differently; unpriced is
+        schema.has_no_price)."""
+        daily: dict[tuple, list] = {}
         overall: dict[tuple, list] = {}
-        for key, values in scanned.items():
-            overall[key[1:]] = [a + b for a, b in zip(overall.get(key[1:], [0.0] * len(values)), values, strict=True)]
-        columns = ", ".join(_SCANNED)
+        hourly: dict[tuple, list] = {}
+        keys = ", ".join(TOTAL_KEYS)
+        for ts, day, *row in self.rows(f"SELECT ts, day, {keys}, {', '.join(SCANNED_COLUMNS)} FROM calls"):
+            key, (cost, pricing, outcome, estimated, duration, *tokens) = tuple(row[:4]), row[4:]
+            values = scanned_counters(cost, pricing, outcome, estimated, duration, tokens)
+            add_to(daily, (day, *key), values)
+            add_to(overall, key, values)
+            add_to(hourly, (hour_of(float(ts)), *key), values)
+        columns = ", ".join(TOTAL_COUNTERS)
         return (
-            self._compare("daily_totals", f"SELECT {keys}, {columns} FROM daily_totals", scanned)
-            or self._compare("totals", f"SELECT provider, model, operation, category, {columns} FROM totals", overall)
-            or self.hourly_totals()
+            self._compare("daily_totals", f"SELECT day, {keys}, {columns} FROM daily_totals", daily)
+            or self._compare("totals", f"SELECT {keys}, {columns} FROM totals", overall)
+            or self._compare("hourly_totals", f"SELECT hour, {keys}, {columns} FROM hourly_totals", hourly)
         )
 
-    def hourly_totals(self) -> _Problem | None:
-        """``hourly_totals`` (what the API's analytics and budgets' burn rates read) must add up to the calls too. The
-        hour of an instant is arithmetic the two SQL dialects spell differently, so the calls are summed here."""
-        keys, columns = "provider, model, operation, category", ", ".join(_SCANNED)
-        scanned: dict[tuple, list] = {}
-        for ts, *row in self.rows(f"SELECT ts, {keys}, {columns} FROM calls"):
-            add_to(scanned, (hour_of(float(ts)), *row[:4]), [float(value or 0) for value in row[4:]])
-        return self._compare("hourly_totals", f"SELECT hour, {keys}, {columns} FROM hourly_totals", scanned)
+    def leases(self) -> _Problem | None:
+        """Every lease must carry the MAC of its values (see lease_rows.py), but those an earlier release wrote before
+        the upgrade, which expire by the time the upgrade recorded."""
+        found = list(self.rows("SELECT value FROM spendwatch_meta WHERE key = ?", (UNSEALED_LEASES_KEY,)))
+        unsealed_until = float(found[0][0]) if found else float("-inf")
+        for *row, mac in self.rows(f"SELECT {', '.join(LEASE_COLUMNS)}, mac FROM leases ORDER BY lease_id"):
+            if mac is None and float(row[-1]) <= unsealed_until:
+                continue
+            if mac is None or not hmac.compare_digest(lease_mac(self.key, row), str(mac)):
+                shown = f"lease {row[0]!r} of budget {row[1]!r} ({row[4]} USD)"
+                return f"{shown} does not match its MAC: it was forged or altered without the key", None
+        return None
 
     def _compare(self, table: str, query: str, scanned: dict[tuple, list]) -> _Problem | None:
-        width = len(_SCANNED)
+        width = len(TOTAL_COUNTERS)
         for row in self.rows(query):
             key, values = tuple(row[:-width]), [float(value) for value in row[-width:]]
             expected = scanned.pop(key, [0.0] * width)
-            if not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(values, expected, strict=True)):
-                shown = "/".join(str(part) for part in key)
-                sums = f"(cost {values[0]} USD; its calls: {expected[0]} USD)"
-                return f"{table} for {shown} does not add up to its calls {sums}: it was altered", None
+            for name, value, wanted in zip(TOTAL_COUNTERS, values, expected, strict=True):
+                if not math.isclose(value, wanted, rel_tol=1e-9, abs_tol=1e-9):
+                    shown = "/".join(str(part) for part in key)
+                    sums = f"({name} {value:g}; its calls: {wanted:g})"
+                    return f"{table} for {shown} does not add up to its calls {sums}: it was altered", None
         if scanned:
             shown = "/".join(str(part) for part in next(iter(scanned)))
             return f"{table} has no row for {shown}, which its calls need: it was deleted", None

@@ -24,6 +24,8 @@ class _SqlBackend:
 
     location: str
     types: dict[str, str]
+    now_sql: str  # the database's clock, in unix seconds (lease expiry is decided by it)
+    row_lock: str = ""  # appended to a SELECT that reads rows the transaction will write back
 
     def _sql(self, query: str) -> str:
         return query
@@ -111,6 +113,9 @@ class _SqlBackend:
 
 class SQLiteBackend(_SqlBackend):
     types = {"text": "TEXT", "int": "INTEGER", "real": "REAL", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+    # SQLite has no server: its clock is the host's, as SQLite reads it (to the millisecond). Every process sharing a
+    # SQLite file shares that host, so they agree on it whatever clock a process keeps of its own.
+    now_sql = "(julianday('now') - 2440587.5) * 86400.0"
 
     def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
         self.location = path
@@ -174,6 +179,9 @@ class SQLiteBackend(_SqlBackend):
 
 class PostgresBackend(_SqlBackend):
     types = {"text": "TEXT", "int": "BIGINT", "real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"}
+    # The server's clock when the statement runs (now() would be the transaction's start, before any lock wait).
+    now_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+    row_lock = " FOR UPDATE"
 
     def __init__(self, url: str) -> None:
         self.location = url

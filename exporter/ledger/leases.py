@@ -8,7 +8,14 @@ dollar is counted exactly once, as spend or as outstanding lease, and
 
     spend + sum(outstanding leases) <= limit
 
-holds across threads, processes and (with PostgreSQL) hosts. A lease whose process died expires after its TTL.
+holds across threads, processes and (with PostgreSQL) hosts. A lease whose process died expires after its TTL; a
+living process renews its leases while its calls are in flight (the guard's heartbeat), so a call of any length keeps
+its reservation.
+
+Expiry is decided by one clock, the database's, read in the transaction that renews: PostgreSQL's
+``clock_timestamp()``, and for SQLite (which has no server) the host clock as SQLite reads it, ``julianday('now')``,
+one host's clock for every process sharing the file. A process whose own clock runs ahead therefore neither deletes
+other processes' live leases nor gives its own a longer life. Each lease row carries its HMAC (:mod:`.lease_rows`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import date
 
+from spendwatch.exporter.ledger.lease_rows import write_lease
 from spendwatch.exporter.ledger.ledger import Ledger, budget_scope
 from spendwatch.exporter.settings import BudgetSpec
 
@@ -30,10 +38,6 @@ SELECT
   (SELECT COALESCE(SUM(outstanding_usd), 0) FROM leases
      WHERE budget = ? AND period = ? AND period_start = ? AND lease_id <> ? AND outstanding_usd > 0),
   (SELECT outstanding_usd FROM leases WHERE lease_id = ?)
-"""
-_UPSERT = """
-INSERT INTO leases (lease_id, budget, period, period_start, outstanding_usd, expires_at) VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (lease_id) DO UPDATE SET outstanding_usd = excluded.outstanding_usd, expires_at = excluded.expires_at
 """
 
 
@@ -55,15 +59,17 @@ def renew_lease(
     *,
     need_usd: float,
     want_usd: float,
-    now: float,
     ttl_s: float,
 ) -> LeaseGrant:
-    """Extend a lease by ``want_usd`` (or whatever is left, if at least ``need_usd``), atomically."""
+    """Extend a lease by ``want_usd`` (or whatever is left, if at least ``need_usd``), atomically, and make it live
+    for ``ttl_s`` from now by the database's clock."""
     first, end = period
     scope, scope_values = budget_scope(budget.category, budget.model)
     with ledger.transaction() as cursor:
         backend = ledger.backend
         backend.lock_budget(cursor, zlib.crc32(f"{budget.name}/{budget.period}".encode()))
+        ((now,),) = backend.execute(cursor, f"SELECT {backend.now_sql}")  # after the lock: no stale read
+        now = float(now)
         backend.execute(cursor, "DELETE FROM leases WHERE expires_at < ?", (now,))
         standing_query = _STANDING.format(scope=scope)
         parameters = (first.isoformat(), end.isoformat(), *scope_values)
@@ -76,7 +82,7 @@ def renew_lease(
         granted = min(want_usd, available) if available >= need_usd else 0.0
         outstanding = mine + granted
         row = (lease_id, budget.name, budget.period, first.isoformat(), outstanding, now + ttl_s)
-        backend.execute(cursor, _UPSERT, row)
+        write_lease(backend, cursor, ledger.audit_key, row)
     return LeaseGrant(granted, outstanding, spent, others, existed)
 
 

@@ -22,6 +22,7 @@ from datetime import date
 from zoneinfo import ZoneInfo
 
 from spendwatch.exporter.ledger import audit, history
+from spendwatch.exporter.ledger.lease_rows import draw_from_leases
 from spendwatch.exporter.ledger.locations import LedgerUnavailable, first_line
 from spendwatch.exporter.ledger.schema import BUCKET_KEYS, CALL_COLUMNS, TOTAL_COUNTERS, TOTAL_KEYS, call_row
 from spendwatch.exporter.ledger.totals import TotalsChange, add_to, counters
@@ -145,10 +146,8 @@ class Ledger:
             change.apply(self.backend, cursor)
             self.backend.add_totals(cursor, "guard_decisions", ("budget", "action"), ("count",), decisions)
             history.add_guard_events(self, cursor, (entry.record for entry, _ in inserted))
-            for lease, cost in lease_costs.items():
-                # The cost is spend now: it leaves the lease it was drawn from, in the same transaction.
-                query = "UPDATE leases SET outstanding_usd = outstanding_usd - ? WHERE lease_id = ?"
-                self.backend.execute(cursor, query, (cost, lease))
+            # The costs are spend now: they leave the leases they were drawn from, in the same transaction.
+            draw_from_leases(self.backend, cursor, self.audit_key, lease_costs)
         return len(inserted)
 
     def set_budget_limit(self, name: str, period: str, limit_usd: float, *, reason: str = "", by: str = "") -> None:

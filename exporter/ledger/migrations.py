@@ -28,6 +28,7 @@ from spendwatch.exporter.ledger.totals import add_to, hour_of
 from spendwatch.instrumentation.errors import ConfigError
 
 __all__ = [
+    "SCANNED_COLUMNS",
     "SCHEMA_VERSION",
     "UNSEALED_LEASES_KEY",
     "UPGRADES",
@@ -35,6 +36,7 @@ __all__ = [
     "VERSION_QUERY",
     "check_version",
     "create_or_upgrade",
+    "scanned_counters",
 ]
 
 Step = Callable[[object, object], None]
@@ -63,21 +65,23 @@ def _hourly_totals(backend, cursor) -> None:
     as for every counter a scan can check."""
     for statement in HOURLY_TOTALS.create(backend.types):
         backend.execute(cursor, statement)
-    scanned = ("ts", *TOTAL_KEYS, "cost_usd", "pricing", "outcome", "estimated", "duration_s", *_SCANNED_TOKENS)
+    scanned = ("ts", *TOTAL_KEYS, *SCANNED_COLUMNS)
     columns = ", ".join(scanned)
     for (day,) in backend.execute(cursor, "SELECT DISTINCT day FROM calls"):
         hourly: dict[tuple, list[float]] = {}
         for ts, *rest in backend.execute(cursor, f"SELECT {columns} FROM calls WHERE day = ?", (day,)):
             key, (cost, pricing, outcome, estimated, duration, *tokens) = tuple(rest[:4]), rest[4:]
-            counters = _scanned_counters(cost, pricing, outcome, estimated, duration, tokens)
+            counters = scanned_counters(cost, pricing, outcome, estimated, duration, tokens)
             add_to(hourly, (hour_of(float(ts)), *key), counters)
         backend.add_totals(cursor, "hourly_totals", ("hour", *TOTAL_KEYS), TOTAL_COUNTERS, hourly)
 
 
 _SCANNED_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens", *SUBSET_TOKENS)
+# The calls columns scanned_counters reads, in its arguments' order.
+SCANNED_COLUMNS = ("cost_usd", "pricing", "outcome", "estimated", "duration_s", *_SCANNED_TOKENS)
 
 
-def _scanned_counters(cost, pricing: str, outcome: str, estimated, duration, tokens: list) -> list[float]:
+def scanned_counters(cost, pricing: str, outcome: str, estimated, duration, tokens: list) -> list[float]:
     """A calls row's contribution to each of TOTAL_COUNTERS, in their order."""
     by_name = dict(zip(_SCANNED_TOKENS, (int(count or 0) for count in tokens), strict=True))
     by_name |= {"cost_usd": float(cost or 0.0), "unpriced": int(has_no_price(cost, pricing))}
