@@ -27,9 +27,11 @@ from spendwatch.demo.anthropic_stub import AnthropicStub
 from spendwatch.demo.processes import http_get, start_on_free_port, start_process
 from spendwatch.exporter import Ledger
 from spendwatch.exporter.ledger import open_backend
+from spendwatch.exporter.spans.processor import SpanIngestProcessor
 from spendwatch.instrumentation.anthropic_sdk import AnthropicInstrumentor
 from spendwatch.instrumentation.background import flush_all
 from spendwatch.instrumentation.pricing import PriceTable
+from tests.conftest import CollectingSink
 from tests.test_auto_instrumentation import BIN, console_spans
 
 MODEL = "claude-sonnet-4-20250514"
@@ -254,6 +256,39 @@ def test_stream_helper_never_entered_sends_and_counts_nothing(instrument, client
     client.messages.stream(model=MODEL, max_tokens=20, messages=MESSAGES)
 
     assert sink.records == []
+
+
+# --- the SDK's own span and span ingestion (SPENDWATCH_INGEST_SPANS=on) ----------------------------------------------
+
+
+@pytest.fixture
+def ingesting(anthropic_stub, tracer_provider):
+    """A client whose SDK spans go to a provider with spendwatch's span-ingest processor; yields what it ingests."""
+    ingested = CollectingSink()
+    tracer_provider.add_span_processor(SpanIngestProcessor(ingested, PRICES))
+    client = anthropic.Anthropic(
+        base_url=anthropic_stub, api_key=API_KEY, max_retries=0, open_telemetry={"tracer_provider": tracer_provider}
+    )
+    return client, ingested
+
+
+@pytest.mark.skipif(not SDK_TRACES, reason="this anthropic release makes no span of its own")
+def test_span_ingestion_prices_the_sdks_own_span_when_spendwatch_does_not_instrument(ingesting):
+    client, ingested = ingesting
+    create(client)
+
+    (record,) = ingested.records
+    assert record.input_tokens == expected({"max_tokens": 20, "messages": MESSAGES}).input_tokens + 10
+
+
+@pytest.mark.skipif(not SDK_TRACES, reason="this anthropic release makes no span of its own")
+def test_span_ingestion_never_counts_the_sdks_span_inside_ours(instrument, ingesting, sink):
+    client, ingested = ingesting
+    create(client)
+    list(create(client, stream=True))
+
+    assert len(sink.records) == 2  # spendwatch's own records, one per call
+    assert ingested.records == []
 
 
 # --- failures -------------------------------------------------------------------------------------------------------
