@@ -44,6 +44,7 @@ GLOBAL_BUDGET = "global"
 PERIODS = ("day", "month")
 ENFORCE_MODES = ("off", "block")
 DEFAULT_METRICS_ADDRESS = ("127.0.0.1", 9464)
+DEFAULT_INTAKE_MAX_BYTES = 16 * 1024 * 1024  # an OTLP export body after decompression (spendwatch serve)
 
 # setting name -> environment variable
 ENV = {
@@ -60,6 +61,7 @@ ENV = {
     "metrics_tls_certfile": "SPENDWATCH_METRICS_TLS_CERTFILE",
     "metrics_tls_keyfile": "SPENDWATCH_METRICS_TLS_KEYFILE",
     "ingest_spans": "SPENDWATCH_INGEST_SPANS",
+    "intake_max_bytes": "SPENDWATCH_INTAKE_MAX_BYTES",
 }
 CONFIG_ENV = "SPENDWATCH_CONFIG"
 _FILE_ONLY = ("budgets",)
@@ -99,6 +101,7 @@ class Settings:
     metrics_tls_certfile: str | None = None
     metrics_tls_keyfile: str | None = None
     ingest_spans: bool = False  # SPENDWATCH_INGEST_SPANS=on: price GenAI spans other instrumentations make here
+    intake_max_bytes: int = DEFAULT_INTAKE_MAX_BYTES  # the largest OTLP body POST /v1/traces takes, decompressed
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     config_path: str | None = None
     # Where prices_file was set, as its errors name it: "prices_file='/etc/p.toml' in SPENDWATCH_CONFIG='...'".
@@ -159,6 +162,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         metrics_tls_certfile=_optional_text(*pick("metrics_tls_certfile")),
         metrics_tls_keyfile=_optional_text(*pick("metrics_tls_keyfile")),
         ingest_spans=_on_off(*pick("ingest_spans")),
+        intake_max_bytes=_byte_count(*pick("intake_max_bytes")),
         raw=from_file,
         config_path=config_path,
         prices_file_label=None if prices_file is None else _label(prices_file_name, prices_file),
@@ -273,6 +277,15 @@ def _on_off(value: Any, name: str) -> bool:
     if text not in ("on", "off"):
         raise ConfigError(f"{_label(name, value)} must be on or off")
     return text == "on"
+
+
+def _byte_count(value: Any, name: str) -> int:
+    if value is None:
+        return DEFAULT_INTAKE_MAX_BYTES
+    number = _number(value, name)
+    if number < 1 or number != int(number):
+        raise ConfigError(f"{_label(name, value)} must be a whole number of bytes, at least 1")
+    return int(number)
 
 
 def _categories(value: Any, name: str) -> frozenset[str]:

@@ -98,6 +98,22 @@ class LedgerSink:
             return
         journal.append(codec.encode(record))
 
+    def journal_all(self, records: list[UsageRecord]) -> bool:
+        """Journal every record now, or return False: for a caller that must not say "taken" for a record it could
+        not keep (the OTLP intake then answers 503 and the sender retries; a record journaled twice is one row)."""
+        journal = self._journal
+        if journal is None:
+            return False
+        try:
+            for record in records:
+                if record.service is None:
+                    record.service = self.service
+                journal.append(codec.encode(record))
+        except (OSError, ValueError) as error:  # a full disk, a file that cannot be created or mapped
+            _logger.warning("spendwatch: cannot journal in %s (%s)", journal.directory, first_line(error))
+            return False
+        return True
+
     def _lost(self) -> None:
         # No journal could be created anywhere: the call is counted as a ledger error, never dropped in silence.
         self.ledger_errors += 1

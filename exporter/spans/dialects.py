@@ -31,10 +31,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SpanUsage", "usage_of_span"]
+__all__ = ["MODEL_KEYS", "SpanUsage", "usage_of_span"]
 
-# The attributes that name a model: a span with none of them is not an LLM call (the quick way out).
-_MODEL_KEYS = ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name")
+# The attributes that name a model: a span with none of them is not an LLM call (the quick way out, also for the
+# OTLP intake, which looks at a span's attribute keys before it decodes any value).
+MODEL_KEYS = ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name")
 # Operations that are not a billed model call of their own (an agent run, a tool): their model calls have spans of
 # their own, which are counted.
 _NOT_CALLS = frozenset({"invoke_agent", "create_agent", "execute_tool"})

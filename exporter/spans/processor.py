@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from spendwatch.exporter.spans.dialects import usage_of_span
-from spendwatch.exporter.spans.records import record_of
+from spendwatch.exporter.spans.records import record_of, service_name
 from spendwatch.instrumentation.calls import current_category
 from spendwatch.instrumentation.pricing import PriceTable
 
@@ -104,11 +104,3 @@ def _is_own(span: ReadableSpan) -> bool:
 
 def _service_of(span: ReadableSpan) -> str | None:
     return service_name(span.resource.attributes if span.resource is not None else {})
-
-
-def service_name(resource_attributes) -> str | None:
-    """A resource's service.name, or None when it is the SDK's placeholder (``unknown_service...``) or absent."""
-    name = resource_attributes.get("service.name")
-    if not name or str(name).startswith("unknown_service"):
-        return None
-    return str(name)

@@ -12,7 +12,7 @@ from spendwatch.instrumentation.calls import NOT_BILLED, Usage, apply_usage, sto
 from spendwatch.instrumentation.pricing import PriceTable
 from spendwatch.instrumentation.records import UsageRecord
 
-__all__ = ["PRODUCER_COST_ATTRIBUTE", "SOURCES", "entry_id_of", "record_of"]
+__all__ = ["PRODUCER_COST_ATTRIBUTE", "SOURCES", "entry_id_of", "record_of", "service_name"]
 
 SOURCES = ("sdk", "span", "otlp")
 # Where a record keeps the cost a span's producer computed from its own price list (spendwatch prices the call).
@@ -23,6 +23,14 @@ _MAX_TEXT = 200  # a span from another service can carry anything: names are cut
 def entry_id_of(trace_id: int, span_id: int) -> str:
     """The ledger id of the call a span describes: one per span, whoever hands it in."""
     return f"span:{trace_id:032x}:{span_id:016x}"
+
+
+def service_name(resource_attributes) -> str | None:
+    """A resource's service.name, or None when it is the SDK's placeholder (``unknown_service...``) or absent."""
+    name = resource_attributes.get("service.name")
+    if not name or str(name).startswith("unknown_service"):
+        return None
+    return str(name)
 
 
 def record_of(

@@ -23,8 +23,9 @@ def add_commands(subcommands: argparse._SubParsersAction) -> None:
         help="serve Prometheus metrics, the cost page and the JSON API over the spend ledger",
         description="Serve /metrics (spend, tokens, requests, durations and budgets), the HTML cost page at / and "
         "the read-only JSON API (/api/v1/overview, analytics, report, alerts; /api/v1/openapi.json describes it) "
-        "over the ledger that SPENDWATCH_LEDGER names, until SIGTERM or SIGINT. Basic auth and TLS follow "
-        "SPENDWATCH_METRICS_BASIC_AUTH and SPENDWATCH_METRICS_TLS_CERTFILE/KEYFILE.",
+        "over the ledger that SPENDWATCH_LEDGER names, and takes OTLP/HTTP traces on POST /v1/traces (GenAI spans "
+        "priced into the ledger; bodies up to SPENDWATCH_INTAKE_MAX_BYTES), until SIGTERM or SIGINT. Basic auth and "
+        "TLS follow SPENDWATCH_METRICS_BASIC_AUTH and SPENDWATCH_METRICS_TLS_CERTFILE/KEYFILE.",
     )
     command.add_argument(
         "--address", metavar="HOST:PORT", help="where to listen (default: SPENDWATCH_METRICS_ADDRESS, 127.0.0.1:9464)"
@@ -35,12 +36,14 @@ def add_commands(subcommands: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from spendwatch.exporter import load_settings, open_ledger
+    from spendwatch.exporter import load_settings, open_ledger, open_ledger_later
     from spendwatch.exporter.api import API_PREFIX, api_app
     from spendwatch.exporter.budgets import LedgerConfiguration, budget_statuses
     from spendwatch.exporter.collector import SpendCollector
+    from spendwatch.exporter.intake import INTAKE_PATH, intake_app
     from spendwatch.exporter.page import page_app
     from spendwatch.exporter.server import serve_as_configured
+    from spendwatch.exporter.sink import LedgerSink, journal_directory
     from spendwatch.instrumentation.errors import ConfigError
 
     settings = load_settings({"metrics_address": args.address})
@@ -60,9 +63,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         pricing_data_timestamp=prices_as_of,
         registry=registry,
     )
+    # OTLP intake: spans are journaled, and drained into the ledger by a connection of their own that outlives an
+    # outage, as an instrumented app's calls are.
+    sink = LedgerSink(open_ledger_later(settings), journal_directory(settings.ledger))
     routes = {
         "/": page_app(ledger, known.settings, prices_as_of=prices_as_of),
         API_PREFIX: api_app(ledger, known.settings),
+        INTAKE_PATH: intake_app(sink, settings.price_table(), max_bytes=settings.intake_max_bytes),
     }
     server = serve_as_configured(registry, settings, routes=routes)
     print(f"serving {server.url}", flush=True)
@@ -70,6 +77,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         _wait_for_stop_signal()
     finally:
         server.stop()
+        sink.close()
+        sink.ledger.close()
         ledger.close()
     return EXIT_OK
 
