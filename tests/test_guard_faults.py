@@ -6,6 +6,8 @@ the clock a guard reads is injected where a test needs a host whose clock is off
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import threading
 import time
 from datetime import date, datetime
@@ -16,10 +18,11 @@ import pytest
 
 import spendwatch
 from spendwatch import runtime
-from spendwatch.exporter import Ledger, LedgerSink, load_settings
+from spendwatch.exporter import Ledger, LedgerEntry, LedgerSink, load_settings
 from spendwatch.exporter.guard import BudgetGuard
 from spendwatch.exporter.guard_rules import OUTAGE_BUDGET, guard_config
 from spendwatch.exporter.ledger import open_backend
+from spendwatch.exporter.ledger.audit import verify
 from spendwatch.instrumentation.admission import register_guard, unregister_guard
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
@@ -314,4 +317,37 @@ def test_postgresql_stopped_and_restarted_under_a_hammer_never_takes_the_budget_
     assert decisions[(OUTAGE_BUDGET, "block")] == hammer.seen("ledger_unavailable")
     if mode == "admit":
         assert decisions[(OUTAGE_BUDGET, "allow")] >= 1
+    ledger.close()
+
+
+# --- processes creating one new ledger at the same moment -------------------------------------------------------------
+
+
+def _first_open(location: str, worker: int, ready, state_home: str) -> None:
+    os.environ["XDG_STATE_HOME"] = state_home
+    ready.wait()  # every worker imported: they open the ledger together
+    ledger = Ledger(open_backend(location), UTC)
+    record = UsageRecord("openai", "chat", "gpt-4o-mini", cost_usd=0.001, start_time=time.time())
+    ledger.ingest([LedgerEntry(f"worker-{worker}:0", record)])
+    ledger.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_creating_one_new_ledger_at_the_same_moment_all_open_it(tmp_path, backend, request, monkeypatch):
+    state_home = str(tmp_path / "state")
+    monkeypatch.setenv("XDG_STATE_HOME", state_home)
+    location = str(tmp_path / "new" / "ledger.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(6)
+    workers = [context.Process(target=_first_open, args=(location, n, ready, state_home)) for n in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=POLL_TIMEOUT)
+
+    assert [worker.exitcode for worker in workers] == [0] * 6
+    ledger = Ledger(open_backend(location), UTC)
+    assert ledger.call_count() == 6
+    assert verify(ledger).intact
     ledger.close()
