@@ -121,6 +121,7 @@ class BudgetGuard:
         self.clock = clock
         self._lock = threading.Lock()
         self._states: dict[tuple[str, str], _PeriodState] = {}
+        self._ended: list[_PeriodState] = []  # states of periods that ended with calls still in flight
         self._rules = [_RuleState(rule) for rule in config.rules]
         self._monotonic = time.monotonic
         # [guard] on_ledger_error = "admit": worst cases admitted unchecked, per (budget, period, period start).
@@ -170,6 +171,8 @@ class BudgetGuard:
         key = (spec.name, spec.period)
         state = self._states.get(key)
         if state is None or now >= state.end_ts:  # first call, or the period rolled over: a new lease
+            if state is not None and state.inflight_usd > 0:
+                self._ended.append(state)  # its calls in flight still hold their reservations: keep the lease live
             start, end = period_bounds(spec.period, now, self.settings.timezone)
             lease_id = f"{uuid.uuid4().hex}:{spec.name}:{spec.period}"
             limit = _ask(self.ledger.budget_limits).get(key, spec.limit_usd)
@@ -359,7 +362,8 @@ class BudgetGuard:
         tick = self._monotonic()
         ttl = self.config.lease_ttl_s
         with self._lock:
-            for state in list(self._states.values()):
+            self._ended = [state for state in self._ended if state.inflight_usd > 0]
+            for state in [*self._states.values(), *self._ended]:
                 idle = state.inflight_usd <= 0 and tick - state.last_used > ttl
                 if state.expires_at == 0.0 or idle:
                     continue  # an idle process's lease expires, handing its rest back to the others
@@ -373,7 +377,7 @@ class BudgetGuard:
         """Stop the heartbeat and give this process's leases back (call after the journal was drained)."""
         self._closed.set()
         with self._lock:
-            states, self._states = list(self._states.values()), {}
+            states, self._states, self._ended = [*self._states.values(), *self._ended], {}, []
         for state in states:
             try:
                 release_lease(self.ledger, state.lease_id)

@@ -101,6 +101,24 @@ def test_a_call_longer_than_the_lease_ttl_keeps_its_reservation(build, ledger_lo
     ticket.settle(UsageRecord("openai", "chat", "gpt-4o-mini", cost_usd=WORST / 2))
 
 
+def test_a_call_in_flight_across_the_end_of_its_period_keeps_its_reservation(build, tmp_path):
+    midnight = datetime(2026, 11, 28, tzinfo=UTC).timestamp()
+    clock = {"now": midnight - 1}
+    location, config = str(tmp_path / "ledger.db"), "[guard]\nlease_ttl_s = 6\n"
+    long_caller, _ = build(location, config, clock=lambda: clock["now"], daily_budget_usd=WORST * 1.5)
+    ticket = long_caller.admit(a_request())  # a long call, started a second before midnight
+    ((first_expiry,),) = long_caller.ledger.backend.select("SELECT expires_at FROM leases")
+    clock["now"] = midnight + 1
+    assert long_caller.admit(a_request()) is not None  # the new day's first call: a lease of its own
+
+    wait_until(lambda: time.time() > first_expiry + 2, POLL_TIMEOUT, "the old day's lease's first TTL over")
+    late, _ = build(location, clock=lambda: midnight - 0.5, daily_budget_usd=WORST * 1.5)
+
+    with pytest.raises(spendwatch.BudgetExceededError):
+        late.admit(a_request())  # the old day's budget is still held by the call in flight
+    ticket.settle(UsageRecord("openai", "chat", "gpt-4o-mini", cost_usd=WORST / 2))
+
+
 # --- the call's period: one clock read -------------------------------------------------------------------------------
 
 
