@@ -188,8 +188,9 @@ class BudgetGuard:
             return
         limits = _ask(self.ledger.budget_limits)
         state.limit_usd = limits.get((state.spec.name, state.spec.period), state.spec.limit_usd)
+        held = state.unspent_usd + state.inflight_usd  # what this process counted on its lease holding
         grant = self._renew(state, max(worst - room, 0.0), None, tick)
-        if not grant.existed and state.unspent_usd - state.inflight_usd < worst:
+        if not grant.existed and held > 0 and state.unspent_usd - state.inflight_usd < worst:
             # The lease had expired: what it held is gone, the reservations of calls in flight too. Ask for all of it.
             grant = self._renew(state, worst - (state.unspent_usd - state.inflight_usd), None, tick)
         if state.unspent_usd - state.inflight_usd < worst:
