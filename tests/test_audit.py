@@ -16,6 +16,7 @@ from spendwatch.exporter import Ledger, LedgerEntry, LedgerSink
 from spendwatch.exporter.ledger import open_backend
 from spendwatch.exporter.ledger.audit import AUDIT_KEY_ENV, key_file_path, verify
 from spendwatch.exporter.ledger.leases import renew_lease
+from spendwatch.exporter.ledger.migrations import UNSEALED_LEASES_KEY
 from spendwatch.exporter.ledger.schema import ASSUMED_PRICE
 from spendwatch.exporter.settings import BudgetSpec
 from spendwatch.instrumentation.errors import ConfigError
@@ -372,3 +373,17 @@ def test_a_forged_or_altered_lease_is_named(ledger, how):
     assert not verdict.intact
     assert "does not match its MAC: it was forged or altered" in verdict.problem
     assert verdict.problem.startswith("lease ")
+
+
+def test_a_lease_an_earlier_release_left_unsealed_verifies_only_until_the_upgrades_recorded_expiry(ledger):
+    """The schema-4 upgrade cannot MAC the leases it finds (no key at hand): it records their latest expiry."""
+    lease(ledger, "process-a:global:day", 0.2)
+    ((expiry,),) = ledger.backend.select("SELECT expires_at FROM leases")
+    with ledger.backend.transaction() as cursor:
+        # As the upgrade leaves a lease written before it, and what it records about such leases.
+        ledger.backend.execute(cursor, "UPDATE leases SET mac = NULL")
+        ledger.backend.set_meta(cursor, UNSEALED_LEASES_KEY, repr(float(expiry)))
+
+    assert verify(ledger).intact
+    tamper(ledger, "UPDATE leases SET expires_at = expires_at + 1")  # one living longer is not from before the upgrade
+    assert "does not match its MAC" in verify(ledger).problem
