@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
+from spendwatch.demo._stub_responses import lightrag_reply
 from spendwatch.demo.stub import LocalHTTPServer
 
 __all__ = ["DEFAULT_REPLY_WORDS", "MESSAGE_OVERHEAD", "SPECIAL_MODELS", "AnthropicStub", "ReportedUsage", "main"]
@@ -137,7 +138,7 @@ class AnthropicStub(LocalHTTPServer):
 
     def answer(self, body: dict[str, Any], model: str, log: bool = True) -> tuple[dict[str, Any], ReportedUsage]:
         """The Message that answers ``body``, and its usage (logged unless told not to)."""
-        words = _reply_words(body.get("max_tokens"))
+        words = _lightrag_words(body) or _reply_words(body.get("max_tokens"))
         usage = ReportedUsage(model, _input_tokens(body), len(words), **self.extras)
         if log:
             with self._lock:
@@ -315,6 +316,13 @@ def _reply_words(max_tokens: Any) -> list[str]:
     vocabulary = _REPLY.split()
     words = [vocabulary[i % len(vocabulary)] for i in range(min(limit or DEFAULT_REPLY_WORDS, DEFAULT_REPLY_WORDS))]
     return words[:1] + [" " + word for word in words[1:]]
+
+
+def _lightrag_words(body: dict[str, Any]) -> list[str] | None:
+    """The reply to one of LightRAG's prompts (see ``lightrag_reply``), so a LightRAG on Claude builds a real graph."""
+    system = [{"role": "system", "content": body["system"]}] if body.get("system") else []
+    reply = lightrag_reply(system + list(body.get("messages") or []))
+    return None if reply is None else re.findall(r"\s*\S+", reply)
 
 
 def _message(model: str, reply: str, usage: dict[str, Any]) -> dict[str, Any]:

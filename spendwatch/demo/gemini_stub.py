@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
+from spendwatch.demo._stub_responses import lightrag_reply
 from spendwatch.demo.stub import LocalHTTPServer
 
 __all__ = ["AUDIO_TOKENS", "DEFAULT_REPLY_WORDS", "IMAGE_TOKENS", "SPECIAL_MODELS", "GeminiStubServer", "main"]
@@ -55,6 +56,7 @@ _ROUTE = re.compile(
     r"models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent|embedContent|batchEmbedContents"
     r"|predict|countTokens)$"
 )
+_LIGHTRAG_TURN = re.compile(r"^\[(user|assistant|system)\] ", re.MULTILINE)
 _ERROR_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 500: "INTERNAL"}
 
 
@@ -169,10 +171,31 @@ def _function_to_call(body: dict[str, Any]) -> str | None:
     return declared[0].get("name")
 
 
+def _lightrag_text(body: dict[str, Any]) -> str | None:
+    """The reply to one of LightRAG's prompts (see ``lightrag_reply``), so a LightRAG on Gemini builds a real graph.
+    LightRAG's Gemini binding sends its system prompt as ``systemInstruction`` and the conversation as one text of
+    ``[role] content`` turns."""
+    texts = [
+        part["text"]
+        for content in (body.get("contents") or [])
+        for part in content.get("parts") or []
+        if isinstance(part.get("text"), str)
+    ]
+    system = (body.get("systemInstruction") or {}).get("parts") or []
+    messages = [{"role": "system", "content": part.get("text") or ""} for part in system]
+    pieces = _LIGHTRAG_TURN.split("\n".join(texts))
+    if pieces[0].strip():
+        messages.append({"role": "user", "content": pieces[0]})
+    for role, content in zip(pieces[1::2], pieces[2::2], strict=True):
+        messages.append({"role": role, "content": content.rstrip("\n")})
+    return lightrag_reply(messages)
+
+
 def _generate(model: str, body: dict[str, Any], cached_tokens: int) -> dict[str, Any]:
-    words = _reply_words(body)
+    lightrag = _lightrag_text(body)
+    words = _reply_words(body) if lightrag is None else lightrag.split()
     usage = None if model == "stub-no-usage" else _usage(model, body, len(words), cached_tokens)
-    answer = _response(model, " ".join(words), "STOP", usage)
+    answer = _response(model, " ".join(words) if lightrag is None else lightrag, "STOP", usage)
     function = _function_to_call(body)
     if function is not None:
         answer["candidates"][0]["content"]["parts"] = [{"functionCall": {"name": function, "args": {}}}]
