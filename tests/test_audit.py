@@ -117,7 +117,7 @@ def test_a_call_row_inserted_without_the_key_is_named(ledger):
         "INSERT INTO calls SELECT 'forged:1', ts, day, provider, operation, model, response_model, category,"
         " input_tokens, output_tokens, cache_read_tokens, reasoning_tokens, cost_usd, pricing, estimated, outcome,"
         " error_type, duration_s, trace_id, span_id, attributes, cache_write_tokens, input_audio_tokens,"
-        " output_audio_tokens, input_image_tokens, output_image_tokens, units, service_tier FROM calls"
+        " output_audio_tokens, input_image_tokens, output_image_tokens, units, service_tier, source, service FROM calls"
         " WHERE id = 'test:0'",
     )
 

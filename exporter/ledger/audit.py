@@ -46,8 +46,8 @@ from spendwatch.exporter.ledger.locations import is_postgres_location, state_dir
 from spendwatch.exporter.ledger.migrations import SCANNED_COLUMNS, UNSEALED_LEASES_KEY, scanned_counters
 from spendwatch.exporter.ledger.schema import (
     CALL_COLUMNS,
-    CALL_COLUMNS_V1,
     CALL_TYPES,
+    CALL_WIDTHS,
     EVENT_COLUMNS,
     EVENT_TYPES,
     REPRICING_COLUMNS,
@@ -206,10 +206,10 @@ def call_mac_content(row: Sequence) -> list:
     """What a call's MAC covers: its row, without the columns added after schema version 1 when they all hold their
     defaults. So a row chained before those columns existed verifies as it was chained, and a row that had a value
     there (or gets one) does not verify without it."""
-    added = row[CALL_COLUMNS_V1:]
-    if any(added):  # defaults are 0 and NULL
-        return list(row)
-    return list(row[:CALL_COLUMNS_V1])
+    for width in CALL_WIDTHS:  # the columns of each schema version, narrowest first: defaults are 0 and NULL
+        if not any(row[width:]):
+            return list(row[:width])
+    return list(row)
 
 
 def event_content(row: Sequence) -> list:
@@ -275,6 +275,9 @@ LEFT JOIN events e ON a.kind = 'event' AND e.id = a.row_id
 LEFT JOIN repricings r ON a.kind = 'reprice' AND r.id = a.row_id
 ORDER BY a.seq
 """
+
+
+_KEYS = len(TOTAL_KEYS)
 
 
 def verify(ledger) -> Verdict:
@@ -414,7 +417,7 @@ class _Walk:
         hourly: dict[tuple, list] = {}
         keys = ", ".join(TOTAL_KEYS)
         for ts, day, *row in self.rows(f"SELECT ts, day, {keys}, {', '.join(SCANNED_COLUMNS)} FROM calls"):
-            key, (cost, pricing, outcome, estimated, duration, *tokens) = tuple(row[:4]), row[4:]
+            key, (cost, pricing, outcome, estimated, duration, *tokens) = tuple(row[:_KEYS]), row[_KEYS:]
             values = scanned_counters(cost, pricing, outcome, estimated, duration, tokens)
             add_to(daily, (day, *key), values)
             add_to(overall, key, values)

@@ -63,12 +63,18 @@ def _sums(ledger, table: str, bucket: str, by: str, bounds: tuple) -> list[dict]
 
 
 def spend_between(
-    ledger, since: float, until: float, *, category: str | None = None, model: str | None = None
+    ledger,
+    since: float,
+    until: float,
+    *,
+    category: str | None = None,
+    model: str | None = None,
+    service: str | None = None,
 ) -> float:
     """Spend from ``since`` to ``until`` (now, or earlier) within a budget's scope. An hour only partly inside counts
     in proportion, as if its calls were spread evenly over it, the hour being the finest grain the totals keep; the
     hour ``until`` falls in counts as lasting until then, since no call of it can be later."""
-    scope, scope_values = budget_scope(category, model)
+    scope, scope_values = budget_scope(category, model, service)
     query = (
         f"SELECT hour, COALESCE(SUM(cost_usd), 0) FROM hourly_totals WHERE hour >= ? AND hour < ?{scope} GROUP BY hour"
     )

@@ -140,7 +140,7 @@ class Ledger:
                     add_to(decisions, decision, [1])
                 for lease in r.leases:
                     lease_costs[lease] = lease_costs.get(lease, 0.0) + (r.cost_usd or 0.0)
-                key = (r.provider, r.request_model, r.operation, r.category or "")
+                key = (r.provider, r.request_model, r.operation, r.category or "", r.service or "")
                 change.add(row[_DAY], key, counters(r), at=r.start_time)
                 change.add_duration(r.provider, r.request_model, r.operation, r.duration_s)
             change.apply(self.backend, cursor)
@@ -222,8 +222,16 @@ class Ledger:
         query = f"SELECT {columns} FROM daily_totals WHERE day >= ? AND day < ? ORDER BY day"
         return self._select_dicts(query, (first_day.isoformat(), end_day.isoformat()))
 
-    def spend(self, first_day: date, end_day: date, *, category: str | None = None, model: str | None = None) -> float:
-        scope, scope_values = budget_scope(category, model)
+    def spend(
+        self,
+        first_day: date,
+        end_day: date,
+        *,
+        category: str | None = None,
+        model: str | None = None,
+        service: str | None = None,
+    ) -> float:
+        scope, scope_values = budget_scope(category, model, service)
         query = f"SELECT COALESCE(SUM(cost_usd), 0) FROM daily_totals WHERE day >= ? AND day < ?{scope}"
         return float(self._select(query, (first_day.isoformat(), end_day.isoformat(), *scope_values))[0][0])
 
@@ -339,8 +347,8 @@ class _Opening:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def budget_scope(category: str | None, model: str | None) -> tuple[str, tuple]:
-    """The ``AND ...`` clauses (and their values) that narrow ``daily_totals`` rows to a budget's category or model."""
+def budget_scope(category: str | None, model: str | None, service: str | None = None) -> tuple[str, tuple]:
+    """The ``AND ...`` clauses (and their values) that narrow totals rows to a budget's category, model or service."""
     clauses, values = "", ()
     if category is not None:
         clauses += " AND category = ?"
@@ -348,4 +356,7 @@ def budget_scope(category: str | None, model: str | None) -> tuple[str, tuple]:
     if model is not None:
         clauses += " AND model = ?"
         values += (model,)
+    if service is not None:
+        clauses += " AND service = ?"
+        values += (service,)
     return clauses, values

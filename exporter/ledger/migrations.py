@@ -16,12 +16,15 @@ from collections.abc import Callable, Sequence
 
 from spendwatch.exporter.ledger.schema import (
     CALL_COLUMNS_V1,
+    CALL_COLUMNS_V2,
     CALLS,
     HOURLY_TOTALS,
     SUBSET_TOKENS,
     TOTAL_COUNTERS,
     TOTAL_KEYS,
+    TOTAL_TABLES,
     Column,
+    Table,
     has_no_price,
 )
 from spendwatch.exporter.ledger.totals import add_to, hour_of
@@ -52,20 +55,30 @@ def _every_billed_unit(backend, cursor) -> None:
     """Version 2: calls keep the token counts billed at their own rates, other billed units and the service tier,
     and the running totals count those tokens. Every earlier call has none of them, so the new counters start at 0,
     which is what a scan of calls gives."""
-    added = CALLS.columns[CALL_COLUMNS_V1:]
+    added = CALLS.columns[CALL_COLUMNS_V1:CALL_COLUMNS_V2]
     _add_columns(backend, cursor, "calls", added)
     counters = [column for column in added if column.name in SUBSET_TOKENS]
     for table in ("totals", "daily_totals"):
         _add_columns(backend, cursor, table, [Column(c.name, "int", "NOT NULL DEFAULT 0") for c in counters])
 
 
+# The totals' key before version 5 added the service: what the steps before it work with.
+_KEYS_BEFORE_SERVICE = tuple(key for key in TOTAL_KEYS if key != "service")
+
+
+def _before_service(table: Table) -> Table:
+    """A totals table as versions 3 and 4 defined it, without the service key."""
+    columns = tuple(column for column in table.columns if column.name != "service")
+    return Table(table.name, columns, key=tuple(key for key in table.key if key != "service"), indexes=table.indexes)
+
+
 def _hourly_totals(backend, cursor) -> None:
     """Version 3: the running totals per UTC hour, filled from a scan of ``calls`` one local day at a time (the hour
     of an instant is plain arithmetic in Python, not in both SQL dialects). A call row stands for one API call here,
     as for every counter a scan can check."""
-    for statement in HOURLY_TOTALS.create(backend.types):
+    for statement in _before_service(HOURLY_TOTALS).create(backend.types):
         backend.execute(cursor, statement)
-    scanned = ("ts", *TOTAL_KEYS, *SCANNED_COLUMNS)
+    scanned = ("ts", *_KEYS_BEFORE_SERVICE, *SCANNED_COLUMNS)
     columns = ", ".join(scanned)
     for (day,) in backend.execute(cursor, "SELECT DISTINCT day FROM calls"):
         hourly: dict[tuple, list[float]] = {}
@@ -73,7 +86,7 @@ def _hourly_totals(backend, cursor) -> None:
             key, (cost, pricing, outcome, estimated, duration, *tokens) = tuple(rest[:4]), rest[4:]
             counters = scanned_counters(cost, pricing, outcome, estimated, duration, tokens)
             add_to(hourly, (hour_of(float(ts)), *key), counters)
-        backend.add_totals(cursor, "hourly_totals", ("hour", *TOTAL_KEYS), TOTAL_COUNTERS, hourly)
+        backend.add_totals(cursor, "hourly_totals", ("hour", *_KEYS_BEFORE_SERVICE), TOTAL_COUNTERS, hourly)
 
 
 _SCANNED_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens", *SUBSET_TOKENS)
@@ -102,8 +115,25 @@ def _sealed_leases(backend, cursor) -> None:
 
 UNSEALED_LEASES_KEY = "leases_unsealed_until"
 
+
+def _service(backend, cursor) -> None:
+    """Version 5: calls keep who saw them (``source``: NULL for an instrumentor, ``span`` or ``otlp``) and the service
+    that made them, and the running totals are kept per service. A key column cannot be added in place, so each
+    totals table is rebuilt, its rows copied with service '' (no earlier call names one): what a scan of calls gives."""
+    _add_columns(backend, cursor, "calls", CALLS.columns[CALL_COLUMNS_V2:])
+    for table in TOTAL_TABLES:
+        name, kept = table.name, ", ".join(column for column in table.column_names if column != "service")
+        backend.execute(cursor, f"CREATE TABLE {name}_before_service AS SELECT {kept} FROM {name}")
+        backend.execute(cursor, f"DROP TABLE {name}")
+        for statement in table.create(backend.types):
+            backend.execute(cursor, statement)
+        copy = f"INSERT INTO {name} ({kept}, service) SELECT {kept}, '' FROM {name}_before_service"
+        backend.execute(cursor, copy)
+        backend.execute(cursor, f"DROP TABLE {name}_before_service")
+
+
 # Version 1 is the first schema; UPGRADES[n - 1] takes version n to n + 1.
-UPGRADES: tuple[Step, ...] = (_every_billed_unit, _hourly_totals, _sealed_leases)
+UPGRADES: tuple[Step, ...] = (_every_billed_unit, _hourly_totals, _sealed_leases, _service)
 SCHEMA_VERSION = str(len(UPGRADES) + 1)
 VERSION_KEY = "schema_version"
 VERSION_QUERY = "SELECT value FROM spendwatch_meta WHERE key = ?"

@@ -41,7 +41,7 @@ from spendwatch.instrumentation.pricing import Price, PriceTable
 __all__ = ["RepriceResult", "reprice"]
 
 _MATCHING = """
-SELECT id, ts, day, provider, model, operation, category, response_model, service_tier, units,
+SELECT id, ts, day, provider, model, operation, category, service, response_model, service_tier, units,
        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, input_audio_tokens, output_audio_tokens,
        input_image_tokens, output_image_tokens, reasoning_tokens, cost_usd, pricing
 FROM calls
@@ -76,7 +76,7 @@ class _Change:
     call_id: str
     at: float  # when the call started
     day: str
-    key: tuple  # the totals key: provider, model, operation, category
+    key: tuple  # the totals key: provider, model, operation, category, service
     old_cost: float | None
     new_cost: float
     old_pricing: str
@@ -131,7 +131,7 @@ def reprice(
 
 def _changes(calls: list[tuple], table: PriceTable, clock: _CallClock) -> tuple[list[_Change], int]:
     changes, unpriced = [], 0
-    for call_id, ts, day, provider, model, operation, category, response_model, tier, units, *usage in calls:
+    for call_id, ts, day, provider, model, operation, category, service, response_model, tier, units, *usage in calls:
         *tokens, cost, pricing = usage
         clock.at = float(ts)
         batch = tier == "batch"
@@ -141,7 +141,7 @@ def _changes(calls: list[tuple], table: PriceTable, clock: _CallClock) -> tuple[
             continue
         new_cost = _cost(price, [int(count) for count in tokens], json.loads(units) if units else None)
         if new_cost != cost or price.source != pricing:
-            key = (provider, model, operation, category)
+            key = (provider, model, operation, category, service)
             changes.append(_Change(call_id, float(ts), day, key, cost, new_cost, pricing, price.source))
     return changes, unpriced
 

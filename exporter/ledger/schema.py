@@ -22,6 +22,8 @@ __all__ = [
     "BUCKET_KEYS",
     "CALL_COLUMNS",
     "CALL_COLUMNS_V1",
+    "CALL_COLUMNS_V2",
+    "CALL_WIDTHS",
     "CALL_TYPES",
     "EVENT_COLUMNS",
     "EVENT_TYPES",
@@ -32,6 +34,7 @@ __all__ = [
     "TABLES",
     "TOTAL_COUNTERS",
     "TOTAL_KEYS",
+    "TOTAL_TABLES",
     "Column",
     "Table",
     "call_row",
@@ -136,15 +139,22 @@ CALLS = Table(
         *(Column(name, "int", "NOT NULL DEFAULT 0", _record(name)) for name in SUBSET_TOKENS),
         Column("units", "text", "", lambda entry, tz: _json(entry.record.units)),
         Column("service_tier", "text", "", _record("service_tier")),
+        # Added by schema version 5: who saw the call (NULL: an instrumentor of the process, "span": another
+        # instrumentation's span in it, "otlp": a span sent to spendwatch serve) and the service that made it.
+        Column("source", "text", "", lambda entry, tz: None if entry.record.source == "sdk" else entry.record.source),
+        # '' when none, as for category: a key of the running totals.
+        Column("service", "text", "NOT NULL DEFAULT ''", lambda entry, tz: entry.record.service or ""),
     ),
     indexes=(("calls_by_day", "day"),),
 )
 # The calls columns of schema version 1. A row's MAC covers the columns added since only when one of them holds more
 # than its default, so the MAC of a row written before they existed still verifies (see audit.call_content).
 CALL_COLUMNS_V1 = 21
+CALL_COLUMNS_V2 = 28  # and of versions 2 to 4
 
 # The running totals: one row per series (and per local day), added to in the transaction that writes the calls.
-TOTAL_KEYS = ("provider", "model", "operation", "category")
+# ``service`` ('' when a call names none) is a key since schema version 5, which rebuilt these tables with it.
+TOTAL_KEYS = ("provider", "model", "operation", "category", "service")
 BUCKET_KEYS = ("provider", "model", "operation", "le")
 _COUNTERS = tuple(
     Column(name, "real" if name in ("cost_usd", "duration_sum") else "int", "NOT NULL DEFAULT 0")
@@ -173,6 +183,11 @@ _TOTAL_KEY_COLUMNS = tuple(_text(name) for name in TOTAL_KEYS)
 HOURLY_TOTALS = Table(
     "hourly_totals", (Column("hour", "int"), *_TOTAL_KEY_COLUMNS, *_COUNTERS), key=("hour", *TOTAL_KEYS)
 )
+TOTAL_TABLES = (
+    Table("totals", (*_TOTAL_KEY_COLUMNS, *_COUNTERS), key=TOTAL_KEYS),
+    Table("daily_totals", (_text("day"), *_TOTAL_KEY_COLUMNS, *_COUNTERS), key=("day", *TOTAL_KEYS)),
+    HOURLY_TOTALS,
+)
 EVENTS = Table("events", (Column("id", "serial", ""), Column("ts", "real"), _text("kind"), _text("detail")))
 REPRICINGS = Table(
     # A call's cost before and after each re-pricing (see reprice.py); the calls row holds the latest.
@@ -192,9 +207,7 @@ REPRICINGS = Table(
 TABLES = (
     Table("spendwatch_meta", (_text("key", "PRIMARY KEY"), _text("value"))),
     CALLS,
-    Table("totals", (*_TOTAL_KEY_COLUMNS, *_COUNTERS), key=TOTAL_KEYS),
-    Table("daily_totals", (_text("day"), *_TOTAL_KEY_COLUMNS, *_COUNTERS), key=("day", *TOTAL_KEYS)),
-    HOURLY_TOTALS,
+    *TOTAL_TABLES,
     Table(
         "duration_buckets",
         (
@@ -246,6 +259,9 @@ TABLES = (
 
 CALL_COLUMNS = CALLS.column_names
 assert CALL_COLUMNS[CALL_COLUMNS_V1 - 1] == "attributes"
+assert CALL_COLUMNS[CALL_COLUMNS_V2 - 1] == "service_tier"
+# The widths a calls row has been MACed at, narrowest first (see audit.call_mac_content).
+CALL_WIDTHS = (CALL_COLUMNS_V1, CALL_COLUMNS_V2, len(CALL_COLUMNS))
 CALL_TYPES = CALLS.audit_types
 EVENT_COLUMNS = EVENTS.column_names
 EVENT_TYPES = EVENTS.audit_types
