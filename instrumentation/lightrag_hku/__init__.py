@@ -19,12 +19,16 @@ spend is counted once, on the calls. A call answered from LightRAG's LLM cache i
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Collection
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.metrics import get_meter
 from opentelemetry.trace import get_tracer
+from wrapt import wrap_function_wrapper
 
+from spendwatch.instrumentation.calls import CallRecorder
 from spendwatch.instrumentation.lightrag_hku.package import _instruments
 from spendwatch.instrumentation.on_import import PatchOnImport
 from spendwatch.instrumentation.pricing import PriceTable, price_table_from_env
@@ -55,16 +59,33 @@ class LightRAGInstrumentor(BaseInstrumentor):
         self._wrapped_targets = []
         # Patched when the app imports lightrag (at once if it has): importing it costs ~100 MiB.
         self._on_import = PatchOnImport("lightrag", self._patch)
+        # LightRAG's Ollama binding calls the ``ollama`` client, which no other instrumentor covers (see .ollama).
+        meter = get_meter(__name__, "", kwargs.get("meter_provider"), schema_url=_SCHEMA_URL)
+        self._ollama_recorder = CallRecorder(self._tracer, meter, prices)
+        self._on_ollama_import = PatchOnImport("lightrag.llm.ollama", self._patch_ollama)
 
     def _patch(self, _lightrag) -> None:
         from spendwatch.instrumentation.lightrag_hku import patch
 
         self._wrapped_targets += patch.apply(self._tracer, self._cache_accounting)
 
+    def _patch_ollama(self, _binding) -> None:
+        from spendwatch.instrumentation.lightrag_hku import ollama
+
+        # By module path: the package's own ``ollama._client`` attribute is its default Client, not the module.
+        client_module = importlib.import_module("ollama._client")
+        for target, operation in ollama.TARGETS:
+            wrap_function_wrapper(client_module, target, ollama.api_wrapper(self._ollama_recorder, operation))
+            owner, name = target.split(".")
+            self._wrapped_targets.append((getattr(client_module, owner), name))
+
     def _uninstrument(self, **kwargs):
-        if getattr(self, "_on_import", None) is not None:
-            self._on_import.cancel()  # lightrag not imported yet: nothing to patch when it is
-            self._on_import = None
+        for attribute in ("_on_import", "_on_ollama_import"):
+            if getattr(self, attribute, None) is not None:
+                getattr(self, attribute).cancel()  # not imported yet: nothing to patch when it is
+                setattr(self, attribute, None)
+        if getattr(self, "_ollama_recorder", None) is not None:
+            self._ollama_recorder.active = False  # a stream handed out earlier still ends its own call
         for owner, name in getattr(self, "_wrapped_targets", ()):
             unwrap(owner, name)
         self._wrapped_targets = []
@@ -80,3 +101,4 @@ class LightRAGInstrumentor(BaseInstrumentor):
         accounting = getattr(self, "_cache_accounting", None)
         if accounting is not None and not self._prices_chosen_by_caller:
             accounting.prices = prices
+            self._ollama_recorder.prices = prices

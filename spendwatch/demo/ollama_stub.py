@@ -1,0 +1,135 @@
+"""A local Ollama API server with deterministic token counts, for tests.
+
+Point the real ``ollama`` client at it::
+
+    with OllamaStub() as stub:
+        client = ollama.AsyncClient(host=stub.origin)
+        await client.chat(model="llama3.2", messages=[{"role": "user", "content": "Hi"}])
+
+It serves ``POST /api/chat`` (one JSON object, or with ``"stream": true`` newline-delimited JSON: one chunk per word,
+the counters on the last, ``done`` chunk) and ``POST /api/embed``. Counts are one token per word, as Ollama reports
+them: ``prompt_eval_count`` is the words of every message, ``eval_count`` the reply's words. LightRAG's prompts get
+the replies LightRAG parses (:func:`~spendwatch.demo._stub_responses.lightrag_reply`); anything else gets
+``DEFAULT_REPLY_WORDS`` words. The model ``stub-error-500`` is answered with HTTP 500. ``usage_log`` holds
+``(model, prompt_eval_count, eval_count)`` of each answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+from urllib.parse import urlsplit
+
+from spendwatch.demo._stub_responses import embedding_vector, lightrag_reply
+from spendwatch.demo.stub import LocalHTTPServer
+
+__all__ = ["DEFAULT_REPLY_WORDS", "EMBEDDING_DIMENSIONS", "OllamaStub"]
+
+DEFAULT_REPLY_WORDS = 12
+EMBEDDING_DIMENSIONS = 32
+_REPLY = "This is a test reply from the spendwatch Ollama stub and it counts one token for every word"
+_CREATED_AT = "2026-01-01T00:00:00.000000Z"
+
+
+class OllamaStub(LocalHTTPServer):
+    """The stub, serving from a daemon thread."""
+
+    thread_name = "spendwatch-ollama-stub"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
+        self._lock = threading.Lock()
+        self._usage: list[tuple[str, int, int]] = []
+
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
+
+    @property
+    def usage_log(self) -> list[tuple[str, int, int]]:
+        with self._lock:
+            return list(self._usage)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._usage.clear()
+
+    def log(self, model: str, prompt_eval_count: int, eval_count: int) -> None:
+        with self._lock:
+            self._usage.append((model, prompt_eval_count, eval_count))
+
+
+def _words(text: Any) -> int:
+    return len(str(text or "").split())
+
+
+def _reply_pieces(messages: list[dict[str, Any]]) -> list[str]:
+    """The reply, as pieces that each hold one word and the whitespace before it."""
+    reply = lightrag_reply(messages)
+    if reply is None:
+        vocabulary = _REPLY.split()
+        reply = " ".join(vocabulary[i % len(vocabulary)] for i in range(DEFAULT_REPLY_WORDS))
+    return re.findall(r"\s*\S+", reply)
+
+
+def _chat_chunk(model: str, content: str, counts: dict[str, int] | None) -> dict[str, Any]:
+    chunk = {"model": model, "created_at": _CREATED_AT, "message": {"role": "assistant", "content": content}}
+    chunk["done"] = counts is not None
+    if counts is not None:
+        chunk |= {"done_reason": "stop", "total_duration": 1000, "load_duration": 10, **counts}
+    return chunk
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            super().handle()
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        model = str(body.get("model") or "")
+        if model == "stub-error-500":
+            return self._send(500, "application/json", json.dumps({"error": "model runner crashed"}).encode())
+        if path == "/api/chat":
+            return self._chat(model, body)
+        if path == "/api/embed":
+            return self._embed(model, body)
+        self._send(404, "application/json", json.dumps({"error": f"not found: {path}"}).encode())
+
+    def _chat(self, model: str, body: dict[str, Any]) -> None:
+        messages = body.get("messages") or []
+        pieces = _reply_pieces(messages)
+        counts = {"prompt_eval_count": sum(_words(m.get("content")) for m in messages), "eval_count": len(pieces)}
+        self.server.owner.log(model, counts["prompt_eval_count"], counts["eval_count"])
+        if not body.get("stream", True):  # Ollama streams unless told not to; the client always says
+            return self._json(_chat_chunk(model, "".join(pieces), counts))
+        lines = [_chat_chunk(model, piece, None) for piece in pieces] + [_chat_chunk(model, "", counts)]
+        self._send(200, "application/x-ndjson", b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+
+    def _embed(self, model: str, body: dict[str, Any]) -> None:
+        texts = body.get("input") or []
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        dimensions = int(body.get("dimensions") or EMBEDDING_DIMENSIONS)
+        prompt_eval_count = sum(_words(text) for text in texts)
+        self.server.owner.log(model, prompt_eval_count, 0)
+        vectors = [embedding_vector(text, dimensions) for text in texts]
+        self._json({"model": model, "embeddings": vectors, "prompt_eval_count": prompt_eval_count})
+
+    def _json(self, payload: dict[str, Any]) -> None:
+        self._send(200, "application/json; charset=utf-8", json.dumps(payload).encode())
+
+    def _send(self, status: int, content_type: str, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
