@@ -63,6 +63,7 @@ class BudgetStatus:
     thresholds: dict[str, float]  # level -> ratio of the limit, e.g. {"warning": 0.75, ...}
     category: str | None = None
     model: str | None = None
+    service: str | None = None
     limit_source: str = "config"  # one of LIMIT_SOURCES
     configured_limit_usd: float | None = None  # the configured limit, in force or not
 
@@ -105,20 +106,22 @@ def _status(ledger, spec: BudgetSpec, run_time_limits: dict, thresholds: dict, s
         name=spec.name,
         period=spec.period,
         limit_usd=spec.limit_usd if run_time_limit is None else run_time_limit,
-        spent_usd=ledger.spend(first_day, end_day, category=spec.category, model=spec.model),
+        spent_usd=ledger.spend(first_day, end_day, category=spec.category, model=spec.model, service=spec.service),
         period_start=period_start,
         period_end=period_end,
         thresholds=dict(thresholds),
         category=spec.category,
         model=spec.model,
+        service=spec.service,
         limit_source="config" if run_time_limit is None else "runtime",
         configured_limit_usd=spec.limit_usd,
     )
 
 
 def describe_scope(status: BudgetStatus) -> str:
-    """Which calls a budget counts, in words: ``all calls``, ``category=x``, ``model=y`` or both."""
-    parts = [f"{key}={value}" for key, value in (("category", status.category), ("model", status.model)) if value]
+    """Which calls a budget counts, in words: ``all calls``, or ``category=x``, ``model=y``, ``service=z`` joined."""
+    scopes = (("category", status.category), ("model", status.model), ("service", status.service))
+    parts = [f"{key}={value}" for key, value in scopes if value]
     return ", ".join(parts) or "all calls"
 
 
@@ -130,6 +133,7 @@ def status_as_dict(status: BudgetStatus) -> dict:
         "period": status.period,
         "category": status.category,
         "model": status.model,
+        "service": status.service,
         "limit_usd": status.limit_usd,
         "limit_source": status.limit_source,
         "configured_limit_usd": status.configured_limit_usd,

@@ -49,10 +49,11 @@ __all__ = [
     "trend",
 ]
 
-GROUPINGS = ("day", "model", "category", "operation", "provider")
+# ``service``: the OpenTelemetry service.name of the process (or OTLP resource) that made the calls.
+GROUPINGS = ("day", "model", "category", "operation", "provider", "service")
 # What else ``report --by`` and the API's report take: LightRAG's stage, document and query mode, read from the calls'
-# attributes (:mod:`spendwatch.exporter.stage_report`), and the calling service, which the ledger does not keep yet.
-NOT_RECORDED = {"service": "the ledger does not record the calling service (service.name) yet"}
+# attributes (:mod:`spendwatch.exporter.stage_report`). NOT_RECORDED: groupings the ledger does not keep (none now).
+NOT_RECORDED: dict[str, str] = {}
 ALL_GROUPINGS = GROUPINGS + tuple(STAGE_GROUPINGS) + tuple(NOT_RECORDED)
 # A trend is "flat" while the fitted daily change stays within ±5 % of the average daily cost.
 TREND_BAND = 0.05
@@ -81,7 +82,7 @@ def report_rows(ledger, since: date, until: date, by: str = "day") -> list[dict]
         raise ValueError(f"the report starts on {since} after it ends on {until}")
     groups: dict[str | None, dict] = {}
     for total in ledger.daily_totals(since, until + timedelta(days=1)):
-        key = total[by] if by != "category" else (total["category"] or None)
+        key = total[by] if by not in ("category", "service") else (total[by] or None)
         _accumulate(groups.setdefault(key, _empty_row(by, key)), total)
     return _sorted(list(groups.values()), by)
 

@@ -12,6 +12,7 @@ from spendwatch.exporter import LedgerEntry
 from spendwatch.instrumentation.records import UsageRecord
 
 MODELS = (("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-unknown-model"))
+SERVICES = ("checkout", "search", None)  # the service.name of the process that made the call; None: none known
 CATEGORIES = ("search", "summarise", None)
 HOUR = 3600.0
 _ids = itertools.count()
@@ -42,6 +43,7 @@ def _call(hour_index: int, slot: int, at: float) -> LedgerEntry:
         cache_read_tokens=(n % 4) * 10,
         outcome="blocked" if n % 47 == 0 else "error" if n % 31 == 0 else "success",
         category=CATEGORIES[n % len(CATEGORIES)],
+        service=SERVICES[n % len(SERVICES)],
     )
     if record.outcome == "blocked":
         record.guard_actions = (("global", "block"),)

@@ -31,7 +31,7 @@ __all__ = ["GRANULARITIES", "GROUPS", "UNAVAILABLE_GROUPS", "analytics"]
 GRANULARITIES = ("day", "hour")
 GROUPS = ("model", "category", "operation", "provider", "stage", "service")
 # Groupings the running totals do not carry, and why (the API answers them with a 400 that says so).
-UNAVAILABLE_GROUPS = {"service": "the ledger does not record the calling service (service.name) yet"}
+UNAVAILABLE_GROUPS: dict[str, str] = {}  # groupings the ledger does not keep (none since it keeps the service)
 _TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
 
 

@@ -36,7 +36,8 @@ def overview(ledger, settings, now: float | None = None) -> dict:
 def budget_overview(ledger, status: BudgetStatus, tz, now: float) -> dict:
     """One budget: limit, spend, remaining, used ratio, level and health, period, burn rate and projection."""
     window = BURN_WINDOWS_S[status.period]
-    recent = spend_between(ledger, now - window, now, category=status.category, model=status.model)
+    scope = {"category": status.category, "model": status.model, "service": status.service}
+    recent = spend_between(ledger, now - window, now, **scope)
     usd_per_day = recent * DAY_S / window
     projected = projected_spend(status.spent_usd, usd_per_day, remaining_days(now, tz, status.period))
     used = status.used_ratio
@@ -46,6 +47,7 @@ def budget_overview(ledger, status: BudgetStatus, tz, now: float) -> dict:
         "scope": describe_scope(status),
         "category": status.category,
         "model": status.model,
+        "service": status.service,
         "limit_usd": status.limit_usd,
         "limit_source": status.limit_source,
         "spent_usd": status.spent_usd,

@@ -325,10 +325,6 @@ def _report_usage_problem(args: argparse.Namespace) -> str | None:
         return f"--trend does not fit in {args.format.upper()}; use --format table or json"
     if args.html and (args.trend or args.format != "table"):
         return "--html writes the cost page; give it without --format or --trend"
-    if args.by == "service":
-        from spendwatch.exporter.report import NOT_RECORDED
-
-        return f"--by service is not available: {NOT_RECORDED['service']}"
     return None
 
 
