@@ -57,9 +57,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+_CONFIG_FIELDS = frozenset(field for field, _ in _CONFIG_ATTRIBUTES)
+
+
 def _request_attributes(kwargs: dict, capture: bool) -> dict | None:
     config = kwargs.get("config")
-    if config is None and not capture:
+    given = config if isinstance(config, dict) else getattr(config, "model_fields_set", None) or ()
+    if not capture and _CONFIG_FIELDS.isdisjoint(given):
         return None  # the usual call: no sampling parameters to report
     attributes = {}
     for field, attribute in _CONFIG_ATTRIBUTES:
@@ -104,11 +108,8 @@ def _admit(guard: admission.Guard, call: Call, operation: str, kwargs: dict) -> 
     return with_output_cap(kwargs, ticket.request_changes)
 
 
-def _admitted(call: Call, operation: str, kwargs: dict) -> dict:
-    """The keyword arguments to send, after the guard (if any) admitted the call; a refusal ends the call."""
-    guard = admission.current_guard()
-    if guard is None:
-        return kwargs
+def _admitted(guard: admission.Guard, call: Call, operation: str, kwargs: dict) -> dict:
+    """The keyword arguments to send, after ``guard`` admitted the call; a refusal ends the call."""
     try:
         return _admit(guard, call, operation, kwargs)
     except BudgetExceededError as refusal:
@@ -151,7 +152,9 @@ def sync_wrapper(recorder: CallRecorder, operation: str, capture: bool):
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return wrapped(*args, **kwargs)
-        kwargs = _admitted(call, operation, kwargs)
+        guard = admission.current_guard()
+        if guard is not None:
+            kwargs = _admitted(guard, call, operation, kwargs)
         call.activate()
         try:
             result = wrapped(*args, **kwargs)
@@ -171,7 +174,9 @@ def async_wrapper(recorder: CallRecorder, operation: str, capture: bool):
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)
-        kwargs = _admitted(call, operation, kwargs)
+        guard = admission.current_guard()
+        if guard is not None:
+            kwargs = _admitted(guard, call, operation, kwargs)
         call.activate()
         try:
             result = await wrapped(*args, **kwargs)
@@ -192,7 +197,9 @@ def stream_wrapper(recorder: CallRecorder, operation: str, capture: bool):
         if call is None:
             yield from wrapped(*args, **kwargs)
             return
-        kwargs = _admitted(call, operation, kwargs)
+        guard = admission.current_guard()
+        if guard is not None:
+            kwargs = _admitted(guard, call, operation, kwargs)
         try:
             stream = wrapped(*args, **kwargs)
         except BaseException as error:
@@ -217,7 +224,9 @@ def async_stream_wrapper(recorder: CallRecorder, operation: str, capture: bool):
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)
-        kwargs = _admitted(call, operation, kwargs)
+        guard = admission.current_guard()
+        if guard is not None:
+            kwargs = _admitted(guard, call, operation, kwargs)
         call.activate()
         try:
             stream = await wrapped(*args, **kwargs)

@@ -40,19 +40,27 @@ def request_model(model: Any) -> str:
     return name.rsplit("/", 1)[-1] if "models/" in name or name.startswith("google/") else name
 
 
-def _media_tokens(details: Any) -> tuple[int, int]:
-    """The audio and the image tokens of a list of per-modality counts. The SDK's modality is a ``str`` enum, so it
-    compares equal to its name; Vertex AI's enum numbers are named first."""
-    audio = image = 0
-    for detail in items(details):
+def _add_media(usage: Usage, details: Any, output: bool) -> None:
+    """Add the audio and image tokens of a list of per-modality counts to ``usage``'s input (or output) subsets. The
+    SDK's modality is a ``str`` enum, so it compares equal to its name (text, the usual one, is passed over first);
+    Vertex AI's enum numbers are named."""
+    if type(details) is not list:
+        return
+    for detail in details:
         modality = getattr(detail, "modality", None)
+        if modality == "TEXT":
+            continue
         if type(modality) is int:
             modality = _MODALITY_NUMBERS.get(modality)
-        if modality == "AUDIO":
-            audio += count(getattr(detail, "token_count", None)) or 0
+        tokens = count(getattr(detail, "token_count", None)) or 0
+        if modality == "AUDIO" and output:
+            usage.output_audio_tokens += tokens
+        elif modality == "AUDIO":
+            usage.input_audio_tokens += tokens
+        elif modality == "IMAGE" and output:
+            usage.output_image_tokens += tokens
         elif modality == "IMAGE":
-            image += count(getattr(detail, "token_count", None)) or 0
-    return audio, image
+            usage.input_image_tokens += tokens
 
 
 def usage_from_metadata(metadata: Any, response_model: str | None) -> Usage | None:
@@ -72,14 +80,10 @@ def usage_from_metadata(metadata: Any, response_model: str | None) -> Usage | No
         response_model=response_model,
         estimated=prompt is None,  # an output-only count: the prompt is counted, but not reported
     )
-    usage.input_audio_tokens, usage.input_image_tokens = _media_tokens(getattr(metadata, "prompt_tokens_details", None))
+    _add_media(usage, getattr(metadata, "prompt_tokens_details", None), False)
     if tool_prompt:
-        tool_audio, tool_image = _media_tokens(getattr(metadata, "tool_use_prompt_tokens_details", None))
-        usage.input_audio_tokens += tool_audio
-        usage.input_image_tokens += tool_image
-    usage.output_audio_tokens, usage.output_image_tokens = _media_tokens(
-        getattr(metadata, "candidates_tokens_details", None)
-    )
+        _add_media(usage, getattr(metadata, "tool_use_prompt_tokens_details", None), False)
+    _add_media(usage, getattr(metadata, "candidates_tokens_details", None), True)
     return usage
 
 
