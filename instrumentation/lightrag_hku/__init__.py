@@ -8,9 +8,10 @@ Usage::
 
 Each public operation (``insert``/``ainsert``, ``query``/``aquery``, ``query_llm``, ``query_data``,
 ``apipeline_process_enqueue_documents``, ``adelete_by_doc_id``) gets one INTERNAL span ``lightrag.{operation}``,
-and the OpenAI calls LightRAG makes (recorded by the OpenAI instrumentation, which must be instrumented too) become
-its children, carrying ``spendwatch.lightrag.stage`` (extraction, gleaning, summary, keywords, answer, embedding,
-multimodal, …), ``spendwatch.lightrag.doc_id``, ``spendwatch.lightrag.query_mode`` and
+and the LLM calls LightRAG makes (recorded by the OpenAI, Anthropic or Google GenAI instrumentation, which must be
+instrumented too; its Ollama binding's by this one, see :mod:`.ollama`) become its children, carrying
+``spendwatch.lightrag.stage`` (extraction, gleaning, summary, keywords, answer, embedding, multimodal, …),
+``spendwatch.lightrag.doc_id``, ``spendwatch.lightrag.query_mode`` and
 ``spendwatch.lightrag.operation`` on their spans and usage records. The operation span carries a roll-up of its
 calls (``spendwatch.lightrag.cost_usd``, ``…input_tokens``, ``…cache_hits``, ``…avoided_usd``, …) for convenience;
 spend is counted once, on the calls. A call answered from LightRAG's LLM cache is recorded as a free
