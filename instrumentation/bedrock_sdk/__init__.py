@@ -52,6 +52,8 @@ class BedrockInstrumentor(BaseInstrumentor):
         self._wrapped_targets = []
         # Patched when the app imports botocore (at once if it has): a process that never does never pays for it.
         self._on_import = PatchOnImport("botocore.client", self._patch)
+        # aiobotocore (aioboto3) clients call their own async _make_api_call, never botocore's.
+        self._on_aio_import = PatchOnImport("aiobotocore.client", self._patch_aio)
 
     def _patch(self, client_module) -> None:
         from spendwatch.instrumentation.bedrock_sdk import patch
@@ -60,10 +62,19 @@ class BedrockInstrumentor(BaseInstrumentor):
         wrap_function_wrapper(client_module, "BaseClient._make_api_call", wrapper)
         self._wrapped_targets.append((client_module.BaseClient, "_make_api_call"))
 
+    def _patch_aio(self, client_module) -> None:
+        from spendwatch.instrumentation.bedrock_sdk import aio
+
+        wrap_function_wrapper(
+            client_module, "AioBaseClient._make_api_call", aio.api_call_wrapper(self._recorder, self._capture)
+        )
+        self._wrapped_targets.append((client_module.AioBaseClient, "_make_api_call"))
+
     def _uninstrument(self, **kwargs):
-        if getattr(self, "_on_import", None) is not None:
-            self._on_import.cancel()  # botocore not imported yet: nothing to patch when it is
-            self._on_import = None
+        for attribute in ("_on_import", "_on_aio_import"):
+            if getattr(self, attribute, None) is not None:
+                getattr(self, attribute).cancel()  # not imported yet: nothing to patch when it is
+                setattr(self, attribute, None)
         for owner, method in getattr(self, "_wrapped_targets", ()):
             unwrap(owner, method)
         self._wrapped_targets = []
