@@ -103,7 +103,7 @@ class LedgerSink:
         not keep (the OTLP intake then answers 503 and the sender retries; a record journaled twice is one row)."""
         journal = self._journal
         if journal is None:
-            return False
+            return not records
         try:
             for record in records:
                 if record.service is None:

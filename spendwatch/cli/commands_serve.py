@@ -36,7 +36,7 @@ def add_commands(subcommands: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from spendwatch.exporter import load_settings, open_ledger, open_ledger_later
+    from spendwatch.exporter import load_settings, open_ledger
     from spendwatch.exporter.api import API_PREFIX, api_app
     from spendwatch.exporter.budgets import LedgerConfiguration, budget_statuses
     from spendwatch.exporter.collector import SpendCollector
@@ -63,9 +63,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         pricing_data_timestamp=prices_as_of,
         registry=registry,
     )
-    # OTLP intake: spans are journaled, and drained into the ledger by a connection of their own that outlives an
-    # outage, as an instrumented app's calls are.
-    sink = LedgerSink(open_ledger_later(settings), journal_directory(settings.ledger))
+    # OTLP intake: spans are journaled, and drained into the ledger behind the answer, as an instrumented app's calls
+    # are. Through the same Ledger: a second SQLite connection of this process left the sink's writes unseen by
+    # others after another process had locked the ledger (tests/test_otlp_intake.py, the ledger-down test).
+    sink = LedgerSink(ledger, journal_directory(settings.ledger))
     routes = {
         "/": page_app(ledger, known.settings, prices_as_of=prices_as_of),
         API_PREFIX: api_app(ledger, known.settings),
@@ -78,7 +79,6 @@ def _run_serve(args: argparse.Namespace) -> int:
     finally:
         server.stop()
         sink.close()
-        sink.ledger.close()
         ledger.close()
     return EXIT_OK
 
