@@ -8,7 +8,8 @@ Usage::
     BedrockInstrumentor().instrument()  # or: opentelemetry-instrument python app.py
 
 Covers ``converse``, ``converse_stream``, ``invoke_model`` and ``invoke_model_with_response_stream`` of
-``bedrock-runtime`` clients (provider ``aws.bedrock``), for every model family whose usage Bedrock reports. The model
+``bedrock-runtime`` clients (provider ``aws.bedrock``), boto3's and aiobotocore's (``aioboto3``, see :mod:`.aio`),
+for every model family whose usage Bedrock reports. The model
 id is priced as given, inference-profile prefix included (``us.``, ``eu.``, ``global.``): genai-prices prices a
 cross-region profile apart from the in-region model. Prompts and answers are recorded only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``; AWS credentials and signed headers never are.
