@@ -22,6 +22,7 @@ from lightrag import LightRAG, QueryParam  # noqa: E402
 from lightrag.utils import EmbeddingFunc, Tokenizer  # noqa: E402
 
 from spendwatch.demo._lightrag import WhitespaceTokenizer  # noqa: E402
+from spendwatch.demo._stub_responses import LIGHTRAG_ANSWER_PREFIX  # noqa: E402
 from spendwatch.demo.bedrock_stub import BedrockStub  # noqa: E402
 from spendwatch.instrumentation.bedrock_sdk import BedrockInstrumentor  # noqa: E402
 from spendwatch.instrumentation.lightrag_hku import LightRAGInstrumentor  # noqa: E402
@@ -138,8 +139,8 @@ async def test_lightrag_on_its_bedrock_binding_attributes_each_call_to_its_stage
     await rag.initialize_storages()
     try:
         await rag.ainsert(list(DOCUMENTS.values()), ids=list(DOCUMENTS))
-        for mode in ("local", "naive"):
-            await rag.aquery("Who works with Acme on rockets?", param=QueryParam(mode=mode))
+        question = "Who works with Acme on rockets?"
+        answers = [await rag.aquery(question, param=QueryParam(mode=mode)) for mode in ("local", "naive")]
     finally:
         await rag.finalize_storages()
 
@@ -148,4 +149,10 @@ async def test_lightrag_on_its_bedrock_binding_attributes_each_call_to_its_stage
     assert None not in {r.attributes.get("spendwatch.lightrag.stage") for r in sink.records}
     extraction = [r for r in bedrock if r.attributes["spendwatch.lightrag.stage"] == "extraction"]
     assert {r.attributes.get("spendwatch.lightrag.doc_id") for r in extraction} == set(DOCUMENTS)
-    assert {r.attributes["spendwatch.lightrag.stage"] for r in bedrock} >= {"extraction", "keywords"}
+    assert {r.attributes["spendwatch.lightrag.stage"] for r in bedrock} >= {
+        "extraction",
+        "gleaning",
+        "keywords",
+        "answer",
+    }
+    assert all(answer.startswith(LIGHTRAG_ANSWER_PREFIX) for answer in answers)  # the stub's replies built a graph

@@ -42,6 +42,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from spendwatch.demo._stub_responses import lightrag_reply
 from spendwatch.demo.stub import LocalHTTPServer
 
 __all__ = ["DEFAULT_REPLY_WORDS", "BedrockStub", "event_frame", "main"]
@@ -131,7 +132,8 @@ class _Request:
         self.cache_ttl = "1h" if '"ttl": "1h"' in text else "5m"
         cap = _lookup(body, ("inferenceConfig", "maxTokens") if converse else _CAP_PATHS.get(self.family or "", ()))
         words = DEFAULT_REPLY_WORDS if type(cap) is not int else max(0, min(cap, DEFAULT_REPLY_WORDS))
-        self.reply = _REPLY_TEXT.split()[:words]
+        self.lightrag = _lightrag_reply(body) if converse else None  # LightRAG's prompts: the replies it parses
+        self.reply = _REPLY_TEXT.split()[:words] if self.lightrag is None else self.lightrag.split()
         self.usage = _Usage(
             _words(counted),
             len(self.reply),
@@ -142,7 +144,13 @@ class _Request:
 
     @property
     def text(self) -> str:
-        return " ".join(self.reply)
+        return " ".join(self.reply) if self.lightrag is None else self.lightrag
+
+
+def _lightrag_reply(body: dict) -> str | None:
+    """A Converse request as chat messages for ``lightrag_reply`` (so a LightRAG on Bedrock builds a real graph)."""
+    system = [{"role": "system", "content": body["system"]}] if body.get("system") else []
+    return lightrag_reply(system + [m for m in body.get("messages") or [] if isinstance(m, dict)])
 
 
 # --- answers -----------------------------------------------------------------------------------------------------
