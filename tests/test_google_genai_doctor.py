@@ -27,4 +27,4 @@ def test_the_official_google_genai_instrumentation_is_a_warning_naming_how_to_di
     assert warned.status == WARN and "opentelemetry-instrumentation-google-genai 1.1b1" in warned.summary
     assert "Google Gen AI calls may get two spans each" in warned.summary
     assert "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=google-genai" in warned.fix
-    assert disabled.status == OK
+    assert "google-genai" not in disabled.summary  # (another SDK's instrumentation may be installed here)
