@@ -12,49 +12,47 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextvars import ContextVar, Token
+from asyncio import current_task
+from threading import get_ident
 
 from spendwatch.instrumentation.calls import Call
 from spendwatch.instrumentation.errors import ReportedError
 from spendwatch.instrumentation.openai_sdk.failures import attempt_usage
 
-__all__ = ["RETRY_TARGETS", "async_retrying", "enter", "leave", "retrying"]
+__all__ = ["IN_FLIGHT", "RETRY_TARGETS", "async_retrying", "retrying"]
 
 _logger = logging.getLogger(__name__)
 
 # (module, class) whose ``_sleep_for_retry`` is wrapped; is_async picks the wrapper.
 RETRY_TARGETS = (("openai._base_client", "SyncAPIClient", False), ("openai._base_client", "AsyncAPIClient", True))
 
-# The instrumented call this context is making: (call, kind, request keyword arguments).
-_in_flight: ContextVar[tuple[Call, str, dict] | None] = ContextVar("spendwatch.openai_call", default=None)
-
-
-def enter(call: Call, kind: str, kwargs: dict) -> Token:
-    return _in_flight.set((call, kind, kwargs))
-
-
-def leave(token: Token) -> None:
-    try:  # noqa: SIM105 - contextlib.suppress costs more, on every call
-        _in_flight.reset(token)
-    except ValueError:  # a coroutine closed from another context (by the garbage collector): that context is gone
-        pass
+# The instrumented calls in flight: the call, its kind and its request keyword arguments, by the thread (sync calls)
+# or asyncio task (async calls) making it, of which each makes one at a time. The wrappers add and remove the entry
+# around the SDK's send (a dict costs each call less than a context variable). An async call outside asyncio (trio)
+# has no entry: only its last attempt is counted.
+IN_FLIGHT: dict[object, tuple[Call, str, dict]] = {}
 
 
 def retrying(wrapped, instance, args, kwargs):
-    _count_failed_attempt(kwargs)
+    _count_failed_attempt(get_ident(), kwargs)
     return wrapped(*args, **kwargs)
 
 
 async def async_retrying(wrapped, instance, args, kwargs):
-    _count_failed_attempt(kwargs)
+    try:
+        task = current_task()
+    except RuntimeError:  # not in asyncio (trio): no entry was made
+        task = None
+    if task is not None:
+        _count_failed_attempt(task, kwargs)
     return await wrapped(*args, **kwargs)
 
 
-def _count_failed_attempt(sleep_kwargs: dict) -> None:
+def _count_failed_attempt(in_flight: object, sleep_kwargs: dict) -> None:
     """Record the attempt that just failed, if the provider may have billed it. An attempt answered with an error
     status (``response`` given) was not billed."""
     try:
-        current = _in_flight.get()
+        current = IN_FLIGHT.get(in_flight)
         error = sys.exc_info()[1]
         if current is None or error is None or sleep_kwargs.get("response") is not None:
             return

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+from asyncio import current_task
+from threading import get_ident
 from typing import Any
 
 from openai import AsyncStream, BaseModel, OpenAIError, Stream
@@ -23,7 +25,7 @@ from spendwatch.instrumentation.admission import CallRequest
 from spendwatch.instrumentation.background import start_background_thread
 from spendwatch.instrumentation.calls import Call, CallRecorder
 from spendwatch.instrumentation.errors import BudgetExceededError
-from spendwatch.instrumentation.openai_sdk.attempts import enter, leave
+from spendwatch.instrumentation.openai_sdk.attempts import IN_FLIGHT
 from spendwatch.instrumentation.openai_sdk.background_responses import remember
 from spendwatch.instrumentation.openai_sdk.failures import end_failed
 from spendwatch.instrumentation.openai_sdk.guard_request import price_terms
@@ -55,6 +57,7 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     input_token_bound,
     output_cap,
     text,
+    usage_from_result,
 )
 
 __all__ = ["HELPER_TARGETS", "TARGETS", "async_helper_close", "async_wrapper", "helper_close", "sync_wrapper"]
@@ -184,7 +187,8 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
     try:
         call.deactivate()
         if isinstance(result, BaseModel) and not capture:  # the usual case: a parsed response
-            usage = result_usage(kind, result, kwargs)
+            read = result_usage if kind in MEDIA_KINDS else usage_from_result  # text kinds: one dispatch less
+            usage = read(kind, result, kwargs)
             call.succeed(usage)
             if kind == RESPONSES and kwargs.get("background") is True:
                 remember(call, result, usage)  # its output is counted when this process reads the result
@@ -223,14 +227,15 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
             except BudgetExceededError as refusal:
                 end_failed(call, refusal, kind, kwargs)
                 raise
-        attempts = enter(call, kind, kwargs)  # each retried attempt that may have been billed is counted
+        in_flight = get_ident()  # each retried attempt that may have been billed is counted (attempts)
+        IN_FLIGHT[in_flight] = (call, kind, kwargs)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as error:
             end_failed(call, error, kind, kwargs)
             raise
         finally:
-            leave(attempts)
+            IN_FLIGHT.pop(in_flight, None)
         return _finish(call, kind, result, kwargs, capture)
 
     return traced
@@ -250,7 +255,12 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
             except BudgetExceededError as refusal:
                 end_failed(call, refusal, kind, kwargs)
                 raise
-        attempts = enter(call, kind, kwargs)
+        try:
+            in_flight = current_task()
+        except RuntimeError:  # not in asyncio (trio): only the last attempt is counted
+            in_flight = None
+        if in_flight is not None:
+            IN_FLIGHT[in_flight] = (call, kind, kwargs)
         try:
             result = await wrapped(*args, **kwargs)
         except GeneratorExit as error:  # closed while waiting for the answer, maybe by the garbage collector: ended
@@ -262,7 +272,7 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
             end_failed(call, error, kind, kwargs)
             raise
         finally:
-            leave(attempts)
+            IN_FLIGHT.pop(in_flight, None)
         return _finish(call, kind, result, kwargs, capture)
 
     return traced
