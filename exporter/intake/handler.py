@@ -104,13 +104,16 @@ def _take(environ: dict, content_type: str, sink, prices, max_bytes: int, as_jso
 
 
 def _read_body(environ: dict, max_bytes: int) -> bytes:
-    length_text = environ.get("CONTENT_LENGTH") or ""
-    if not length_text.strip().isdigit():
-        raise _Refused(411, "a Content-Length header is required")
-    length = int(length_text)
-    if length > max_bytes:
-        raise _Refused(413, f"the body is {length} bytes; this intake takes at most {max_bytes}")
-    raw = _read_exactly(environ["wsgi.input"], length)
+    if environ.get("HTTP_TRANSFER_ENCODING", "").strip().lower() == "chunked":
+        raw = _read_chunked(environ["wsgi.input"], max_bytes)  # as the OpenTelemetry JS exporters send gzip
+    else:
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        if not length_text.strip().isdigit():
+            raise _Refused(411, "a Content-Length header (or chunked transfer encoding) is required")
+        length = int(length_text)
+        if length > max_bytes:
+            raise _Refused(413, f"the body is {length} bytes; this intake takes at most {max_bytes}")
+        raw = _read_exactly(environ["wsgi.input"], length)
     encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
     if encoding == "gzip":
         return _gunzip(raw, max_bytes)
@@ -127,6 +130,27 @@ def _read_exactly(stream, length: int) -> bytes:
             raise _Refused(400, f"the body ended after {length - left} of its {length} bytes")
         chunks.append(chunk)
         left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_chunked(stream, max_bytes: int) -> bytes:
+    """A chunked request body (the WSGI server hands the raw stream over), refused once it passes ``max_bytes``."""
+    chunks, size = [], 0
+    while True:
+        line = stream.readline(64)
+        try:
+            length = int(line.split(b";")[0].strip(), 16)
+        except ValueError:
+            raise _Refused(400, "the chunked body is malformed") from None
+        if length == 0:
+            break
+        size += length
+        if size > max_bytes:
+            raise _Refused(413, f"the body passes {max_bytes} bytes, the most this intake takes")
+        chunks.append(_read_exactly(stream, length))
+        stream.readline(8)  # the chunk's CRLF
+    while stream.readline(1024).strip():  # trailers, up to the blank line
+        pass
     return b"".join(chunks)
 
 
