@@ -27,9 +27,12 @@ fi
 command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
+# Node.js and npm run the OpenTelemetry JS producer of the OTLP intake's tests (tests/test_otlp_intake_producers.py).
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 
 if [ -z "$missing" ]; then
-    echo "test servers: postgresql, prometheus, prometheus-alertmanager, valgrind and chromium are installed"
+    echo "test servers: postgresql, prometheus, prometheus-alertmanager, valgrind, chromium and nodejs are installed"
     exit 0
 fi
 
