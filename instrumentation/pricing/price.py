@@ -69,8 +69,9 @@ class Price:
             rates.pop(name, None)
         set_field(self, "_per_request", self.per_unit.get("requests", 0.0))
         set_field(self, "_unit_rates", MappingProxyType({name: rate for name, rate in rates.items() if rate}))
+        # Units are priced only when a call reports some; the parts and a per-request charge apply to every call.
         extras = [getattr(self, attribute) for attribute in _SUBSET_FIELDS.values()]
-        set_field(self, "_extra", any(extras) or bool(self._unit_rates) or bool(self._per_request))
+        set_field(self, "_extra", any(extras) or bool(self._per_request))
 
     def __hash__(self) -> int:  # per_unit is a read-only mapping, which does not hash
         return hash((self.model, self.source, self.input, self.output, self.cache_read, self.tiers))
@@ -113,18 +114,21 @@ class Price:
             + cache_read_tokens * price.cache_read
             + output_tokens * price.output
         )
-        if price._extra:  # the price lists more than text tokens: rare, so the common call skips all of this
-            usd += (
-                cache_write_tokens * price._cache_write
-                + input_audio_tokens * price._input_audio
-                + output_audio_tokens * price._output_audio
-                + input_image_tokens * price._input_image
-                + output_image_tokens * price._output_image
-                + reasoning_tokens * price._reasoning
-                + price._per_request
-            )
-            if units:
-                usd += price._units_cost(units)
+        if price._extra:  # parts billed at their own rates, or a charge per request: most calls skip this
+            usd += price._per_request
+            if cache_write_tokens:
+                usd += cache_write_tokens * price._cache_write
+            if reasoning_tokens:
+                usd += reasoning_tokens * price._reasoning
+            if input_audio_tokens or output_audio_tokens or input_image_tokens or output_image_tokens:
+                usd += (
+                    input_audio_tokens * price._input_audio
+                    + output_audio_tokens * price._output_audio
+                    + input_image_tokens * price._input_image
+                    + output_image_tokens * price._output_image
+                )
+        if units:
+            usd += price._units_cost(units)
         return usd
 
     def _units_cost(self, units: Mapping[str, float]) -> float:
