@@ -305,14 +305,17 @@ def _parsed(text: str) -> dict:
 
 
 def _recorded_specs(rows) -> tuple[BudgetSpec, ...]:
-    """Budgets as a start-up recorded them, ``[name, period, limit_usd, category, model]`` each; a row that does not
-    read as one (written by another version, or damaged) is left out."""
+    """Budgets as a start-up recorded them, ``[name, period, limit_usd, category, model]`` each, and ``service`` after
+    them since budgets can be scoped by service; a row that does not read as one (damaged) is left out."""
     specs = []
     for row in rows if isinstance(rows, list) else []:
         try:
-            name, period, limit, category, model = row
+            name, period, limit, category, model, *rest = row
+            service = rest[0] if rest else None
+            if len(rest) > 1 or not isinstance(service, str | None):
+                continue
             if isinstance(name, str) and period in PERIODS and math.isfinite(float(limit)) and float(limit) >= 0:
-                specs.append(BudgetSpec(name, period, float(limit), category or None, model or None))
+                specs.append(BudgetSpec(name, period, float(limit), category or None, model or None, service or None))
         except (TypeError, ValueError):
             continue
     return tuple(specs)

@@ -171,7 +171,7 @@ def _record_startup(sink: LedgerSink, settings: Settings, prices: PriceTable) ->
         "timezone": settings.timezone.key,
         "thresholds": list(settings.thresholds),
         "categories": sorted(settings.categories),
-        "budgets": [[b.name, b.period, b.limit_usd, b.category, b.model] for b in settings.budgets],
+        "budgets": [[b.name, b.period, b.limit_usd, b.category, b.model, b.service] for b in settings.budgets],
         "prices_file": settings.prices_file,
         "prices_data": prices.data_version,
     }

@@ -5,6 +5,7 @@ instrumentation and SPENDWATCH_INGEST_SPANS=on in a child process, alone and bes
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -122,9 +123,26 @@ def test_an_app_with_ingest_spans_on_counts_each_call_once(tmp_path, stub, spend
         "SPENDWATCH_METRICS_ADDRESS": "off",
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "" if spendwatch_instrumentor else "spendwatch_openai",
     }
+    config = tmp_path / "spendwatch.toml"
+    config.write_text(
+        '[budgets.checkout]\nservice = "checkout"\ndaily_usd = 5\n[budgets.search]\nservice = "search"\ndaily_usd = 5\n'
+    )
     script = tmp_path / "app.py"
     script.write_text(APP)
-    subprocess.run([sys.executable, str(script), stub.base_url, FAKE_API_KEY], env=environ, check=True, timeout=120)
+    app_environ = environ | {"SPENDWATCH_CONFIG": str(config)}
+    subprocess.run([sys.executable, str(script), stub.base_url, FAKE_API_KEY], env=app_environ, check=True, timeout=120)
+    # `spendwatch status` with the ledger alone reads the budgets, service scope included, from the app's start-up.
+    status = subprocess.run(
+        [sys.executable, "-m", "spendwatch.cli", "status", "--json"],
+        env=environ,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    spent = {
+        budget["name"]: (budget["service"], budget["spent_usd"]) for budget in json.loads(status.stdout)["budgets"]
+    }
+    assert spent["search"] == ("search", 0) and spent["checkout"][0] == "checkout" and spent["checkout"][1] > 0
     ledger = Ledger(open_backend(location), ZoneInfo("UTC"))
     rows = ledger.table_rows("calls")
     assert sorted(row["model"] for row in rows) == ["gpt-4o", "gpt-4o-mini"]
