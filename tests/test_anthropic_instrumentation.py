@@ -105,7 +105,7 @@ def assert_counted(record, usage, *, tier=None):
     assert (record.cache_read_tokens, record.cache_write_tokens) == (4, 6)
     assert record.units == {"cache_write_1h_tokens": 2, "web_search_calls": 1}
     assert not record.estimated
-    # The Batch API's discount is a price mode of its own, not a service tier (see calls._apply_usage).
+    # The Batch API's discount is a price mode of its own, not a service tier (see calls.apply_usage).
     price = PRICES.lookup_call(usage.model, MODEL, "anthropic", batch=tier == "batch")
     units = {"cache_write_1h_tokens": 2, "web_search_calls": 1}
     cost = price.cost(input_tokens, usage.output_tokens, 4, 6, units=units)

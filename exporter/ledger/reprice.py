@@ -147,7 +147,7 @@ def _changes(calls: list[tuple], table: PriceTable, clock: _CallClock) -> tuple[
 
 
 def _cost(price: Price, tokens: list[int], units: dict | None) -> float:
-    """What the instrumentation would have charged (calls._apply_usage): from every unit the calls row keeps."""
+    """What the instrumentation would have charged (calls.apply_usage): from every unit the calls row keeps."""
     input_tokens, output_tokens, cache_read, cache_write, *parts, reasoning = tokens
     if not (cache_write or any(parts) or units):
         return price.cost(input_tokens, output_tokens, cache_read, reasoning_tokens=reasoning)

@@ -147,7 +147,7 @@ def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tu
     cache-write input, audio and image tokens each way, reasoning) and the cost the provider states (OpenRouter's
     ``usage.cost``). Returns whether input and output are still to be estimated (missing or malformed); the caller
     estimates them and flags the usage as estimated. A malformed subset is left out (0). A count below its own part
-    (cached above input) is left as reported: ``calls._apply_usage`` raises it for every source."""
+    (cached above input) is left as reported: ``calls.apply_usage`` raises it for every source."""
     input_name, output_name, input_details, output_details = fields
     values = model_fields(raw)
     input_tokens = values.get(input_name)
@@ -230,7 +230,7 @@ def estimate_missing(
     usage: Usage, missing: tuple[bool, bool], estimate_input: Callable[[], int], estimate_output: Callable[[], int]
 ) -> Usage:
     """Estimate what :func:`fill_tokens` could not read and flag the usage as estimated (an estimate below the cached
-    or reasoning tokens read is raised to them where every call is priced, ``calls._apply_usage``)."""
+    or reasoning tokens read is raised to them where every call is priced, ``calls.apply_usage``)."""
     input_missing, output_missing = missing
     if input_missing or output_missing:
         usage.estimated = True
