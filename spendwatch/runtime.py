@@ -120,7 +120,7 @@ def _process_service() -> str | None:
     SDK reads (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES) when no SDK provider is set yet."""
     from opentelemetry import trace
 
-    from spendwatch.exporter.spans.processor import service_name
+    from spendwatch.exporter.spans.records import service_name
 
     resource = getattr(trace.get_tracer_provider(), "resource", None)
     if resource is None:

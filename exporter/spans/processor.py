@@ -22,7 +22,7 @@ from spendwatch.exporter.spans.records import record_of, service_name
 from spendwatch.instrumentation.calls import current_category
 from spendwatch.instrumentation.pricing import PriceTable
 
-__all__ = ["SpanIngestProcessor", "service_name"]
+__all__ = ["SpanIngestProcessor"]
 
 _logger = logging.getLogger(__name__)
 _OWN_SCOPE = "spendwatch"
