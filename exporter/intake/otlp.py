@@ -5,8 +5,9 @@ Spec: https://opentelemetry.io/docs/specs/otlp/#otlphttp. Protobuf bodies are ``
 names in lowerCamelCase, trace and span ids as hex strings (not base64), 64-bit integers as strings or numbers, enums
 as integers; unknown fields are ignored.
 
-Most spans of a trace are not LLM calls. A span is looked at further only when one of its attribute keys names a model
-(:data:`~spendwatch.exporter.spans.dialects.MODEL_KEYS`): for the others no attribute value is decoded at all.
+Most spans of a trace are not LLM calls. A span is looked at further only when it holds a key that names a model
+(:data:`~spendwatch.exporter.spans.dialects.MODEL_KEYS`): for the others no attribute value is decoded at all. A
+protobuf body that holds none of those keys anywhere is passed over whole, without a loop over its spans.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = [
     "success_body",
 ]
 
-_MODEL_KEYS = frozenset(MODEL_KEYS)
+_MODEL_KEY_BYTES = tuple(key.encode() for key in MODEL_KEYS)  # as a protobuf body holds them: UTF-8, unescaped
 _STATUS_ERROR = 2  # Status.StatusCode STATUS_CODE_ERROR
 _TRACE_ID_BYTES, _SPAN_ID_BYTES = 16, 8
 
@@ -61,6 +62,10 @@ def from_protobuf(body: bytes) -> tuple[int, list[CandidateSpan]]:
         request.ParseFromString(body)
     except DecodeError as error:
         raise MalformedBody(f"not an ExportTraceServiceRequest protobuf message ({error})") from None
+    if not any(key in body for key in _MODEL_KEY_BYTES):
+        # No span of this export names a model (a batch of HTTP or database spans): none to look at, one memchr-
+        # speed scan per key instead of a Python loop over every attribute of every span.
+        return sum(len(scope.spans) for resources in request.resource_spans for scope in resources.scope_spans), []
     total, candidates = 0, []
     for resource_spans in request.resource_spans:
         service: Any = _UNREAD
@@ -68,12 +73,15 @@ def from_protobuf(body: bytes) -> tuple[int, list[CandidateSpan]]:
             spans = scope_spans.spans
             total += len(spans)
             for span in spans:
-                attributes = span.attributes
-                if not any(kv.key in _MODEL_KEYS for kv in attributes):
+                # The span's own bytes searched for a model key (C speed) cost a third less than a Python loop over
+                # its attributes; a key found elsewhere (in a value) only sends the span to usage_of_span, which
+                # reads keys.
+                data = span.SerializeToString()
+                if not any(key in data for key in _MODEL_KEY_BYTES):
                     continue
                 if service is _UNREAD:
                     service = service_name(_pb_attributes(resource_spans.resource.attributes))
-                candidates.append(_pb_candidate(span, attributes, service))
+                candidates.append(_pb_candidate(span, span.attributes, service))
     return total, candidates
 
 
@@ -140,7 +148,7 @@ def _json_spans(request: Mapping) -> tuple[int, list[CandidateSpan]]:
             total += len(spans)
             for span in spans:
                 attributes = _list(span, "attributes")
-                if not any(kv["key"] in _MODEL_KEYS for kv in attributes):
+                if not any(kv["key"] in MODEL_KEYS for kv in attributes):
                     continue
                 if service is _UNREAD:
                     resource = resource_spans.get("resource") or {}
