@@ -35,7 +35,9 @@ class Serve:
         line = self.process.stdout.readline().strip()
         if not line.startswith("serving "):
             self.process.kill()
-            raise AssertionError(f"spendwatch serve did not start: {line!r} {self.process.stderr.read()}")
+            stderr = self.process.stderr.read()
+            self.kill()
+            raise AssertionError(f"spendwatch serve did not start: {line!r} {stderr}")
         self.url = line.removeprefix("serving ").removesuffix("/metrics") + "/v1/traces"
 
     def stop(self) -> str:

@@ -267,3 +267,23 @@ def test_when_no_journal_can_be_written_the_intake_answers_503_with_retry_after(
     server.stop()
 
     assert ledger_calls(ledger) == []
+
+
+def test_json_ids_in_upper_case_and_integers_as_numbers_are_read(serve, ledger):
+    server = serve()
+    body = json.loads(json_body([chat_span(0xBEEF)]))
+    span = body["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["traceId"], span["spanId"] = span["traceId"].upper(), span["spanId"].upper()
+    for attribute in span["attributes"]:
+        if "intValue" in attribute["value"]:
+            attribute["value"]["intValue"] = int(attribute["value"]["intValue"])  # a lenient producer's number
+    assert post(server.url, json.dumps(body).encode(), JSON).status == 200
+    server.stop()
+
+    (call,) = ledger_calls(ledger)
+    assert (call["span_id"], call["input_tokens"], call["output_tokens"]) == (f"{0xBEEF:016x}", 1000, 200)
+
+
+def test_a_bad_body_size_limit_fails_at_start_up_naming_the_setting(ledger):
+    with pytest.raises(AssertionError, match="SPENDWATCH_INTAKE_MAX_BYTES='lots'"):
+        Serve(ledger, SPENDWATCH_INTAKE_MAX_BYTES="lots")
