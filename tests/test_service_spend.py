@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import marshal
 import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import date
 from zoneinfo import ZoneInfo
 
@@ -18,6 +19,7 @@ import pytest
 
 from spendwatch.exporter import LedgerEntry, LedgerSink, load_settings, open_ledger
 from spendwatch.exporter.budgets import budget_statuses
+from spendwatch.exporter.codec import decode, encode
 from spendwatch.exporter.ledger import open_backend
 from spendwatch.exporter.ledger.ledger import Ledger
 from spendwatch.exporter.report import report_rows
@@ -152,3 +154,12 @@ def test_an_app_with_ingest_spans_on_counts_each_call_once(tmp_path, stub, spend
     }
     assert all(row["cost_usd"] > 0 for row in rows)
     ledger.close()
+
+
+def test_journal_records_keep_source_and_service_and_a_version_2_record_reads_as_an_instrumented_call():
+    record = UsageRecord("openai", "chat", "gpt-4o", input_tokens=3, source="otlp", service="checkout")
+    assert decode(encode(record)) == record
+    older = UsageRecord("openai", "chat", "gpt-4o", input_tokens=3)
+    names = [field.name for field in fields(UsageRecord) if field.name not in ("source", "service")]
+    decoded = decode(marshal.dumps((2, *(getattr(older, name) for name in names))))  # as the previous release wrote
+    assert decoded == older and (decoded.source, decoded.service) == ("sdk", None)
