@@ -97,6 +97,8 @@ class Span:
     failed: bool = False
     trace_bytes: bytes | None = None  # raw ids, to send an invalid one
     span_bytes: bytes | None = None
+    parent_id: int | None = None
+    scope: str = "test-producer"  # the instrumentation scope that made it
 
 
 def chat_span(span_id: int, model: str = "gpt-4o-mini", input_tokens: int = 1000, output_tokens: int = 200, **extra):
@@ -121,10 +123,14 @@ def protobuf_body(spans: list[Span], service: str | None = "checkout") -> bytes:
     resource_spans = request.resource_spans.add()
     if service is not None:
         _pb_set(resource_spans.resource.attributes.add(), "service.name", service)
-    scope_spans = resource_spans.scope_spans.add()
-    scope_spans.scope.name = "test-producer"
+    scopes = {}
     for span in spans:
-        message = scope_spans.spans.add()
+        if span.scope not in scopes:
+            scopes[span.scope] = resource_spans.scope_spans.add()
+            scopes[span.scope].scope.name = span.scope
+        message = scopes[span.scope].spans.add()
+        if span.parent_id is not None:
+            message.parent_span_id = span.parent_id.to_bytes(8, "big")
         message.trace_id = span.trace_bytes if span.trace_bytes is not None else span.trace_id.to_bytes(16, "big")
         message.span_id = span.span_bytes if span.span_bytes is not None else span.span_id.to_bytes(8, "big")
         message.name = "span"
@@ -157,8 +163,9 @@ def _pb_value(message, value) -> None:
 def json_body(spans: list[Span], service: str | None = "checkout") -> bytes:
     """The OTLP/JSON encoding: lowerCamelCase, hex ids, int64 as strings, enums as integers."""
     resource = {"attributes": [_json_kv("service.name", service)]} if service is not None else {}
-    encoded = []
+    scopes: dict[str, list] = {}
     for span in spans:
+        encoded = scopes.setdefault(span.scope, [])
         trace_hex = span.trace_bytes.hex() if span.trace_bytes is not None else f"{span.trace_id:032x}"
         span_hex = span.span_bytes.hex() if span.span_bytes is not None else f"{span.span_id:016x}"
         encoded.append(
@@ -171,9 +178,11 @@ def json_body(spans: list[Span], service: str | None = "checkout") -> bytes:
                 "endTimeUnixNano": str(NOW_NS + 1_500_000_000),
                 "attributes": [_json_kv(key, value) for key, value in span.attributes.items()],
                 "status": {"code": 2} if span.failed else {},
+                **({"parentSpanId": f"{span.parent_id:016x}"} if span.parent_id is not None else {}),
             }
         )
-    request = {"resourceSpans": [{"resource": resource, "scopeSpans": [{"scope": {"name": "t"}, "spans": encoded}]}]}
+    scope_spans = [{"scope": {"name": name}, "spans": encoded} for name, encoded in scopes.items()]
+    request = {"resourceSpans": [{"resource": resource, "scopeSpans": scope_spans}]}
     return json.dumps(request).encode()
 
 

@@ -287,3 +287,21 @@ def test_json_ids_in_upper_case_and_integers_as_numbers_are_read(serve, ledger):
 def test_a_bad_body_size_limit_fails_at_start_up_naming_the_setting(ledger):
     with pytest.raises(AssertionError, match="SPENDWATCH_INTAKE_MAX_BYTES='lots'"):
         Serve(ledger, SPENDWATCH_INTAKE_MAX_BYTES="lots")
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+def test_spans_of_an_app_running_spendwatch_are_not_counted_again(serve, ledger, encoding):
+    # The app recorded its calls itself (source sdk); it also exports its traces here.
+    own = chat_span(2)
+    own.scope, own.parent_id = "spendwatch.instrumentation.openai_sdk", 1
+    around_own = chat_span(1)  # another instrumentation's CLIENT span around spendwatch's, for the same request
+    other = chat_span(3)  # a call only the other instrumentation saw
+    server = serve()
+    spans = [around_own, own, other]
+    if encoding == "protobuf":
+        assert post(server.url, protobuf_body(spans)).status == 200
+    else:
+        assert post(server.url, json_body(spans), JSON).status == 200
+    server.stop()
+
+    assert [call["span_id"] for call in ledger_calls(ledger)] == [f"{3:016x}"]

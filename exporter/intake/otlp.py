@@ -5,6 +5,10 @@ Spec: https://opentelemetry.io/docs/specs/otlp/#otlphttp. Protobuf bodies are ``
 names in lowerCamelCase, trace and span ids as hex strings (not base64), 64-bit integers as strings or numbers, enums
 as integers; unknown fields are ignored.
 
+Spans made by spendwatch's own instrumentors (an app that both runs spendwatch and exports its traces) are passed
+over, and so is another instrumentation's span around one of them in the same export: the app's ledger sink
+recorded that call already.
+
 Most spans of a trace are not LLM calls. A span is looked at further only when it holds a key that names a model
 (:data:`~spendwatch.exporter.spans.dialects.MODEL_KEYS`): for the others no attribute value is decoded at all. A
 protobuf body that holds none of those keys anywhere is passed over whole, without a loop over its spans.
@@ -31,6 +35,9 @@ __all__ = [
 
 _MODEL_KEY_BYTES = tuple(key.encode() for key in MODEL_KEYS)  # as a protobuf body holds them: UTF-8, unescaped
 _STATUS_ERROR = 2  # Status.StatusCode STATUS_CODE_ERROR
+# The instrumentation scope of spendwatch's own spans: their calls were recorded by the app that made them (as
+# exporter/spans/processor.py passes them over in-process).
+OWN_SCOPE = "spendwatch"
 _TRACE_ID_BYTES, _SPAN_ID_BYTES = 16, 8
 
 
@@ -66,12 +73,15 @@ def from_protobuf(body: bytes) -> tuple[int, list[CandidateSpan]]:
         # No span of this export names a model (a batch of HTTP or database spans): none to look at, one memchr-
         # speed scan per key instead of a Python loop over every attribute of every span.
         return sum(len(scope.spans) for resources in request.resource_spans for scope in resources.scope_spans), []
-    total, candidates = 0, []
+    total, candidates, covered = 0, [], set()
     for resource_spans in request.resource_spans:
         service: Any = _UNREAD
         for scope_spans in resource_spans.scope_spans:
             spans = scope_spans.spans
             total += len(spans)
+            if scope_spans.scope.name.startswith(OWN_SCOPE):
+                covered.update(_id_of_bytes(span.parent_span_id, _SPAN_ID_BYTES) for span in spans)
+                continue
             for span in spans:
                 # The span's own bytes searched for a model key (C speed) cost a third less than a Python loop over
                 # its attributes; a key found elsewhere (in a value) only sends the span to usage_of_span, which
@@ -82,7 +92,15 @@ def from_protobuf(body: bytes) -> tuple[int, list[CandidateSpan]]:
                 if service is _UNREAD:
                     service = service_name(_pb_attributes(resource_spans.resource.attributes))
                 candidates.append(_pb_candidate(span, span.attributes, service))
-    return total, candidates
+    return total, _not_covered(candidates, covered)
+
+
+def _not_covered(candidates: list[CandidateSpan], covered: set) -> list[CandidateSpan]:
+    """Without the spans whose call spendwatch's own instrumentor recorded in the app already: the parents of its spans
+    in the same export (another instrumentation's span around spendwatch's, for the same request)."""
+    if not covered:
+        return candidates
+    return [span for span in candidates if span.span_id not in covered]
 
 
 _UNREAD = object()
@@ -140,12 +158,15 @@ def from_json(body: bytes) -> tuple[int, list[CandidateSpan]]:
 
 
 def _json_spans(request: Mapping) -> tuple[int, list[CandidateSpan]]:
-    total, candidates = 0, []
+    total, candidates, covered = 0, [], set()
     for resource_spans in _list(request, "resourceSpans"):
         service: Any = _UNREAD
         for scope_spans in _list(resource_spans, "scopeSpans"):
             spans = _list(scope_spans, "spans")
             total += len(spans)
+            if str((scope_spans.get("scope") or {}).get("name") or "").startswith(OWN_SCOPE):
+                covered.update(_id_of_hex(span.get("parentSpanId"), _SPAN_ID_BYTES) for span in spans)
+                continue
             for span in spans:
                 attributes = _list(span, "attributes")
                 if not any(kv["key"] in MODEL_KEYS for kv in attributes):
@@ -154,7 +175,7 @@ def _json_spans(request: Mapping) -> tuple[int, list[CandidateSpan]]:
                     resource = resource_spans.get("resource") or {}
                     service = service_name(_json_attributes(_list(resource, "attributes")))
                 candidates.append(_json_candidate(span, attributes, service))
-    return total, candidates
+    return total, _not_covered(candidates, covered)
 
 
 def _list(message: Mapping, field: str) -> list:
