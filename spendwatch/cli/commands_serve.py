@@ -64,8 +64,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         registry=registry,
     )
     # OTLP intake: spans are journaled, and drained into the ledger behind the answer, as an instrumented app's calls
-    # are. Through the same Ledger: a second SQLite connection of this process left the sink's writes unseen by
-    # others after another process had locked the ledger (tests/test_otlp_intake.py, the ledger-down test).
+    # are (through serve's one Ledger, as an app's sink and guard share theirs).
     sink = LedgerSink(ledger, journal_directory(settings.ledger))
     routes = {
         "/": page_app(ledger, known.settings, prices_as_of=prices_as_of),
