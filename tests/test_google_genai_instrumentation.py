@@ -10,6 +10,7 @@ from google.genai import errors, types
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from spendwatch.demo.gemini_stub import IMAGE_TOKENS, THOUGHTS_TOKENS
+from spendwatch.demo.processes import wait_until
 from spendwatch.instrumentation.background import flush_all
 from spendwatch.instrumentation.pricing import PriceTable
 from tests.google_genai_fixtures import *  # noqa: F403
@@ -96,7 +97,8 @@ def test_a_stream_left_early_is_counted_from_what_it_showed(instrument_google_ge
     stream = gemini.models.generate_content_stream(model="gemini-2.0-flash", contents=PROMPT)
     next(stream)
     stream.close()
-    flush_all()  # the call of a closed stream is ended by the background thread
+    flush_all()  # the call of a closed stream is ended by the background thread, which may be ending it right now
+    wait_until(lambda: sink.records, 60, "the closed stream's call to end")
 
     record = only(sink.records)
     assert record.estimated and record.input_tokens > 0 and record.output_tokens > 0
