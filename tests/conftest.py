@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import openai
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -16,6 +18,12 @@ from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 from tests.servers import *  # noqa: F403 - the real PostgreSQL / Prometheus / Alertmanager fixtures
 
 FAKE_API_KEY = "sk-spendwatch-test-key-3f9c1a7e"
+
+# The test extra installs the official openai-v2 instrumentation (a producer of other instrumentations' spans for the
+# span-ingestion tests). A user would have one OpenAI instrumentation: opentelemetry-instrument in the tests' child
+# processes loads only spendwatch's, unless a test says otherwise.
+OTHER_OPENAI_INSTRUMENTATION = "openai"
+os.environ.setdefault("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", OTHER_OPENAI_INSTRUMENTATION)
 
 
 class CollectingSink:

@@ -184,29 +184,6 @@ def test_repricing_moves_the_hourly_totals_with_the_daily_ones(ledger):
     assert hourly == pytest.approx(daily) and hourly > 0
 
 
-def test_upgrading_a_ledger_without_hourly_totals_fills_them_from_its_calls(tmp_path):
-    path = str(tmp_path / "ledger.db")
-    ledger = Ledger(open_backend(path), UTC_ZONE)
-    ingest_all(ledger, generated_history(time.time(), 5), batch=500)
-    kept = ledger.table_rows("hourly_totals")
-    ledger.close()
-    # The previous release's ledger: schema version 2, without the table.
-    with sqlite3.connect(path) as connection:
-        connection.execute("DROP TABLE hourly_totals")
-        connection.execute("UPDATE spendwatch_meta SET value = '2' WHERE key = 'schema_version'")
-
-    upgraded = Ledger(open_backend(path), UTC_ZONE)
-    try:
-        filled = upgraded.table_rows("hourly_totals")
-        assert len(filled) == len(kept) > 100
-        for want, got in zip(kept, filled, strict=True):
-            assert want.keys() == got.keys()
-            assert all(pytest.approx(want[key]) == got[key] for key in want if key != "duration_sum")
-        assert verify(upgraded).intact
-    finally:
-        upgraded.close()
-
-
 # --- LightRAG stages -----------------------------------------------------------------------------------------------
 
 

@@ -96,6 +96,10 @@ def test_a_ledger_written_by_the_earlier_release_opens_verifies_and_keeps_counti
         assert ledger.budget_limits() == {("global", "month"): 25.0}
         spent = sum(row["cost_usd"] for row in ledger.totals())
         assert spent == pytest.approx(0.0003 + 0.0004 + 0.0014 + 0.02)
+        # The hourly roll-ups the API reads were filled from the calls (audit verify compares them too).
+        hourly = ledger.table_rows("hourly_totals")
+        assert sum(row["cost_usd"] for row in hourly) == pytest.approx(spent)
+        assert sum(row["success"] + row["error"] for row in hourly) == 4
 
         assert ledger.ingest([_usage("new:1", 0.001), _usage("new:2", 0.002)]) == 2
 

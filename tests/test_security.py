@@ -24,6 +24,7 @@ import pytest
 
 import spendwatch
 from spendwatch import runtime
+from tests.conftest import OTHER_OPENAI_INSTRUMENTATION
 from tests.servers import in_ci
 from tests.test_auto_instrumentation import console_spans
 from tests.test_hostile_input import instrumentors_in_use, undo_instrumentation
@@ -116,6 +117,7 @@ def run_app(tmp_path: Path, stub, refusing_url: str, **extra: str) -> dict:
         "APP_SCRAPE": str(tmp_path / "scrape.txt"),
         "OPENAI_BASE_URL": stub.base_url,
         "OTEL_SERVICE_NAME": "spendwatch-security-test",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": OTHER_OPENAI_INSTRUMENTATION,  # spendwatch's own, not the test extra's
         "OTEL_TRACES_EXPORTER": "console",
         "OTEL_METRICS_EXPORTER": "console",
         "OTEL_LOGS_EXPORTER": "console",
