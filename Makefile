@@ -23,6 +23,7 @@ test: $(STAMP) test-servers
 	$(BIN)/ruff format --check . || failed="$$failed ruff-format"; \
 	$(BIN)/python -m pytest || failed="$$failed pytest"; \
 	$(MAKE) test-openai-compat || failed="$$failed test-openai-compat"; \
+	$(MAKE) test-aioboto3 || failed="$$failed test-aioboto3"; \
 	if [ -n "$$failed" ]; then echo "make test: failed:$$failed"; exit 1; fi; \
 	echo "make test: every step passed"
 
@@ -55,6 +56,22 @@ test-openai-compat:
 		$$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS) || failed="$$failed openai$$line"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "test-openai-compat: failed on$$failed"; exit 1; fi
+
+# LightRAG's Bedrock binding through aioboto3, in a virtualenv of its own: every aioboto3 pins an aiobotocore that pins
+# an older botocore (and wrapt 1.x) than the test extra's (aioboto3 15.5.0: aiobotocore 2.25.1, botocore < 1.40.62);
+# pip picks the boto3 to match. SPENDWATCH_TEST_AIOBOTO3=1 makes a missing aioboto3 an error there, never a skip.
+AIOBOTO3_VENV := .venv-aioboto3
+AIOBOTO3_TESTS := tests/test_lightrag_bindings_bedrock.py
+$(AIOBOTO3_VENV)/.installed: pyproject.toml
+	rm -rf $(AIOBOTO3_VENV)
+	$(PYTHON) -m venv $(AIOBOTO3_VENV)
+	$(AIOBOTO3_VENV)/bin/pip install --quiet --upgrade pip
+	$(AIOBOTO3_VENV)/bin/pip install --quiet -e '.[test]' aioboto3==15.5.0
+	touch $@
+
+.PHONY: test-aioboto3
+test-aioboto3: $(AIOBOTO3_VENV)/.installed
+	SPENDWATCH_TEST_AIOBOTO3=1 $(AIOBOTO3_VENV)/bin/python -m pytest -q -p no:cacheprovider $(AIOBOTO3_TESTS)
 
 # Debian's postgresql, prometheus and prometheus-alertmanager, which the tests start on 127.0.0.1 (installed as root;
 # no apt call when they are present).

@@ -3,8 +3,9 @@
 aiobotocore clients call their own async ``AioBaseClient._make_api_call``, never botocore's, so the Bedrock
 instrumentor patches that too (:mod:`spendwatch.instrumentation.bedrock_sdk.aio`). These tests need ``aioboto3``,
 which is not in the test extra: every aioboto3 release pins an aiobotocore that pins an older botocore than the
-boto3 the Bedrock tests use (aioboto3 15.5.0: botocore < 1.40.62). Run them with aioboto3 beside it, e.g.
-``pip install --target /tmp/aio aioboto3 && PYTHONPATH=/tmp/aio pytest tests/test_lightrag_bindings_bedrock.py``.
+boto3 the Bedrock tests use (aioboto3 15.5.0: botocore < 1.40.62). ``make test-aioboto3`` runs them in a
+virtualenv of their own (``.venv-aioboto3``) with ``SPENDWATCH_TEST_AIOBOTO3=1``, which makes a missing aioboto3 an
+error there instead of a skip.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from functools import partial
 
 import pytest
 
-aioboto3 = pytest.importorskip("aioboto3", reason="aioboto3 pins an older botocore than the test extra's boto3")
+if os.environ.get("SPENDWATCH_TEST_AIOBOTO3") == "1":
+    import aioboto3  # the step made to run these tests must never skip them
+else:
+    aioboto3 = pytest.importorskip("aioboto3", reason="aioboto3 pins an older botocore than the test extra's boto3")
 pytest.importorskip("lightrag")
 
 from lightrag import LightRAG, QueryParam  # noqa: E402
