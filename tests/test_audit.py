@@ -270,7 +270,7 @@ def test_each_configured_start_up_is_chained(tmp_path, monkeypatch):
 
     ledger = Ledger(open_backend(location), UTC)
     (started,) = ledger.events("configuration_started")
-    assert '["global", "day", 5.0, null, null]' in started["detail"]
+    assert '["global", "day", 5.0, null, null, null]' in started["detail"]
     assert verify(ledger).intact
 
 
