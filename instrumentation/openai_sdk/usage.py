@@ -160,9 +160,10 @@ def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tu
         usage.output_tokens = output_tokens
     details = values.get(input_details)
     if details is not None:  # the same names in chat's prompt_tokens_details and the Responses API's
-        details = model_fields(details)
-        usage.cache_read_tokens = count(details.get("cached_tokens")) or 0
-        get = details.get
+        get = model_fields(details).get
+        cached = get("cached_tokens")
+        if cached:  # Usage's counts start at 0: only a count to copy is written
+            usage.cache_read_tokens = count(cached) or 0
         written, audio, image = get("cache_write_tokens"), get("audio_tokens"), get("image_tokens")
         if written or audio or image:  # most calls have none of them: one test
             usage.cache_write_tokens = count(written) or 0
@@ -170,9 +171,11 @@ def fill_tokens(usage: Usage, raw: Any, fields: tuple[str, str, str, str]) -> tu
             usage.input_image_tokens = count(image) or 0
     details = values.get(output_details)
     if details is not None:
-        details = model_fields(details)
-        usage.reasoning_tokens = count(details.get("reasoning_tokens")) or 0
-        audio, image = details.get("audio_tokens"), details.get("image_tokens")
+        get = model_fields(details).get
+        reasoning = get("reasoning_tokens")
+        if reasoning:
+            usage.reasoning_tokens = count(reasoning) or 0
+        audio, image = get("audio_tokens"), get("image_tokens")
         if audio or image:
             usage.output_audio_tokens = count(audio) or 0
             usage.output_image_tokens = count(image) or 0
@@ -190,10 +193,14 @@ def model_fields(model: Any) -> dict:
     extras); empty for what is no model (a malformed usage: a number, a list). Read as dicts because the SDK's models
     answer an absent attribute through pydantic's slow path (an exception built per miss, ~50x a read), and most
     usage details are absent from most responses: this runs on every call."""
-    fields = getattr(model, "__dict__", None)
-    if fields is None:
+    try:  # attribute reads, not getattr() with a default: a third of the instructions on this path
+        fields = model.__dict__
+    except AttributeError:
         return _NO_FIELDS
-    extra = getattr(model, "__pydantic_extra__", None)
+    try:
+        extra = model.__pydantic_extra__
+    except AttributeError:  # an object, but no pydantic model
+        return fields
     return {**fields, **extra} if extra else fields
 
 
@@ -269,13 +276,13 @@ def _chat_usage(result: Any, kwargs: dict) -> Usage:
 
 def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
     usage = Usage(response_model=text(getattr(result, "model", None)))
-    raw = getattr(result, "usage", None)
-    prompt_tokens = count(getattr(raw, "prompt_tokens", None))
+    values = model_fields(getattr(result, "usage", None))
+    prompt_tokens = count(values.get("prompt_tokens"))
     if prompt_tokens is None:
         usage.estimated = True
         prompt_tokens = estimate_tokens(request_text_length(kwargs))
     usage.input_tokens = prompt_tokens
-    cost = model_fields(raw).get("cost")
+    cost = values.get("cost")
     if cost is not None:
         usage.provider_cost_usd = usd(cost)
     return usage
