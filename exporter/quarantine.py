@@ -185,7 +185,9 @@ def _parsed(line: str, path: Path) -> Quarantined:
 # --- replaying -------------------------------------------------------------------------------------------------
 
 
-def replay(ledger, directories: Iterable[Path], *, entry_ids: Iterable[str] = (), by: str = "") -> ReplayResult:
+def replay(
+    ledger, directories: Iterable[Path], *, entry_ids: Iterable[str] = (), reason: str = "", by: str = ""
+) -> ReplayResult:
     """Ingest the quarantined records (those of ``entry_ids``, or all) into ``ledger`` again; then keep an audited
     ``quarantine_replayed`` event naming them, and only then remove them. A record the ledger still refuses stays,
     with its new error. A transient error (the ledger down) stops the replay and is raised, removing nothing: a record
@@ -201,7 +203,7 @@ def replay(ledger, directories: Iterable[Path], *, entry_ids: Iterable[str] = ()
             _ingest_file(ledger, _read(path), wanted, result)
         if not result.replayed and not result.refused:
             return result
-        result.event_id = _record_replay(ledger, result, by)
+        result.event_id = _record_replay(ledger, result, reason, by)
         for path in files:
             _rewrite(path, set(result.replayed), result.refused)
     return result
@@ -251,8 +253,9 @@ def _with_error(line: str, refused: dict[str, str]) -> str:
     return json.dumps(fields | {"error": refused[fields["entry_id"]], "replay_failed_at": time.time()})
 
 
-def _record_replay(ledger, result: ReplayResult, by: str) -> int:
+def _record_replay(ledger, result: ReplayResult, reason: str, by: str) -> int:
     detail = {
+        "reason": reason,
         "replayed": result.replayed,
         "new": result.new,
         "refused": sorted(result.refused),

@@ -37,6 +37,7 @@ _COMMAND_MODULES = (
     "spendwatch.cli.commands_audit",
     "spendwatch.cli.commands_doctor",
     "spendwatch.cli.commands_assets",
+    "spendwatch.cli.commands_quarantine",
 )
 
 
