@@ -132,8 +132,14 @@ def _service(backend, cursor) -> None:
         backend.execute(cursor, f"DROP TABLE {name}_before_service")
 
 
+def _lease_owner(backend, cursor) -> None:
+    """Version 6: a lease names the process whose journal holds its calls, so it outlives its TTL until that journal
+    is in the ledger. The leases an earlier release wrote name none and expire by their TTL as they did."""
+    _add_columns(backend, cursor, "leases", [Column("owner", "text", "")])
+
+
 # Version 1 is the first schema; UPGRADES[n - 1] takes version n to n + 1.
-UPGRADES: tuple[Step, ...] = (_every_billed_unit, _hourly_totals, _sealed_leases, _service)
+UPGRADES: tuple[Step, ...] = (_every_billed_unit, _hourly_totals, _sealed_leases, _service, _lease_owner)
 SCHEMA_VERSION = str(len(UPGRADES) + 1)
 VERSION_KEY = "schema_version"
 VERSION_QUERY = "SELECT value FROM spendwatch_meta WHERE key = ?"

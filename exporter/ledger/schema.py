@@ -241,6 +241,9 @@ TABLES = (
             # Schema version 4: each write's HMAC over the other columns, so a forged or altered lease is caught
             # (see lease_rows.py); NULL only on a lease an earlier release wrote.
             _text("mac", ""),
+            # Schema version 6: the process whose journal holds the calls drawn from the lease (``writer@host``, see
+            # exporter/recovery.py): an expired lease is kept until that journal is in the ledger. NULL: no owner known.
+            _text("owner", ""),
         ),
     ),
     REPRICINGS,
