@@ -21,11 +21,20 @@ import struct
 import threading
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
-__all__ = ["JournalWriter", "JournalFile", "orphaned_journals", "SUFFIX"]
+__all__ = [
+    "DEFAULT_MEMORY_RECORDS",
+    "SUFFIX",
+    "JournalFile",
+    "JournalUnavailable",
+    "JournalWriter",
+    "orphaned_journals",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,6 +45,7 @@ HEADER_SIZE = 64
 RECORD_HEAD = struct.Struct("<II")  # payload length, crc32 of payload
 LENGTH = struct.Struct("<I")
 DEFAULT_FILE_SIZE = 4 * 1024 * 1024
+DEFAULT_MEMORY_RECORDS = 100_000  # records kept in memory while no journal file can be written (~30 MB)
 
 
 @dataclass
@@ -94,20 +104,77 @@ class JournalFile:
             self.path.unlink(missing_ok=True)
 
 
-class JournalWriter:
-    """This process's journal: ``append`` is the caller's-path write. Thread-safe; rotates to a new file when full."""
+class JournalUnavailable(OSError):
+    """No directory of the chain takes a new journal file now (each one's reason in the message)."""
 
-    def __init__(self, directory: str | os.PathLike, *, file_size: int = DEFAULT_FILE_SIZE) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+class JournalWriter:
+    """This process's journal: ``append`` is the caller's-path write. Thread-safe.
+
+    A new file (at start, and when the current one is full) goes in the first of ``directories`` that takes one: the
+    journal's own directory, then its fallbacks. When none does (every disk full, every directory unwritable), records
+    wait in memory, up to ``memory_records`` of them, until the drainer finds a place (:meth:`reopen`) or takes them
+    into the ledger itself (:meth:`waiting_in_memory`); only past that bound is a record dropped, and counted."""
+
+    def __init__(
+        self,
+        directories: str | os.PathLike | list,
+        *,
+        file_size: int = DEFAULT_FILE_SIZE,
+        memory_records: int = DEFAULT_MEMORY_RECORDS,
+    ) -> None:
+        chain = [directories] if isinstance(directories, str | os.PathLike) else directories
+        self.directories = [Path(directory) for directory in chain]
         self.file_size = file_size
+        self.memory_records = memory_records
         self._lock = threading.Lock()
         self.files: list[JournalFile] = []  # oldest first; the last one is being written
-        self._open_new_file()
+        self.memory: deque[bytes] = deque()  # records no file could take yet, oldest first
+        self.memory_id = f"{os.getpid()}-{uuid.uuid4().hex}-memory"
+        self._memory_taken = 0  # records that left memory so far: the next one's number in memory_id
+        self.dropped = 0  # records past the memory bound: the only ones ever lost, and counted
+        self.problem: str | None = None  # why no file can be written now (None: records go to files)
+        self.passed_over: str | None = None  # why the directories before the current file's were passed over
+        self._mm: mmap.mmap | None = None
+        self._offset = 0
+        with self._lock:
+            self._open_or_wait_in_memory()
+
+    @property
+    def directory(self) -> Path:
+        """Where this process journals now (its first directory while records wait in memory)."""
+        return self.files[-1].path.parent if self.files and self.problem is None else self.directories[0]
+
+    @property
+    def durable(self) -> bool:
+        """Whether an append now lands in a file (False: it would wait in memory)."""
+        return self.problem is None
+
+    def _open_or_wait_in_memory(self) -> bool:
+        try:
+            self._open_new_file()
+        except JournalUnavailable as error:
+            self.problem = str(error)
+            self._mm = None
+            return False
+        self.problem = None
+        return True
 
     def _open_new_file(self) -> None:
+        problems = []
+        for directory in self.directories:
+            try:
+                self._open_new_file_in(directory)
+                self.passed_over = "; ".join(problems) or None
+                return
+            except OSError as error:
+                problems.append(f"{directory}: {error.strerror or error}")
+        raise JournalUnavailable("; ".join(problems))
+
+    def _open_new_file_in(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         name = f"{os.getpid()}-{uuid.uuid4().hex}"
-        building, path = self.directory / f"{name}.building", self.directory / f"{name}{SUFFIX}"
+        building, path = directory / f"{name}.building", directory / f"{name}{SUFFIX}"
         fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,27 +192,81 @@ class JournalWriter:
         self._offset = HEADER_SIZE
         self.files.append(journal)
 
-    def append(self, payload: bytes) -> None:
+    def append(self, payload: bytes) -> bool:
+        """Keep ``payload``: True when it is in a file, False when it waits in memory (or, past the bound, was
+        dropped and counted in ``dropped``). Never raises for want of a place."""
         length = len(payload)
         with self._lock:
             offset = self._offset
             end = offset + RECORD_HEAD.size + length
-            if end > self.file_size:
-                if HEADER_SIZE + RECORD_HEAD.size + length > self.file_size:
-                    raise ValueError(f"a journal record of {length} bytes does not fit a journal file")
-                self._open_new_file()
+            if self.problem is not None or end > self.file_size:
+                # Waiting in memory already: the drainer looks for a place, not each caller.
+                if self.problem is not None or not self._fits(length) or not self._open_or_wait_in_memory():
+                    return self._keep_in_memory(payload)
                 offset = self._offset
                 end = offset + RECORD_HEAD.size + length
-            mm = self._mm
-            mm[offset + RECORD_HEAD.size : end] = payload
-            LENGTH.pack_into(mm, offset + 4, zlib.crc32(payload))
-            LENGTH.pack_into(mm, offset, length)  # the commit mark, written last
-            self._offset = end
+            self._write(payload, offset, end)
+            return True
+
+    def _fits(self, length: int) -> bool:
+        # A record larger than a file waits in memory; the drainer takes it into the ledger from there.
+        return HEADER_SIZE + RECORD_HEAD.size + length <= self.file_size
+
+    def _write(self, payload: bytes, offset: int, end: int) -> None:
+        mm = self._mm
+        mm[offset + RECORD_HEAD.size : end] = payload
+        LENGTH.pack_into(mm, offset + 4, zlib.crc32(payload))
+        LENGTH.pack_into(mm, offset, len(payload))  # the commit mark, written last
+        self._offset = end
+
+    def _keep_in_memory(self, payload: bytes) -> bool:
+        if len(self.memory) < self.memory_records:
+            self.memory.append(payload)
+        else:
+            self.dropped += 1
+        return False
+
+    def reopen(self) -> bool:
+        """The drainer's retry while records wait in memory: open a file where one can be written now and move them
+        there (those that fit a file). True when records go to files again."""
+        with self._lock:
+            if self.problem is not None and not self._open_or_wait_in_memory():
+                return False
+            kept = []
+            while self.memory and self.problem is None:
+                payload = self.memory.popleft()
+                if not self._fits(len(payload)):
+                    kept.append(payload)
+                    continue
+                self._memory_taken += 1
+                end = self._offset + RECORD_HEAD.size + len(payload)
+                if end > self.file_size and not self._open_or_wait_in_memory():
+                    self.memory.appendleft(payload)
+                    self._memory_taken -= 1
+                    break
+                self._write(payload, self._offset, self._offset + RECORD_HEAD.size + len(payload))
+            self.memory.extendleft(reversed(kept))
+            return self.problem is None
+
+    def waiting_in_memory(self, limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` of the oldest records waiting in memory, each with an id no other record has; the drainer
+        takes them into the ledger, then :meth:`forget_memory`. Only the drainer removes records from memory."""
+        with self._lock:
+            first = self._memory_taken
+            return [(f"{self.memory_id}:{first + n}", payload) for n, payload in enumerate(islice(self.memory, limit))]
+
+    def forget_memory(self, count: int) -> None:
+        """The ``count`` oldest records in memory are in the ledger now."""
+        with self._lock:
+            for _ in range(count):
+                self.memory.popleft()
+            self._memory_taken += count
 
     def retire_drained(self) -> None:
-        """Delete files that are full and wholly drained (all but the one being written)."""
+        """Delete files that are wholly drained, but the one being written."""
         with self._lock:
-            done = [f for f in self.files[:-1] if next(f.records(), None) is None]
+            current = self.files[-1] if self.files and self.problem is None else None
+            done = [f for f in self.files if f is not current and next(f.records(), None) is None]
             for journal in done:
                 self.files.remove(journal)
         for journal in done:
@@ -154,6 +275,8 @@ class JournalWriter:
     def close(self, *, delete: bool) -> None:
         with self._lock:
             files, self.files = self.files, []
+            self.problem = "closed"
+            self._mm = None
         for journal in files:
             journal.close(delete=delete and next(journal.records(), None) is None)
 

@@ -8,8 +8,12 @@ its ledger: it starts with one that is down, and its drainer connects when it ca
 journals left by processes that died before their drainer caught up, and runs the tasks queued with
 :meth:`LedgerSink.when_reachable` (the app's start-up record).
 
-The journal lives beside a SQLite ledger. Where that directory cannot be written either (a read-only directory
-holding a read-only ledger), it falls back to the state directory rather than stop the app.
+The journal lives beside a SQLite ledger. A journal file that cannot be written there (a read-only directory, a full
+disk) goes to the next place of the chain (:func:`journal_directories`): ``$XDG_RUNTIME_DIR``, then the state
+directory; when none takes one, records wait in memory (``SPENDWATCH_JOURNAL_MEMORY_RECORDS`` of them) and the
+drainer writes them to the first place that accepts them, or straight into the ledger. Only past that bound is a
+record dropped, and it is counted (``spendwatch_records_dropped_total``) and kept in the ledger with this process's
+ledger errors (:mod:`~spendwatch.exporter.shared_counts`), so ``spendwatch serve`` reports both.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spendwatch.exporter import codec
-from spendwatch.exporter.journal import SUFFIX, JournalFile, JournalWriter, orphaned_journals
+from spendwatch.exporter.journal import (
+    DEFAULT_MEMORY_RECORDS,
+    SUFFIX,
+    JournalFile,
+    JournalWriter,
+    orphaned_journals,
+)
 from spendwatch.exporter.ledger import (
     Ledger,
     LedgerEntry,
@@ -35,10 +45,18 @@ from spendwatch.exporter.ledger import (
     state_directory,
 )
 from spendwatch.exporter.ledger.history import record_outage
+from spendwatch.exporter.shared_counts import SharedCounts
 from spendwatch.exporter.spans.records import entry_id_of
 from spendwatch.instrumentation.records import UsageRecord
 
-__all__ = ["LedgerSink", "fallback_journal_directory", "journal_directory", "waiting_records"]
+__all__ = [
+    "LedgerSink",
+    "fallback_journal_directory",
+    "journal_directories",
+    "journal_directory",
+    "runtime_journal_directory",
+    "waiting_records",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -56,18 +74,52 @@ def journal_directory(ledger_location: str, state_home: str | None = None) -> Pa
 
 def fallback_journal_directory(ledger_location: str, state_home: str | None = None) -> Path:
     """Under the state directory, one per ledger: where a journal goes when its own directory cannot be written."""
-    digest = hashlib.sha256(ledger_location.encode()).hexdigest()[:16]
-    return state_directory(state_home) / f"journal-{digest}"
+    return state_directory(state_home) / _per_ledger(ledger_location)
+
+
+def runtime_journal_directory(ledger_location: str, environ=os.environ) -> Path | None:
+    """Under ``$XDG_RUNTIME_DIR``, one per ledger (None when it is not set, or relative, which the spec says to
+    ignore): another file system than the ledger's, most often, and one that outlives the process."""
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if not os.path.isabs(runtime):
+        return None
+    return Path(runtime) / "spendwatch" / _per_ledger(ledger_location)
+
+
+def journal_directories(ledger_location: str, state_home: str | None = None, environ=os.environ) -> list[Path]:
+    """Every place a journal of this ledger may be, in the order a process tries them: its own directory, then
+    ``$XDG_RUNTIME_DIR``, then the state directory. Recovery and :func:`waiting_records` look in all of them."""
+    return _chain(journal_directory(ledger_location, state_home), ledger_location, state_home, environ)
+
+
+def _chain(first: Path, ledger_location: str, state_home: str | None = None, environ=os.environ) -> list[Path]:
+    runtime = runtime_journal_directory(ledger_location, environ)
+    fallback = fallback_journal_directory(ledger_location, state_home)
+    return _unique([first, *([runtime] if runtime is not None else []), fallback])
+
+
+def _per_ledger(ledger_location: str) -> str:
+    return f"journal-{hashlib.sha256(ledger_location.encode()).hexdigest()[:16]}"
 
 
 class LedgerSink:
-    def __init__(self, ledger: Ledger, directory: str | os.PathLike, *, drain_interval: float = DRAIN_INTERVAL_S):
+    def __init__(
+        self,
+        ledger: Ledger,
+        directory: str | os.PathLike,
+        *,
+        drain_interval: float = DRAIN_INTERVAL_S,
+        memory_records: int = DEFAULT_MEMORY_RECORDS,
+    ):
         self.ledger = ledger
-        self.directories = _unique([Path(directory), fallback_journal_directory(ledger.location)])
+        self.directories = _chain(Path(directory), ledger.location)
         self.ledger_errors = 0
+        self.counts = SharedCounts(ledger, self._own_counts)
         self._failing = False
         self._outage: tuple[float, int, str] | None = None  # since when, errors before it, its first error
-        self._warned_unjournaled = False
+        self._memory_records = memory_records
+        self._journal_problem: str | None = None  # why records wait in memory, as last logged
+        self._dropped_logged = 0
         self._recovered = False
         self._pending: list[Callable[[], object]] = []  # run once the ledger takes writes (see when_reachable)
         self._drain_lock = threading.Lock()
@@ -84,42 +136,52 @@ class LedgerSink:
 
     @property
     def directory(self) -> Path:
-        """Where this process journals now: beside the ledger, or the fallback when that cannot be written."""
-        journal = self._journal
-        return journal.directory if journal is not None else self.directories[0]
+        """Where this process journals now: beside the ledger, or the first fallback that takes a journal file."""
+        return self._journal.directory
+
+    @property
+    def records_dropped(self) -> int:
+        """This process's records that neither a journal file nor memory could keep (past the memory bound)."""
+        return self._journal.dropped
+
+    def _own_counts(self) -> dict[str, int]:
+        return {"ledger_errors": self.ledger_errors, "records_dropped": self._journal.dropped}
+
+    def all_ledger_errors(self) -> int:
+        """Every process's ledger errors over this ledger (what ``/metrics`` serves), this one's included."""
+        return self.counts.total("ledger_errors")
+
+    def all_records_dropped(self) -> int:
+        """Every process's dropped records over this ledger (what ``/metrics`` serves), this one's included."""
+        return self.counts.total("records_dropped")
 
     # --- the caller's path -------------------------------------------------------------------------------------
     def record(self, record: UsageRecord) -> None:
         if record.service is None:
             record.service = self.service
-        journal = self._journal
-        if journal is None:
-            self._lost()
-            return
-        journal.append(codec.encode(record))
+        try:
+            self._journal.append(codec.encode(record))  # in a file, else in memory, else counted as dropped
+        except Exception:  # noqa: BLE001 - never into the caller's call; a record that cannot be encoded is counted
+            self._journal.dropped += 1
+            _logger.debug("spendwatch: cannot journal a usage record", exc_info=True)
 
     def journal_all(self, records: list[UsageRecord]) -> bool:
         """Journal every record now, or return False: for a caller that must not say "taken" for a record it could
         not keep (the OTLP intake then answers 503 and the sender retries; a record journaled twice is one row)."""
         journal = self._journal
-        if journal is None:
+        if not journal.durable:
             return not records
         try:
             for record in records:
                 if record.service is None:
                     record.service = self.service
-                journal.append(codec.encode(record))
-        except (OSError, ValueError) as error:  # a full disk, a file that cannot be created or mapped
-            _logger.warning("spendwatch: cannot journal in %s (%s)", journal.directory, first_line(error))
+                if not journal.append(codec.encode(record)):  # kept in memory: not durable, so not "taken"
+                    _logger.warning("spendwatch: cannot journal in %s (%s)", journal.directory, journal.problem)
+                    return False
+        except ValueError as error:  # a record the codec cannot encode
+            _logger.warning("spendwatch: cannot journal a span (%s)", first_line(error))
             return False
         return True
-
-    def _lost(self) -> None:
-        # No journal could be created anywhere: the call is counted as a ledger error, never dropped in silence.
-        self.ledger_errors += 1
-        if not self._warned_unjournaled:
-            self._warned_unjournaled = True
-            _logger.warning("spendwatch: no journal can be written in %s; calls go unrecorded", self.directories)
 
     def count_ledger_error(self) -> None:
         """Count a failed ledger access made outside the drainer (the guard's), with the drainer's own."""
@@ -134,19 +196,58 @@ class LedgerSink:
     def flush(self) -> bool:
         """Drain everything journaled so far into the ledger now. False when the ledger could not be written."""
         with self._drain_lock:
-            if self._journal is None:
-                self._journal = self._open_journal(quiet=True)
+            self._find_journal_place()
             # Each step is tried whatever the one before did: a dead process's journal the ledger refuses must not
             # hold back this process's records.
             recovered = self._recover_once()
-            drained = all(self._drain_file(journal) for journal in list(self._files()))
+            drained = all(self._drain_file(journal) for journal in list(self._journal.files))
+            drained = self._drain_memory() and drained
             ok = drained and self._run_pending() and recovered
-        if ok and self._journal is not None:
+            if ok:
+                self._keep_counts()
+        if ok:
             self._journal.retire_drained()
         return ok
 
-    def _files(self) -> list[JournalFile]:
-        return self._journal.files if self._journal is not None else []
+    def _find_journal_place(self) -> None:
+        """While records wait in memory, look for a journal file to put them in; say when that starts and ends."""
+        journal = self._journal
+        if journal.problem is not None:
+            journal.reopen()
+        if journal.problem is not None and self._journal_problem is None:
+            _logger.warning(
+                "spendwatch: no journal file can be written (%s); records wait in memory (up to %d, "
+                "SPENDWATCH_JOURNAL_MEMORY_RECORDS) until a place or the ledger takes them",
+                journal.problem,
+                journal.memory_records,
+            )
+        elif journal.problem is None and self._journal_problem is not None:
+            _logger.warning("spendwatch: journaling in %s again", journal.directory)
+        self._journal_problem = journal.problem
+        if journal.dropped > self._dropped_logged:
+            _logger.error(
+                "spendwatch: %d usage records dropped: no journal file could be written and %d already waited in "
+                "memory (counted in spendwatch_records_dropped_total)",
+                journal.dropped - self._dropped_logged,
+                journal.memory_records,
+            )
+            self._dropped_logged = journal.dropped
+
+    def _drain_memory(self) -> bool:
+        """Records waiting in memory (no journal file takes them, or too large for one) go straight into the ledger."""
+        while True:
+            waiting = self._journal.waiting_in_memory(_BATCH)
+            if not waiting:
+                return True
+            if not self._ingest([_entry_of(entry_id, payload) for entry_id, payload in waiting]):
+                return False
+            self._journal.forget_memory(len(waiting))
+
+    def _keep_counts(self) -> None:
+        try:
+            self.counts.keep()
+        except Exception:  # noqa: BLE001 - kept on a later pass; the counts stay in this process meanwhile
+            _logger.debug("spendwatch: cannot keep the exporter's counts in the ledger", exc_info=True)
 
     def _drain_forever(self, interval: float) -> None:
         while not self._stopping:
@@ -181,21 +282,14 @@ class LedgerSink:
             self._pending.pop(0)
         return True
 
-    def _open_journal(self, *, quiet: bool = False) -> JournalWriter | None:
-        """This process's journal, in the first directory that takes one; None (logged once) if none does."""
-        problems = []
-        for directory in self.directories:
-            try:
-                journal = JournalWriter(directory)
-            except OSError as error:
-                problems.append(f"{directory}: {first_line(error)}")
-                continue
-            if problems and not quiet:
-                _logger.warning("spendwatch: cannot journal in %s; journaling in %s instead", problems[0], directory)
-            return journal
-        if not quiet:
-            _logger.warning("spendwatch: cannot create a journal (%s); will retry", "; ".join(problems))
-        return None
+    def _open_journal(self) -> JournalWriter:
+        """This process's journal, in the first directory of the chain that takes a file, else waiting in memory."""
+        journal = JournalWriter(self.directories, memory_records=self._memory_records)
+        if journal.problem is None and journal.passed_over:
+            _logger.warning(
+                "spendwatch: cannot journal in %s; journaling in %s instead", journal.passed_over, journal.directory
+            )
+        return journal
 
     def _drain_file(self, journal: JournalFile) -> bool:
         while True:
@@ -291,8 +385,13 @@ class LedgerSink:
         self._wake.set()
         self._thread.join(timeout=10)
         drained = self.flush()
-        if self._journal is not None:
-            self._journal.close(delete=drained)
+        left = len(self._journal.memory)
+        if left:  # neither a journal file nor the ledger took them in time: lost, but not in silence
+            self._journal.dropped += left
+            _logger.error(
+                "spendwatch: %d usage records waiting in memory are lost at exit (%s)", left, self._journal.problem
+            )
+        self._journal.close(delete=drained)
 
     def _after_fork_in_child(self) -> None:
         # A forked worker must not write into its parent's journal, nor rely on its parent's drainer thread.
@@ -300,16 +399,24 @@ class LedgerSink:
         self._wake = threading.Event()
         self._pending = []  # the parent runs its own start-up record
         self.ledger.reopen()
+        self.ledger_errors = 0  # the parent's are the parent's to keep
+        self.counts.after_fork()
+        self._dropped_logged = 0
         self._journal = self._open_journal()
         self._drain_interval = DRAIN_INTERVAL_S
         self._start_drainer()
 
 
 def _entry(journal: JournalFile, offset: int, payload: bytes) -> LedgerEntry:
+    return _entry_of(f"{journal.file_id}:{offset}", payload)
+
+
+def _entry_of(place: str, payload: bytes) -> LedgerEntry:
+    """The ledger entry of a journaled record; ``place`` names where it was kept (file and offset, or memory)."""
     record = codec.decode(payload)
     if record.source != "sdk":  # a span's call: one ledger row per span, however many times it was handed in
         return LedgerEntry(entry_id_of(record.trace_id, record.span_id), record)
-    return LedgerEntry(f"{journal.file_id}:{offset}", record)
+    return LedgerEntry(place, record)
 
 
 def waiting_records(directories: list[Path]) -> int:
