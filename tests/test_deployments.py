@@ -4,11 +4,13 @@ PID; the app's LLM calls go to the local stub through the real ``openai`` SDK.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -34,9 +36,13 @@ GRACEFUL_TIMEOUT_S = 300
 EXIT_TIMEOUT_S = 60
 APP = textwrap.dedent(
     """
+    import faulthandler
     import os
+    import signal
 
     import openai
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung worker's stacks, for the test's failure message
 
     if os.environ.get("APP_CONFIGURES_SPENDWATCH"):  # each worker attaches itself, after gunicorn forked it
         import spendwatch
@@ -153,8 +159,19 @@ def stop_and_wait(process: ServerProcess) -> int:
     process.popen.send_signal(signal.SIGTERM)
     try:
         return process.popen.wait(EXIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        dump_stacks(worker_pids(process.pid))
+        raise
     finally:
         process.stop()  # SIGKILL if it hung
+
+
+def dump_stacks(pids: set[int]) -> None:
+    """Have hung workers write every thread's stack to the server's log (the app registers faulthandler)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+    time.sleep(1)  # faulthandler writes from the signal handler at once; a moment for it to reach the log
 
 
 def serve_and_count_every_call_once(argv: list[str], app_dir: Path, environment: dict[str, str]) -> None:
@@ -209,7 +226,11 @@ def test_gunicorn_workers_exit_at_once_on_a_reload_and_at_shutdown(app_dir, envi
         os.kill(server.pid, signal.SIGHUP)  # a reload: new workers, the old ones shut down gracefully
 
         what = f"the old workers to exit after a reload (the graceful timeout is {GRACEFUL_TIMEOUT_S} s)"
-        wait_until(lambda: not worker_pids(server.pid) & before, EXIT_TIMEOUT_S, what)
+        try:
+            wait_until(lambda: not worker_pids(server.pid) & before, EXIT_TIMEOUT_S, what)
+        except TimeoutError:
+            dump_stacks(worker_pids(server.pid) & before)
+            raise AssertionError(server.log_tail(200)) from None
         ask(port, 3)
     finally:
         assert stop_and_wait(server) == 0, server.log_tail()

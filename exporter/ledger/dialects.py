@@ -176,6 +176,10 @@ class SQLiteBackend(_SqlBackend):
     def close(self) -> None:
         self.connection.close()
 
+    def close_inherited(self) -> None:
+        """Close, in a forked child, the connection it inherited (the parent was idle then: see ``Ledger``)."""
+        self.connection.close()
+
 
 class PostgresBackend(_SqlBackend):
     types = {"text": "TEXT", "int": "BIGINT", "real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"}
@@ -242,3 +246,9 @@ class PostgresBackend(_SqlBackend):
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
+
+    def close_inherited(self) -> None:
+        """Let go, in a forked child, of the connection it inherited. Not closed: that would send the server a
+        Terminate over the socket both processes share and end the parent's session; psycopg frees it without one
+        in a process other than the one that opened it."""
+        self._connection = None

@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -63,6 +64,8 @@ class Ledger:
         self._opening = _Opening(None)
         self.audit_key = audit_key or audit.load_audit_key(backend.location)
         audit.check_key(backend, self.audit_key)
+        self._pid = os.getpid()
+        _ledgers.add(self)
 
     @classmethod
     def opened_later(cls, location: str, tz: ZoneInfo, connect: Callable[[], object]) -> Ledger:
@@ -79,6 +82,8 @@ class Ledger:
         # beside a new ledger, so it is read once the ledger is there.
         key_at_hand = audit.AUDIT_KEY_ENV in os.environ or audit.key_file_path(location).exists()
         ledger.audit_key = audit.load_audit_key(location) if key_at_hand else None
+        ledger._pid = os.getpid()
+        _ledgers.add(ledger)
         return ledger
 
     @property
@@ -249,9 +254,9 @@ class Ledger:
         """Why a write fails now (its first line), or None; keeps nothing. The row goes into the key-value
         ``spendwatch_meta`` table: a rolled-back insert into a table with a serial id (events) would still use up a
         PostgreSQL sequence number and leave a gap in the audited history."""
-        backend = self.backend
         try:
-            with backend.transaction() as cursor:
+            with self.transaction() as cursor:
+                backend = self.backend
                 query = "INSERT INTO spendwatch_meta (key, value) VALUES (?, ?)"
                 backend.execute(cursor, query, (f"write-test-{os.getpid()}-{time.time()}", "rolled back"))
                 raise _RollBack
@@ -319,12 +324,25 @@ class Ledger:
             return self.backend.select_dicts(query, parameters)
 
     def reopen(self) -> None:
-        """A fresh connection, for a forked child: database connections must not cross a fork."""
+        """In a forked child: fresh locks, and a fresh connection on first use (connections must not cross a fork).
+        Done once per process; a ledger does it itself at a fork, so a second call is harmless."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        inherited, self._backend = self._backend, None
         self._lock = threading.Lock()
-        self._opening = _Opening(self._opening.connect, error=self._opening.error)
-        if self._backend is not None:
-            self._backend = type(self._backend)(self._location)  # the audit key stays
-            self._backend.prepare()
+        self._opening = _Opening(self._opening.connect or _fresh_backend(inherited), error=self._opening.error)
+        if inherited is not None:
+            with contextlib.suppress(Exception):  # the child connects afresh either way
+                inherited.close_inherited()
+
+    def _hold_for_fork(self) -> None:
+        self._lock.acquire()  # in the order every user takes them: the ledger's lock, then the opening's
+        self._opening.lock.acquire()
+
+    def _release_after_fork(self) -> None:
+        self._opening.lock.release()
+        self._lock.release()
 
     def close(self) -> None:
         with self._lock:
@@ -345,6 +363,46 @@ class _Opening:
     error: str | None = None
     retry_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _fresh_backend(inherited) -> Callable[[], object] | None:
+    """How a child connects anew to the database ``inherited`` is connected to (None: it was never connected)."""
+    if inherited is None:
+        return None
+
+    def connect():
+        backend = type(inherited)(inherited.location)
+        backend.prepare()
+        return backend
+
+    return connect
+
+
+# A fork waits until no thread of this process is inside one of its ledgers. A child forked while its parent's
+# drainer was inside a SQLite transaction inherits SQLite's in-process record of that lock, and every write it makes
+# then waits out the busy timeout and fails ("database is locked"): a gunicorn worker forked at that moment could never
+# write its ledger, and took minutes to exit. The child then connects afresh (see :meth:`Ledger.reopen`).
+_ledgers: weakref.WeakSet[Ledger] = weakref.WeakSet()
+_held_for_fork: list[Ledger] = []
+
+
+def _before_fork() -> None:
+    for ledger in list(_ledgers):
+        ledger._hold_for_fork()
+        _held_for_fork.append(ledger)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop()._release_after_fork()
+
+
+def _after_fork_in_child() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().reopen()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def budget_scope(category: str | None, model: str | None, service: str | None = None) -> tuple[str, tuple]:
