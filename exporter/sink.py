@@ -19,7 +19,6 @@ ledger errors (:mod:`~spendwatch.exporter.shared_counts`), so ``spendwatch serve
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -28,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spendwatch.exporter import codec
+from spendwatch.exporter import codec, inflight, quarantine
 from spendwatch.exporter.journal import (
     DEFAULT_MEMORY_RECORDS,
     SUFFIX,
@@ -44,7 +43,9 @@ from spendwatch.exporter.ledger import (
     shown_location,
     state_directory,
 )
+from spendwatch.exporter.ledger.errors import is_poison
 from spendwatch.exporter.ledger.history import record_outage
+from spendwatch.exporter.recovery import DeadJournalWatch
 from spendwatch.exporter.shared_counts import SharedCounts
 from spendwatch.exporter.spans.records import entry_id_of
 from spendwatch.instrumentation.records import UsageRecord
@@ -61,7 +62,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 DRAIN_INTERVAL_S = 0.25
-QUARANTINE_FILE = "quarantine.jsonl"
 _BATCH = 2000
 
 
@@ -126,11 +126,13 @@ class LedgerSink:
         self._wake = threading.Event()
         self._stopping = False
         self._drain_interval = drain_interval
-        self.after_drain: list = []  # callables run by the drainer after records reached the ledger
+        # Callables run by the drainer after records reached the ledger; the first picks up dead processes' journals.
+        self.after_drain: list = [DeadJournalWatch(self)]
         # The OpenTelemetry service.name of this process, read once when the exporter attaches: given to every record
         # that names none (an instrumented call's), so budgets and reports can tell services sharing a ledger apart.
         self.service: str | None = None
         self._journal = self._open_journal()
+        self.open_marks = inflight.OpenMarks()  # this process's calls in flight, as the drainer has read them
         self._start_drainer()
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
@@ -164,6 +166,12 @@ class LedgerSink:
         except Exception:  # noqa: BLE001 - never into the caller's call; a record that cannot be encoded is counted
             self._journal.dropped += 1
             _logger.debug("spendwatch: cannot journal a usage record", exc_info=True)
+
+    def begin(self, mark: int, call) -> None:
+        """Journal ``call``'s in-flight mark (see :mod:`~spendwatch.exporter.inflight`): the caller's path too."""
+        journal = self._journal
+        if journal.problem is None:  # a mark waiting in memory would die with the process: not worth keeping
+            journal.append(inflight.encode(mark, call, self.service))
 
     def journal_all(self, records: list[UsageRecord]) -> bool:
         """Journal every record now, or return False: for a caller that must not say "taken" for a record it could
@@ -205,6 +213,7 @@ class LedgerSink:
             ok = drained and self._run_pending() and recovered
             if ok:
                 self._keep_counts()
+                self.open_marks.carry_forward(self._journal)  # (inflight) an open mark outlives its retired file
         if ok:
             self._journal.retire_drained()
         return ok
@@ -295,29 +304,36 @@ class LedgerSink:
         while True:
             batch, end = [], None
             for offset, payload in journal.records():
-                batch.append(_entry(journal, offset, payload))
                 end = journal.end_of(offset, payload)
+                if self.open_marks.saw(journal.file_id, payload):  # (inflight) a mark is no ledger row
+                    continue
+                batch.append(_entry(journal, offset, payload))
                 if len(batch) >= _BATCH:
                     break
-            if not batch:
+            if end is None:
                 return True
-            if not self._ingest(batch):
+            if batch and not self._ingest(batch):
                 return False
+            self.open_marks.ended(batch)
             journal.mark_drained(end)
 
     def _ingest(self, batch: list[LedgerEntry]) -> bool:
+        return self._ingest_counted(batch) is not None
+
+    def _ingest_counted(self, batch: list[LedgerEntry]) -> int | None:
+        """How many of ``batch`` were new to the ledger; None when it cannot take them now (they stay where they
+        are, for the next pass: a full disk, a lost connection, a restart are retried until they succeed)."""
         try:
-            self.ledger.ingest(batch)
-        except Exception as error:  # noqa: BLE001 - the records stay in the journal until the ledger is back
-            if self.ledger.is_open and self.ledger.accepts_writes():
-                # The ledger is fine: something in this batch can never be stored. Store the rest, set that aside.
-                self.ledger_errors += 1
-                self._ingest_one_by_one(batch)
-                return True
-            self._failed(error)
-            return False
+            new = self.ledger.ingest(batch)
+        except Exception as error:  # noqa: BLE001 - the records stay in the journal until the ledger takes them
+            if not is_poison(error):
+                self._failed(error)
+                return None
+            # Something in this batch can never be stored: store the rest, set that aside.
+            self.ledger_errors += 1
+            return self._ingest_one_by_one(batch)
         self._succeeded()
-        return True
+        return new
 
     def _failed(self, error: Exception) -> None:
         """Count a failed ledger write; log the first of an outage."""
@@ -346,21 +362,25 @@ class LedgerSink:
         except Exception:  # noqa: BLE001 - the history entry is lost, the records it was about are not
             _logger.debug("spendwatch: cannot record the ledger outage", exc_info=True)
 
-    def _ingest_one_by_one(self, batch: list[LedgerEntry]) -> None:
+    def _ingest_one_by_one(self, batch: list[LedgerEntry]) -> int | None:
+        """Store what can be stored, set aside in quarantine what never can; None (all kept where they are, ingest
+        is idempotent) on a transient error or when no directory takes the quarantined record."""
+        new = 0
         for entry in batch:
             try:
-                self.ledger.ingest([entry])
+                new += self.ledger.ingest([entry])
             except Exception as error:  # noqa: BLE001
+                if not is_poison(error):
+                    self._failed(error)
+                    return None
                 self.ledger_errors += 1
-                self._quarantine(entry, error)
-
-    def _quarantine(self, entry: LedgerEntry, error: Exception) -> None:
-        """Keep a record the ledger refuses (so it is not lost, and does not block every record after it)."""
-        path = self.directory / QUARANTINE_FILE
-        _logger.warning("spendwatch: the ledger refused record %s (%s); kept in %s", entry.entry_id, error, path)
-        line = json.dumps({"entry_id": entry.entry_id, "error": str(error), "record": repr(entry.record)})
-        with open(path, "a", encoding="utf-8", errors="backslashreplace") as file:
-            file.write(line + "\n")
+                try:
+                    quarantine.keep(self.directories, entry, error)
+                except OSError as kept_error:
+                    self._failed(kept_error)
+                    return None
+        self._succeeded()
+        return new
 
     def recover(self) -> int:
         """Replay journals whose writer died (in the journal directory and its fallback). Returns how many records
@@ -371,11 +391,15 @@ class LedgerSink:
                 drained = True
                 try:
                     entries = [_entry(journal, offset, payload) for offset, payload in journal.records()]
-                    for start in range(0, len(entries), _BATCH):
-                        recovered += self.ledger.ingest(entries[start : start + _BATCH])
-                except Exception as error:  # noqa: BLE001
-                    drained = False
+                except Exception as error:  # noqa: BLE001 - a record that cannot be read: keep the file
+                    entries, drained = [], False
                     self._failed(error)
+                for start in range(0, len(entries), _BATCH):
+                    new = self._ingest_counted(entries[start : start + _BATCH])
+                    if new is None:
+                        drained = False
+                        break
+                    recovered += new
                 journal.close(delete=drained)
         return recovered
 
