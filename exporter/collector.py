@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from spendwatch.exporter import mapping as m
+from spendwatch.exporter import quarantine
 from spendwatch.exporter.budgets import BudgetStatus
 from spendwatch.exporter.ledger import REQUEST_DURATION_BUCKETS
 from spendwatch.instrumentation.pricing import rounded_usd
@@ -54,6 +55,7 @@ class _Families:
     budget: dict[str, Metric] = field(init=False)
     guard: Metric = field(init=False)
     ledger_errors: Metric = field(init=False)
+    quarantined: Metric = field(init=False)
     pricing: Metric | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,13 +80,16 @@ class _Families:
         }
         self.guard = _counter(m.GUARD_DECISIONS, "Budget guard admission decisions.", ("budget", "action"))
         self.ledger_errors = _counter(m.LEDGER_ERRORS, "Failed ledger reads and writes.", ())
+        self.quarantined = GaugeMetricFamily(
+            m.RECORDS_QUARANTINED, "Records the ledger refused, waiting in quarantine (spendwatch quarantine list)."
+        )
         self.pricing = None
         if self.with_pricing:
             self.pricing = GaugeMetricFamily(m.PRICING_DATA_TIMESTAMP, "When the bundled price data was written.")
 
     def all(self) -> list[Metric]:
         ordered = [self.cost, self.tokens, self.requests, self.unpriced, self.duration, *self.budget.values()]
-        ordered += [self.guard, self.ledger_errors]
+        ordered += [self.guard, self.ledger_errors, self.quarantined]
         return ordered + ([self.pricing] if self.pricing is not None else [])
 
 
@@ -107,6 +112,7 @@ class SpendCollector:
         budget_statuses: Callable[[], list[BudgetStatus]] = lambda: [],
         guard_decisions: Callable[[], Mapping[tuple[str, str], float]] = lambda: {},
         ledger_errors: Callable[[], int] = lambda: 0,
+        quarantined: Callable[[], int] | None = None,
         pricing_data_timestamp: float | None = None,
         before_collect: Callable[[], None] | None = None,
         registry=None,
@@ -116,6 +122,8 @@ class SpendCollector:
         self._budget_statuses = budget_statuses
         self._guard_decisions = guard_decisions
         self._ledger_errors = ledger_errors
+        # Counted from the files, so `spendwatch serve` shows what every app process over this ledger set aside.
+        self._quarantined = quarantined or (lambda: quarantine.count(quarantine.directories_of(ledger.location)))
         self._pricing_data_timestamp = pricing_data_timestamp
         self._before_collect = before_collect
         self._lock = threading.Lock()  # scrapes run on concurrent server threads
@@ -143,6 +151,9 @@ class SpendCollector:
         for labels, value in decisions:
             families.guard.add_metric(labels, value)
         families.ledger_errors.add_metric([], self._error_count())
+        quarantined = self._guarded("counting quarantined records", self._quarantined, None)
+        if quarantined is not None:
+            families.quarantined.add_metric([], float(quarantined))
         if families.pricing is not None:
             families.pricing.add_metric([], self._pricing_data_timestamp)
         return families.all()

@@ -75,11 +75,11 @@ class ReplayResult:
 
 
 def directories_of(location: str) -> list[Path]:
-    """The journal directories of the ledger at ``location``, where its quarantine files are."""
+    """Every journal directory of the ledger at ``location`` (the sink's chain): where its quarantine files are."""
     # Imported here: the sink imports this module to keep what its drainer cannot store.
-    from spendwatch.exporter.sink import fallback_journal_directory, journal_directory
+    from spendwatch.exporter.sink import journal_directories
 
-    return list(dict.fromkeys([journal_directory(location), fallback_journal_directory(location)]))
+    return journal_directories(location)
 
 
 # --- setting a record aside (the drainer) ----------------------------------------------------------------------

@@ -13,7 +13,8 @@ sqlite3 — ``OverflowError`` (an int beyond 64 bits), ``ProgrammingError`` "Err
 ``OperationalError`` ("database or disk is full", "database is locked", "attempt to write a readonly database").
 psycopg — ``DataError`` and its SQLSTATE class 22 subclasses (``NumericValueOutOfRange``, ``InvalidTextRepresentation``,
 ``CharacterNotInRepertoire``, ``UntranslatableCharacter``, and the client-side "cannot contain NUL (0x00) bytes"),
-``NotNullViolation`` (23502), ``CheckViolation`` (23514), ``ProgrammingError`` "cannot adapt type"; transient:
+``NotNullViolation`` (23502), ``CheckViolation`` (23514), ``ProgramLimitExceeded`` (54000, an index row too large),
+``ProgrammingError`` "cannot adapt type"; transient:
 ``OperationalError`` (``DiskFull`` 53100, ``AdminShutdown`` 57P01, a lost connection), ``InterfaceError``.
 Both — ``UnicodeEncodeError`` (a lone surrogate in a text value), and the ``ValueError``/``TypeError`` a record's value
 raises when it is turned into its column's type (``int("…")``, attributes that are not JSON).
@@ -36,9 +37,10 @@ _SQLITE_VALUE_REFUSALS = frozenset(
     }
 )
 # PostgreSQL's SQLSTATEs: class 22 is "data exception" (every code a value's fault); of class 23 (integrity), only
-# the constraints a single row breaks on its own. A unique violation is a race between writers, so it is retried.
+# the constraints a single row breaks on its own (a unique violation is a race between writers, so it is retried);
+# 54000 is a value too large for an index ("index row size exceeds btree maximum": a model name of 3 kB).
 _POSTGRES_VALUE_CLASS = "22"
-_POSTGRES_VALUE_REFUSALS = frozenset({"23502", "23514"})
+_POSTGRES_VALUE_REFUSALS = frozenset({"23502", "23514", "54000"})
 # Raised by the drivers before the statement reaches the database, when a Python value cannot be bound at all.
 _BINDING_MESSAGES = ("Error binding parameter", "cannot adapt type", "cannot contain NUL")
 

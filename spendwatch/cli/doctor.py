@@ -427,6 +427,21 @@ def check_journal(context: DoctorContext) -> CheckResult:
     return CheckResult("journal", WARN, summary, fix)
 
 
+def check_quarantine(context: DoctorContext) -> CheckResult:
+    """Records the ledger refused by value, set aside so they block nothing: in no total until replayed."""
+    if context.settings is None:
+        return _not_checked("quarantine")
+    from spendwatch.exporter.quarantine import directories_of, quarantined
+
+    items = quarantined(directories_of(context.settings.ledger))
+    if not items:
+        return CheckResult("quarantine", OK, "no record is in quarantine")
+    where = " and ".join(sorted({str(item.path) for item in items}))
+    summary = f"{len(items)} records the ledger refused wait in quarantine ({where}), counted in no budget"
+    fix = "see why with `spendwatch quarantine list`, fix the cause, then `spendwatch quarantine replay`"
+    return CheckResult("quarantine", WARN, summary, fix)
+
+
 def check_price_data(context: DoctorContext) -> CheckResult:
     from spendwatch.instrumentation.pricing import PriceTable
 
@@ -725,6 +740,7 @@ CHECKS: tuple[Callable[[DoctorContext], CheckResult], ...] = (
     check_opentelemetry_exporters,
     check_ledger,
     check_journal,
+    check_quarantine,
     check_price_data,
     check_price_overrides,
     check_unpriced_models,
