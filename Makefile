@@ -137,5 +137,15 @@ bench-against: $(BENCH_STAMP) test-servers
 	$(BENCH_BIN)/python -m bench --against $(REV) $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.instructions --variants spendwatch --against $(REV) $(BENCH_ARGS)
 
+# The fault-injection soak (issue 20, tests/faults/): seeded rounds of kill -9, full and read-only disks, PostgreSQL
+# restarts and a full PostgreSQL disk, clocks off and stepping across midnight, the guard, tampering; it prints the
+# figures table and names the seed of any round that broke a promise. Needs root (tmpfs mounts) and postgresql.
+# make soak ROUNDS=200 [SEED=n] [KINDS=kill,pg-restart] [AGAINST=<git rev>: spendwatch as committed there]
+ROUNDS ?= 50
+.PHONY: soak
+soak: $(STAMP) test-servers
+	$(BIN)/python -m tests.faults --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED)) $(if $(KINDS),--kinds $(KINDS)) \
+		$(if $(AGAINST),--against $(AGAINST))
+
 clean:
 	rm -rf $(VENV) build *.egg-info

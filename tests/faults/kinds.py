@@ -1,0 +1,177 @@
+"""The kinds of fault round, each a plan drawn from a seed, and the timeline actions they combine.
+
+Every round may also kill app processes (kill -9 at random moments, each replaced as an orchestrator would), run
+``spendwatch serve`` over the ledger (and kill it too), start its apps with ``opentelemetry-instrument`` rather
+than ``spendwatch.configure()``, and slow the stub's answers so more calls are on the wire when a kill lands.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from tests.faults.rounds import Plan, Round
+
+# --- timeline actions: (round, a random draw in [0, 1)) ------------------------------------------------------------
+
+
+def _pg_stop(mode: str) -> Callable[[Round, float], None]:
+    return lambda round_, draw: round_.postgres.stop(mode)
+
+
+ACTIONS: dict[str, Callable[[Round, float], None]] = {
+    "kill": Round.kill_worker,
+    "kill-serve": Round.kill_serve,
+    "pg-stop": _pg_stop("fast"),
+    "pg-crash": _pg_stop("immediate"),
+    "pg-start": lambda round_, draw: round_.postgres.ensure_running(),
+    "disk-fill": lambda round_, draw: round_.disk.fill(),
+    "disk-free": lambda round_, draw: round_.disk.free(),
+    "dir-ro": lambda round_, draw: round_.disk.make_read_only(),
+    "dir-rw": lambda round_, draw: round_.disk.make_writable(),
+    "pg-disk-fill": lambda round_, draw: round_.postgres.disk.fill(),
+    "pg-disk-free": lambda round_, draw: round_.postgres.disk.free(),
+}
+
+
+# --- plans ------------------------------------------------------------------------------------------------------
+
+
+def _base(seed: int, kind: str, rng: random.Random, **fixed) -> Plan:
+    plan = Plan(
+        seed=seed,
+        kind=kind,
+        backend=rng.choice(("sqlite", "postgresql")),
+        workers=rng.randint(2, 3),
+        duration_s=rng.uniform(4.0, 8.0),
+        pause_s=rng.choice((0.0, 0.002, 0.01)),
+        reply_delay_s=rng.choice((0.0, 0.005, 0.03)),
+        launcher=rng.choice(("configure", "instrument")),
+        serve=rng.random() < 0.3,
+    )
+    for name, value in fixed.items():
+        setattr(plan, name, value)
+    return plan
+
+
+def _kills(plan: Plan, rng: random.Random, low: int, high: int) -> None:
+    for _ in range(rng.randint(low, high)):
+        plan.events.append((rng.uniform(1.0, plan.duration_s), "kill", rng.random()))
+    if plan.serve and rng.random() < 0.5:
+        plan.events.append((rng.uniform(1.0, plan.duration_s), "kill-serve", rng.random()))
+
+
+def _windows(plan: Plan, rng: random.Random, start: str, end: str, most: int) -> None:
+    """Up to ``most`` fault windows (``start`` at some moment, ``end`` a while later), one after another."""
+    at = rng.uniform(0.5, 2.0)
+    for _ in range(rng.randint(1, most)):
+        if at >= plan.duration_s - 0.5:
+            break
+        lasting = rng.uniform(0.3, 2.5)
+        plan.events += [(at, start, rng.random()), (min(at + lasting, plan.duration_s - 0.2), end, rng.random())]
+        at += lasting + rng.uniform(0.3, 1.5)
+
+
+def kill_storm(seed: int, rng: random.Random) -> Plan:
+    plan = _base(seed, "kill", rng)
+    _kills(plan, rng, 2, 8)
+    return plan
+
+
+def postgres_restarts(seed: int, rng: random.Random) -> Plan:
+    plan = _base(seed, "pg-restart", rng, backend="postgresql")
+    _windows(plan, rng, rng.choice(("pg-stop", "pg-crash")), "pg-start", 3)
+    if rng.random() < 0.5:
+        _kills(plan, rng, 1, 4)
+    return plan
+
+
+def full_disk(seed: int, rng: random.Random) -> Plan:
+    plan = _base(seed, "disk-full", rng)
+    plan.disk = "ledger" if plan.backend == "sqlite" else "state"
+    _windows(plan, rng, "disk-fill", "disk-free", 2)
+    if rng.random() < 0.3:
+        _kills(plan, rng, 1, 3)
+    return plan
+
+
+def unwritable_directory(seed: int, rng: random.Random) -> Plan:
+    plan = _base(seed, "unwritable", rng)
+    plan.disk = "ledger" if plan.backend == "sqlite" else "state"
+    _windows(plan, rng, "dir-ro", "dir-rw", 2)
+    if rng.random() < 0.3:
+        _kills(plan, rng, 1, 3)
+    return plan
+
+
+def postgres_full_disk(seed: int, rng: random.Random) -> Plan:
+    plan = _base(seed, "pg-disk-full", rng, backend="postgresql")
+    _windows(plan, rng, "pg-disk-fill", "pg-disk-free", 2)
+    return plan
+
+
+def _guard(plan: Plan, rng: random.Random, on_ledger_error: str) -> None:
+    # gpt-4o at 16 output tokens: ~$0.0002 a call, so a limit of a few cents is reached within the round.
+    plan.guard = {
+        "on_ledger_error": on_ledger_error,
+        "daily_limit_usd": round(rng.uniform(0.004, 0.02), 4),
+        "allowance_usd": round(rng.uniform(0.001, 0.004), 4) if on_ledger_error == "admit" else None,
+        "lease_ttl_s": rng.choice((3, 6, 300)),
+    }
+
+
+def guard_block(seed: int, rng: random.Random) -> Plan:
+    plan = _base(seed, "guard-block", rng)
+    _guard(plan, rng, "block")
+    _guard_faults(plan, rng)
+    return plan
+
+
+def guard_admit(seed: int, rng: random.Random) -> Plan:
+    plan = _base(seed, "guard-admit", rng)
+    _guard(plan, rng, "admit")
+    _guard_faults(plan, rng)
+    return plan
+
+
+def _guard_faults(plan: Plan, rng: random.Random) -> None:
+    """The guard's round also loses its ledger for a while (PostgreSQL restarts, or a SQLite directory gone
+    read-only) and kills processes holding leases."""
+    if plan.backend == "postgresql":
+        _windows(plan, rng, rng.choice(("pg-stop", "pg-crash")), "pg-start", 2)
+    else:
+        plan.disk = "ledger"
+        _windows(plan, rng, "dir-ro", "dir-rw", 2)
+    _kills(plan, rng, 0, 4)
+
+
+KINDS: dict[str, Callable[[int, random.Random], Plan]] = {
+    "kill": kill_storm,
+    "pg-restart": postgres_restarts,
+    "disk-full": full_disk,
+    "unwritable": unwritable_directory,
+    "pg-disk-full": postgres_full_disk,
+    "guard-block": guard_block,
+    "guard-admit": guard_admit,
+}
+
+
+TITLES = {
+    "kill": "kill -9 storms",
+    "pg-restart": "PostgreSQL restarts",
+    "disk-full": "full disk (journal and ledger directory)",
+    "unwritable": "unwritable directory (read-only remount)",
+    "pg-disk-full": "PostgreSQL's disk full",
+    "guard-block": "guard, on_ledger_error = block",
+    "guard-admit": "guard, on_ledger_error = admit",
+    "clock-step": "clock stepping across midnight",
+    "clock-skew": "one host's clock 400 s ahead",
+    "tamper": "tampering, then audit verify",
+}
+
+
+def plan_round(seed: int, kinds: list[str]) -> Plan:
+    """The round of ``seed``: its kind drawn from ``kinds``, then its plan from the seed and the kind alone (so
+    ``--seed S --kinds K`` replays the round whatever list it was drawn from)."""
+    kind = random.Random(seed).choice(kinds)
+    return KINDS[kind](seed, random.Random(f"{kind}-{seed}"))
