@@ -10,6 +10,7 @@ import pytest
 
 from spendwatch.exporter import Ledger, LedgerEntry, load_settings, open_ledger
 from spendwatch.exporter.ledger import open_backend
+from spendwatch.exporter.ledger.audit import verify
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.records import UsageRecord
 
@@ -46,6 +47,23 @@ def test_ingest_counts_each_entry_once_even_when_replayed(ledger):
     assert total["cost_usd"] == pytest.approx(0.03, abs=1e-12)
     assert total["success"] == 2
     assert ledger.call_count() == 2
+
+
+def test_an_id_repeated_within_a_batch_and_across_batches_is_one_row_counted_once(ledger):
+    # A retried OTLP export journaled twice reaches the ledger as the same id twice in one batch, or in the next one.
+    first, second = usage(0.01), usage(0.5, request_model="gpt-4o")
+    batch = [LedgerEntry("span:a", first), LedgerEntry("span:b", usage(0.02)), LedgerEntry("span:a", second)]
+
+    assert ledger.ingest(batch) == 2
+    assert ledger.ingest([LedgerEntry("span:b", usage(0.02)), LedgerEntry("span:c", usage(0.04))]) == 1
+
+    rows = {row["id"]: row for row in ledger.table_rows("calls")}
+    assert sorted(rows) == ["span:a", "span:b", "span:c"]
+    assert rows["span:a"]["model"] == "gpt-4o-mini"  # the first of an id is the one kept
+    (total,) = ledger.totals()
+    assert (total["cost_usd"], total["success"]) == (pytest.approx(0.07, abs=1e-12), 3)
+    verdict = verify(ledger)
+    assert (verdict.intact, verdict.records) == (True, 3), verdict.problem
 
 
 def test_totals_split_by_model_operation_and_category_and_count_tokens(ledger):

@@ -18,6 +18,8 @@ from spendwatch.exporter.ledger.schema import create_statements
 
 __all__ = ["PostgresBackend", "SQLiteBackend"]
 
+_IDS_PER_QUERY = 500  # ids looked up per SELECT: well under SQLite's oldest limit of 999 parameters
+
 
 class _SqlBackend:
     """What both databases share; subclasses set the connection, placeholders and column types."""
@@ -35,10 +37,26 @@ class _SqlBackend:
         for statement in create_statements(self.types):
             cursor.execute(statement)
 
-    def insert_call(self, cursor, row: tuple) -> bool:
-        placeholders = ", ".join("?" * len(row))
-        cursor.execute(self._sql(f"INSERT INTO calls VALUES ({placeholders}) ON CONFLICT (id) DO NOTHING"), row)
-        return cursor.rowcount == 1
+    def insert_calls(self, cursor, rows: Sequence[tuple]) -> list[tuple]:
+        """Insert the calls rows whose id is new (to the table and among ``rows``, the first of an id kept); those
+        rows, in order. One statement for all of them: the ids are looked up first, which is exact because every
+        writer of calls holds the audit chain's head (SQLite's one writer, PostgreSQL's advisory lock)."""
+        held: set = set()
+        ids = [row[0] for row in rows]
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            query = f"SELECT id FROM calls WHERE id IN ({', '.join('?' * len(chunk))})"
+            cursor.execute(self._sql(query), chunk)
+            held.update(found for (found,) in cursor.fetchall())
+        new = []
+        for row in rows:
+            if row[0] not in held:
+                held.add(row[0])
+                new.append(row)
+        if new:
+            placeholders = ", ".join("?" * len(new[0]))
+            cursor.executemany(self._sql(f"INSERT INTO calls VALUES ({placeholders})"), new)
+        return new
 
     def add_totals(self, cursor, table: str, keys: Sequence[str], counters: Sequence[str], rows: dict) -> None:
         if not rows:

@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo
 from spendwatch.exporter.ledger import audit, history
 from spendwatch.exporter.ledger.lease_rows import draw_from_leases
 from spendwatch.exporter.ledger.locations import LedgerUnavailable, first_line
-from spendwatch.exporter.ledger.schema import BUCKET_KEYS, CALL_COLUMNS, TOTAL_COUNTERS, TOTAL_KEYS, call_row
-from spendwatch.exporter.ledger.totals import TotalsChange, add_to, counters
+from spendwatch.exporter.ledger.schema import BUCKET_KEYS, CALL_COLUMNS, TOTAL_COUNTERS, TOTAL_KEYS, call_rows
+from spendwatch.exporter.ledger.totals import TotalsChange, add_to
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.records import UsageRecord
 
@@ -128,32 +128,34 @@ class Ledger:
         entries = list(entries)
         if not entries:
             return 0
-        rows = [call_row(entry, self.tz) for entry in entries]
+        rows = call_rows(entries, self.tz)
+        records = {entry.entry_id: entry.record for entry in reversed(entries)}  # the first entry of an id is kept
         with self.chained_transaction() as cursor:
-            inserted = [
-                (entry, row) for entry, row in zip(entries, rows, strict=True) if self.backend.insert_call(cursor, row)
-            ]
-            # Typed by call_row: MACed as is, less the version-2 columns when they hold their defaults.
-            chained = [("call", row[0], None, audit.call_mac_content(row)) for _, row in inserted]
+            inserted = self.backend.insert_calls(cursor, rows)
+            # Typed by call_rows: MACed as is, less the version-2 columns when they hold their defaults.
+            chained = [("call", row[0], None, audit.call_mac_content(row)) for row in inserted]
             audit.append(self.backend, cursor, self.audit_key, chained)
+            new = [(row, records[row[0]]) for row in inserted]
             change = TotalsChange()
-            decisions: dict[tuple, list[float]] = {}
-            lease_costs: dict[str, float] = {}
-            for entry, row in inserted:
-                r = entry.record
-                for decision in r.guard_actions:
-                    add_to(decisions, decision, [1])
-                for lease in r.leases:
-                    lease_costs[lease] = lease_costs.get(lease, 0.0) + (r.cost_usd or 0.0)
-                key = (r.provider, r.request_model, r.operation, r.category or "", r.service or "")
-                change.add(row[_DAY], key, counters(r), at=r.start_time)
-                change.add_duration(r.provider, r.request_model, r.operation, r.duration_s)
+            change.add_calls((row[_DAY], record) for row, record in new)
             change.apply(self.backend, cursor)
-            self.backend.add_totals(cursor, "guard_decisions", ("budget", "action"), ("count",), decisions)
-            history.add_guard_events(self, cursor, (entry.record for entry, _ in inserted))
-            # The costs are spend now: they leave the leases they were drawn from, in the same transaction.
-            draw_from_leases(self.backend, cursor, self.audit_key, lease_costs)
+            self._guarded(cursor, [record for _, record in new])
         return len(inserted)
+
+    def _guarded(self, cursor, records: list[UsageRecord]) -> None:
+        """What ingesting ``records`` changes of the guard's state: its decisions, events and leases."""
+        decisions: dict[tuple, list[float]] = {}
+        lease_costs: dict[str, float] = {}
+        for r in records:
+            for decision in r.guard_actions:
+                add_to(decisions, decision, [1])
+            for lease in r.leases:
+                lease_costs[lease] = lease_costs.get(lease, 0.0) + (r.cost_usd or 0.0)
+        self.backend.add_totals(cursor, "guard_decisions", ("budget", "action"), ("count",), decisions)
+        if decisions:
+            history.add_guard_events(self, cursor, records)
+        # The costs are spend now: they leave the leases they were drawn from, in the same transaction.
+        draw_from_leases(self.backend, cursor, self.audit_key, lease_costs)
 
     def set_budget_limit(self, name: str, period: str, limit_usd: float, *, reason: str = "", by: str = "") -> None:
         """Change a budget's limit from now on; the change itself is kept as an event (with who made it, if known)."""

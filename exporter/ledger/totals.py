@@ -3,12 +3,14 @@
 The totals must always equal a scan of ``calls`` (``spendwatch audit verify`` checks it), so whatever changes a calls
 row changes the totals in the same transaction, through :class:`TotalsChange`: ingest adds each new call's counters,
 a re-pricing adds the difference in cost. Changes are gathered per series first, so a batch of calls costs one
-upsert per series touched, not one per call.
+upsert per series touched, not one per call; and the calls of a batch are grouped per series and hour before any
+counter is added, so the adding is done a column at a time by ``sum`` rather than a Python loop per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+from collections.abc import Iterable, Sequence
 
 from spendwatch.exporter.ledger.schema import BUCKET_KEYS, TOTAL_COUNTERS, TOTAL_KEYS, has_no_price
 from spendwatch.instrumentation.records import UsageRecord
@@ -58,6 +60,15 @@ def add_to(into: dict, key: tuple, values: Sequence[float]) -> None:
             current[index] += value
 
 
+def _bucket_of(duration_s: float) -> float | None:
+    """The duration bucket a call is counted in (the first that bounds it), or None: a call longer than the last
+    bucket is only in the sum and count."""
+    index = bisect.bisect_left(REQUEST_DURATION_BUCKETS, duration_s)
+    if index < len(REQUEST_DURATION_BUCKETS) and duration_s <= REQUEST_DURATION_BUCKETS[index]:
+        return REQUEST_DURATION_BUCKETS[index]
+    return None
+
+
 class TotalsChange:
     """What one transaction adds to the running totals, per series and per local day, then written by :meth:`apply`.
 
@@ -77,12 +88,26 @@ class TotalsChange:
         add_to(self.daily, (day, *key), values)
         add_to(self.hourly, (hour_of(at), *key), values)
 
-    def add_duration(self, provider: str, model: str, operation: str, duration_s: float) -> None:
-        """One call in its duration bucket; a call longer than the last bucket is only in the sum and count."""
-        for le in REQUEST_DURATION_BUCKETS:
-            if duration_s <= le:
-                add_to(self.buckets, (provider, model, operation, le), [1])
-                break
+    def add_calls(self, calls: Iterable[tuple[str, UsageRecord]]) -> None:
+        """New calls, each with its local day: all their counters, in the series, day and hour of each."""
+        groups: dict[tuple, list[list[float]]] = {}
+        durations: dict[tuple, int] = {}
+        for day, r in calls:
+            series = (r.provider, r.request_model, r.operation, r.category or "", r.service or "")
+            key = (day, hour_of(r.start_time), *series)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [counters(r)]
+            else:
+                group.append(counters(r))
+            bucket = _bucket_of(r.duration_s)
+            if bucket is not None:
+                bucket_key = (r.provider, r.request_model, r.operation, bucket)
+                durations[bucket_key] = durations.get(bucket_key, 0) + 1
+        for (day, hour, *key), values in groups.items():
+            self.add(day, tuple(key), [sum(column) for column in zip(*values, strict=True)], at=hour)
+        for bucket_key, count in durations.items():
+            add_to(self.buckets, bucket_key, [count])
 
     def apply(self, backend, cursor) -> None:
         backend.add_totals(cursor, "totals", TOTAL_KEYS, self.columns, self.totals)
