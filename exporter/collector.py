@@ -55,6 +55,7 @@ class _Families:
     budget: dict[str, Metric] = field(init=False)
     guard: Metric = field(init=False)
     ledger_errors: Metric = field(init=False)
+    records_dropped: Metric = field(init=False)
     quarantined: Metric = field(init=False)
     pricing: Metric | None = field(init=False)
 
@@ -80,6 +81,9 @@ class _Families:
         }
         self.guard = _counter(m.GUARD_DECISIONS, "Budget guard admission decisions.", ("budget", "action"))
         self.ledger_errors = _counter(m.LEDGER_ERRORS, "Failed ledger reads and writes.", ())
+        self.records_dropped = _counter(
+            m.RECORDS_DROPPED, "Usage records lost: no journal file could be written and the memory queue was full.", ()
+        )
         self.quarantined = GaugeMetricFamily(
             m.RECORDS_QUARANTINED, "Records the ledger refused, waiting in quarantine (spendwatch quarantine list)."
         )
@@ -89,7 +93,7 @@ class _Families:
 
     def all(self) -> list[Metric]:
         ordered = [self.cost, self.tokens, self.requests, self.unpriced, self.duration, *self.budget.values()]
-        ordered += [self.guard, self.ledger_errors, self.quarantined]
+        ordered += [self.guard, self.ledger_errors, self.records_dropped, self.quarantined]
         return ordered + ([self.pricing] if self.pricing is not None else [])
 
 
@@ -112,6 +116,7 @@ class SpendCollector:
         budget_statuses: Callable[[], list[BudgetStatus]] = lambda: [],
         guard_decisions: Callable[[], Mapping[tuple[str, str], float]] = lambda: {},
         ledger_errors: Callable[[], int] = lambda: 0,
+        records_dropped: Callable[[], int] = lambda: 0,
         quarantined: Callable[[], int] | None = None,
         pricing_data_timestamp: float | None = None,
         before_collect: Callable[[], None] | None = None,
@@ -122,6 +127,8 @@ class SpendCollector:
         self._budget_statuses = budget_statuses
         self._guard_decisions = guard_decisions
         self._ledger_errors = ledger_errors
+        self._records_dropped = records_dropped
+        self._last_dropped = 0
         # Counted from the files, so `spendwatch serve` shows what every app process over this ledger set aside.
         self._quarantined = quarantined or (lambda: quarantine.count(quarantine.directories_of(ledger.location)))
         self._pricing_data_timestamp = pricing_data_timestamp
@@ -151,6 +158,7 @@ class SpendCollector:
         for labels, value in decisions:
             families.guard.add_metric(labels, value)
         families.ledger_errors.add_metric([], self._error_count())
+        families.records_dropped.add_metric([], self._dropped_count())
         quarantined = self._guarded("counting quarantined records", self._quarantined, None)
         if quarantined is not None:
             families.quarantined.add_metric([], float(quarantined))
@@ -169,6 +177,13 @@ class SpendCollector:
             if reported is not None:
                 self._last_reported_errors = reported  # a counter must not drop when its source hiccups
             return float(self._last_reported_errors + self._own_errors)
+
+    def _dropped_count(self) -> float:
+        reported = self._guarded("reading the dropped records count", self._records_dropped, None)
+        with self._lock:
+            if reported is not None:
+                self._last_dropped = max(self._last_dropped, reported)  # a counter never goes down
+            return float(self._last_dropped)
 
     def _guarded(self, what: str, source: Callable[[], _T], fallback: _T) -> _T:
         """``source()``, or ``fallback`` when it raises: a scrape must never fail, but the failure is counted."""

@@ -29,6 +29,7 @@ __all__ = [
     "GUARD_DECISIONS",
     "printable",
     "LEDGER_ERRORS",
+    "RECORDS_DROPPED",
     "RECORDS_QUARANTINED",
     "PRICING_DATA_TIMESTAMP",
     "OTHER_CATEGORY",
@@ -58,6 +59,8 @@ GUARD_DECISIONS = "llm_guard_decisions_total"
 # source="config" or "runtime" (see budgets.LIMIT_SOURCES), so the contract's labels stay as they are.
 BUDGET_LIMIT_SOURCE = "spendwatch_budget_limit_source"
 LEDGER_ERRORS = "spendwatch_ledger_errors_total"
+# Usage records lost because no journal file could be written and the memory queue was full (issue 20).
+RECORDS_DROPPED = "spendwatch_records_dropped_total"
 # Records the ledger refused by value, waiting in the journal directories' quarantine files (issue 20).
 RECORDS_QUARANTINED = "spendwatch_records_quarantined"
 PRICING_DATA_TIMESTAMP = "spendwatch_pricing_data_timestamp_seconds"

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from spendwatch.exporter.journal import DEFAULT_MEMORY_RECORDS
 from spendwatch.exporter.ledger import is_postgres_location, shown_location, state_directory
 from spendwatch.instrumentation.categories import VALID_CATEGORY, is_valid_category
 from spendwatch.instrumentation.errors import ConfigError
@@ -62,6 +63,7 @@ ENV = {
     "metrics_tls_keyfile": "SPENDWATCH_METRICS_TLS_KEYFILE",
     "ingest_spans": "SPENDWATCH_INGEST_SPANS",
     "intake_max_bytes": "SPENDWATCH_INTAKE_MAX_BYTES",
+    "journal_memory_records": "SPENDWATCH_JOURNAL_MEMORY_RECORDS",
 }
 CONFIG_ENV = "SPENDWATCH_CONFIG"
 _FILE_ONLY = ("budgets",)
@@ -102,6 +104,8 @@ class Settings:
     metrics_tls_keyfile: str | None = None
     ingest_spans: bool = False  # SPENDWATCH_INGEST_SPANS=on: price GenAI spans other instrumentations make here
     intake_max_bytes: int = DEFAULT_INTAKE_MAX_BYTES  # the largest OTLP body POST /v1/traces takes, decompressed
+    # Records a process keeps in memory while no journal file can be written anywhere; past it they are dropped.
+    journal_memory_records: int = DEFAULT_MEMORY_RECORDS
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     config_path: str | None = None
     # Where prices_file was set, as its errors name it: "prices_file='/etc/p.toml' in SPENDWATCH_CONFIG='...'".
@@ -163,6 +167,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         metrics_tls_keyfile=_optional_text(*pick("metrics_tls_keyfile")),
         ingest_spans=_on_off(*pick("ingest_spans")),
         intake_max_bytes=_byte_count(*pick("intake_max_bytes")),
+        journal_memory_records=_record_count(*pick("journal_memory_records")),
         raw=from_file,
         config_path=config_path,
         prices_file_label=None if prices_file is None else _label(prices_file_name, prices_file),
@@ -285,6 +290,15 @@ def _byte_count(value: Any, name: str) -> int:
     number = _number(value, name)
     if number < 1 or number != int(number):
         raise ConfigError(f"{_label(name, value)} must be a whole number of bytes, at least 1")
+    return int(number)
+
+
+def _record_count(value: Any, name: str) -> int:
+    if value is None:
+        return DEFAULT_MEMORY_RECORDS
+    number = _number(value, name)
+    if number < 0 or number != int(number):
+        raise ConfigError(f"{_label(name, value)} must be a whole number of records, 0 or more")
     return int(number)
 
 

@@ -11,6 +11,7 @@ processes when the ledger is back: no other place is shared by every host.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -20,6 +21,8 @@ __all__ = ["COUNTS_EVENT", "SharedCounts"]
 
 COUNTS_EVENT = "exporter_counts"
 NAMES = ("ledger_errors", "records_dropped")
+
+_logger = logging.getLogger(__name__)
 
 
 class SharedCounts:
@@ -32,6 +35,7 @@ class SharedCounts:
         self._kept = dict.fromkeys(NAMES, 0)  # of our counts, how much is in the ledger already
         self._read = dict.fromkeys(NAMES, 0)  # sums of the events read so far (ours included)
         self._read_up_to = 0  # the id of the last event read
+        self._shown = dict.fromkeys(NAMES, 0)  # the last totals given out
         self._lock = threading.Lock()
 
     def keep(self) -> None:
@@ -47,15 +51,21 @@ class SharedCounts:
             self._kept = {name: now[name] for name in NAMES}
 
     def total(self, name: str) -> int:
-        """Every process's ``name`` count: the events in the ledger, and ours not kept there yet. Raises when the
-        ledger cannot be read (a collector keeps its last value then)."""
+        """Every process's ``name`` count: the events in the ledger (as last read, while it cannot be read), and
+        ours not kept there yet."""
         with self._lock:
-            for event in self.ledger.events_since(COUNTS_EVENT, self._read_up_to):
-                detail = json.loads(event["detail"])
-                for counted in NAMES:
-                    self._read[counted] += int(detail.get(counted, 0))
-                self._read_up_to = int(event["id"])
-            return self._read[name] + self._own()[name] - self._kept[name]
+            try:
+                for event in self.ledger.events_since(COUNTS_EVENT, self._read_up_to):
+                    detail = json.loads(event["detail"])
+                    for counted in NAMES:
+                        self._read[counted] += int(detail.get(counted, 0))
+                    self._read_up_to = int(event["id"])
+            except Exception:  # noqa: BLE001 - the ledger is down: what was read, and ours, which keep counting
+                _logger.debug("spendwatch: cannot read the exporter counts in the ledger", exc_info=True)
+            # A counter never goes down, not even while an event we kept cannot be read back yet.
+            total = max(self._shown[name], self._read[name] + self._own()[name] - self._kept[name])
+            self._shown[name] = total
+            return total
 
     def after_fork(self) -> None:
         """A forked child counts from zero (its own counts start at zero too), and has kept nothing yet."""

@@ -73,7 +73,7 @@ def attach(**settings: Any) -> Runtime:
         guard_rules = guard_config(resolved.raw.get("guard"), f"SPENDWATCH_CONFIG={resolved.config_path!r}")
         # The ledger connects on first use: an app starts whether or not its ledger can be reached or written now.
         ledger = open_ledger_later(resolved)
-        sink = LedgerSink(ledger, journal_directory(resolved.ledger))
+        sink = LedgerSink(ledger, journal_directory(resolved.ledger), memory_records=resolved.journal_memory_records)
         sink.service = _process_service()
         _record_startup(sink, resolved, prices)
         runtime = Runtime(resolved, ledger, sink, prices)
@@ -196,7 +196,8 @@ def _serve_metrics(runtime: Runtime) -> None:
         runtime.ledger,
         categories=settings.categories,
         budget_statuses=runtime.budget_statuses,
-        ledger_errors=lambda: runtime.sink.ledger_errors,
+        ledger_errors=runtime.sink.all_ledger_errors,  # every process's over this ledger, as serve shows
+        records_dropped=runtime.sink.all_records_dropped,
         guard_decisions=runtime.ledger.guard_decisions,
         pricing_data_timestamp=runtime.prices.data_timestamp,
         before_collect=runtime.sink.flush,

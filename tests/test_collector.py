@@ -36,6 +36,7 @@ EXPECTED_FAMILIES = {
     "llm_guard_decisions_total": ("counter", {"budget", "action"}),
     "spendwatch_budget_limit_source": ("gauge", {"budget", "period", "source"}),
     "spendwatch_ledger_errors_total": ("counter", set()),
+    "spendwatch_records_dropped_total": ("counter", set()),
     "spendwatch_records_quarantined": ("gauge", set()),
     "spendwatch_pricing_data_timestamp_seconds": ("gauge", set()),
 }

@@ -55,17 +55,20 @@ def _run_serve(args: argparse.Namespace) -> int:
     known = LedgerConfiguration(ledger, settings)
     registry = CollectorRegistry()
     prices_as_of = _pricing_data_timestamp()
+    # OTLP intake: spans are journaled, and drained into the ledger behind the answer, as an instrumented app's calls
+    # are (through serve's one Ledger, as an app's sink and guard share theirs).
+    sink = LedgerSink(ledger, journal_directory(settings.ledger), memory_records=settings.journal_memory_records)
     SpendCollector(
         ledger,
         categories=known.settings().categories,
         budget_statuses=lambda: budget_statuses(ledger, known.settings()),
         guard_decisions=ledger.guard_decisions,
+        # Every process's over this ledger: the apps keep theirs in it (exporter/shared_counts.py).
+        ledger_errors=sink.all_ledger_errors,
+        records_dropped=sink.all_records_dropped,
         pricing_data_timestamp=prices_as_of,
         registry=registry,
     )
-    # OTLP intake: spans are journaled, and drained into the ledger behind the answer, as an instrumented app's calls
-    # are (through serve's one Ledger, as an app's sink and guard share theirs).
-    sink = LedgerSink(ledger, journal_directory(settings.ledger))
     routes = {
         "/": page_app(ledger, known.settings, prices_as_of=prices_as_of),
         API_PREFIX: api_app(ledger, known.settings),

@@ -412,10 +412,9 @@ def check_journal(context: DoctorContext) -> CheckResult:
     """Calls journaled but not in the ledger yet: while an app cannot write its ledger, they wait there."""
     if context.settings is None:
         return _not_checked("journal")
-    from spendwatch.exporter.sink import fallback_journal_directory, journal_directory, waiting_records
+    from spendwatch.exporter.sink import journal_directories, waiting_records
 
-    location = context.settings.ledger
-    directories = list(dict.fromkeys([journal_directory(location), fallback_journal_directory(location)]))
+    directories = journal_directories(context.settings.ledger)
     waiting = waiting_records(directories)
     where = " and ".join(str(directory) for directory in directories if directory.is_dir())
     if waiting == 0:
