@@ -32,7 +32,7 @@ from spendwatch.exporter.ledger.audit import AUDIT_KEY_ENV, verify
 from spendwatch.exporter.ledger.errors import is_poison
 from spendwatch.exporter.sink import journal_directory
 from spendwatch.instrumentation.records import UsageRecord
-from tests.servers import free_port, in_ci
+from tests.servers import free_port, http_get, in_ci, start_process
 
 UTC = ZoneInfo("UTC")
 SPENDWATCH = Path(sys.executable).parent / "spendwatch"
@@ -385,11 +385,42 @@ def test_a_record_sqlite_can_never_store_stays_in_quarantine_and_blocks_nothing(
     assert ledger.call_count() == 4
     assert len(quarantined_in(directory)) == 1
 
+    assert served_quarantined(environ, tmp_path) == 1.0  # what spendwatch serve shows, from the files
+
     replay = spendwatch(environ, "quarantine", "replay")
     assert replay.returncode == 1 and "UnicodeEncodeError" in replay.stdout
     assert len(quarantined_in(directory)) == 1  # nothing lost
     assert ledger.call_count() == 4
     assert spendwatch(environ, "audit", "verify").returncode == 0
+
+
+def served_quarantined(environ: dict, tmp_path: Path) -> float:
+    address = f"127.0.0.1:{free_port()}"
+    argv = [str(SPENDWATCH), "serve", "--address", address]
+    server = start_process(argv, log_path=tmp_path / "serve.log", env=environ)
+    try:
+        server.wait_ready(lambda: http_get(f"http://{address}/metrics")[0] == 200, 60, "spendwatch serve")
+        text = http_get(f"http://{address}/metrics")[1].decode()
+    finally:
+        server.stop()
+    (line,) = [line for line in text.splitlines() if line.startswith("spendwatch_records_quarantined ")]
+    return float(line.split()[-1])
+
+
+def test_a_line_an_earlier_release_wrote_is_listed_and_counted_and_never_removed(tmp_path, environ):
+    environ["SPENDWATCH_LEDGER"] = str(tmp_path / "ledger.db")
+    directory = journal_directory(environ["SPENDWATCH_LEDGER"])
+    directory.mkdir()
+    old_line = {"entry_id": "f:64", "error": "CHECK constraint failed", "record": repr(a_record())}
+    (directory / quarantine.QUARANTINE_FILE).write_text(json.dumps(old_line) + "\n")
+    quarantine.keep([directory], LedgerEntry("f:128", a_record(1)), ValueError("refused then"))
+
+    listed = spendwatch(environ, "quarantine", "list")
+    assert "f:64" in listed.stdout and "not replayable" in listed.stdout and "2 records" in listed.stdout
+    replayed = spendwatch(environ, "quarantine", "replay")
+    assert replayed.returncode == 0 and "replayed 1 records (1 new" in replayed.stdout
+    (left,) = quarantined_in(directory)
+    assert json.loads(left) == old_line
 
 
 def test_a_replay_cut_short_by_an_outage_removes_nothing_and_counts_nothing_twice(tmp_path):
