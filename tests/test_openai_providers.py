@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+from openai import _base_client
 
 from tests.charges import client_at, genai_cost_of
 from tests.conftest import FAKE_API_KEY
@@ -128,3 +129,48 @@ def test_a_port_in_the_base_url_is_the_server_port(stub, span_exporter, sink):
 
     span, _ = one_call(span_exporter, sink)
     assert (span.attributes["server.address"], span.attributes["server.port"]) == ("localhost", stub.port)
+
+
+def test_a_client_whose_base_url_is_set_again_is_named_by_its_new_url(stub, span_exporter, sink):
+    client = client_at("https://api.openai.com/v1", stub)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    client.base_url = "https://api.deepseek.com"
+    client.chat.completions.create(model="deepseek-chat", messages=MESSAGES)
+
+    spans = span_exporter.get_finished_spans()
+    assert [record.provider for record in sink.records] == ["openai", "deepseek"]
+    assert [span.attributes["server.address"] for span in spans] == ["api.openai.com", "api.deepseek.com"]
+
+
+def test_a_client_class_with_a_base_url_of_its_own_is_named_by_it(stub, span_exporter, sink):
+    class RoutedClient(openai.OpenAI):  # a subclass that decides its URL itself, as openai's module-level client does
+        route = "https://api.groq.com/openai/v1/"
+
+        @property
+        def base_url(self):
+            return _base_client.URL(self.route)
+
+        @base_url.setter
+        def base_url(self, url) -> None:
+            self.route = str(url)
+
+    client = client_at("https://api.openai.com/v1", stub, RoutedClient)
+    client.chat.completions.create(model="llama-3.3-70b-versatile", messages=MESSAGES)
+    client.route = "https://api.mistral.ai/v1/"
+    client.chat.completions.create(model="mistral-large-latest", messages=MESSAGES)
+
+    assert [record.provider for record in sink.records] == ["groq", "mistral_ai"]
+    assert all(record.cost_usd > 0 for record in sink.records)
+
+
+def test_the_module_level_client_is_named_by_openai_base_url(stub, span_exporter, sink, monkeypatch):
+    monkeypatch.setattr(openai, "api_key", FAKE_API_KEY)
+    monkeypatch.setattr(openai, "max_retries", 0)
+    monkeypatch.setattr(openai, "http_client", client_at("https://api.openai.com/v1", stub)._client)
+    monkeypatch.setattr(openai, "_client", None)  # built afresh from the settings above, dropped after the test
+    monkeypatch.setattr(openai, "base_url", "https://api.deepseek.com")
+    openai.chat.completions.create(model="deepseek-chat", messages=MESSAGES)
+    monkeypatch.setattr(openai, "base_url", "https://api.x.ai/v1")
+    openai.chat.completions.create(model="grok-4", messages=MESSAGES)
+
+    assert [record.provider for record in sink.records] == ["deepseek", "x_ai"]

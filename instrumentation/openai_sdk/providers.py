@@ -41,12 +41,59 @@ _UNKNOWN = Endpoint("openai", None, {})
 _endpoint_by_url_id: dict[int, tuple[Any, type, Endpoint]] = {}
 
 
+# The field an OpenAI client keeps its base URL in (openai 2.x on; older releases keep it in ``_base_url`` itself).
+_URL_FIELD = "_configured_base_url"
+# Client types whose base URL is read from that field (True) or through the ``_base_url`` property (False). The
+# property runs two more getters, one of them with an import statement inside: ~12 k instructions on every call.
+_plain_url_types: dict[type, bool] = {}
+
+
+def _sdk_url_getters() -> frozenset:
+    """The SDK's own base-URL getters, each of which returns the client's ``_configured_base_url`` field."""
+    try:
+        import openai
+        from openai._base_client import BaseClient
+    except ImportError:
+        return frozenset()
+    properties = [
+        getattr(owner, name, None)
+        for owner in (BaseClient, openai.OpenAI, openai.AsyncOpenAI)
+        for name in ("_base_url", "base_url")
+    ]
+    return frozenset(prop.fget for prop in properties if isinstance(prop, property))
+
+
+_SDK_URL_GETTERS = _sdk_url_getters()
+
+
+def _learn_url_type(client: Any) -> bool:
+    """Whether a client of this type keeps its base URL where the SDK's getters read it: no subclass on the way
+    overrides them (the module-level client reads ``openai.base_url``), and they return the field for this client."""
+    client_type = type(client)
+    getters = (getattr(client_type, "_base_url", None), getattr(client_type, "base_url", None))
+    try:
+        plain = (
+            all(isinstance(getter, property) and getter.fget in _SDK_URL_GETTERS for getter in getters)
+            and client.__dict__.get(_URL_FIELD) is getattr(client, "_base_url", None) is not None
+        )
+    except Exception:  # noqa: BLE001 - a client of an unexpected shape: read it the slow way
+        plain = False
+    _plain_url_types[client_type] = plain
+    return plain
+
+
 def endpoint_of(resource: Any) -> Endpoint:
     """The endpoint of the client behind an SDK resource (``client.chat.completions``, say)."""
     client = getattr(resource, "_client", None)
-    url = getattr(client, "_base_url", None)
+    client_type = type(client)
+    plain = _plain_url_types.get(client_type)
+    if plain is None:
+        plain = _learn_url_type(client)
+    url = client.__dict__.get(_URL_FIELD) if plain else None
+    if url is None:
+        url = getattr(client, "_base_url", None)
     known = _endpoint_by_url_id.get(id(url))
-    if known is not None and known[0] is url and known[1] is type(client):
+    if known is not None and known[0] is url and known[1] is client_type:
         return known[2]
     return _remember_endpoint(client, url)
 
