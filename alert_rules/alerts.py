@@ -198,6 +198,20 @@ LEDGER_ERRORS = Alert(
 )
 
 
+RECORDS_DROPPED = Alert(
+    alert="SpendwatchRecordsDropped",
+    comment="Records are dropped only past the memory queue, after every journal place failed: spend is lost.",
+    expr="increase(spendwatch_records_dropped_total[15m]) > 0",
+    for_="0m",
+    severity="critical",
+    summary="spendwatch dropped usage records: their spend is in no ledger and no budget.",
+    description=(
+        'spendwatch at {{ $labels.instance }} counts {{ $value | printf "%.0f" }} usage records dropped in the last',
+        "15 minutes: no journal file could be written anywhere and the memory queue was full.",
+    ),
+)
+
+
 EXPORTER_DOWN = Alert(
     alert="SpendwatchExporterDown",
     comment="Either a known target is down, or no spendwatch target is scraped at all.",
@@ -218,7 +232,7 @@ GROUPS = [
         (usage_high("warning", "5m"), usage_high("critical", "1m"), EXHAUSTED, EXHAUSTION_PREDICTED),
     ),
     Group("spendwatch.spend", (COST_SPIKE, UNPRICED_REQUESTS, GUARD_BLOCKING)),
-    Group("spendwatch.exporter", (LEDGER_ERRORS, EXPORTER_DOWN)),
+    Group("spendwatch.exporter", (LEDGER_ERRORS, RECORDS_DROPPED, EXPORTER_DOWN)),
 ]
 
 

@@ -35,6 +35,7 @@ ALERTS = {
     "LLMUnpricedRequests": {"warning"},
     "LLMGuardBlocking": {"warning"},
     "SpendwatchLedgerErrors": {"warning"},
+    "SpendwatchRecordsDropped": {"critical"},
     "SpendwatchExporterDown": {"critical"},
 }
 BUDGET_ALERTS = ("LLMBudgetUsageHigh", "LLMBudgetExhausted", "LLMBudgetExhaustionPredicted")
