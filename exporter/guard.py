@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import threading
 import time
 import uuid
@@ -35,6 +36,7 @@ from spendwatch.exporter.ledger import Ledger, first_line
 from spendwatch.exporter.ledger.leases import LeaseGrant, release_lease, renew_lease
 from spendwatch.exporter.ledger.schema import ASSUMED_PRICE
 from spendwatch.exporter.periods import period_bounds
+from spendwatch.exporter.recovery import process_owner
 from spendwatch.exporter.settings import BudgetSpec, Settings
 from spendwatch.instrumentation.admission import CallRequest
 from spendwatch.instrumentation.errors import BudgetExceededError
@@ -128,6 +130,7 @@ class BudgetGuard:
         self._unchecked_usd: dict[tuple, float] = {}
         self._closed = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     # --- admission (the caller's path) -------------------------------------------------------------------------
     def admit(self, request: CallRequest) -> GuardTicket | None:
@@ -215,6 +218,7 @@ class BudgetGuard:
             need_usd=need,
             want_usd=want,
             ttl_s=self.config.lease_ttl_s,
+            owner=process_owner(),  # kept past its TTL until this process's journal is in (exporter/recovery.py)
         )
         state.unspent_usd = (state.unspent_usd if grant.existed else 0.0) + grant.granted_usd
         state.expires_at = tick + self.config.lease_ttl_s
@@ -373,6 +377,12 @@ class BudgetGuard:
                 except _LedgerOutage:
                     self._count_ledger_error()
                     return
+
+    def _after_fork_in_child(self) -> None:
+        # A forked worker is another owner with its own journal: it takes leases of its own (its parent's stay its
+        # parent's), and runs its own heartbeat.
+        self._lock = threading.Lock()
+        self._states, self._ended, self._heartbeat = {}, [], None
 
     def close(self) -> None:
         """Stop the heartbeat and give this process's leases back (call after the journal was drained)."""

@@ -10,7 +10,7 @@ on_ledger_error = "block"     # or "admit": what to do with a call when the ledg
 outage_allowance_usd = 0.10   # "admit": the most one process admits unchecked per budget period (worst cases);
                               # unset: a lease's worth (lease_fraction of the budget's limit)
 lease_fraction = 0.02         # how much of a budget one process reserves at a time
-lease_ttl_s = 300             # how long a lease lives unrenewed (a dead process's reservation is freed after it)
+lease_ttl_s = 300             # how long a lease lives unrenewed (a dead process's is kept until its journal is in)
 
 [[guard.ceilings]]            # refuse any single call estimated above max_usd
 max_usd = 0.50

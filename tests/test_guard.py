@@ -227,20 +227,36 @@ def make_guard(tmp_path):
         sink.close()
 
 
-def test_a_crashed_processes_lease_expires_and_frees_the_budget(make_guard):
+def _admit_and_wait(location: str, journal: str, limit: float, admitted) -> None:
+    """A process that reserves a call, says so, and waits to be killed (no settle, no close)."""
+    settings = load_settings({"daily_budget_usd": limit}, environ={})
+    ledger = Ledger(open_backend(location), settings.timezone)
+    LedgerSink(ledger, journal, drain_interval=3600)
+    BudgetGuard(ledger, settings, PRICES, guard_config(None, "test"), clock=lambda: NOON).admit(a_request())
+    admitted.set()
+    threading.Event().wait()
+
+
+def test_a_killed_processes_lease_outlives_its_ttl_until_its_journal_is_in(make_guard, tmp_path):
     limit = MINI.cost(100, 1000) * 1.5
-    crashed, _ = make_guard(daily_budget_usd=limit)
-    crashed.admit(a_request())  # reserved, then the process "dies": no settle, no close
+    survivor, sink = make_guard(daily_budget_usd=limit)
+    context = multiprocessing.get_context("spawn")
+    admitted = context.Event()
+    crashed = context.Process(
+        target=_admit_and_wait, args=(str(tmp_path / "ledger.db"), str(tmp_path / "journal"), limit, admitted)
+    )
+    crashed.start()
+    assert admitted.wait(120)
+    crashed.kill()
+    crashed.join()
+    # Expiry is by the database's clock: the killed process's TTL passes as its expiry falls behind that clock.
+    with survivor.ledger.transaction() as cursor:
+        survivor.ledger.backend.execute(cursor, "UPDATE leases SET expires_at = expires_at - 301")
 
-    survivor, _ = make_guard(daily_budget_usd=limit)
-    with pytest.raises(spendwatch.BudgetExceededError):
+    with pytest.raises(spendwatch.BudgetExceededError):  # its journal is not in the ledger yet: its lease holds
         survivor.admit(a_request())
-    # Expiry is by the database's clock: the crashed lease's TTL passes as its expiry falls behind that clock.
-    with crashed.ledger.transaction() as cursor:
-        crashed.ledger.backend.execute(
-            cursor, "UPDATE leases SET expires_at = expires_at - ?", (crashed.config.lease_ttl_s + 1,)
-        )
 
+    sink.after_drain[0]()  # the drainer's look for dead processes' journals: replayed, so the lease is released
     assert survivor.admit(a_request()) is not None
 
 

@@ -435,7 +435,7 @@ class _Walk:
         found = list(self.rows("SELECT value FROM spendwatch_meta WHERE key = ?", (UNSEALED_LEASES_KEY,)))
         unsealed_until = float(found[0][0]) if found else float("-inf")
         for *row, mac in self.rows(f"SELECT {', '.join(LEASE_COLUMNS)}, mac FROM leases ORDER BY lease_id"):
-            if mac is None and float(row[-1]) <= unsealed_until:
+            if mac is None and float(row[LEASE_COLUMNS.index("expires_at")]) <= unsealed_until:
                 continue
             if mac is None or not hmac.compare_digest(lease_mac(self.key, row), str(mac)):
                 shown = f"lease {row[0]!r} of budget {row[1]!r} ({row[4]} USD)"

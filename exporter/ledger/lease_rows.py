@@ -12,19 +12,23 @@ from collections.abc import Mapping, Sequence
 
 __all__ = ["LEASE_COLUMNS", "draw_from_leases", "lease_mac", "write_lease"]
 
-LEASE_COLUMNS = ("lease_id", "budget", "period", "period_start", "outstanding_usd", "expires_at")
+LEASE_COLUMNS = ("lease_id", "budget", "period", "period_start", "outstanding_usd", "expires_at", "owner")
 _KIND = "lease"  # the MAC's kind: chain records are call, event and reprice, with seq from 1
 _UPSERT = (
-    f"INSERT INTO leases ({', '.join(LEASE_COLUMNS)}, mac) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO leases ({', '.join(LEASE_COLUMNS)}, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (lease_id) DO UPDATE SET outstanding_usd = excluded.outstanding_usd,"
-    " expires_at = excluded.expires_at, mac = excluded.mac"
+    " expires_at = excluded.expires_at, owner = excluded.owner, mac = excluded.mac"
 )
 
 
 def lease_mac(key, row: Sequence) -> str:
-    """The MAC of a lease row (:data:`LEASE_COLUMNS`, in order), its values normalised as they read back."""
-    lease_id, budget, period, period_start, outstanding, expires_at = row
+    """The MAC of a lease row (:data:`LEASE_COLUMNS`, in order), its values normalised as they read back. A lease
+    without an owner (schema 5 wrote none) is MACed without it, so those rows still verify; setting a lease's owner
+    to NULL changes what its MAC covers, and is caught."""
+    lease_id, budget, period, period_start, outstanding, expires_at, owner = row
     content = [str(lease_id), str(budget), str(period), str(period_start), float(outstanding), float(expires_at)]
+    if owner is not None:
+        content.append(str(owner))
     return key.mac(0, _KIND, "", content)
 
 
@@ -41,5 +45,5 @@ def draw_from_leases(backend, cursor, key, costs: Mapping[str, float]) -> None:
     for lease_id, cost in costs.items():
         found = backend.execute(cursor, query, (lease_id,))
         if found:  # an expired lease was deleted: nothing left to draw from
-            *identity, outstanding, expires_at = found[0]
-            write_lease(backend, cursor, key, (*identity, float(outstanding) - cost, float(expires_at)))
+            *identity, outstanding, expires_at, owner = found[0]
+            write_lease(backend, cursor, key, (*identity, float(outstanding) - cost, float(expires_at), owner))

@@ -8,9 +8,12 @@ dollar is counted exactly once, as spend or as outstanding lease, and
 
     spend + sum(outstanding leases) <= limit
 
-holds across threads, processes and (with PostgreSQL) hosts. A lease whose process died expires after its TTL; a
-living process renews its leases while its calls are in flight (the guard's heartbeat), so a call of any length keeps
-its reservation.
+holds across threads, processes and (with PostgreSQL) hosts. A living process renews its leases while its calls are
+in flight (the guard's heartbeat), so a call of any length keeps its reservation. A lease names its ``owner``, the
+process whose journal holds the calls drawn from it: past its TTL it is kept (still counted against the budget) until
+that journal is in the ledger, for its calls' costs move from the lease into spend only as they are ingested; deleting
+it sooner would hand that money to other processes a second time. :mod:`spendwatch.exporter.recovery` decides when an
+owner's journal is in and releases its leases; a lease without an owner (an earlier release wrote it) ends at its TTL.
 
 Expiry is decided by one clock, the database's, read in the transaction that renews: PostgreSQL's
 ``clock_timestamp()``, and for SQLite (which has no server) the host clock as SQLite reads it, ``julianday('now')``,
@@ -21,6 +24,7 @@ other processes' live leases nor gives its own a longer life. Each lease row car
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
@@ -28,7 +32,7 @@ from spendwatch.exporter.ledger.lease_rows import write_lease
 from spendwatch.exporter.ledger.ledger import Ledger, budget_scope
 from spendwatch.exporter.settings import BudgetSpec
 
-__all__ = ["LeaseGrant", "renew_lease", "release_lease"]
+__all__ = ["HeldLease", "LeaseGrant", "held_leases", "release_lease", "release_leases", "renew_lease"]
 
 # One statement, so PostgreSQL reads spend and leases from one snapshot: a drain moving a cost from a lease into
 # spend between two statements could otherwise hide it from both.
@@ -60,9 +64,10 @@ def renew_lease(
     need_usd: float,
     want_usd: float,
     ttl_s: float,
+    owner: str | None = None,
 ) -> LeaseGrant:
     """Extend a lease by ``want_usd`` (or whatever is left, if at least ``need_usd``), atomically, and make it live
-    for ``ttl_s`` from now by the database's clock."""
+    for ``ttl_s`` from now by the database's clock. ``owner``: the process whose journal will hold its calls."""
     first, end = period
     scope, scope_values = budget_scope(budget.category, budget.model)
     with ledger.transaction() as cursor:
@@ -70,7 +75,8 @@ def renew_lease(
         backend.lock_budget(cursor, zlib.crc32(f"{budget.name}/{budget.period}".encode()))
         ((now,),) = backend.execute(cursor, f"SELECT {backend.now_sql}")  # after the lock: no stale read
         now = float(now)
-        backend.execute(cursor, "DELETE FROM leases WHERE expires_at < ?", (now,))
+        # Only a lease nobody owns ends at its TTL here: an owned one waits for its owner's journal (see above).
+        backend.execute(cursor, "DELETE FROM leases WHERE expires_at < ? AND owner IS NULL", (now,))
         standing_query = _STANDING.format(scope=scope)
         parameters = (first.isoformat(), end.isoformat(), *scope_values)
         parameters += (budget.name, budget.period, first.isoformat(), lease_id, lease_id)
@@ -81,7 +87,7 @@ def renew_lease(
         available = limit_usd - spent - others - mine
         granted = min(want_usd, available) if available >= need_usd else 0.0
         outstanding = mine + granted
-        row = (lease_id, budget.name, budget.period, first.isoformat(), outstanding, now + ttl_s)
+        row = (lease_id, budget.name, budget.period, first.isoformat(), outstanding, now + ttl_s, owner)
         write_lease(backend, cursor, ledger.audit_key, row)
     return LeaseGrant(granted, outstanding, spent, others, existed)
 
@@ -90,3 +96,46 @@ def release_lease(ledger: Ledger, lease_id: str) -> None:
     """Give a lease back (at exit, after the journal was drained: its costs are spend by then)."""
     with ledger.transaction() as cursor:
         ledger.backend.execute(cursor, "DELETE FROM leases WHERE lease_id = ?", (lease_id,))
+
+
+@dataclass(frozen=True)
+class HeldLease:
+    """A lease with an owner, as the database's clock sees it now."""
+
+    lease_id: str
+    budget: str
+    period: str
+    period_start: str
+    outstanding_usd: float
+    owner: str
+    expired_for_s: float  # how long ago its TTL ended (negative: still live)
+
+    @property
+    def expired(self) -> bool:
+        return self.expired_for_s > 0
+
+
+def held_leases(ledger: Ledger) -> list[HeldLease]:
+    """Every lease that names an owner, live or past its TTL."""
+    backend = ledger.backend
+    query = (
+        f"SELECT lease_id, budget, period, period_start, outstanding_usd, owner, {backend.now_sql} - expires_at"
+        " FROM leases WHERE owner IS NOT NULL ORDER BY lease_id"
+    )
+    with ledger.transaction() as cursor:
+        rows = backend.execute(cursor, query)
+    return [HeldLease(str(i), str(b), str(p), str(s), float(o), str(w), float(e)) for i, b, p, s, o, w, e in rows]
+
+
+def release_leases(ledger: Ledger, lease_ids: Iterable[str], *, expired_only: bool = False) -> int:
+    """Delete these leases (``expired_only``: those of them past their TTL by the database's clock, checked in the
+    deleting transaction, so one its owner renewed meanwhile stays). Returns how many were deleted."""
+    backend, deleted = ledger.backend, 0
+    query = "DELETE FROM leases WHERE lease_id = ?"
+    if expired_only:
+        query += f" AND expires_at < {backend.now_sql}"
+    with ledger.transaction() as cursor:
+        for lease_id in lease_ids:
+            backend.execute(cursor, query, (lease_id,))
+            deleted += max(cursor.rowcount, 0)
+    return deleted
