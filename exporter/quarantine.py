@@ -42,6 +42,7 @@ __all__ = [
     "keep",
     "quarantined",
     "replay",
+    "summary",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def keep(directories: Iterable[Path], entry: LedgerEntry, error: BaseException) 
     line = json.dumps(
         {
             "entry_id": entry.entry_id,
-            "call": _readable(entry.record),
+            "call": summary(entry.record),
             "record": base64.b64encode(codec.encode(entry.record)).decode("ascii"),
             "error": f"{type(error).__name__}: {first_line(error)}",
             "at": time.time(),
@@ -110,7 +111,7 @@ def keep(directories: Iterable[Path], entry: LedgerEntry, error: BaseException) 
     raise problems[0] if problems else OSError("no directory to keep a quarantined record in")
 
 
-def _readable(record: UsageRecord) -> dict:
+def summary(record: UsageRecord) -> dict:
     """What a person reading the file (or ``quarantine list``) needs to tell the call; the record itself is replayed."""
     return {
         "provider": record.provider,

@@ -76,24 +76,15 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _as_dict(item) -> dict:
-    record = item.record
-    call = (
-        None
-        if record is None
-        else {
-            "provider": record.provider,
-            "model": record.request_model,
-            "operation": record.operation,
-            "cost_usd": record.cost_usd,
-            "start_time": record.start_time,
-        }
-    )
+    from spendwatch.exporter.quarantine import summary
+
+    call = None if item.record is None else summary(item.record)
     return {
         "entry_id": item.entry_id,
         "error": item.error,
         "at": item.at,
         "file": str(item.path),
-        "replayable": record is not None,
+        "replayable": item.record is not None,
         "call": call,
     }
 
