@@ -248,7 +248,7 @@ class LedgerSink:
             waiting = self._journal.waiting_in_memory(_BATCH)
             if not waiting:
                 return True
-            if not self._ingest([_entry_of(entry_id, payload) for entry_id, payload in waiting]):
+            if not self._ingest([_entry_of(entry_id, payload) for entry_id, payload in waiting if not _mark(payload)]):
                 return False
             self._journal.forget_memory(len(waiting))
 
@@ -385,23 +385,35 @@ class LedgerSink:
     def recover(self) -> int:
         """Replay journals whose writer died (in the journal directory and its fallback). Returns how many records
         were new to the ledger; a journal that cannot be replayed yet is kept, and counted as a ledger error."""
-        recovered = 0
-        for directory in self.directories:
-            for journal in orphaned_journals(directory):
-                drained = True
-                try:
-                    entries = [_entry(journal, offset, payload) for offset, payload in journal.records()]
-                except Exception as error:  # noqa: BLE001 - a record that cannot be read: keep the file
-                    entries, drained = [], False
-                    self._failed(error)
-                for start in range(0, len(entries), _BATCH):
-                    new = self._ingest_counted(entries[start : start + _BATCH])
-                    if new is None:
-                        drained = False
-                        break
-                    recovered += new
-                journal.close(delete=drained)
+        journals = [journal for directory in self.directories for journal in orphaned_journals(directory)]
+        interrupted = self._record_interrupted(journals)
+        recovered = interrupted or 0
+        for journal in journals:
+            drained = interrupted is not None  # the interrupted calls' marks are kept until those calls are in
+            try:
+                entries = [
+                    _entry(journal, offset, payload) for offset, payload in journal.records() if not _mark(payload)
+                ]
+            except Exception as error:  # noqa: BLE001 - a record that cannot be read: keep the file
+                entries, drained = [], False
+                self._failed(error)
+            for start in range(0, len(entries), _BATCH):
+                new = self._ingest_counted(entries[start : start + _BATCH])
+                if new is None:
+                    drained = False
+                    break
+                recovered += new
+            journal.close(delete=drained)
         return recovered
+
+    def _record_interrupted(self, journals: list[JournalFile]) -> int | None:
+        """(inflight) Record the calls dead writers had on the wire: marks in their files no record completes."""
+        try:
+            entries = inflight.interrupted_entries(journals, self.ledger)
+        except Exception as error:  # noqa: BLE001 - kept, with the files, for the next pass
+            self._failed(error)
+            return None
+        return self._ingest_counted(entries) if entries else 0
 
     def close(self) -> None:
         """Stop the drainer, drain what is left, and remove this process's journal when it is all in the ledger."""
@@ -427,6 +439,7 @@ class LedgerSink:
         self.counts.after_fork()
         self._dropped_logged = 0
         self._journal = self._open_journal()
+        self.open_marks = inflight.OpenMarks()  # the parent's calls are the parent's
         self._drain_interval = DRAIN_INTERVAL_S
         self._start_drainer()
 
@@ -440,7 +453,12 @@ def _entry_of(place: str, payload: bytes) -> LedgerEntry:
     record = codec.decode(payload)
     if record.source != "sdk":  # a span's call: one ledger row per span, however many times it was handed in
         return LedgerEntry(entry_id_of(record.trace_id, record.span_id), record)
+    if record.mark:  # (inflight) the id its interrupted estimate would have: whichever comes first is the one row
+        return LedgerEntry(inflight.entry_id(record.mark), record)
     return LedgerEntry(place, record)
+
+
+_mark = codec.is_mark
 
 
 def waiting_records(directories: list[Path]) -> int:
@@ -453,7 +471,7 @@ def waiting_records(directories: list[Path]) -> int:
             except (OSError, ValueError):
                 continue  # retired or replayed meanwhile
             try:
-                waiting += sum(1 for _ in journal.records())
+                waiting += sum(1 for _, payload in journal.records() if not _mark(payload))
             finally:
                 journal.close()
     return waiting

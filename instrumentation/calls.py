@@ -194,6 +194,8 @@ class CallRecorder:
         call = Call(self, span, operation, provider, request_model, category, context_attributes, current)
         if price_provider is not None:
             call.price_provider = price_provider
+        if records.beginners:  # a sink counts calls on the wire when the process dies: mark this one before it leaves
+            call.mark = records.begin(call)
         return call
 
 
@@ -215,6 +217,7 @@ class Call:
         "_ended",
         "attributes",
         "ticket",
+        "mark",
     )
 
     def __init__(
@@ -241,6 +244,7 @@ class Call:
         self._ended = False
         self.attributes = attributes  # from the context: e.g. a LightRAG stage
         self.ticket: Ticket | None = None  # the budget guard's reservation, settled when the call ends
+        self.mark = 0  # its in-flight mark (records.begin), completed by its record
 
     def activate(self) -> None:
         """Make the span current, so spans the library makes inside the call (HTTP, retries) are its children."""
@@ -269,6 +273,7 @@ class Call:
         recorder = self.recorder
         record = records.UsageRecord(self.provider, self.operation, self.request_model)
         record.duration_s, record.start_time, record.category = duration, self.start_time, self.category
+        record.mark = self.mark
         if self.attributes:
             record.attributes = dict(self.attributes)
         attributes: dict = {}

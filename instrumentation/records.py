@@ -4,15 +4,23 @@ A sampled-out span carries no attributes, so spend cannot be read back from span
 finished call to the registered sinks directly, sampled or not. A sink is any object with ``record(UsageRecord)``;
 ``spendwatch.exporter`` registers one that writes the ledger. Sinks run on the caller's path, so they must be quick,
 and they must not raise (if one does, the error is logged at debug and the call goes on).
+
+A sink may also have ``begin(mark, call)``: it is told of each call before its request leaves (``call`` is a
+:class:`CallStart`), so that a call still on the wire when the process dies can be counted as an estimate. ``mark``
+identifies the call: its usage record carries the same number (``UsageRecord.mark``), which completes the mark.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["UsageRecord", "UsageSink", "emit", "register_sink", "unregister_sink"]
+__all__ = ["CallStart", "InflightSink", "UsageRecord", "UsageSink", "begin", "emit", "register_sink", "unregister_sink"]
 
 _logger = logging.getLogger(__name__)
 
@@ -59,13 +67,46 @@ class UsageRecord:
     source: str = "sdk"  # who saw the call: "sdk" (an instrumentor here), "span" (another instrumentation's span
     # in this process) or "otlp" (a span sent to spendwatch serve)
     service: str | None = None  # the OpenTelemetry service.name of the process (or OTLP resource) that made the call
+    mark: int = 0  # the call's in-flight mark (see begin), 0 when none was made
 
 
 class UsageSink(Protocol):
     def record(self, record: UsageRecord) -> None: ...
 
 
+class CallStart(Protocol):
+    """What a call about to leave the process says of itself (``calls.Call`` is one)."""
+
+    provider: str
+    operation: str
+    request_model: str
+    price_provider: str
+    category: str | None
+    attributes: dict[str, str] | None
+    start_time: float
+
+
+class InflightSink(UsageSink, Protocol):
+    def begin(self, mark: int, call: CallStart) -> None: ...
+
+
 _sinks: tuple[UsageSink, ...] = ()
+beginners: tuple[InflightSink, ...] = ()  # the sinks that take in-flight marks; empty: no call is marked
+
+
+def _new_marks() -> Iterator[int]:
+    # Marks are ledger ids (a call and its interrupted estimate share one), unique across processes and restarts:
+    # 88 random bits per process above a 40-bit count of its calls.
+    return itertools.count(uuid.uuid4().int >> 40 << 40)
+
+
+def _new_marks_in_child() -> None:
+    global _marks
+    _marks = _new_marks()  # a forked child must not repeat its parent's marks
+
+
+_marks = _new_marks()
+os.register_at_fork(after_in_child=_new_marks_in_child)
 
 
 def register_sink(sink: UsageSink) -> None:
@@ -73,11 +114,29 @@ def register_sink(sink: UsageSink) -> None:
     global _sinks
     if not any(existing is sink for existing in _sinks):
         _sinks = (*_sinks, sink)
+    _sinks_changed()
 
 
 def unregister_sink(sink: UsageSink) -> None:
     global _sinks
     _sinks = tuple(existing for existing in _sinks if existing is not sink)
+    _sinks_changed()
+
+
+def _sinks_changed() -> None:
+    global beginners
+    beginners = tuple(sink for sink in _sinks if callable(getattr(sink, "begin", None)))
+
+
+def begin(call: CallStart) -> int:
+    """Tell every sink that takes marks that ``call`` is about to leave; returns its mark. Never raises."""
+    mark = next(_marks)
+    for sink in beginners:
+        try:
+            sink.begin(mark, call)
+        except Exception:  # noqa: BLE001 - a broken sink must not break the caller's LLM call
+            _logger.debug("spendwatch: usage sink %r could not mark a call", sink, exc_info=True)
+    return mark
 
 
 def emit(record: UsageRecord) -> None:

@@ -1,0 +1,208 @@
+"""Calls on the wire when their process dies (kill -9) are counted once, as estimates; completed calls once; a live
+process's calls in flight not at all. A real app process calls a local stub through the real openai SDK."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from spendwatch.demo.stub import StubServer
+from spendwatch.exporter import Ledger, LedgerSink, codec, inflight
+from spendwatch.exporter.ledger import open_backend
+from spendwatch.instrumentation.records import UsageRecord
+from tests.conftest import FAKE_API_KEY
+
+UTC = ZoneInfo("UTC")
+
+APP = textwrap.dedent(
+    """
+    import os, sys, threading
+    from zoneinfo import ZoneInfo
+    import openai
+    from spendwatch.exporter import Ledger, LedgerSink
+    from spendwatch.exporter.ledger import open_backend
+    from spendwatch.instrumentation import register_sink
+    from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
+
+    ledger_path, journal, fast_url, slow_url = sys.argv[1:5]
+    calls_after, file_size, flush = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7] == "flush"
+    # The drainer runs only when told (flush): what reaches the ledger is decided by the test.
+    sink = LedgerSink(Ledger(open_backend(ledger_path), ZoneInfo("UTC")), journal, drain_interval=3600)
+    if file_size:
+        sink._journal.file_size = file_size  # small files: rotated, and the drained ones retired, while a call waits
+    register_sink(sink)
+    OpenAIInstrumentor().instrument()
+
+    def ask(url):
+        client = openai.OpenAI(api_key=os.environ["OPENAI_API_KEY"], base_url=url, max_retries=0, timeout=3600)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+    ask(fast_url)
+    threading.Thread(target=ask, args=(slow_url,), daemon=True).start()
+    sys.stdin.readline()  # the test saw the slow request reach the stub
+    for _ in range(calls_after):
+        ask(fast_url)
+    if flush:
+        assert sink.flush()
+    print("ready", flush=True)
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.fixture
+def slow_stub():
+    with StubServer(reply_delay_s=600) as server:  # answers long after the test is over: the call stays on the wire
+        yield server
+
+
+def start_app(tmp_path, stub, slow_stub, *, calls_after=0, file_size=0, flush=False) -> subprocess.Popen:
+    argv = [sys.executable, "-c", APP, str(tmp_path / "ledger.db"), str(tmp_path / "journal"), stub.base_url]
+    argv += [slow_stub.base_url, str(calls_after), str(file_size), "flush" if flush else "no"]
+    app = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OPENAI_API_KEY": FAKE_API_KEY},
+    )
+    _wait_for(lambda: slow_stub.requests or app.poll() is not None)
+    assert app.poll() is None, app.communicate()[1]
+    app.stdin.write("go\n")
+    app.stdin.flush()
+    assert app.stdout.readline() == "ready\n", app.communicate()[1]
+    return app
+
+
+def _wait_for(condition) -> None:
+    # A generous bound that only stops a broken run from hanging; it measures no speed.
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def kill(app: subprocess.Popen) -> None:
+    app.kill()  # SIGKILL
+    app.wait()
+    assert app.returncode == -signal.SIGKILL
+
+
+def recovered_calls(tmp_path) -> list[dict]:
+    """The ledger's calls after a fresh sink's recovery (as a new app process, or spendwatch serve, does)."""
+    ledger = Ledger(open_backend(str(tmp_path / "ledger.db")), UTC)
+    LedgerSink(ledger, tmp_path / "journal").close()
+    return ledger.table_rows("calls")
+
+
+def interrupted(calls: list[dict]) -> list[dict]:
+    return [call for call in calls if call["error_type"] == inflight.INTERRUPTED]
+
+
+def assert_one_interrupted_estimate(calls: list[dict]) -> None:
+    (call,) = interrupted(calls)
+    assert call["outcome"] == "error"
+    assert call["estimated"]
+    assert call["cost_usd"] > 0  # a priced model: estimated as this process's completed calls of it
+    assert call["model"] == "gpt-4o-mini"
+    completed = [other for other in calls if other["outcome"] == "success"]
+    assert call["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in completed) / len(completed))
+
+
+def test_a_call_on_the_wire_when_its_process_is_killed_is_counted_once_as_an_estimate(tmp_path, stub, slow_stub):
+    app = start_app(tmp_path, stub, slow_stub)
+    kill(app)
+
+    calls = recovered_calls(tmp_path)
+
+    assert len(calls) == 2  # the call that returned, and the one that was on the wire
+    assert_one_interrupted_estimate(calls)
+    assert list((tmp_path / "journal").iterdir()) == []
+
+
+def test_a_mark_the_live_drainer_already_read_is_still_counted(tmp_path, stub, slow_stub):
+    app = start_app(tmp_path, stub, slow_stub, calls_after=3, flush=True)  # everything journaled is drained
+    kill(app)
+
+    calls = recovered_calls(tmp_path)
+
+    assert len(calls) == 5
+    assert_one_interrupted_estimate(calls)
+
+
+def test_a_mark_outlives_the_journal_files_retired_while_its_call_waits(tmp_path, stub, slow_stub):
+    app = start_app(tmp_path, stub, slow_stub, calls_after=40, file_size=4096, flush=True)
+    assert len(list((tmp_path / "journal").glob("*.journal"))) == 1  # the mark's own file was retired
+    kill(app)
+
+    calls = recovered_calls(tmp_path)
+
+    assert len(calls) == 42  # each completed call once, the interrupted one once
+    assert_one_interrupted_estimate(calls)
+
+
+def test_a_live_process_calls_in_flight_are_not_recorded_until_it_dies(tmp_path, stub, slow_stub):
+    app = start_app(tmp_path, stub, slow_stub, calls_after=2)
+    try:
+        calls = recovered_calls(tmp_path)  # another process replays what it may while the app lives
+        assert interrupted(calls) == []
+    finally:
+        kill(app)
+
+    calls = recovered_calls(tmp_path)
+
+    assert len(calls) == 4
+    assert_one_interrupted_estimate(calls)
+
+
+def test_recovering_twice_counts_an_interrupted_call_once(tmp_path, stub, slow_stub):
+    app = start_app(tmp_path, stub, slow_stub)
+    kill(app)
+    journal_copy = {path.name: path.read_bytes() for path in (tmp_path / "journal").iterdir()}
+
+    recovered_calls(tmp_path)
+    for name, content in journal_copy.items():  # as if a second recovery had read the files before they went
+        (tmp_path / "journal" / name).write_bytes(content)
+    calls = recovered_calls(tmp_path)
+
+    assert len(calls) == 2
+    assert_one_interrupted_estimate(calls)
+
+
+def test_a_mark_is_told_from_a_record_and_earlier_journal_records_still_read():
+    record = UsageRecord("openai", "chat", "gpt-4o-mini", input_tokens=3, cost_usd=0.5, service="api", mark=7)
+    version_3 = marshal.dumps((3, *codec._VALUES(record)[:-1]))  # written before records carried their mark
+
+    assert codec.decode(version_3) == UsageRecord(
+        "openai", "chat", "gpt-4o-mini", input_tokens=3, cost_usd=0.5, service="api"
+    )
+    assert codec.decode(codec.encode(record)) == record
+    assert not codec.is_mark(codec.encode(record))
+    with pytest.raises(ValueError):
+        codec.decode(inflight.encode(7, _Start(), "api"))
+
+
+class _Start:
+    provider = price_provider = "openai"
+    operation = "chat"
+    request_model = "gpt-4o-mini"
+    category = None
+    attributes = {"lightrag.stage": "extract"}
+    start_time = 1795780800.0
+
+
+def test_a_mark_keeps_what_its_estimate_needs():
+    mark = inflight.decode_mark(inflight.encode(2**100 + 5, _Start(), "api"))
+
+    assert mark == inflight.Mark(
+        2**100 + 5, 1795780800.0, "openai", "chat", "gpt-4o-mini", "openai", None, "api", {"lightrag.stage": "extract"}
+    )
