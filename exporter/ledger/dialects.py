@@ -168,7 +168,10 @@ class SQLiteBackend(_SqlBackend):
         try:
             yield cursor
         except BaseException:
-            cursor.execute("ROLLBACK")
+            # SQLite has rolled back already on some errors (a full disk, I/O): a ROLLBACK then would raise "no
+            # transaction is active" in place of the error that says what happened.
+            if self.connection.in_transaction:
+                cursor.execute("ROLLBACK")
             raise
         else:
             cursor.execute("COMMIT")
