@@ -20,17 +20,31 @@ Recovery reads a dead writer's files from their start (marks and records already
 
 from __future__ import annotations
 
+import logging
 import marshal
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from spendwatch.exporter.codec import MARK, decode, is_mark
 from spendwatch.exporter.journal import HEADER_SIZE, JournalFile, JournalWriter
 from spendwatch.exporter.ledger import Ledger, LedgerEntry
+from spendwatch.exporter.ledger.history import record_interrupted_calls
 from spendwatch.instrumentation.records import CallStart, UsageRecord
 
-__all__ = ["INTERRUPTED", "Mark", "OpenMarks", "decode_mark", "encode", "entry_id", "interrupted_entries"]
+__all__ = [
+    "INTERRUPTED",
+    "Mark",
+    "OpenMarks",
+    "decode_mark",
+    "encode",
+    "entry_id",
+    "interrupted_entries",
+    "tell_interrupted",
+]
+
+_logger = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"  # the error type of a call whose process died while it was on the wire
 _HEAD = struct.Struct("<QQd")  # the mark (low, high 64 bits), the call's start time
@@ -183,3 +197,18 @@ def _estimate(mark: Mark, history: dict[tuple, list[float]]) -> UsageRecord:
         record.cost_usd, record.pricing = cost / calls, _PRICING
         record.input_tokens, record.output_tokens = round(input_tokens / calls), round(output_tokens / calls)
     return record
+
+
+def tell_interrupted(ledger: Ledger, entries: list[LedgerEntry]) -> None:
+    """Say that the calls of ``entries`` (just recorded) were on the wire when their process died: a warning, and an
+    event of the ledger's alert history (``/api/v1/alerts``, the cost page)."""
+    records = [entry.record for entry in entries]
+    _logger.warning(
+        "spendwatch: %d calls were on the wire when their process died; recorded as estimates (error type %s)",
+        len(records),
+        INTERRUPTED,
+    )
+    try:
+        record_interrupted_calls(ledger, records, at=time.time())
+    except Exception:  # noqa: BLE001 - the calls are in the ledger; only their history entry is lost
+        _logger.debug("spendwatch: cannot record the interrupted calls' event", exc_info=True)

@@ -413,7 +413,10 @@ class LedgerSink:
         except Exception as error:  # noqa: BLE001 - kept, with the files, for the next pass
             self._failed(error)
             return None
-        return self._ingest_counted(entries) if entries else 0
+        new = self._ingest_counted(entries) if entries else 0
+        if new:
+            inflight.tell_interrupted(self.ledger, entries)
+        return new
 
     def close(self) -> None:
         """Stop the drainer, drain what is left, and remove this process's journal when it is all in the ledger."""

@@ -16,6 +16,7 @@ import pytest
 
 from spendwatch.demo.stub import StubServer
 from spendwatch.exporter import Ledger, LedgerSink, codec, inflight
+from spendwatch.exporter.api.alerts import alerts
 from spendwatch.exporter.ledger import open_backend
 from spendwatch.instrumentation.records import UsageRecord
 from tests.conftest import FAKE_API_KEY
@@ -127,6 +128,9 @@ def test_a_call_on_the_wire_when_its_process_is_killed_is_counted_once_as_an_est
     assert len(calls) == 2  # the call that returned, and the one that was on the wire
     assert_one_interrupted_estimate(calls)
     assert list((tmp_path / "journal").iterdir()) == []
+    (shown,) = alerts(Ledger(open_backend(str(tmp_path / "ledger.db")), UTC), range_s=3600)["alerts"]
+    assert (shown["kind"], shown["calls"], shown["models"]) == ("calls_interrupted", 1, ["gpt-4o-mini"])
+    assert shown["cost_usd"] == interrupted(calls)[0]["cost_usd"]
 
 
 def test_a_mark_the_live_drainer_already_read_is_still_counted(tmp_path, stub, slow_stub):

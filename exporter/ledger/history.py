@@ -11,6 +11,8 @@ page read them back newest first with :func:`alert_events`.
   transaction), so a storm of refusals is a handful of rows, each with its count and first and last time.
 - ``ledger_unavailable``: a process could not write the ledger from one time to another (:func:`record_outage`,
   written once the ledger takes writes again, which is the only time it can be).
+- ``calls_interrupted``: calls a process had on the wire when it died, recorded as estimates when its journal was
+  recovered (:func:`record_interrupted_calls`; see :mod:`spendwatch.exporter.inflight`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from collections.abc import Iterable
 
 __all__ = [
     "ALERT_KINDS",
+    "CALLS_INTERRUPTED",
     "GUARD_DEGRADED",
     "GUARD_REFUSED",
     "LEDGER_UNAVAILABLE",
     "THRESHOLD_CROSSED",
     "add_guard_events",
     "alert_events",
+    "record_interrupted_calls",
     "record_outage",
     "record_threshold_crossing",
 ]
@@ -34,7 +38,8 @@ THRESHOLD_CROSSED = "threshold_crossed"
 GUARD_REFUSED = "guard_refused"
 GUARD_DEGRADED = "guard_degraded"
 LEDGER_UNAVAILABLE = "ledger_unavailable"
-ALERT_KINDS = (THRESHOLD_CROSSED, GUARD_REFUSED, GUARD_DEGRADED, LEDGER_UNAVAILABLE)
+CALLS_INTERRUPTED = "calls_interrupted"
+ALERT_KINDS = (THRESHOLD_CROSSED, GUARD_REFUSED, GUARD_DEGRADED, LEDGER_UNAVAILABLE, CALLS_INTERRUPTED)
 # The guard's actions that refuse a call, and the one that changes it.
 _REFUSALS = ("block", "throttle")
 _DEGRADE = "degrade"
@@ -101,6 +106,21 @@ def record_outage(ledger, *, since: float, until: float, errors: int, error: str
     # Kept at the outage's end, the time it is known whole, so the newest-first history shows it there.
     with ledger.chained_transaction() as cursor:
         return ledger.chained_event(cursor, LEDGER_UNAVAILABLE, detail, at=until)
+
+
+def record_interrupted_calls(ledger, records: list, *, at: float) -> int:
+    """Record that the calls of ``records`` (their estimates just ingested) were on the wire when their process
+    died: how many, their estimated cost, their first and last start and models. The event's id."""
+    detail = {
+        "calls": len(records),
+        "cost_usd": sum(record.cost_usd or 0.0 for record in records),
+        "unpriced_calls": sum(1 for record in records if record.cost_usd is None),
+        "first_at": min(record.start_time for record in records),
+        "last_at": max(record.start_time for record in records),
+        "models": sorted({record.request_model for record in records}),
+    }
+    with ledger.chained_transaction() as cursor:
+        return ledger.chained_event(cursor, CALLS_INTERRUPTED, detail, at=at)
 
 
 def alert_events(ledger, since: float, until: float) -> list[dict]:
