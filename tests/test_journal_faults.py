@@ -1,7 +1,8 @@
 """No acknowledged call is lost on the record path: a journal that cannot be written where it lives moves to the next
 place of the chain (beside the ledger, $XDG_RUNTIME_DIR, the state directory), then to a bounded memory queue that
 is written out as soon as a place or the ledger accepts it; only past that bound is a record dropped, and counted
-where ``spendwatch serve`` reads it. Faults are real: full and read-only tmpfs mounts (root ignores permission bits)."""
+where ``spendwatch serve`` reads it. Faults are real: full and read-only tmpfs mounts (root ignores permission bits),
+and a ledger another writer holds."""
 
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ class SmallDisk:
 
     def free(self) -> None:
         self.filler.unlink()
+
+    def read_only(self) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True)
 
     def unmount(self) -> None:
         subprocess.run(["umount", "-l", str(self.path)], check=True)
@@ -132,6 +136,29 @@ def test_a_journal_that_cannot_rotate_on_a_full_disk_goes_on_in_the_runtime_dire
     assert sink.flush() is True
     assert ledger.call_count() == 2000
     assert sink.records_dropped == 0
+    sink.close()
+
+
+def test_a_journal_directory_on_a_read_only_disk_moves_to_the_runtime_directory_with_the_state_one_full(
+    tmp_path, small_disk, places
+):
+    read_only, full = small_disk("1m"), small_disk("1m")
+    (read_only.path / "journal").mkdir()
+    read_only.read_only()
+    full.fill()
+    places.setenv("XDG_STATE_HOME", str(full.path))
+    places.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    ledger, holder = locked_ledger(tmp_path / "ledger.db")
+    sink = LedgerSink(ledger, read_only.path / "journal", drain_interval=3600)
+
+    emitted(sink, 10)
+
+    assert sink.directory.is_relative_to(tmp_path / "run")
+    assert sink.flush() is False
+    assert waiting_records(journal_directories(str(tmp_path / "ledger.db"))) == 10
+    holder.execute("ROLLBACK")
+    assert sink.flush() is True
+    assert ledger.call_count() == 10
     sink.close()
 
 
