@@ -18,7 +18,8 @@ from typing import Any
 from openai import AsyncStream, BaseModel, OpenAIError, Stream
 from openai._legacy_response import LegacyAPIResponse
 from openai._response import APIResponse, AsyncAPIResponse
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_current
+from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN as _SUPPRESS_PLAIN
 
 from spendwatch.instrumentation import admission
 from spendwatch.instrumentation.admission import CallRequest
@@ -56,7 +57,6 @@ from spendwatch.instrumentation.openai_sdk.usage import (
     RESPONSES,
     input_token_bound,
     output_cap,
-    text,
     usage_from_result,
 )
 
@@ -108,9 +108,7 @@ _CAP_ARGUMENT_BY_KIND = {CHAT: "max_completion_tokens", COMPLETION: "max_tokens"
 _REQUEST_ARGUMENTS = frozenset(argument for argument, _ in _REQUEST_ATTRIBUTES)
 
 
-def _request_attributes(kwargs: dict, capture_content: bool) -> dict | None:
-    if not capture_content and _REQUEST_ARGUMENTS.isdisjoint(kwargs):
-        return None  # the usual call: no sampling parameters to report
+def _request_attributes(kwargs: dict, capture_content: bool) -> dict:
     attributes = {}
     for argument, attribute in _REQUEST_ATTRIBUTES:
         value = kwargs.get(argument)
@@ -124,11 +122,14 @@ def _request_attributes(kwargs: dict, capture_content: bool) -> dict | None:
 
 def _start(recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, capture: bool) -> Call | None:
     try:
-        model = text(kwargs.get("model")) or "unknown"
+        model = kwargs.get("model")
+        if type(model) is not str or not model:
+            model = "unknown"
         provider, price_provider, attributes = endpoint_of(resource)
-        requested = _request_attributes(kwargs, capture)
-        if requested:
-            attributes = {**attributes, **requested}
+        if capture or not _REQUEST_ARGUMENTS.isdisjoint(kwargs):  # the usual call sets no sampling parameters
+            requested = _request_attributes(kwargs, capture)
+            if requested:
+                attributes = {**attributes, **requested}
         call = recorder.start(operation, provider, model, attributes, price_provider)
         call.activate()
         return call
@@ -172,6 +173,18 @@ def _admit(guard: admission.Guard, call: Call, kind: str, kwargs: dict) -> dict:
     return {**kwargs, **ticket.request_changes}
 
 
+# Result types by whether they are the SDK's parsed models: pydantic's isinstance() runs Python code on every call,
+# a dict lookup does not (the SDK's model classes are a fixed few).
+_model_types: dict[type, bool] = {}
+
+
+def _is_model(result_type: type) -> bool:
+    known = _model_types.get(result_type)
+    if known is None:
+        known = _model_types[result_type] = issubclass(result_type, BaseModel)
+    return known
+
+
 def _output_content(result: Any) -> dict | None:
     """The output as span attributes (content capture), or None when it cannot be serialised."""
     try:
@@ -186,7 +199,7 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
     """End ``call`` from ``result`` and return what the caller gets: ``result`` itself or a proxy over a stream."""
     try:
         call.deactivate()
-        if isinstance(result, BaseModel) and not capture:  # the usual case: a parsed response
+        if not capture and _is_model(type(result)):  # the usual case: a parsed response
             read = result_usage if kind in MEDIA_KINDS else usage_from_result  # text kinds: one dispatch less
             usage = read(kind, result, kwargs)
             call.succeed(usage)
@@ -215,7 +228,8 @@ def _finish(call: Call, kind: str, result: Any, kwargs: dict, capture: bool) -> 
 
 def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bool):
     def traced(wrapped, instance, args, kwargs):
-        if not is_instrumentation_enabled() or not recorder.active:
+        current = get_current()  # is_instrumentation_enabled(), with one read of the context instead of two
+        if current.get(_SUPPRESS_INSTRUMENTATION_KEY) or current.get(_SUPPRESS_PLAIN) or not recorder.active:
             return wrapped(*args, **kwargs)
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:
@@ -243,7 +257,8 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
 
 def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bool):
     async def traced(wrapped, instance, args, kwargs):
-        if not is_instrumentation_enabled() or not recorder.active:
+        current = get_current()
+        if current.get(_SUPPRESS_INSTRUMENTATION_KEY) or current.get(_SUPPRESS_PLAIN) or not recorder.active:
             return await wrapped(*args, **kwargs)
         call = _start(recorder, operation, instance, kwargs, capture)
         if call is None:

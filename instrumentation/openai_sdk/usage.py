@@ -250,8 +250,14 @@ def estimate_missing(
 
 def response_identity(result: Any) -> Usage:
     """A usage naming the response: its model (what is priced) and service tier (which price)."""
-    model = text(getattr(result, "model", None))
-    return Usage(response_model=model, service_tier=text(getattr(result, "service_tier", None)))
+    # Set after Usage(): keyword arguments this far down its field list cost more than the two stores.
+    usage = Usage()
+    model, tier = getattr(result, "model", None), getattr(result, "service_tier", None)
+    if type(model) is str:
+        usage.response_model = model
+    if type(tier) is str:
+        usage.service_tier = tier
+    return usage
 
 
 def _read_usage(result: Any, kwargs: dict, fields: tuple[str, str, str, str], output_length) -> Usage:
@@ -275,13 +281,17 @@ def _chat_usage(result: Any, kwargs: dict) -> Usage:
 
 
 def _embeddings_usage(result: Any, kwargs: dict) -> Usage:
-    usage = Usage(response_model=text(getattr(result, "model", None)))
+    usage = Usage()
+    model = getattr(result, "model", None)
+    if type(model) is str:
+        usage.response_model = model
     values = model_fields(getattr(result, "usage", None))
-    prompt_tokens = count(values.get("prompt_tokens"))
-    if prompt_tokens is None:
+    prompt_tokens = values.get("prompt_tokens")
+    if type(prompt_tokens) is int and prompt_tokens >= 0:
+        usage.input_tokens = prompt_tokens
+    else:
         usage.estimated = True
-        prompt_tokens = estimate_tokens(request_text_length(kwargs))
-    usage.input_tokens = prompt_tokens
+        usage.input_tokens = estimate_tokens(request_text_length(kwargs))
     cost = values.get("cost")
     if cost is not None:
         usage.provider_cost_usd = usd(cost)
