@@ -27,10 +27,19 @@ import socket
 import time
 from pathlib import Path
 
-from spendwatch.exporter.journal import SUFFIX
+from spendwatch.exporter.codec import is_mark
+from spendwatch.exporter.journal import SUFFIX, orphaned_journals
 from spendwatch.exporter.ledger.leases import HeldLease, held_leases, release_leases
 
-__all__ = ["SCAN_INTERVAL_S", "DeadJournalWatch", "owner_state", "process_owner", "release_settled_leases"]
+__all__ = [
+    "SCAN_INTERVAL_S",
+    "DeadJournalWatch",
+    "owner_state",
+    "process_owner",
+    "release_settled_leases",
+    "waiting_in_dead_journals",
+    "owner_states",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -145,7 +154,20 @@ def _all_in(journal) -> bool:
     return all(next(file.records(), None) is None for file in list(journal.files))
 
 
-def waiting_leases(held: list[HeldLease], directories: list[Path]) -> list[tuple[HeldLease, str]]:
-    """Each lease past its TTL with where its owner's journal stands (for ``spendwatch leases`` and doctor)."""
+def owner_states(held: list[HeldLease], directories: list[Path]) -> list[str]:
+    """Where each lease's owner's journal stands, seen from here (see :func:`owner_state`)."""
     me, files = process_owner(), _journal_files(directories)
-    return [(lease, owner_state(lease.owner, files, me)) for lease in held if lease.expired]
+    return [owner_state(lease.owner, files, me) for lease in held]
+
+
+def waiting_in_dead_journals(directories: list[Path]) -> int:
+    """How many calls journals whose writer died hold, not in the ledger yet (in-flight marks left out; read here,
+    not replayed: for read-only commands, which say so rather than write the ledger behind the user's back)."""
+    waiting = 0
+    for directory in directories:
+        for journal in orphaned_journals(directory):
+            try:
+                waiting += sum(1 for _, payload in journal.records() if not is_mark(payload))
+            finally:
+                journal.close()
+    return waiting

@@ -23,6 +23,7 @@ other processes' live leases nor gives its own a longer life. Each lease row car
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +33,15 @@ from spendwatch.exporter.ledger.lease_rows import write_lease
 from spendwatch.exporter.ledger.ledger import Ledger, budget_scope
 from spendwatch.exporter.settings import BudgetSpec
 
-__all__ = ["HeldLease", "LeaseGrant", "held_leases", "release_lease", "release_leases", "renew_lease"]
+__all__ = [
+    "HeldLease",
+    "LeaseGrant",
+    "held_leases",
+    "release_by_hand",
+    "release_lease",
+    "release_leases",
+    "renew_lease",
+]
 
 # One statement, so PostgreSQL reads spend and leases from one snapshot: a drain moving a cost from a lease into
 # spend between two statements could otherwise hide it from both.
@@ -122,8 +131,7 @@ def held_leases(ledger: Ledger) -> list[HeldLease]:
         f"SELECT lease_id, budget, period, period_start, outstanding_usd, owner, {backend.now_sql} - expires_at"
         " FROM leases WHERE owner IS NOT NULL ORDER BY lease_id"
     )
-    with ledger.transaction() as cursor:
-        rows = backend.execute(cursor, query)
+    rows = ledger._select(query)  # a read: doctor and ``spendwatch leases list`` may have a read-only ledger
     return [HeldLease(str(i), str(b), str(p), str(s), float(o), str(w), float(e)) for i, b, p, s, o, w, e in rows]
 
 
@@ -139,3 +147,25 @@ def release_leases(ledger: Ledger, lease_ids: Iterable[str], *, expired_only: bo
             backend.execute(cursor, query, (lease_id,))
             deleted += max(cursor.rowcount, 0)
     return deleted
+
+
+def release_by_hand(ledger: Ledger, lease_ids: Iterable[str], *, by: str, reason: str) -> tuple[list[HeldLease], int]:
+    """Release leases past their TTL whose owner's journal will never be replayed (its host is gone), with an audited
+    ``lease_released`` event naming each one, its owner and amount, who and why: the money they held is the
+    budget's again. A lease still live is left alone (its owner renews it). Returns the released ones and the event."""
+    wanted = set(lease_ids)
+    released = [lease for lease in held_leases(ledger) if lease.lease_id in wanted and lease.expired]
+    if not released:
+        return [], 0
+    with ledger.chained_transaction() as cursor:
+        backend = ledger.backend
+        query = f"DELETE FROM leases WHERE lease_id = ? AND expires_at < {backend.now_sql}"
+        gone = []
+        for lease in released:
+            backend.execute(cursor, query, (lease.lease_id,))
+            if cursor.rowcount > 0:
+                gone.append(lease)
+        leases = [{"lease": g.lease_id, "budget": g.budget, "owner": g.owner, "usd": g.outstanding_usd} for g in gone]
+        detail = {"leases": leases, "by": by, "reason": reason}
+        event_id = ledger.chained_event(cursor, "lease_released", detail, at=time.time()) if gone else 0
+    return gone, event_id

@@ -38,6 +38,7 @@ _COMMAND_MODULES = (
     "spendwatch.cli.commands_doctor",
     "spendwatch.cli.commands_assets",
     "spendwatch.cli.commands_quarantine",
+    "spendwatch.cli.commands_leases",
 )
 
 

@@ -87,6 +87,7 @@ def _run_status(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     now = time.time()
+    _say_what_dead_journals_hold(settings)
     ledger = _open(settings)
     try:
         known = _known(ledger, settings)
@@ -114,6 +115,22 @@ def _run_status(args: argparse.Namespace) -> int:
         print("a call's worst case rests on an assumption where:")
         print("\n".join(f"  - {note}" for note in assumptions))
     return EXIT_OK
+
+
+def _say_what_dead_journals_hold(settings) -> None:
+    """Calls of processes that died wait in their journals until a live drainer (an app's, serve's) takes them in,
+    within seconds. A read-only command does not replay them itself (it would write the ledger): it says so, on
+    stderr, so its output stays what was asked for."""
+    from spendwatch.exporter.recovery import waiting_in_dead_journals
+    from spendwatch.exporter.sink import journal_directories
+
+    waiting = waiting_in_dead_journals(journal_directories(settings.ledger))
+    if waiting:
+        print(
+            f"note: {waiting} calls of processes that died wait in their journals and are not counted here yet; a "
+            "running app or `spendwatch serve` takes them into the ledger within seconds",
+            file=sys.stderr,
+        )
 
 
 def _guard_assumptions(ledger, settings) -> list[str]:
@@ -282,6 +299,7 @@ def _run_report(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     settings = load_settings()
     now = time.time()
+    _say_what_dead_journals_hold(settings)
     ledger = _open(settings)
     try:
         settings = _known(ledger, settings).settings()  # the apps' time zone, unless this command sets one

@@ -426,6 +426,30 @@ def check_journal(context: DoctorContext) -> CheckResult:
     return CheckResult("journal", WARN, summary, fix)
 
 
+def check_leases(context: DoctorContext) -> CheckResult:
+    """Guard leases past their TTL, kept (counted against their budgets) until their owner's journal is in."""
+    if context.ledger is None or context.ledger_error is not None:
+        return _not_checked("leases", "the ledger cannot be opened")
+    from spendwatch.exporter.ledger.leases import held_leases
+    from spendwatch.exporter.recovery import owner_states
+    from spendwatch.exporter.sink import journal_directories
+
+    expired = [lease for lease in held_leases(context.ledger) if lease.expired]
+    states = owner_states(expired, journal_directories(context.settings.ledger))
+    # A live owner, or one whose journal is in, releases within seconds: only a journal not replayed yet is news.
+    held = [lease for lease, state in zip(expired, states, strict=True) if state in ("waiting", "other host")]
+    if not held:
+        return CheckResult("leases", OK, "no lease past its TTL waits for its owner's journal")
+    usd = sum(lease.outstanding_usd for lease in held)
+    hosts = sorted({lease.owner.rsplit(":", 2)[0] for lease in held})
+    summary = f"{len(held)} leases past their TTL hold ${usd:.6f} of budget until their owners' journals are in"
+    fix = (
+        f"run an app or `spendwatch serve` on {', '.join(hosts) or 'this host'} to replay them; if a host is gone "
+        "with its journal, `spendwatch leases list` and `spendwatch leases release LEASE_ID`"
+    )
+    return CheckResult("leases", WARN, summary, fix)
+
+
 def check_quarantine(context: DoctorContext) -> CheckResult:
     """Records the ledger refused by value, set aside so they block nothing: in no total until replayed."""
     if context.settings is None:
@@ -740,6 +764,7 @@ CHECKS: tuple[Callable[[DoctorContext], CheckResult], ...] = (
     check_ledger,
     check_journal,
     check_quarantine,
+    check_leases,
     check_price_data,
     check_price_overrides,
     check_unpriced_models,
