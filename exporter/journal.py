@@ -96,12 +96,14 @@ class JournalFile:
         return offset + RECORD_HEAD.size + len(payload)
 
     def close(self, *, delete: bool = False) -> None:
+        # Unlinked while still locked: closing first would let another process lock the file in between and take
+        # a live writer's retired file for a dead writer's.
+        if delete:
+            self.path.unlink(missing_ok=True)
         try:
             self.mm.close()
         finally:
             os.close(self.fd)
-        if delete:
-            self.path.unlink(missing_ok=True)
 
 
 class JournalUnavailable(OSError):
@@ -281,6 +283,14 @@ class JournalWriter:
             journal.close(delete=delete and next(journal.records(), None) is None)
 
 
+def _still_named(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``: the usual check after locking a lock file."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def orphaned_journals(directory: str | os.PathLike) -> Iterator[JournalFile]:
     """Journals whose writer is gone (their lock can be taken). The caller replays, then closes with delete."""
     directory = Path(directory)
@@ -296,6 +306,9 @@ def orphaned_journals(directory: str | os.PathLike) -> Iterator[JournalFile]:
         except BlockingIOError:
             os.close(fd)
             continue  # a live writer (or a recovery in progress) holds it
+        if not _still_named(path, fd):
+            os.close(fd)
+            continue  # deleted (retired or recovered) between our open and our lock
         try:
             journal = JournalFile.open(path, fd)
         except ValueError:
