@@ -69,8 +69,9 @@ DYING_WORKER = textwrap.dedent(
     """
 ).replace("MAX_TOKENS", str(MAX_TOKENS))
 
-# A live app (spendwatch.configure, its drainer running): with a budget, it calls until the guard refuses, printing
-# "ack" for each call that returned; then "ready", and it waits until its stdin closes, and exits cleanly.
+# A live app (spendwatch.configure, its drainer running) says "attached"; with a budget, it waits for a line on its
+# stdin, then calls until the guard refuses, printing "ack" for each call that returned; then "ready", and it waits
+# until its stdin closes, and exits cleanly.
 LIVE_APP = textwrap.dedent(
     """
     import sys
@@ -81,6 +82,9 @@ LIVE_APP = textwrap.dedent(
     budget = {"enforce": "block", "daily_budget_usd": float(limit)} if float(limit) else {}
     spendwatch.configure(ledger=ledger_path, config=config, metrics_address="off", **budget)
     client = openai.OpenAI(api_key="sk-test", base_url=base_url, max_retries=0)
+    print("attached", flush=True)
+    if float(limit):
+        sys.stdin.readline()
     while float(limit):
         try:
             client.chat.completions.create(
@@ -180,12 +184,22 @@ def test_spendwatch_serve_puts_a_killed_workers_calls_in_the_ledger_without_a_re
         serve.stop()
 
 
-def _lease_and_calls(location: str, owner: str) -> tuple[int, int]:
-    """In one read: how many leases ``owner`` holds, and how many of the dying worker's calls the ledger has."""
+def _lease_and_calls(location: str, lease_id: str) -> tuple[int, int]:
+    """In one read: whether lease ``lease_id`` is there, and how many of the dying worker's calls the ledger has."""
     with closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True, timeout=60)) as connection:
-        query = "SELECT (SELECT COUNT(*) FROM leases WHERE owner = ?), (SELECT COUNT(*) FROM calls WHERE service = ?)"
-        ((leases, calls),) = connection.execute(query, (owner, "dying-worker")).fetchall()
+        query = (
+            "SELECT (SELECT COUNT(*) FROM leases WHERE lease_id = ?), (SELECT COUNT(*) FROM calls WHERE service = ?)"
+        )
+        ((leases, calls),) = connection.execute(query, (lease_id, "dying-worker")).fetchall()
     return leases, calls
+
+
+def poll(condition, what: str) -> None:
+    """Until ``condition()`` holds; an assertion it makes fails the test at once (wait_until would retry it)."""
+    deadline = time.monotonic() + POLL_TIMEOUT  # against a hang, not a speed check
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def successes(location: str) -> int:
@@ -202,26 +216,27 @@ def test_a_killed_processes_lease_is_kept_past_its_ttl_until_its_journal_is_in_a
     config = tmp_path / "spendwatch.toml"
     config.write_text("[guard]\nlease_ttl_s = 1\nlease_fraction = 0.5\n")
 
+    survivor = run(LIVE_APP, location, stub.base_url, config, limit)
+    read_until(survivor, "attached")  # a live app, its drainer running, before the worker dies
     # The worker takes a lease of half the budget, spends about a third of it in acknowledged calls, and is killed
     # before any of them reached the ledger.
     worker = run(DYING_WORKER, location, journal_directory(location), stub.base_url, 4, config, limit)
     acknowledged = read_until(worker, "done").count("ack")
     kill_9(worker)
     ledger = Ledger(open_backend(location), UTC)
-    ((owner, expires_at),) = ledger.backend.select("SELECT owner, expires_at FROM leases")
+    ((lease_id, expires_at),) = ledger.backend.select("SELECT lease_id, expires_at FROM leases")
     ledger.close()
-    wait_until(lambda: time.time() > float(expires_at) + 1, POLL_TIMEOUT, "the killed worker's lease past its TTL")
-    assert _lease_and_calls(location, owner) == (1, 0)
 
-    # A live app spends what the budget has left, while its drainer replays the worker's journal.
-    survivor = run(LIVE_APP, location, stub.base_url, config, limit)
-    deadline = time.monotonic() + POLL_TIMEOUT  # against a hang, not a speed check
-    while True:
-        leases, calls = _lease_and_calls(location, owner)
-        assert leases == 1 or calls >= acknowledged, "the lease was released before its journal was in the ledger"
-        if calls >= acknowledged and not leases:
-            break
-        assert time.monotonic() < deadline, f"the worker's lease still held after its journal: {leases, calls}"
+    def lease_kept_while_its_calls_wait() -> bool:
+        leases, calls = _lease_and_calls(location, lease_id)
+        assert leases == 1 or calls == acknowledged, "the lease was released before its journal was in the ledger"
+        return not leases
+
+    poll(lambda: lease_kept_while_its_calls_wait() or time.time() > float(expires_at) + 1, "its lease past its TTL")
+    # Its lease past its TTL, the live app spends what the budget has left, while its drainer replays the journal.
+    survivor.stdin.write("go\n")
+    survivor.stdin.flush()
+    poll(lease_kept_while_its_calls_wait, "the worker's journal in and its lease released")
     lines = read_until(survivor, "ready")
     assert "refused budget" in lines
     wait_until(lambda: successes(location) == acknowledged + lines.count("ack"), POLL_TIMEOUT, "every call in")
