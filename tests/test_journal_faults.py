@@ -347,3 +347,28 @@ def test_an_app_started_while_its_ledgers_disk_is_full_records_every_call_once_t
     assert process.returncode == 0, stderr
     assert "records wait in memory" in stderr
     assert open_ledger_at(ledger_path).call_count() == 3
+
+
+# --- counts every process over the ledger adds up -------------------------------------------------------------------
+
+
+def test_each_process_ledger_errors_are_kept_in_the_ledger_and_added_up_by_any_other(tmp_path, places):
+    path = tmp_path / "ledger.db"
+    first_ledger, holder = locked_ledger(path)
+    first = LedgerSink(first_ledger, tmp_path / "first", drain_interval=3600)
+    second = LedgerSink(
+        Ledger(SQLiteBackend(str(path), busy_timeout_s=0.05), UTC), tmp_path / "second", drain_interval=3600
+    )
+    emitted(first, 1)
+    emitted(second, 1)
+    assert first.flush() is False and second.flush() is False
+    assert first.all_ledger_errors() == first.ledger_errors  # nothing kept in the ledger yet: its own
+    holder.execute("ROLLBACK")
+    assert first.flush() is True and second.flush() is True
+
+    everyone = first.ledger_errors + second.ledger_errors
+    assert first.all_ledger_errors() == second.all_ledger_errors() == everyone
+    reader = LedgerSink(open_ledger_at(path), tmp_path / "reader", drain_interval=3600)  # as spendwatch serve is
+    assert reader.all_ledger_errors() == everyone
+    for sink in (first, second, reader):
+        sink.close()
