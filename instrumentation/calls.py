@@ -73,6 +73,9 @@ def storable(text: str) -> str:
 # middleware around them put in the OpenTelemetry context; they never touch this variable.
 _CATEGORY_SET_KEY = context.create_key("spendwatch.category_set")
 _category_set: ContextVar[str | None] = ContextVar("spendwatch.category", default=None)
+# Where the OpenTelemetry API keeps the baggage in a context (a private name: None if a release renames it, and the
+# baggage is then read through get_baggage).
+_BAGGAGE_KEY = getattr(baggage, "_BAGGAGE_KEY", None)
 
 CategoryTokens = tuple[object, Token]
 
@@ -107,7 +110,11 @@ def current_category(ctx: context.Context | None = None) -> str | None:
     can come from upstream services, so it is cut to 100 characters and made storable); None when neither is."""
     category = _category_set.get()
     if category is None:  # spendwatch set none here (or only in a context carried over from another thread)
-        category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY, ctx)
+        if ctx is None or _BAGGAGE_KEY is None:
+            category = baggage.get_baggage(CATEGORY_BAGGAGE_KEY, ctx)
+        else:  # what get_baggage does, without its three calls: this runs on every call
+            entries = ctx.get(_BAGGAGE_KEY)
+            category = entries.get(CATEGORY_BAGGAGE_KEY) if isinstance(entries, dict) else None
         return None if category is None else storable(str(category)[:_MAX_CATEGORY_LENGTH])
     # The OpenTelemetry context in force says which, unless it was extracted from request headers and lacks it.
     return (context.get_current() if ctx is None else ctx).get(_CATEGORY_SET_KEY, category)
@@ -168,9 +175,11 @@ class CallRecorder:
         request_model: str,
         attributes: dict | None = None,
         price_provider: str | None = None,
+        current: context.Context | None = None,
     ) -> Call:
         """Open the CLIENT span ``"{operation} {model}"``; ``activate()`` makes it current for the wrapped call.
-        ``price_provider`` is whose price list prices the call when it is not ``provider``'s (see PriceTable)."""
+        ``price_provider`` is whose price list prices the call when it is not ``provider``'s (see PriceTable);
+        ``current`` is the OpenTelemetry context in force, when the caller has already read it."""
         request_model = storable(request_model)
         span_attributes = {
             "gen_ai.operation.name": operation,
@@ -178,7 +187,8 @@ class CallRecorder:
             "gen_ai.system": provider,
             "gen_ai.request.model": request_model,
         }
-        current = context.get_current()
+        if current is None:
+            current = context.get_current()
         category = current_category(current)
         if category is not None:
             span_attributes["spendwatch.category"] = category

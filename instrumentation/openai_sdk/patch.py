@@ -18,7 +18,7 @@ from typing import Any
 from openai import AsyncStream, BaseModel, OpenAIError, Stream
 from openai._legacy_response import LegacyAPIResponse
 from openai._response import APIResponse, AsyncAPIResponse
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_current
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context, get_current
 from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN as _SUPPRESS_PLAIN
 
 from spendwatch.instrumentation import admission
@@ -120,7 +120,9 @@ def _request_attributes(kwargs: dict, capture_content: bool) -> dict:
     return attributes
 
 
-def _start(recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, capture: bool) -> Call | None:
+def _start(
+    recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, capture: bool, current: Context
+) -> Call | None:
     try:
         model = kwargs.get("model")
         if type(model) is not str or not model:
@@ -130,7 +132,7 @@ def _start(recorder: CallRecorder, operation: str, resource: Any, kwargs: dict, 
             requested = _request_attributes(kwargs, capture)
             if requested:
                 attributes = {**attributes, **requested}
-        call = recorder.start(operation, provider, model, attributes, price_provider)
+        call = recorder.start(operation, provider, model, attributes, price_provider, current)
         call.activate()
         return call
     except Exception:  # noqa: BLE001
@@ -231,7 +233,7 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
         current = get_current()  # is_instrumentation_enabled(), with one read of the context instead of two
         if current.get(_SUPPRESS_INSTRUMENTATION_KEY) or current.get(_SUPPRESS_PLAIN) or not recorder.active:
             return wrapped(*args, **kwargs)
-        call = _start(recorder, operation, instance, kwargs, capture)
+        call = _start(recorder, operation, instance, kwargs, capture, current)
         if call is None:
             return wrapped(*args, **kwargs)
         guard = admission.current_guard()
@@ -260,7 +262,7 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
         current = get_current()
         if current.get(_SUPPRESS_INSTRUMENTATION_KEY) or current.get(_SUPPRESS_PLAIN) or not recorder.active:
             return await wrapped(*args, **kwargs)
-        call = _start(recorder, operation, instance, kwargs, capture)
+        call = _start(recorder, operation, instance, kwargs, capture, current)
         if call is None:
             return await wrapped(*args, **kwargs)
         guard = admission.current_guard()

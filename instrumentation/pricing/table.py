@@ -80,6 +80,10 @@ class PriceTable:
             if override is not None:
                 return override
         if response_model:
+            # lookup()'s cache check, inlined: the usual call is priced by its response model's cached price.
+            resolution = self._cache.get((response_model, provider, service_tier, batch))
+            if resolution is not None and resolution.price is not None and resolution.valid_until == NEVER:
+                return resolution.price
             price = self.lookup(response_model, provider=provider, service_tier=service_tier, batch=batch)
             if price is not None:
                 return price
