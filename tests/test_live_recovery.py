@@ -275,8 +275,11 @@ def test_status_and_report_say_how_many_calls_wait_in_dead_journals_and_leave_th
     assert len(journals(location)) == 1
 
 
-def test_a_lease_whose_owner_ran_on_another_host_is_kept_until_released_by_hand_audited(tmp_path):
-    location = str(tmp_path / "ledger.db")
+def test_a_lease_whose_owner_ran_on_another_host_is_kept_until_released_by_hand_audited(
+    tmp_path, ledger_location, monkeypatch
+):
+    location = ledger_location
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the sink's journal, for a PostgreSQL ledger
     settings = load_settings({"daily_budget_usd": 1.0}, environ={})
     ledger = Ledger(open_backend(location), UTC)
     spec = settings.budgets[0]
