@@ -77,7 +77,12 @@ def figures(outcomes: list[Outcome]) -> str:
         if guarded:
             broken = sum(any(b.startswith("overshoot") for b in outcome.broken) for outcome in guarded)
             overshoot += f", {broken}/{len(guarded)} rounds over"
-        tampered = [how for result in results for how in (result.get("tampering") or {}).values()]
+        tampered = [
+            caught
+            for result in results
+            for how, caught in (result.get("tampering") or {}).items()
+            if how != "control" and caught is not None
+        ]
         caught = f"{sum(tampered)} of {len(tampered)}" if tampered else "—"
         rows.append(
             f"| {TITLES.get(kind, kind)} | {len(mine)} | {total('acknowledged'):,} | {total('lost'):,} "

@@ -1,8 +1,10 @@
 """Small disks the harness can fill up and make unwritable: a tmpfs mounted for one round (root only).
 
-A full disk is a ballast file taking every free byte (``fill``), freed again by ``free``; an unwritable directory is
-a read-only remount (root ignores permission bits, but not a read-only mount). Teardown puts the disk back as it was
-and unmounts it.
+A full disk is a ballast file taking every free byte (``fill``), freed again by ``free``. An unwritable directory is
+a read-only bind mount of the disk over itself (root ignores permission bits, but not a read-only mount): files
+already open stay writable through the mount below, as after a ``chmod``, while nothing can be created or opened
+for writing; a plain ``remount,ro`` is refused while any file is open for writing. Teardown puts the disk back as
+it was and unmounts it.
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ class SmallDisk:
             self.ballast.unlink()
 
     def make_read_only(self) -> None:
-        _run("mount", "-o", "remount,ro", str(self.path))
-        self.read_only = True
+        if not self.read_only:
+            _run("mount", "--bind", str(self.path), str(self.path))
+            self.read_only = True
+            _run("mount", "-o", "remount,bind,ro", str(self.path))
 
     def make_writable(self) -> None:
         if self.read_only:
-            _run("mount", "-o", "remount,rw", str(self.path))
+            _run("umount", str(self.path))  # the read-only bind mount on top
             self.read_only = False
 
     def restore(self) -> None:

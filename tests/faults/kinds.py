@@ -10,7 +10,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from tests.faults import clock
 from tests.faults.rounds import Plan, Round
+from tests.faults.tamper import TAMPERINGS
 
 # --- timeline actions: (round, a random draw in [0, 1)) ------------------------------------------------------------
 
@@ -31,6 +33,8 @@ ACTIONS: dict[str, Callable[[Round, float], None]] = {
     "dir-rw": lambda round_, draw: round_.disk.make_writable(),
     "pg-disk-fill": lambda round_, draw: round_.postgres.disk.fill(),
     "pg-disk-free": lambda round_, draw: round_.postgres.disk.free(),
+    "clock-to-midnight": clock.to_just_before_midnight,
+    "clock-step": clock.step,
 }
 
 
@@ -111,10 +115,11 @@ def postgres_full_disk(seed: int, rng: random.Random) -> Plan:
 
 
 def _guard(plan: Plan, rng: random.Random, on_ledger_error: str) -> None:
-    # gpt-4o at 16 output tokens: ~$0.0002 a call, so a limit of a few cents is reached within the round.
+    # gpt-4o at 16 output tokens: ~$0.0002 a call; apps make ~10-20 calls a second together, so the limit is reached
+    # within the round, with faults before and after.
     plan.guard = {
         "on_ledger_error": on_ledger_error,
-        "daily_limit_usd": round(rng.uniform(0.004, 0.02), 4),
+        "daily_limit_usd": round(rng.uniform(0.008, 0.03), 4),
         "allowance_usd": round(rng.uniform(0.001, 0.004), 4) if on_ledger_error == "admit" else None,
         "lease_ttl_s": rng.choice((3, 6, 300)),
     }
@@ -145,6 +150,41 @@ def _guard_faults(plan: Plan, rng: random.Random) -> None:
     _kills(plan, rng, 0, 4)
 
 
+def clock_across_midnight(seed: int, rng: random.Random) -> Plan:
+    """Every host's clock a few seconds before midnight, then stepping (forward, or back across it), with the guard
+    on a small daily budget: neither day may end over its limit."""
+    plan = _base(seed, "clock-step", rng, launcher="configure")  # the clock is set before spendwatch is imported
+    _guard(plan, rng, "block")
+    plan.guard["daily_limit_usd"] = round(rng.uniform(0.002, 0.006), 4)  # each day's share of the round is short
+    plan.clock = {"kind": "midnight", "before_s": rng.uniform(1.0, 3.0)}
+    plan.events.append((0.0, "clock-to-midnight", 0.0))
+    for _ in range(rng.randint(0, 2)):
+        plan.events.append((rng.uniform(1.0, plan.duration_s), "clock-step", rng.random()))
+    _kills(plan, rng, 0, 2)
+    return plan
+
+
+def clock_skew(seed: int, rng: random.Random) -> Plan:
+    """One host's clock ahead (or behind) of the others and of the database's, the guard on: its leases' expiry must
+    not free the others' reservations."""
+    plan = _base(seed, "clock-skew", rng, launcher="configure")
+    _guard(plan, rng, "block")
+    plan.guard["lease_ttl_s"] = rng.choice((6, 30, 300))
+    plan.clock = {"kind": "skew", "slot": 0, "ahead_s": rng.choice((400.0, 400.0, 90.0, 3600.0, -400.0))}
+    _kills(plan, rng, 0, 3)
+    return plan
+
+
+def tampering(seed: int, rng: random.Random) -> Plan:
+    """A round with the guard on (so leases exist) and kills, then several kinds of tampering with its ledger."""
+    plan = _base(seed, "tamper", rng)
+    _guard(plan, rng, "block")
+    plan.guard["daily_limit_usd"] = 1.0  # no refusals: every call leaves rows to tamper with
+    _kills(plan, rng, 1, 3)
+    plan.tamper = rng.sample(sorted(TAMPERINGS), k=rng.randint(4, 7))
+    return plan
+
+
 KINDS: dict[str, Callable[[int, random.Random], Plan]] = {
     "kill": kill_storm,
     "pg-restart": postgres_restarts,
@@ -153,6 +193,9 @@ KINDS: dict[str, Callable[[int, random.Random], Plan]] = {
     "pg-disk-full": postgres_full_disk,
     "guard-block": guard_block,
     "guard-admit": guard_admit,
+    "clock-step": clock_across_midnight,
+    "clock-skew": clock_skew,
+    "tamper": tampering,
 }
 
 
@@ -164,8 +207,8 @@ TITLES = {
     "pg-disk-full": "PostgreSQL's disk full",
     "guard-block": "guard, on_ledger_error = block",
     "guard-admit": "guard, on_ledger_error = admit",
-    "clock-step": "clock stepping across midnight",
-    "clock-skew": "one host's clock 400 s ahead",
+    "clock-step": "clocks stepping across midnight",
+    "clock-skew": "one host's clock off (ahead or behind)",
     "tamper": "tampering, then audit verify",
 }
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spendwatch.demo.processes import ServerProcess, free_port, start_process, wait_until
+from tests.faults.clock import clock_file, prepare_clocks
 from tests.faults.disks import SmallDisk
 from tests.faults.worker import CALL_HEADER
 
@@ -50,7 +51,7 @@ class Plan:
     disk_mb: int = 32
     events: list[tuple[float, str, float]] = field(default_factory=list)  # (seconds in, action, a random draw)
     guard: dict | None = None  # {"on_ledger_error", "daily_limit_usd", "allowance_usd", "lease_ttl_s"}
-    clock: dict | None = None  # {"offsets": [seconds per worker slot]} or {"start": unix time near a period's end}
+    clock: dict | None = None  # {"kind": "skew", "slot", "ahead_s"} or {"kind": "midnight", "before_s"}
     tamper: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -95,6 +96,7 @@ class Round:
 
     # --- set-up ------------------------------------------------------------------------------------------------
     def environment(self, slot: int = 0) -> dict[str, str]:
+        """The environment of the round's processes (an app's slot names its service)."""
         plan = self.plan
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -115,7 +117,6 @@ class Round:
             env["SPENDWATCH_ENFORCE"] = "block"
             env["SPENDWATCH_DAILY_BUDGET_USD"] = repr(plan.guard["daily_limit_usd"])
             env["SPENDWATCH_CONFIG"] = str(self.dir / "spendwatch.toml")
-        env.update(_clock_environment(plan.clock, slot))
         return env
 
     def prepare(self) -> None:
@@ -138,6 +139,8 @@ class Round:
             if guard.get("allowance_usd") is not None:
                 lines.append(f"outage_allowance_usd = {guard['allowance_usd']!r}")
             (self.dir / "spendwatch.toml").write_text("\n".join(lines) + "\n")
+        if plan.clock:
+            prepare_clocks(self)
         self.stub.reset()
         self.stub.reply_delay_s = plan.reply_delay_s
 
@@ -146,12 +149,15 @@ class Round:
         self.started += 1
         number = self.started
         argv = [sys.executable, "-m", "tests.faults.worker", "--base-url", self.stub.base_url]
-        argv += ["--acks", str(self.dir / "acks" / f"w{number}.acks"), "--pause", repr(self.plan.pause_s)]
+        acks = self.dir / "acks" / f"w{number}.acks"
+        argv += ["--acks", str(acks), "--pause", repr(self.plan.pause_s)]
+        if self.plan.clock:
+            argv += ["--clock", str(clock_file(self, slot))]
         if self.plan.launcher == "instrument":
             argv = [str(Path(sys.executable).with_name("opentelemetry-instrument")), *argv]
         log = self.dir / "logs" / f"w{number}.log"
         process = start_process(argv, log_path=log, cwd=REPO, env=self.environment(slot))
-        process.slot = slot
+        process.slot, process.acks_path = slot, acks
         self.workers.append(process)
 
     def start_serve(self) -> None:
@@ -236,7 +242,10 @@ class Round:
 
             if plan.tamper:
                 result["tampering"] = tamper_and_verify(self, plan.tamper)
-            return Outcome(plan, result, broken_promises(plan, result))
+            outcome = Outcome(plan, result, broken_promises(plan, result))
+            record = {"plan": asdict(plan), "result": result, "broken": outcome.broken}
+            (self.dir / "outcome.json").write_text(json.dumps(record, indent=2))
+            return outcome
         finally:
             self.teardown()
 
@@ -304,14 +313,10 @@ def broken_promises(plan: Plan, result: dict) -> list[str]:
         if result.get("overshoot_usd", 0.0) > allowed:
             broken.append(f"overshoot ${result['overshoot_usd']:.6f} (allowed ${allowed:.6f})")
     broken += [f"app process: {exit}" for exit in result.get("worker_exits", [])]
-    tampering = result.get("tampering") or {}
-    missed = [how for how, caught in tampering.items() if not caught]
+    tampering = dict(result.get("tampering") or {})
+    if tampering and not tampering.pop("control"):
+        broken.append("the untouched ledger did not verify after spendwatch reprice")
+    missed = [how for how, caught in tampering.items() if caught is False]
     if missed:
         broken.append(f"tampering not detected: {', '.join(missed)}")
     return broken
-
-
-def _clock_environment(clock: dict | None, slot: int) -> dict[str, str]:
-    from tests.faults.clock import clock_environment
-
-    return clock_environment(clock, slot)

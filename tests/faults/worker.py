@@ -4,9 +4,14 @@ the next call starts. A line is ``<call id> <outcome>``; the call id is the trac
 the call, which the instrumentation's span (and so the ledger row) shares, and which the stub sees in the
 ``x-soak-call`` header. A line cut short by a kill has no newline: it was never acknowledged.
 
-``python -m tests.faults.worker --base-url URL --acks FILE [--pause S] [--model M] [--max-tokens N]``; spendwatch is
-attached by ``spendwatch.configure()`` unless the process runs under ``opentelemetry-instrument``. Runs until SIGTERM
-(then exits as an app does, letting spendwatch drain) or SIGKILL.
+``python -m tests.faults.worker --base-url URL --acks FILE [--pause S] [--model M] [--max-tokens N] [--clock FILE]``;
+spendwatch is attached by ``spendwatch.configure()`` unless the process runs under ``opentelemetry-instrument``. Runs
+until SIGTERM (then exits as an app does, letting spendwatch drain) or SIGKILL.
+
+``--clock FILE`` runs the process on a host whose clock is off: every ``time.time()`` and ``time.time_ns()`` reads
+the real clock plus the seconds in FILE, read again on SIGUSR1 (a clock step). It is set before anything imports
+spendwatch (whose guard takes ``time.time`` as its default clock at import), so only with ``spendwatch.configure()``.
+The database's own clock (PostgreSQL's, SQLite's ``julianday('now')``) stays the real one, as another host's would.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 import time
 
 CALL_HEADER = "x-soak-call"
+REFUSED_PAUSE_S = 0.05  # after a refusal: an app backs off rather than spin on a spent budget
 _stopping = False
 
 
@@ -47,6 +53,21 @@ def _outcome(error: BaseException | None) -> str:
     return f"error:{type(error).__name__}"
 
 
+def _clock_off_by(path: str) -> None:
+    """This process's clock reads ``path``'s seconds off the real one from now on (see the module's docstring)."""
+    real_time, real_time_ns = time.time, time.time_ns
+    offset = [0.0]
+
+    def load(signum=None, frame=None) -> None:
+        with open(path) as file:
+            offset[0] = float(file.read())
+
+    load()
+    time.time = lambda: real_time() + offset[0]
+    time.time_ns = lambda: real_time_ns() + int(offset[0] * 1e9)
+    signal.signal(signal.SIGUSR1, load)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults.worker")
     parser.add_argument("--base-url", required=True)
@@ -54,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause", type=float, default=0.0, help="seconds between calls")
     parser.add_argument("--model", default="gpt-4o")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--clock", help="a file holding this host's clock offset in seconds")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
+    if args.clock:
+        _clock_off_by(args.clock)
+    acks = os.open(args.acks, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # exists: ready for SIGUSR1
 
     tracer = _tracing()
     import openai
@@ -65,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     spendwatch.configure()  # the same runtime opentelemetry-instrument attached, if it did
     client = openai.OpenAI(api_key="sk-spendwatch-soak", base_url=args.base_url, max_retries=0)
     messages = [{"role": "user", "content": "How much did this call cost?"}]
-    acks = os.open(args.acks, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     while not _stopping:
         with tracer.start_as_current_span("soak call") as span:
             call_id = format(span.get_span_context().trace_id, "032x")
@@ -81,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 error = raised
         os.write(acks, f"{call_id} {_outcome(error)}\n".encode())
         os.fsync(acks)
-        if args.pause:
-            time.sleep(args.pause)
+        if args.pause or error is not None:
+            time.sleep(max(args.pause, REFUSED_PAUSE_S if error is not None else 0.0))
     os.close(acks)
     return 0
 
