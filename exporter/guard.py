@@ -11,8 +11,10 @@ when the budget could not cover its worst case.
 
 Under faults: a heartbeat renews the leases of calls in flight, so a call of any length keeps its reservation, and a
 lease's life is timed here on the monotonic clock from before each renewal was asked (never later than the database,
-which decides expiry, ends it). When the ledger cannot be reached to renew, ``[guard] on_ledger_error`` decides:
-"block" refuses, "admit" admits up to ``[guard] outage_allowance_usd`` of worst cases per budget period unchecked.
+which decides expiry, ends it). A lease names this process as its owner: past its TTL the ledger keeps it until this
+process's journal is in (:mod:`spendwatch.exporter.recovery`), so a killed process's calls are never paid for twice.
+When the ledger cannot be reached to renew, ``[guard] on_ledger_error`` decides: "block" refuses, "admit" admits up
+to ``[guard] outage_allowance_usd`` of worst cases per budget period unchecked.
 Either way such a decision carries the cause ``ledger_unavailable`` and the budget label
 :data:`~spendwatch.exporter.guard_rules.OUTAGE_BUDGET`, apart from budget refusals. A call's period is decided once,
 from the guard's one clock read, which is also the start time its cost is charged at.
