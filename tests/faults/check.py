@@ -15,6 +15,7 @@ runs with the round's environment (ledger, state and runtime directories, audit 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -38,8 +39,7 @@ def acknowledged(acks_dir: Path) -> dict[str, tuple[str, str]]:
 
 def drain_journals(location: str) -> bool:
     """Replay what every process journaled (dead ones included) into the ledger, as a new app process would."""
-    from spendwatch.exporter import Ledger, LedgerSink, journal_directory, load_settings
-    from spendwatch.exporter.ledger import open_backend
+    from spendwatch.exporter import Ledger, LedgerSink, journal_directory, load_settings, open_backend
 
     settings = load_settings()
     ledger = Ledger(open_backend(location), settings.timezone)
@@ -73,7 +73,7 @@ def journals_left(round_dir: Path) -> dict[str, int]:
 
 def ledger_rows(location: str) -> list[tuple]:
     """(trace id, outcome, estimated, cost, day) of every call row."""
-    from spendwatch.exporter.ledger import open_backend
+    from spendwatch.exporter import open_backend  # where every release exports it
 
     backend = open_backend(location)
     try:
@@ -126,6 +126,20 @@ def compare(plan: dict, acks: dict[str, tuple[str, str]], served: set[str], rows
     return result
 
 
+def modules_elsewhere() -> list[str]:
+    """spendwatch modules this process loaded from outside the revision under test (when the soak runs against
+    one): a module the revision lacks falls through to the working tree's editable install, mixing two versions."""
+    expected = os.environ.get("SOAK_SPENDWATCH_PATH")
+    if not expected:
+        return []
+    return sorted(
+        name
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] == "spendwatch"
+        and not (getattr(module, "__file__", None) or expected).startswith(expected)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     round_dir = Path((argv or sys.argv[1:])[0])
     plan = json.loads((round_dir / "round.json").read_text())
@@ -135,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     result = compare(plan, acknowledged(round_dir / "acks"), served, ledger_rows(plan["ledger"]))
     result["drained"] = drained
     result["journals_left"] = journals_left(round_dir)
+    result["modules_elsewhere"] = modules_elsewhere()
     result["audit"] = audit_verdict()
     (round_dir / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))

@@ -65,15 +65,39 @@ def _kills(plan: Plan, rng: random.Random, low: int, high: int) -> None:
         plan.events.append((rng.uniform(1.0, plan.duration_s), "kill-serve", rng.random()))
 
 
-def _windows(plan: Plan, rng: random.Random, start: str, end: str, most: int) -> None:
+def _windows(
+    plan: Plan, rng: random.Random, start: str, end: str, most: int, lasting_s: tuple[float, float] = (0.3, 2.5)
+) -> list[tuple[float, float]]:
     """Up to ``most`` fault windows (``start`` at some moment, ``end`` a while later), one after another."""
-    at = rng.uniform(0.5, 2.0)
+    at, windows = rng.uniform(0.5, 2.0), []
     for _ in range(rng.randint(1, most)):
         if at >= plan.duration_s - 0.5:
             break
-        lasting = rng.uniform(0.3, 2.5)
-        plan.events += [(at, start, rng.random()), (min(at + lasting, plan.duration_s - 0.2), end, rng.random())]
+        lasting = rng.uniform(*lasting_s)
+        until = min(at + lasting, plan.duration_s - 0.2)
+        plan.events += [(at, start, rng.random()), (until, end, rng.random())]
+        windows.append((at, until))
         at += lasting + rng.uniform(0.3, 1.5)
+    return windows
+
+
+def _kills_within(plan: Plan, rng: random.Random, windows: list[tuple[float, float]]) -> None:
+    """Most windows also kill an app early inside them: its replacement starts during the outage (and must record
+    what it does then)."""
+    for start, end in windows:
+        if rng.random() < 0.7:
+            plan.events.append((rng.uniform(start, start + (end - start) / 4), "kill", rng.random()))
+
+
+def _disk_windows(plan: Plan, rng: random.Random, start: str, end: str) -> None:
+    """The host's disk fails for a while, once or twice. Most rounds keep $XDG_RUNTIME_DIR (a tmpfs of its own),
+    where journals go meanwhile, and kill apps inside the windows; the others have none, so records wait in memory,
+    and kill nobody then (records held only in a killed process's memory cannot be kept)."""
+    plan.runtime_dir = rng.random() < 0.75
+    plan.duration_s = rng.uniform(10.0, 16.0)  # windows outlast an app's start-up (seconds on a loaded machine)
+    windows = _windows(plan, rng, start, end, 2, lasting_s=(4.0, 9.0))
+    if plan.runtime_dir:
+        _kills_within(plan, rng, windows)
 
 
 def kill_storm(seed: int, rng: random.Random) -> Plan:
@@ -84,33 +108,27 @@ def kill_storm(seed: int, rng: random.Random) -> Plan:
 
 def postgres_restarts(seed: int, rng: random.Random) -> Plan:
     plan = _base(seed, "pg-restart", rng, backend="postgresql")
-    _windows(plan, rng, rng.choice(("pg-stop", "pg-crash")), "pg-start", 3)
+    _kills_within(plan, rng, _windows(plan, rng, rng.choice(("pg-stop", "pg-crash")), "pg-start", 3))
     if rng.random() < 0.5:
-        _kills(plan, rng, 1, 4)
+        _kills(plan, rng, 1, 3)
     return plan
 
 
 def full_disk(seed: int, rng: random.Random) -> Plan:
-    plan = _base(seed, "disk-full", rng)
-    plan.disk = "ledger" if plan.backend == "sqlite" else "state"
-    _windows(plan, rng, "disk-fill", "disk-free", 2)
-    if rng.random() < 0.3:
-        _kills(plan, rng, 1, 3)
+    plan = _base(seed, "disk-full", rng, disk=True)
+    _disk_windows(plan, rng, "disk-fill", "disk-free")
     return plan
 
 
 def unwritable_directory(seed: int, rng: random.Random) -> Plan:
-    plan = _base(seed, "unwritable", rng)
-    plan.disk = "ledger" if plan.backend == "sqlite" else "state"
-    _windows(plan, rng, "dir-ro", "dir-rw", 2)
-    if rng.random() < 0.3:
-        _kills(plan, rng, 1, 3)
+    plan = _base(seed, "unwritable", rng, disk=True)
+    _disk_windows(plan, rng, "dir-ro", "dir-rw")
     return plan
 
 
 def postgres_full_disk(seed: int, rng: random.Random) -> Plan:
     plan = _base(seed, "pg-disk-full", rng, backend="postgresql")
-    _windows(plan, rng, "pg-disk-fill", "pg-disk-free", 2)
+    _kills_within(plan, rng, _windows(plan, rng, "pg-disk-fill", "pg-disk-free", 2))
     return plan
 
 
@@ -143,11 +161,12 @@ def _guard_faults(plan: Plan, rng: random.Random) -> None:
     """The guard's round also loses its ledger for a while (PostgreSQL restarts, or a SQLite directory gone
     read-only) and kills processes holding leases."""
     if plan.backend == "postgresql":
-        _windows(plan, rng, rng.choice(("pg-stop", "pg-crash")), "pg-start", 2)
+        windows = _windows(plan, rng, rng.choice(("pg-stop", "pg-crash")), "pg-start", 2)
     else:
-        plan.disk = "ledger"
-        _windows(plan, rng, "dir-ro", "dir-rw", 2)
-    _kills(plan, rng, 0, 4)
+        plan.disk = True
+        windows = _windows(plan, rng, "dir-ro", "dir-rw", 2)
+    _kills_within(plan, rng, windows)
+    _kills(plan, rng, 0, 2)
 
 
 def clock_across_midnight(seed: int, rng: random.Random) -> Plan:

@@ -28,6 +28,7 @@ from tests.faults.disks import SmallDisk
 from tests.faults.worker import CALL_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
+SNAPSHOT_ENV = "SOAK_SPENDWATCH_PATH"
 AUDIT_KEY = "spendwatch-soak-audit-key-0123456789abcdef"
 OVERSHOOT_TOLERANCE_USD = 1e-9  # float sums of costs, nothing more
 READY_TIMEOUT = 300.0  # seconds for the apps' first calls (imports and start-up on a loaded two-core machine)
@@ -47,8 +48,11 @@ class Plan:
     reply_delay_s: float = 0.0
     launcher: str = "configure"  # or "instrument" (opentelemetry-instrument)
     serve: bool = False
-    disk: str | None = None  # "ledger" (the SQLite ledger's directory) or "state" (the state directory) on a tmpfs
+    # On one small tmpfs, as on a host's one disk: the SQLite ledger's directory and the state directory (journals of a
+    # PostgreSQL ledger, fallbacks); $XDG_RUNTIME_DIR (a tmpfs of its own on a real host) stays off it, or is unset.
+    disk: bool = False
     disk_mb: int = 32
+    runtime_dir: bool = True
     events: list[tuple[float, str, float]] = field(default_factory=list)  # (seconds in, action, a random draw)
     guard: dict | None = None  # {"on_ledger_error", "daily_limit_usd", "allowance_usd", "lease_ttl_s"}
     clock: dict | None = None  # {"kind": "skew", "slot", "ahead_s"} or {"kind": "midnight", "before_s"}
@@ -81,12 +85,14 @@ class Round:
         self.plan, self.stub, self.postgres = plan, stub, postgres
         # PYTHONPATH of every process the round starts: spendwatch at a revision first, when the run is against one.
         self.pythonpath = f"{spendwatch_path}:{REPO}" if spendwatch_path else str(REPO)
+        self.spendwatch_path = spendwatch_path
         self.rng = random.Random(f"run-{plan.seed}")
         self.dir = base / f"round-{plan.seed}"
         shutil.rmtree(self.dir, ignore_errors=True)
-        for sub in ("acks", "logs", "state", "run", "ledger"):
+        for sub in ("acks", "logs", "run"):
             (self.dir / sub).mkdir(parents=True)
         os.chmod(self.dir / "run", 0o700)
+        self.home = self.dir / "disk"  # the ledger's and the state directory's filesystem
         self.disk: SmallDisk | None = None
         self.database: str | None = None
         self.workers: list[ServerProcess] = []
@@ -101,9 +107,8 @@ class Round:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.dir),
-            "PYTHONPATH": self.pythonpath,
-            "XDG_STATE_HOME": str(self.dir / "state"),
-            "XDG_RUNTIME_DIR": str(self.dir / "run"),
+            "PYTHONPATH": self.pythonpath,  # and every process runs in the round's directory: no spendwatch in its cwd
+            "XDG_STATE_HOME": str(self.home / "state"),
             "SPENDWATCH_LEDGER": self.ledger,
             "SPENDWATCH_AUDIT_KEY": AUDIT_KEY,
             "SPENDWATCH_METRICS_ADDRESS": "off",
@@ -113,6 +118,10 @@ class Round:
             "OTEL_LOGS_EXPORTER": "none",
             "OTEL_SERVICE_NAME": f"soak-{slot}",
         }
+        if plan.runtime_dir:
+            env["XDG_RUNTIME_DIR"] = str(self.dir / "run")
+        if self.spendwatch_path:
+            env[SNAPSHOT_ENV] = str(self.spendwatch_path)  # the check makes sure every module came from there
         if plan.guard:
             env["SPENDWATCH_ENFORCE"] = "block"
             env["SPENDWATCH_DAILY_BUDGET_USD"] = repr(plan.guard["daily_limit_usd"])
@@ -121,17 +130,17 @@ class Round:
 
     def prepare(self) -> None:
         plan = self.plan
-        if plan.disk == "ledger":
-            self.disk = SmallDisk(self.dir / "ledger", plan.disk_mb)
-        elif plan.disk == "state":
-            self.disk = SmallDisk(self.dir / "state", plan.disk_mb)
+        if plan.disk:
+            self.disk = SmallDisk(self.home, plan.disk_mb)
+        for sub in ("ledger", "state"):
+            (self.home / sub).mkdir(parents=True)
         if plan.backend == "postgresql":
             self.database = f"soak_{plan.seed}"
             self.postgres.ensure_running()
             self.postgres.drop_database(self.database)
             self.ledger = self.postgres.create_database(self.database)
         else:
-            self.ledger = str(self.dir / "ledger" / "ledger.db")
+            self.ledger = str(self.home / "ledger" / "ledger.db")
         if plan.guard:
             guard = plan.guard
             lines = ["[guard]", f'on_ledger_error = "{guard["on_ledger_error"]}"']
@@ -156,13 +165,13 @@ class Round:
         if self.plan.launcher == "instrument":
             argv = [str(Path(sys.executable).with_name("opentelemetry-instrument")), *argv]
         log = self.dir / "logs" / f"w{number}.log"
-        process = start_process(argv, log_path=log, cwd=REPO, env=self.environment(slot))
+        process = start_process(argv, log_path=log, cwd=self.dir, env=self.environment(slot))
         process.slot, process.acks_path = slot, acks
         self.workers.append(process)
 
     def start_serve(self) -> None:
         argv = [sys.executable, "-m", "spendwatch.cli", "serve", "--address", f"127.0.0.1:{free_port()}"]
-        self.serve = start_process(argv, log_path=self.dir / "logs" / "serve.log", cwd=REPO, env=self.environment())
+        self.serve = start_process(argv, log_path=self.dir / "logs" / "serve.log", cwd=self.dir, env=self.environment())
 
     def live_workers(self) -> list[ServerProcess]:
         for process in self.workers:
@@ -268,7 +277,7 @@ class Round:
         (self.dir / "round.json").write_text(json.dumps({**plan, "plan": asdict(self.plan)}))
         done = subprocess.run(
             [sys.executable, "-m", "tests.faults.check", str(self.dir)],
-            cwd=REPO,
+            cwd=self.dir,
             env=self.environment(),
             capture_output=True,
             text=True,
@@ -299,6 +308,8 @@ def broken_promises(plan: Plan, result: dict) -> list[str]:
     if "check_failed" in result:
         return [f"the check itself failed: {result['check_failed'][-300:]}"]
     broken = []
+    if result.get("modules_elsewhere"):
+        broken.append(f"the revision under test lacks modules it imports: {result['modules_elsewhere'][:3]}")
     for key, what in (("lost", "lost"), ("counted_twice", "counted twice"), ("served_missing", "served but missing")):
         if result.get(key):
             broken.append(f"{result[key]} {what} (e.g. {result['examples'][key][:1]})")

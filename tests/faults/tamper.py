@@ -81,7 +81,7 @@ def tamper_and_verify(round_, kinds: list[str]) -> dict[str, bool | None]:
     if round_.plan.guard:
         _leave_a_lease(round_)
     _reprice(round_, env)
-    caught: dict[str, bool | None] = {"control": _verify(env) == 0}
+    caught: dict[str, bool | None] = {"control": _verify(env, round_.dir) == 0}
     for number, kind in enumerate(kinds):
         table, change = TAMPERINGS[kind]
         with _copy(round_, number) as (location, connect):
@@ -92,7 +92,7 @@ def tamper_and_verify(round_, kinds: list[str]) -> dict[str, bool | None]:
                 sql = change(_columns(conn, table)) if callable(change) else change
                 conn.execute(sql)
                 conn.commit()
-            caught[kind] = _verify({**env, "SPENDWATCH_LEDGER": location}) == 1
+            caught[kind] = _verify({**env, "SPENDWATCH_LEDGER": location}, round_.dir) == 1
     return caught
 
 
@@ -111,12 +111,12 @@ def _reprice(round_, env: dict[str, str]) -> None:
     prices.write_text(_CORRECTED_PRICES)
     argv = [sys.executable, "-m", "spendwatch.cli", "reprice", "--model", "gpt-4o", "--since", "2000-01-01"]
     argv += ["--until", "2100-01-01", "--prices-file", str(prices), "--reason", "soak"]
-    subprocess.run(argv, env=env, capture_output=True, timeout=600, check=True)
+    subprocess.run(argv, env=env, cwd=round_.dir, capture_output=True, timeout=600, check=True)
 
 
-def _verify(env: dict[str, str]) -> int:
+def _verify(env: dict[str, str], cwd) -> int:
     argv = [sys.executable, "-m", "spendwatch.cli", "audit", "verify", "--json"]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     with contextlib.suppress(ValueError):
         json.loads(done.stdout)  # a verdict, not a crash
         return done.returncode
