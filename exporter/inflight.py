@@ -1,55 +1,81 @@
 """Calls on the wire when their process dies: in-flight marks, and the estimate recorded for each one left open.
 
-Before a call's request leaves, the instrumentation hands the sink a mark (``records.begin``); the sink journals it
-(:func:`encode`), and the call's usage record, which carries the same number, completes it. A process killed while
-a call was on the wire leaves a mark with no record: the provider has most likely served and billed that call, so
-recovery records it as an estimate (``estimated`` true, outcome ``error`` with error type ``interrupted``: the
-outcomes of ``llm_requests_total`` are a contract, and to the app an interrupted call is a failed one).
+Before a call's request leaves, the instrumentation hands the sink a mark (``records.begin``): a number that the
+call's usage record carries too. The sink writes it into this process's in-flight table (:class:`InflightTable`), a
+memory-mapped file of fixed slots beside the journal. Pages of a shared mapping outlive the process, so after
+``kill -9`` the table still holds every call that was on the wire. The drainer frees a call's slot once it has read
+the call's record from the journal (:meth:`InflightTable.ended`), so a slot still taken at death is a call that was
+on the wire, or one whose record is in the journal. Recovery replays the dead process's journal first, then records
+each taken slot as an estimate (``estimated`` true, outcome ``error`` with error type ``interrupted``: the outcomes of
+``llm_requests_total`` are a contract, and to the app an interrupted call is a failed one). A call and its estimate
+share one ledger id (:func:`entry_id`): whichever reaches the ledger first is the one row, and a call whose record
+was journaled is counted from it.
 
-A call and its interrupted estimate share one ledger id (:func:`entry_id`), so whichever reaches the ledger first is
-the one row. Marks cost the caller's path one journal append: the fields that repeat from call to call (provider,
-model, category, service) are encoded once and kept; only the mark and the start time are packed per call. What a
-mark does not carry is the request's size (measuring a request costs 15-60 k instructions, the mark about 3 k), so
-an interrupted call is estimated as the mean completed call of the same provider, model and operation: the dead
-process's own journaled ones, else the ledger's running totals; with neither it is counted unpriced.
+The caller's path pays one dict lookup and one struct pack into the table, not a journal append (measured in the
+closing note): what repeats from call to call (provider, model, category, service) is written once per kind of call
+in the table's kinds area, and a slot names its kind by offset. A slot does not carry the request's size (measuring
+a request costs 15 to 60 k instructions), so an interrupted call is estimated as the mean successful call of the same
+provider, model and operation in the ledger (the dead process's own replayed calls included); with none it is
+counted unpriced.
 
-Life cycle: the live drainer keeps the marks it has read that are still open (:class:`OpenMarks`) and, before it
-retires a drained journal file, appends those to the file being written, so an open mark outlives its file.
-Recovery reads a dead writer's files from their start (marks and records already drained included).
+File layout: a 64-byte header (magic, slot count), the slots ``[u64 mark low][u64 mark high][f64 start][u32 kind]``
+(kind 0: free; the kind is written last), then the kinds ``[u32 length][marshal of the kind's fields]``. The writer
+holds an exclusive ``flock`` on its file for its lifetime, as a journal's: a file whose lock can be taken belongs to a
+dead process. A table that cannot be created anywhere leaves calls unmarked (they are still counted when they end).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import marshal
+import mmap
+import os
 import struct
+import threading
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from spendwatch.exporter.codec import MARK, decode, is_mark
-from spendwatch.exporter.journal import HEADER_SIZE, JournalFile, JournalWriter
 from spendwatch.exporter.ledger import Ledger, LedgerEntry
 from spendwatch.exporter.ledger.history import record_interrupted_calls
 from spendwatch.instrumentation.records import CallStart, UsageRecord
 
 __all__ = [
     "INTERRUPTED",
+    "SUFFIX",
+    "DeadTable",
+    "InflightTable",
     "Mark",
-    "OpenMarks",
-    "decode_mark",
-    "encode",
     "entry_id",
     "interrupted_entries",
+    "orphaned_tables",
     "tell_interrupted",
 ]
 
 _logger = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"  # the error type of a call whose process died while it was on the wire
-_HEAD = struct.Struct("<QQd")  # the mark (low, high 64 bits), the call's start time
+SUFFIX = ".inflight"
+_MAGIC = b"SWI1"
+_HEADER = struct.Struct("<4sI")  # magic, slot count
+_HEADER_SIZE = 64
+_SLOT = struct.Struct("<QQdI")  # mark (low, high 64 bits), the call's start time, its kind's offset (0: free)
+_SLOT_SIZE = 32
+_FREE = struct.Struct("<I")
+_KIND_OFFSET = _SLOT.size - _FREE.size
+_LENGTH = struct.Struct("<I")
 _LOW = (1 << 64) - 1
-_PRICING = "interrupted estimate"  # what priced it: the mean completed call, not a price list
+DEFAULT_SLOTS = 8192  # calls in flight at once in one process; past that a call goes unmarked (and is counted)
+_KINDS_SIZE = 256 * 1024
+_PRICING = "interrupted estimate"  # what priced it: the mean successful call, not a price list
+
+
+def entry_id(mark: int) -> str:
+    """The ledger id of a marked call: its record's and its interrupted estimate's."""
+    return f"call:{mark:x}"
 
 
 @dataclass(slots=True)
@@ -65,124 +91,191 @@ class Mark:
     attributes: dict[str, str] | None
 
 
-def entry_id(mark: int) -> str:
-    """The ledger id of a marked call: its record's and its interrupted estimate's."""
-    return f"call:{mark:x}"
+class InflightTable:
+    """This process's in-flight table. :meth:`begin` is on the caller's path (the sink's ``begin``: a sink's
+    ``service`` names the process's service); :meth:`ended` is the drainer's. Thread-safe: each step is one C-level
+    operation under the GIL, and new kinds are written under a lock."""
 
+    def __init__(self, directories: list[Path], sink, *, slots: int = DEFAULT_SLOTS) -> None:
+        self.unmarked = 0  # calls that found every slot taken
+        self._sink = sink
+        self._kinds: dict[tuple, int] = {}  # a kind's fields -> its offset in the file
+        self._slots: dict[int, int] = {}  # mark -> the offset of the slot it occupies
+        self._free = [_HEADER_SIZE + slot * _SLOT_SIZE for slot in range(slots - 1, -1, -1)]
+        self._kinds_start = _HEADER_SIZE + slots * _SLOT_SIZE
+        self._kinds_end = self._kinds_start
+        self._lock = threading.Lock()
+        self.path, self._fd = _create(directories, slots, self._kinds_start + _KINDS_SIZE)
+        self._mm = mmap.mmap(self._fd, self._kinds_start + _KINDS_SIZE)
+        self._pack = _SLOT.pack_into
 
-_encoded: dict[tuple, bytes] = {}  # the repeating fields of a mark, encoded once per kind of call
-
-
-def encode(mark: int, call: CallStart, service: str | None) -> bytes:
-    """A mark's journal payload. The caller's path: one struct pack, and the rest from a cache in the usual case."""
-    head = _HEAD.pack(mark & _LOW, mark >> 64, call.start_time)
-    if call.attributes:  # a framework's attributes (a LightRAG stage): not cached, they vary
-        fields = (call.provider, call.operation, call.request_model, call.price_provider, call.category, service)
-        return MARK + head + marshal.dumps((*fields, dict(call.attributes)))
-    key = (call.provider, call.operation, call.request_model, call.price_provider, call.category, service)
-    fields = _encoded.get(key)
-    if fields is None:
-        if len(_encoded) > 4096:  # models and categories are few; a caller inventing model names is not
-            _encoded.clear()
-        fields = _encoded[key] = marshal.dumps((*key, None))
-    return MARK + head + fields
-
-
-def decode_mark(payload: bytes) -> Mark:
-    low, high, start_time = _HEAD.unpack_from(payload, len(MARK))
-    fields = marshal.loads(payload[len(MARK) + _HEAD.size :])
-    return Mark(low | high << 64, start_time, *fields)
-
-
-class OpenMarks:
-    """The live drainer's view of this process's open marks: which file holds each one, so that none is lost when a
-    drained file is retired. Only the drainer thread uses it."""
-
-    def __init__(self) -> None:
-        self._open: dict[int, tuple[str, bytes]] = {}  # mark -> (the file id it was last read in, its payload)
-        self._carried: set[int] = set()  # marks appended again by carry_forward, not yet read again
-        self._ended_carried: set[int] = set()  # carried marks whose call ended before their copy was read
-
-    def saw(self, file_id: str, payload: bytes) -> bool:
-        """Note ``payload`` if it is a mark (True: no ledger row comes of it)."""
-        if not is_mark(payload):
-            return False
-        mark = decode_mark_number(payload)
-        if mark in self._ended_carried:  # the copy carry_forward wrote after the call had already ended
-            self._ended_carried.discard(mark)
-        else:
-            self._open[mark] = (file_id, payload)
-        return True
+    def begin(self, mark: int, call: CallStart) -> None:
+        key = (
+            call.provider,
+            call.operation,
+            call.request_model,
+            call.price_provider,
+            call.category,
+            self._sink.service,
+        )
+        attributes = call.attributes
+        if attributes:  # a framework's attributes (a LightRAG stage): part of the kind
+            key = (*key, tuple(attributes.items()))
+        kind = self._kinds.get(key) or self._new_kind(key)
+        free = self._free
+        if not free:
+            self.unmarked += 1
+            return
+        offset = free.pop()
+        self._pack(self._mm, offset, mark & _LOW, mark >> 64, call.start_time, kind)
+        self._slots[mark] = offset
 
     def ended(self, entries: Iterable[LedgerEntry]) -> None:
-        """The records of ``entries`` are in the ledger: their marks are complete."""
+        """The drainer read these records from the journal: their calls' slots are free again."""
+        slots, mm = self._slots, self._mm
         for entry in entries:
             mark = entry.record.mark
-            if mark and self._open.pop(mark, None) is not None and mark in self._carried:
-                self._carried.discard(mark)
-                self._ended_carried.add(mark)
+            offset = slots.pop(mark, None) if mark else None
+            if offset is not None:
+                _FREE.pack_into(mm, offset + _KIND_OFFSET, 0)
+                self._free.append(offset)
 
-    def carry_forward(self, journal: JournalWriter) -> None:
-        """Append every open mark read in a file other than the one being written to that one, before the drained
-        files are retired: a call in flight across a file's retirement keeps its mark."""
-        if not journal.durable or not journal.files:
-            return  # no file to carry them to; the old files are kept until one can be written (not retired)
-        current = journal.files[-1].file_id
-        for mark, (file_id, payload) in list(self._open.items()):
-            if file_id != current and journal.append(payload):
-                self._open[mark] = (current, payload)
-                self._carried.add(mark)
+    def _new_kind(self, key: tuple) -> int:
+        payload = marshal.dumps((*key[:6], dict(key[6]) if len(key) > 6 else None))
+        with self._lock:
+            offset = self._kinds.get(key)
+            if offset is not None:
+                return offset
+            offset, end = self._kinds_end, self._kinds_end + _LENGTH.size + len(payload)
+            if end > len(self._mm):
+                return 0  # no room for another kind (thousands of models): such calls go unmarked
+            self._mm[offset + _LENGTH.size : end] = payload
+            _LENGTH.pack_into(self._mm, offset, len(payload))  # written last: a kind is whole or absent
+            self._kinds_end = end
+            self._kinds[key] = offset
+            return offset
 
-    def __len__(self) -> int:
-        return len(self._open)
+    def close(self) -> None:
+        """At a clean exit: calls still in flight now end with the process, unrecorded as before."""
+        self.path.unlink(missing_ok=True)  # first, while the lock is held: no recovery takes a live table
+        self.forget()
+
+    def forget(self) -> None:
+        """Let go of the file without removing it: a forked child's copy of its parent's table (the parent keeps its
+        lock; the child must not hold the file once the parent is gone)."""
+        self._mm.close()
+        os.close(self._fd)
 
 
-def decode_mark_number(payload: bytes) -> int:
-    low, high, _ = _HEAD.unpack_from(payload, len(MARK))
-    return low | high << 64
+def _create(directories: list[Path], slots: int, size: int) -> tuple[Path, int]:
+    """A new locked table file in the first of ``directories`` that takes one."""
+    problems = []
+    for directory in directories:
+        name = f"{os.getpid()}-{uuid.uuid4().hex}"
+        building, path = directory / f"{name}.building", directory / f"{name}{SUFFIX}"
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as error:
+            problems.append(f"{directory}: {error.strerror or error}")
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.posix_fallocate(fd, 0, size)  # blocks allocated now: a sparse mapping on a full disk means SIGBUS
+            os.pwrite(fd, _HEADER.pack(_MAGIC, slots), 0)
+            os.rename(building, path)  # only a locked file with its header gets the name recovery looks for
+        except OSError as error:
+            os.close(fd)
+            building.unlink(missing_ok=True)
+            problems.append(f"{directory}: {error.strerror or error}")
+            continue
+        return path, fd
+    raise OSError("; ".join(problems))
 
 
-def interrupted_entries(journals: Sequence[JournalFile], ledger: Ledger | None = None) -> list[LedgerEntry]:
-    """The estimates of the calls whose marks in ``journals`` (every file of dead writers, read from their start)
-    no record completes."""
-    marks: dict[int, Mark] = {}
-    completed: set[int] = set()
-    history: dict[tuple, list[float]] = {}
-    for journal in journals:
-        for _, payload in journal.records(HEADER_SIZE):
-            if is_mark(payload):
-                mark = decode_mark(payload)
-                marks[mark.mark] = mark
+class DeadTable:
+    """The in-flight table of a dead process, locked by the recovery reading it."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+        self._mm = mmap.mmap(fd, os.fstat(fd).st_size, access=mmap.ACCESS_READ)
+        if self._mm[: len(_MAGIC)] != _MAGIC:
+            self._mm.close()
+            raise ValueError(f"{path} is not an in-flight table")
+
+    def marks(self) -> list[Mark]:
+        """The calls it had on the wire when it died."""
+        magic, slots = _HEADER.unpack_from(self._mm, 0)
+        kinds: dict[int, tuple | None] = {}
+        found = []
+        for slot in range(slots):
+            low, high, start_time, kind = _SLOT.unpack_from(self._mm, _HEADER_SIZE + slot * _SLOT_SIZE)
+            if kind == 0:
                 continue
-            record = decode(payload)
-            completed.add(record.mark)
-            _add_to_history(history, record)
-    open_marks = [mark for number, mark in marks.items() if number not in completed]
-    if open_marks and ledger is not None:
-        _add_ledger_history(history, ledger, {(m.provider, m.request_model, m.operation) for m in open_marks})
-    return [LedgerEntry(entry_id(mark.mark), _estimate(mark, history)) for mark in open_marks]
+            if kind not in kinds:
+                kinds[kind] = self._kind(kind)
+            if kinds[kind] is not None:
+                found.append(Mark(low | high << 64, start_time, *kinds[kind]))
+        return found
+
+    def _kind(self, offset: int) -> tuple | None:
+        try:
+            (length,) = _LENGTH.unpack_from(self._mm, offset)
+            return marshal.loads(self._mm[offset + _LENGTH.size : offset + _LENGTH.size + length]) if length else None
+        except (ValueError, EOFError, TypeError, struct.error):  # a damaged file: that slot cannot be read
+            _logger.warning("spendwatch: %s has a damaged kind at %d", self.path, offset)
+            return None
+
+    def close(self, *, delete: bool) -> None:
+        if delete:
+            self.path.unlink(missing_ok=True)
+        self._mm.close()
+        os.close(self._fd)
 
 
-def _add_to_history(history: dict[tuple, list[float]], record: UsageRecord) -> None:
-    if record.outcome != "success" or record.cost_usd is None or record.estimated or record.source != "sdk":
-        return
-    sums = history.setdefault((record.provider, record.request_model, record.operation), [0.0, 0.0, 0.0, 0.0])
-    for index, value in enumerate((record.cost_usd, record.input_tokens, record.output_tokens, record.calls)):
-        sums[index] += value
+def orphaned_tables(directories: list[Path]) -> Iterator[DeadTable]:
+    """In-flight tables whose writer is gone (their lock can be taken). The caller records, then closes."""
+    for directory in directories:
+        for path in sorted(directory.glob(f"*{SUFFIX}")) if directory.is_dir() else ():
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue  # another process recovered it first
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                    raise BlockingIOError  # removed and replaced since it was opened: not this file's writer
+                table = DeadTable(path, fd)
+            except (BlockingIOError, FileNotFoundError):
+                os.close(fd)
+                continue  # a live writer (or a recovery in progress) holds it
+            except (OSError, ValueError):
+                _logger.warning("spendwatch: %s is not an in-flight table; leaving it alone", path)
+                os.close(fd)
+                continue
+            yield table
 
 
-def _add_ledger_history(history: dict[tuple, list[float]], ledger: Ledger, wanted: set[tuple]) -> None:
-    """The ledger's running totals, for the kinds of call the dead process's own journal has no completed one of."""
-    missing = wanted - history.keys()
-    if not missing:
-        return
+def interrupted_entries(table: DeadTable, ledger: Ledger, replayed: set[int] = frozenset()) -> list[LedgerEntry]:
+    """The estimates of the calls ``table``'s process had on the wire when it died: its taken slots but those of the
+    ``replayed`` marks (calls whose records were just replayed from its journal)."""
+    marks = [mark for mark in table.marks() if mark.mark not in replayed]
+    if not marks:
+        return []
+    history = _history(ledger, {(mark.provider, mark.request_model, mark.operation) for mark in marks})
+    return [LedgerEntry(entry_id(mark.mark), _estimate(mark, history)) for mark in marks]
+
+
+def _history(ledger: Ledger, wanted: set[tuple]) -> dict[tuple, list[float]]:
+    """Cost, input and output tokens and successful calls of each of ``wanted`` (provider, model, operation)."""
+    history: dict[tuple, list[float]] = {}
     for row in ledger.totals():
         key = (row["provider"], row["model"], row["operation"])
-        if key not in missing or not row["success"]:
-            continue
-        sums = history.setdefault(key, [0.0, 0.0, 0.0, 0.0])
-        for index, name in enumerate(("cost_usd", "input_tokens", "output_tokens", "success")):
-            sums[index] += row[name]
+        if key in wanted and row["success"]:
+            sums = history.setdefault(key, [0.0, 0.0, 0.0, 0.0])
+            for index, name in enumerate(("cost_usd", "input_tokens", "output_tokens", "success")):
+                sums[index] += row[name]
+    return history
 
 
 def _estimate(mark: Mark, history: dict[tuple, list[float]]) -> UsageRecord:
@@ -192,7 +285,7 @@ def _estimate(mark: Mark, history: dict[tuple, list[float]]) -> UsageRecord:
     record.outcome, record.error_type, record.estimated = "error", INTERRUPTED, True
     record.mark = mark.mark
     sums = history.get((mark.provider, mark.request_model, mark.operation))
-    if sums and sums[3] > 0:
+    if sums:
         cost, input_tokens, output_tokens, calls = sums
         record.cost_usd, record.pricing = cost / calls, _PRICING
         record.input_tokens, record.output_tokens = round(input_tokens / calls), round(output_tokens / calls)

@@ -27,7 +27,6 @@ import socket
 import time
 from pathlib import Path
 
-from spendwatch.exporter.codec import is_mark
 from spendwatch.exporter.journal import SUFFIX, orphaned_journals
 from spendwatch.exporter.ledger.leases import HeldLease, held_leases, release_leases
 
@@ -167,7 +166,7 @@ def waiting_in_dead_journals(directories: list[Path]) -> int:
     for directory in directories:
         for journal in orphaned_journals(directory):
             try:
-                waiting += sum(1 for _, payload in journal.records() if not is_mark(payload))
+                waiting += sum(1 for _ in journal.records())
             finally:
                 journal.close()
     return waiting

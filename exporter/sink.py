@@ -119,7 +119,8 @@ class LedgerSink:
         self._outage: tuple[float, int, str] | None = None  # since when, errors before it, its first error
         self._memory_records = memory_records
         self._journal_problem: str | None = None  # why records wait in memory, as last logged
-        self._dropped_logged = 0
+        self._dropped_logged = 0  # records dropped before the current outage of the journal
+        self._dropping = False  # said that this outage drops records
         self._recovered = False
         self._pending: list[Callable[[], object]] = []  # run once the ledger takes writes (see when_reachable)
         self._drain_lock = threading.Lock()
@@ -132,7 +133,7 @@ class LedgerSink:
         # that names none (an instrumented call's), so budgets and reports can tell services sharing a ledger apart.
         self.service: str | None = None
         self._journal = self._open_journal()
-        self.open_marks = inflight.OpenMarks()  # this process's calls in flight, as the drainer has read them
+        self.inflight = self._open_inflight()  # this process's calls on the wire (inflight)
         self._start_drainer()
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
@@ -166,12 +167,6 @@ class LedgerSink:
         except Exception:  # noqa: BLE001 - never into the caller's call; a record that cannot be encoded is counted
             self._journal.dropped += 1
             _logger.debug("spendwatch: cannot journal a usage record", exc_info=True)
-
-    def begin(self, mark: int, call) -> None:
-        """Journal ``call``'s in-flight mark (see :mod:`~spendwatch.exporter.inflight`): the caller's path too."""
-        journal = self._journal
-        if journal.problem is None:  # a mark waiting in memory would die with the process: not worth keeping
-            journal.append(inflight.encode(mark, call, self.service))
 
     def journal_all(self, records: list[UsageRecord]) -> bool:
         """Journal every record now, or return False: for a caller that must not say "taken" for a record it could
@@ -213,7 +208,6 @@ class LedgerSink:
             ok = drained and self._run_pending() and recovered
             if ok:
                 self._keep_counts()
-                self.open_marks.carry_forward(self._journal)  # (inflight) an open mark outlives its retired file
         if ok:
             self._journal.retire_drained()
         return ok
@@ -231,16 +225,19 @@ class LedgerSink:
                 journal.memory_records,
             )
         elif journal.problem is None and self._journal_problem is not None:
-            _logger.warning("spendwatch: journaling in %s again", journal.directory)
+            dropped = journal.dropped - self._dropped_logged
+            _logger.warning("spendwatch: journaling in %s again (%d usage records dropped)", journal.directory, dropped)
+            self._dropped_logged = journal.dropped
         self._journal_problem = journal.problem
-        if journal.dropped > self._dropped_logged:
+        if journal.problem is not None and journal.dropped > self._dropped_logged and not self._dropping:
+            # Once per outage, not once per pass: the count is in spendwatch_records_dropped_total meanwhile.
             _logger.error(
-                "spendwatch: %d usage records dropped: no journal file could be written and %d already waited in "
-                "memory (counted in spendwatch_records_dropped_total)",
+                "spendwatch: usage records are being dropped (%d so far): no journal file can be written and %d "
+                "already wait in memory (counted in spendwatch_records_dropped_total)",
                 journal.dropped - self._dropped_logged,
                 journal.memory_records,
             )
-            self._dropped_logged = journal.dropped
+        self._dropping = journal.problem is not None and journal.dropped > self._dropped_logged
 
     def _drain_memory(self) -> bool:
         """Records waiting in memory (no journal file takes them, or too large for one) go straight into the ledger."""
@@ -248,8 +245,10 @@ class LedgerSink:
             waiting = self._journal.waiting_in_memory(_BATCH)
             if not waiting:
                 return True
-            if not self._ingest([_entry_of(entry_id, payload) for entry_id, payload in waiting if not _mark(payload)]):
+            entries = [_entry_of(entry_id, payload) for entry_id, payload in waiting]
+            if not self._ingest(entries):
                 return False
+            self._marks_done(entries)  # (inflight) in the ledger now
             self._journal.forget_memory(len(waiting))
 
     def _keep_counts(self) -> None:
@@ -304,17 +303,15 @@ class LedgerSink:
         while True:
             batch, end = [], None
             for offset, payload in journal.records():
-                end = journal.end_of(offset, payload)
-                if self.open_marks.saw(journal.file_id, payload):  # (inflight) a mark is no ledger row
-                    continue
                 batch.append(_entry(journal, offset, payload))
+                end = journal.end_of(offset, payload)
                 if len(batch) >= _BATCH:
                     break
-            if end is None:
+            if not batch:
                 return True
-            if batch and not self._ingest(batch):
+            self._marks_done(batch)  # (inflight) journaled: a recovery would count them from their records
+            if not self._ingest(batch):
                 return False
-            self.open_marks.ended(batch)
             journal.mark_drained(end)
 
     def _ingest(self, batch: list[LedgerEntry]) -> bool:
@@ -385,38 +382,61 @@ class LedgerSink:
     def recover(self) -> int:
         """Replay journals whose writer died (in the journal directory and its fallback). Returns how many records
         were new to the ledger; a journal that cannot be replayed yet is kept, and counted as a ledger error."""
-        journals = [journal for directory in self.directories for journal in orphaned_journals(directory)]
-        interrupted = self._record_interrupted(journals)
-        recovered = interrupted or 0
-        for journal in journals:
-            drained = interrupted is not None  # the interrupted calls' marks are kept until those calls are in
-            try:
-                entries = [
-                    _entry(journal, offset, payload) for offset, payload in journal.records() if not _mark(payload)
-                ]
-            except Exception as error:  # noqa: BLE001 - a record that cannot be read: keep the file
-                entries, drained = [], False
-                self._failed(error)
-            for start in range(0, len(entries), _BATCH):
-                new = self._ingest_counted(entries[start : start + _BATCH])
-                if new is None:
-                    drained = False
-                    break
-                recovered += new
-            journal.close(delete=drained)
-        return recovered
+        recovered, replayed, marks = 0, True, set()
+        for directory in self.directories:
+            for journal in orphaned_journals(directory):
+                drained = True
+                try:
+                    entries = [_entry(journal, offset, payload) for offset, payload in journal.records()]
+                except Exception as error:  # noqa: BLE001 - a record that cannot be read: keep the file
+                    entries, drained = [], False
+                    self._failed(error)
+                for start in range(0, len(entries), _BATCH):
+                    new = self._ingest_counted(entries[start : start + _BATCH])
+                    if new is None:
+                        drained = False
+                        break
+                    recovered += new
+                journal.close(delete=drained)
+                replayed = replayed and drained
+                marks.update(entry.record.mark for entry in entries)
+        # (inflight) Only once every dead journal is in: a call whose record was journaled is counted from that.
+        return recovered + (self._record_interrupted(marks) if replayed else 0)
 
-    def _record_interrupted(self, journals: list[JournalFile]) -> int | None:
-        """(inflight) Record the calls dead writers had on the wire: marks in their files no record completes."""
+    # --- calls on the wire (inflight) ----------------------------------------------------------------------------
+    def _open_inflight(self) -> inflight.InflightTable | None:
+        """This process's in-flight table; its ``begin`` is this sink's (``records.begin`` calls it before a request
+        leaves). None, and no ``begin``, when no directory takes one."""
+        self.__dict__.pop("begin", None)
         try:
-            entries = inflight.interrupted_entries(journals, self.ledger)
-        except Exception as error:  # noqa: BLE001 - kept, with the files, for the next pass
-            self._failed(error)
+            table = inflight.InflightTable(self.directories, self)
+        except OSError as error:  # calls are still counted when they end; only a kill -9 mid-call goes unseen
+            _logger.warning("spendwatch: cannot create an in-flight table (%s); calls go unmarked", first_line(error))
             return None
-        new = self._ingest_counted(entries) if entries else 0
-        if new:
-            inflight.tell_interrupted(self.ledger, entries)
-        return new
+        self.begin = table.begin  # no hop through the sink on the caller's path
+        return table
+
+    def _marks_done(self, entries: list[LedgerEntry]) -> None:
+        if self.inflight is not None:
+            self.inflight.ended(entries)
+
+    def _record_interrupted(self, replayed_marks: set[int]) -> int:
+        """Record the calls dead processes had on the wire. After their journals (see ``recover``): a call whose
+        record made it is counted from that record, its estimate then adds nothing (the same ledger id)."""
+        recorded = 0
+        for table in inflight.orphaned_tables(self.directories):
+            try:
+                entries = inflight.interrupted_entries(table, self.ledger, replayed_marks)
+            except Exception as error:  # noqa: BLE001 - kept for the next pass
+                self._failed(error)
+                table.close(delete=False)
+                continue
+            new = self._ingest_counted(entries) if entries else 0
+            if new:
+                inflight.tell_interrupted(self.ledger, entries)
+            table.close(delete=new is not None)
+            recorded += new or 0
+        return recorded
 
     def close(self) -> None:
         """Stop the drainer, drain what is left, and remove this process's journal when it is all in the ledger."""
@@ -431,6 +451,8 @@ class LedgerSink:
                 "spendwatch: %d usage records waiting in memory are lost at exit (%s)", left, self._journal.problem
             )
         self._journal.close(delete=drained)
+        if self.inflight is not None:
+            self.inflight.close()
 
     def _after_fork_in_child(self) -> None:
         # A forked worker must not write into its parent's journal, nor rely on its parent's drainer thread.
@@ -440,9 +462,11 @@ class LedgerSink:
         self.ledger.reopen()
         self.ledger_errors = 0  # the parent's are the parent's to keep
         self.counts.after_fork()
-        self._dropped_logged = 0
+        self._dropped_logged, self._dropping = 0, False
         self._journal = self._open_journal()
-        self.open_marks = inflight.OpenMarks()  # the parent's calls are the parent's
+        if self.inflight is not None:
+            self.inflight.forget()  # the parent's calls are the parent's
+        self.inflight = self._open_inflight()
         self._drain_interval = DRAIN_INTERVAL_S
         self._start_drainer()
 
@@ -461,9 +485,6 @@ def _entry_of(place: str, payload: bytes) -> LedgerEntry:
     return LedgerEntry(place, record)
 
 
-_mark = codec.is_mark
-
-
 def waiting_records(directories: list[Path]) -> int:
     """How many journaled records are not in the ledger yet, over every journal in ``directories`` (live or not)."""
     waiting = 0
@@ -474,7 +495,7 @@ def waiting_records(directories: list[Path]) -> int:
             except (OSError, ValueError):
                 continue  # retired or replayed meanwhile
             try:
-                waiting += sum(1 for _, payload in journal.records() if not _mark(payload))
+                waiting += sum(1 for _ in journal.records())
             finally:
                 journal.close()
     return waiting

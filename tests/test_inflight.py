@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from spendwatch.demo.stub import StubServer
 from spendwatch.exporter import Ledger, LedgerSink, codec, inflight
 from spendwatch.exporter.api.alerts import alerts
-from spendwatch.exporter.ledger import open_backend
+from spendwatch.exporter.ledger import LedgerEntry, open_backend
 from spendwatch.instrumentation.records import UsageRecord
 from tests.conftest import FAKE_API_KEY
 
@@ -29,7 +30,7 @@ APP = textwrap.dedent(
     from zoneinfo import ZoneInfo
     import openai
     from spendwatch.exporter import Ledger, LedgerSink
-    from spendwatch.exporter.ledger import open_backend
+    from spendwatch.exporter.ledger import LedgerEntry, open_backend
     from spendwatch.instrumentation import register_sink
     from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
 
@@ -182,31 +183,47 @@ def test_recovering_twice_counts_an_interrupted_call_once(tmp_path, stub, slow_s
     assert_one_interrupted_estimate(calls)
 
 
-def test_a_mark_is_told_from_a_record_and_earlier_journal_records_still_read():
-    record = UsageRecord("openai", "chat", "gpt-4o-mini", input_tokens=3, cost_usd=0.5, service="api", mark=7)
+def test_journal_records_carry_their_mark_and_earlier_ones_still_read():
+    record = UsageRecord("openai", "chat", "gpt-4o-mini", input_tokens=3, cost_usd=0.5, service="api", mark=2**100)
     version_3 = marshal.dumps((3, *codec._VALUES(record)[:-1]))  # written before records carried their mark
 
+    assert codec.decode(codec.encode(record)) == record
     assert codec.decode(version_3) == UsageRecord(
         "openai", "chat", "gpt-4o-mini", input_tokens=3, cost_usd=0.5, service="api"
     )
-    assert codec.decode(codec.encode(record)) == record
-    assert not codec.is_mark(codec.encode(record))
-    with pytest.raises(ValueError):
-        codec.decode(inflight.encode(7, _Start(), "api"))
+
+
+START = 1795780800.0
 
 
 class _Start:
     provider = price_provider = "openai"
     operation = "chat"
     request_model = "gpt-4o-mini"
-    category = None
+    category = "extraction"
     attributes = {"lightrag.stage": "extract"}
-    start_time = 1795780800.0
+    start_time = START
 
 
-def test_a_mark_keeps_what_its_estimate_needs():
-    mark = inflight.decode_mark(inflight.encode(2**100 + 5, _Start(), "api"))
+def test_a_table_keeps_what_an_estimate_needs_until_the_drainer_read_the_record(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    sink = types.SimpleNamespace(service="api")
+    table = inflight.InflightTable([tmp_path / "a-file" / "journal", tmp_path], sink, slots=4)  # the first fails
+    table.begin(2**100 + 5, _Start())
+    sink.service = None
+    table.begin(7, _Start())
+    dead = inflight.DeadTable(table.path, os.open(table.path, os.O_RDWR))  # read as recovery would
 
-    assert mark == inflight.Mark(
-        2**100 + 5, 1795780800.0, "openai", "chat", "gpt-4o-mini", "openai", None, "api", {"lightrag.stage": "extract"}
-    )
+    extraction = (START, "openai", "chat", "gpt-4o-mini", "openai", "extraction")
+    assert sorted(dead.marks(), key=lambda mark: mark.mark) == [
+        inflight.Mark(7, *extraction, None, _Start.attributes),
+        inflight.Mark(2**100 + 5, *extraction, "api", _Start.attributes),
+    ]
+    table.ended([LedgerEntry("x", UsageRecord("openai", "chat", "gpt-4o-mini", mark=mark)) for mark in (7, 2**100 + 5)])
+    assert dead.marks() == []
+    for number in range(6):  # more calls than slots: the last ones go unmarked, and are counted
+        table.begin(number + 1, _Start())
+    assert (len(dead.marks()), table.unmarked) == (4, 2)
+    dead.close(delete=False)
+    table.close()
+    assert list(tmp_path.glob("*.inflight")) == []
