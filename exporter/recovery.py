@@ -27,6 +27,7 @@ import socket
 import time
 from pathlib import Path
 
+from spendwatch.exporter import inflight
 from spendwatch.exporter.journal import SUFFIX, orphaned_journals
 from spendwatch.exporter.ledger.leases import HeldLease, held_leases, release_leases
 
@@ -82,11 +83,13 @@ def _open_by(pid: int) -> set[str] | None:
 
 
 def _journal_files(directories: list[Path]) -> dict[str, list[Path]]:
-    """Journal files by their writer's pid (a file is named ``<pid>-<id>.journal``)."""
+    """A process's journal files and in-flight table (its calls on the wire, recorded as estimates after its journal)
+    by their writer's pid: each is named ``<pid>-<id><suffix>``, and is deleted once what it holds is in the ledger."""
     by_pid: dict[str, list[Path]] = {}
     for directory in directories:
-        for path in directory.glob(f"*{SUFFIX}") if directory.is_dir() else ():
-            by_pid.setdefault(path.name.split("-", 1)[0], []).append(path)
+        for suffix in (SUFFIX, inflight.SUFFIX):
+            for path in directory.glob(f"*{suffix}") if directory.is_dir() else ():
+                by_pid.setdefault(path.name.split("-", 1)[0], []).append(path)
     return by_pid
 
 
