@@ -6,6 +6,7 @@ so its calls can reach the ledger only from its journal."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -14,15 +15,18 @@ import sys
 import textwrap
 import time
 from contextlib import closing
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from spendwatch.exporter import Ledger, LedgerSink, load_settings
+from spendwatch.exporter.journal import JournalWriter
 from spendwatch.exporter.ledger import open_backend
 from spendwatch.exporter.ledger.audit import verify
-from spendwatch.exporter.ledger.leases import held_leases, renew_lease
+from spendwatch.exporter.ledger.leases import HeldLease, held_leases, renew_lease
 from spendwatch.exporter.periods import period_bounds
+from spendwatch.exporter.recovery import owner_states, process_owner
 from spendwatch.exporter.sink import journal_directory
 from tests.conftest import FAKE_API_KEY
 from tests.otlp_intake import SPENDWATCH, Serve
@@ -320,3 +324,34 @@ def test_a_lease_whose_owner_ran_on_another_host_is_kept_until_released_by_hand_
     assert verify(ledger).intact
     sink.close()
     ledger.close()
+
+
+HOLDS_A_JOURNAL = textwrap.dedent(
+    """
+    import sys
+    from spendwatch.exporter.journal import JournalWriter
+
+    journal = JournalWriter(sys.argv[1])
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_a_reused_pid_is_another_owner_whose_open_journal_does_not_hold_the_dead_owners_lease(tmp_path, run):
+    directory = tmp_path / "journal"
+    alive = run(HOLDS_A_JOURNAL, directory)
+    read_until(alive, "ready")
+    host = process_owner().rsplit(":", 2)[0]
+    # The lease's owner had this pid before: same host and pid, another start time.
+    lease = HeldLease("lease", "global", "day", "2026-12-06", 0.1, f"{host}:{alive.pid}:1", 5.0)
+    assert owner_states([lease], [directory]) == ["in"]  # the live process's own journal is not the dead owner's
+
+    left = JournalWriter(tmp_path / "elsewhere")  # a journal file the dead owner left, not replayed yet
+    left.close(delete=False)
+    (path,) = (tmp_path / "elsewhere").glob("*.journal")
+    path.rename(directory / f"{alive.pid}-left-by-the-dead-owner.journal")
+
+    assert owner_states([lease], [directory]) == ["waiting"]
+    start = Path(f"/proc/{alive.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]  # the real owner's
+    assert owner_states([dataclasses.replace(lease, owner=f"{host}:{alive.pid}:{start}")], [directory]) == ["alive"]
