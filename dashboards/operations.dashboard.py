@@ -80,12 +80,21 @@ guard = timeseries(
     description="Budget guard admission decisions per second: allow, degrade, throttle or block.",
 )
 
-# Each process counts its own ledger errors (they are not the ledger's totals), so here targets add up.
+# Every target shows every process's ledger errors and dropped records (each process keeps its counts in the ledger),
+# so the targets are copies: the largest, not their sum.
 ledger_errors = stat(
     "Ledger errors in range",
-    [target(f"sum(increase(spendwatch_ledger_errors_total{{{EXPORTER}}}[$__range]))", "errors")],
+    [target(f"max(increase(spendwatch_ledger_errors_total{{{EXPORTER}}}[$__range]))", "errors")],
     unit=house.COUNT,
     description="Failed ledger reads and writes: while they last, spend may be missing from /metrics.",
+    thresholds=count_thresholds(),
+)
+
+records_dropped = stat(
+    "Records dropped in range",
+    [target(f"max(increase(spendwatch_records_dropped_total{{{EXPORTER}}}[$__range]))", "records")],
+    unit=house.COUNT,
+    description="Usage records lost: no journal file could be written anywhere and the memory queue was full.",
     thresholds=count_thresholds(),
 )
 
@@ -113,6 +122,6 @@ dashboard = house.dashboard(
     sections=[
         ("Traffic", [requests, error_ratio, latencies]),
         ("Spend control", [unpriced, blocked, guard]),
-        ("Exporter", [exporter_up, ledger_errors, pricing_age]),
+        ("Exporter", [exporter_up, ledger_errors, records_dropped, pricing_age]),
     ],
 ).auto_panel_ids()

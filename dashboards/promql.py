@@ -13,14 +13,16 @@ first of these that applies:
 1. the label set was there at the window's start: now minus then (exact, and consecutive windows add up);
 2. it was not, but the target had just read the ledger without error: the label set was still at zero, so all of
    it is new;
-3. it appeared after the target's first scrape in the window, and the target never counted a ledger error: the same;
+3. it appeared after the target's first scrape in the window, and the target's error counter did not move in the
+   window (every scrape of it read the ledger): the same;
 4. otherwise (Prometheus, or this target, started inside the window): the growth seen inside the window. What a
    label set held before Prometheus first saw it is history, not spend in the window.
 
 A failed ledger read hides every label set from that scrape while ``spendwatch_ledger_errors_total`` grows, which is
-why cases 2 and 3 demand a quiet error counter: a label set coming back after an outage is not new. The ledger's
-counters never reset (they survive restarts); they only fall when a ledger is swapped or a category stops being
-configured, and then the difference shows that honestly, as a negative.
+why cases 2 and 3 demand a quiet error counter: a label set coming back after an outage is not new. (The counter also
+holds every other process's ledger errors, kept in the ledger, so it is quiet over a window rather than zero forever.)
+The ledger's counters never reset (they survive restarts); they only fall when a ledger is swapped or a category
+stops being configured, and then the difference shows that honestly, as a negative.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ __all__ = ["COST_LABELS", "DURATION_LABELS", "HEARTBEAT", "increase", "per_hour"
 # DESIGN.md's labels of each ledger counter: one series per value of these, whichever target it came from.
 COST_LABELS = ("provider", "model", "operation", "category")
 DURATION_LABELS = ("provider", "model", "operation", "le")
-# Exposed by every spendwatch target on every scrape; it grows when a scrape could not read the ledger.
+# Exposed by every spendwatch target on every scrape; it grows when a scrape could not read the ledger (and with
+# the ledger errors other processes keep in the ledger).
 HEARTBEAT = "spendwatch_ledger_errors_total"
 # Prometheus's default lookback: how far back an instant selector finds the last sample.
 LOOKBACK = "5m"
@@ -53,7 +56,7 @@ def increase(metric: str, labels: tuple[str, ...], window: str, matchers: str = 
         f" and count_over_time({HEARTBEAT}[{LOOKBACK}] offset {window}) > 1)"
     )
     new_at_start = f"({absent_at_start} and on ({TARGET}) {quiet_at_start})"
-    quiet_scrapes = f"(count_over_time({HEARTBEAT}[{window}]) and max_over_time({HEARTBEAT}[{window}]) == 0)"
+    quiet_scrapes = f"(count_over_time({HEARTBEAT}[{window}]) and changes({HEARTBEAT}[{window}]) == 0)"
     appeared_in_window = (
         f"({absent_at_start} and (count_over_time({series}[{window}]) < on ({TARGET}) group_left () {quiet_scrapes}))"
     )

@@ -236,6 +236,7 @@ EXPECTED: dict[tuple[str, str], list[tuple[tuple[str, ...], Callable[[Growth], d
         (("budget", "action"), lambda g: g.per_second("llm_guard_decisions_total", ("budget", "action")))
     ],
     ("operations", "Ledger errors in range"): [((), lambda g: {(): 0.0})],
+    ("operations", "Records dropped in range"): [((), lambda g: {(): 0.0})],
 }
 # Panels with one series per target by design: each target's own health.
 PER_TARGET = {("operations", "Exporter up"), ("operations", "Price data age")}
