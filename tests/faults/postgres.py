@@ -31,10 +31,14 @@ class SoakPostgres:
         self.base.chmod(0o755)  # the postgres user must reach its data directory inside
         user = pwd.getpwnam("postgres")
         self.disk = SmallDisk(self.base / "disk", DISK_MB, owner=(user.pw_uid, user.pw_gid))
-        self.cluster = PostgresCluster(self.disk.path)
         self.process: ServerProcess | None = None
         self.port: int | None = None
-        self.start()
+        try:
+            self.cluster = PostgresCluster(self.disk.path)
+            self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
@@ -92,5 +96,5 @@ class SoakPostgres:
 
     def close(self) -> None:
         self.stop()
-        self.disk.unmount()
+        self.disk.unmount()  # lazily, so a server that would not die cannot keep it mounted
         shutil.rmtree(self.base, ignore_errors=True)
