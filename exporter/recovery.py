@@ -163,8 +163,8 @@ def owner_states(held: list[HeldLease], directories: list[Path]) -> list[str]:
 
 
 def waiting_in_dead_journals(directories: list[Path]) -> int:
-    """How many calls journals whose writer died hold, not in the ledger yet (in-flight marks left out; read here,
-    not replayed: for read-only commands, which say so rather than write the ledger behind the user's back)."""
+    """How many calls journals whose writer died hold, not in the ledger yet (read here, not replayed: for read-only
+    commands, which say so rather than write the ledger behind the user's back)."""
     waiting = 0
     for directory in directories:
         for journal in orphaned_journals(directory):
