@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import shutil
 import tempfile
 import time
@@ -12,6 +13,12 @@ from tests.faults.kinds import TITLES, plan_round
 from tests.faults.postgres import SoakPostgres
 from tests.faults.rounds import REPO, Outcome, Round
 from tests.faults.snapshot import snapshot
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the processes it started and waited for (the stub runs in this one)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run_rounds(
@@ -35,14 +42,15 @@ def run_rounds(
             postgres = SoakPostgres()
         with StubServer() as stub:
             for plan in plans:
-                began = time.monotonic()
+                began, cpu = time.monotonic(), _cpu_seconds()
                 outcome = Round(plan, base, stub, postgres, spendwatch_path=spendwatch_path).run()
                 outcomes.append(outcome)
                 verdict = "ok" if outcome.passed else "BROKEN: " + "; ".join(outcome.broken)
                 result = outcome.result
                 say(
                     f"seed {plan.seed}: {plan.describe()}: {result.get('acknowledged', 0)} acknowledged, "
-                    f"{result.get('served', 0)} served, {time.monotonic() - began:.0f} s: {verdict}"
+                    f"{result.get('served', 0)} served, {time.monotonic() - began:.0f} s "
+                    f"({_cpu_seconds() - cpu:.0f} s CPU): {verdict}"
                 )
     finally:
         if own_postgres and postgres is not None:
