@@ -53,6 +53,7 @@ __all__ = [
     "interrupted_entries",
     "orphaned_tables",
     "tell_interrupted",
+    "writer_of",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -231,6 +232,11 @@ class DeadTable:
             self.path.unlink(missing_ok=True)
         self._mm.close()
         os.close(self._fd)
+
+
+def writer_of(path: Path) -> str:
+    """The pid of the process that wrote a journal file or in-flight table (both are named ``<pid>-<id><suffix>``)."""
+    return path.name.split("-", 1)[0]
 
 
 def orphaned_tables(directories: list[Path]) -> Iterator[DeadTable]:

@@ -382,7 +382,7 @@ class LedgerSink:
     def recover(self) -> int:
         """Replay journals whose writer died (in the journal directory and its fallback). Returns how many records
         were new to the ledger; a journal that cannot be replayed yet is kept, and counted as a ledger error."""
-        recovered, replayed, marks = 0, True, set()
+        recovered, marks, waiting = 0, set(), set()
         for directory in self.directories:
             for journal in orphaned_journals(directory):
                 drained = True
@@ -398,10 +398,10 @@ class LedgerSink:
                         break
                     recovered += new
                 journal.close(delete=drained)
-                replayed = replayed and drained
                 marks.update(entry.record.mark for entry in entries)
-        # (inflight) Only once every dead journal is in: a call whose record was journaled is counted from that.
-        return recovered + (self._record_interrupted(marks) if replayed else 0)
+                if not drained:  # (inflight) its writer's calls on the wire wait for it: counted from their records
+                    waiting.add(inflight.writer_of(journal.path))
+        return recovered + self._record_interrupted(marks, waiting)
 
     # --- calls on the wire (inflight) ----------------------------------------------------------------------------
     def _open_inflight(self) -> inflight.InflightTable | None:
@@ -420,11 +420,14 @@ class LedgerSink:
         if self.inflight is not None:
             self.inflight.ended(entries)
 
-    def _record_interrupted(self, replayed_marks: set[int]) -> int:
-        """Record the calls dead processes had on the wire. After their journals (see ``recover``): a call whose
-        record made it is counted from that record, its estimate then adds nothing (the same ledger id)."""
+    def _record_interrupted(self, replayed_marks: set[int], waiting_writers: set[str]) -> int:
+        """Record the calls dead processes had on the wire, once their journals are in (see ``recover``): a call
+        whose record was journaled is counted from that record (its estimate would add nothing: the same ledger id)."""
         recorded = 0
         for table in inflight.orphaned_tables(self.directories):
+            if inflight.writer_of(table.path) in waiting_writers:
+                table.close(delete=False)
+                continue
             try:
                 entries = inflight.interrupted_entries(table, self.ledger, replayed_marks)
             except Exception as error:  # noqa: BLE001 - kept for the next pass
