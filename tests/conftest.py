@@ -118,6 +118,13 @@ def ledger(ledger_location):
 
 
 @pytest.fixture(autouse=True)
+def _no_runtime_directory_of_the_session(monkeypatch):
+    """A journal's fallback chain starts at $XDG_RUNTIME_DIR when it is set (a desktop session sets it, CI does
+    not): tests that want one set their own, so where a journal goes does not depend on who runs the tests."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _nothing_stays_attached():
     """Whatever a test attached (spendwatch.configure) or instrumented is undone before the next test."""
     yield

@@ -372,3 +372,24 @@ def test_each_process_ledger_errors_are_kept_in_the_ledger_and_added_up_by_any_o
     assert reader.all_ledger_errors() == everyone
     for sink in (first, second, reader):
         sink.close()
+
+
+def test_doctor_names_where_calls_are_journaled_when_the_journal_directory_is_read_only(tmp_path, places):
+    from spendwatch.cli.doctor import FAIL, WARN, run_checks
+
+    ledger_path = tmp_path / "ledger.db"
+    open_ledger_at(ledger_path).close()
+    own = journal_directories(str(ledger_path))[0]
+    own.mkdir(exist_ok=True)
+    disk = SmallDisk(own, "1m")  # the journal directory beside the ledger, read-only; the ledger itself is fine
+    try:
+        disk.read_only()
+        environ = {**os.environ, "SPENDWATCH_LEDGER": str(ledger_path)}
+        (ledger,) = [check for check in run_checks(environ) if check.name == "ledger"]
+        assert ledger.status == WARN and str(journal_directories(str(ledger_path))[-1]) in ledger.summary
+
+        environ["XDG_STATE_HOME"] = str(own / "state")  # the fallback on the read-only disk too
+        (ledger,) = [check for check in run_checks(environ) if check.name == "ledger"]
+        assert ledger.status == FAIL and "SPENDWATCH_JOURNAL_MEMORY_RECORDS" in ledger.summary
+    finally:
+        disk.unmount()

@@ -370,6 +370,7 @@ def check_ledger(context: DoctorContext) -> CheckResult:
     if context.settings is None:
         return _not_checked("ledger")
     from spendwatch.exporter import journal_directory
+    from spendwatch.exporter.sink import journal_directories
 
     settings = context.settings
     where = shown_location(settings.ledger)
@@ -378,8 +379,8 @@ def check_ledger(context: DoctorContext) -> CheckResult:
         return CheckResult("ledger", FAIL, context.ledger_error, fix)
     journal = journal_directory(settings.ledger)
     if not _can_create(journal):
-        summary = f"the journal directory {journal} is not writable: calls cannot be recorded"
-        return CheckResult("ledger", FAIL, summary, f"make {_existing_ancestor(journal)} writable by the app's user")
+        state_home = context.environ.get("XDG_STATE_HOME")
+        return _journal_elsewhere(journal, journal_directories(settings.ledger, state_home, context.environ))
     if context.ledger is None:
         if not _can_create(Path(settings.ledger)):
             summary = f"no ledger at {where}, and it cannot be created there"
@@ -398,6 +399,20 @@ def _existing_ancestor(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def _journal_elsewhere(journal: Path, chain: list[Path]) -> CheckResult:
+    """The ledger check when a journal cannot be written beside the ledger: calls go to the next place that takes
+    them, or wait in memory (and are dropped past SPENDWATCH_JOURNAL_MEMORY_RECORDS) when none does."""
+    fix = f"make {_existing_ancestor(journal)} writable by the app's user"
+    writable = [place for place in chain if _can_create(place)]
+    if writable:
+        return CheckResult("ledger", WARN, f"{journal} is not writable: calls are journaled in {writable[0]}", fix)
+    summary = (
+        f"no journal directory can be written ({', '.join(map(str, chain))}): calls wait in memory and are dropped "
+        "past SPENDWATCH_JOURNAL_MEMORY_RECORDS"
+    )
+    return CheckResult("ledger", FAIL, summary, fix)
 
 
 def _can_create(path: Path) -> bool:
