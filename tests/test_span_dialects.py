@@ -10,6 +10,7 @@ import genai_prices
 import pytest
 
 from spendwatch.exporter.spans import PRODUCER_COST_ATTRIBUTE, entry_id_of, record_of, usage_of_span
+from spendwatch.exporter.spans.dialects import MODEL_KEYS, READ_KEYS
 from spendwatch.instrumentation.pricing import PriceTable
 
 TRACE, SPAN = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
@@ -240,3 +241,32 @@ def test_spans_that_are_not_billed_calls_are_none(attributes):
 def test_entry_id_is_the_trace_and_span_id():
     assert entry_id_of(TRACE, SPAN) == "span:0af7651916cd43dd8448eb211c80319c:b7ad6b7169203331"
     assert entry_id_of(1, 2) != entry_id_of(1, 3)
+
+
+class _AskedFor(dict):
+    """Attributes that remember every key a reader asked for; they claim to hold every key when iterated, so that
+    each branch of usage_of_span that looks for a group of keys is taken."""
+
+    def __init__(self, values: dict, claimed) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+        self._claimed = claimed
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __iter__(self):
+        return iter(self._claimed)
+
+
+@pytest.mark.parametrize("model_key", sorted(MODEL_KEYS))
+def test_every_attribute_usage_of_span_reads_is_one_the_otlp_intake_decodes(model_key):
+    # The intake decodes only READ_KEYS' values: a key read here but missing from READ_KEYS would be ignored silently.
+    values = {model_key: "gpt-4o", "gen_ai.usage.cost": 0.25, "error.type": "timeout"}
+    attributes = _AskedFor(values, READ_KEYS | {"another.key"})
+
+    assert usage_of_span(attributes) is not None
+    assert attributes.asked - READ_KEYS == set()
+    assert "gen_ai.usage.cost.source" in attributes.asked  # the cost branch was taken
+    assert "gen_ai.usage.reasoning_tokens" in attributes.asked  # and the token subsets'

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spendwatch.exporter.spans.dialects import MODEL_KEYS
+from spendwatch.exporter.spans.dialects import MODEL_KEYS, READ_KEYS
 from spendwatch.exporter.spans.records import service_name
 
 __all__ = [
@@ -47,7 +47,8 @@ class MalformedBody(ValueError):
 
 @dataclass(slots=True)
 class CandidateSpan:
-    """A span with a model among its attribute keys: all its attributes decoded, ids as integers (None if invalid)."""
+    """A span with a model among its attribute keys: the attributes a dialect reads (``READ_KEYS``) decoded, ids as
+    integers (None if invalid)."""
 
     trace_id: int | None
     span_id: int | None
@@ -69,16 +70,21 @@ def from_protobuf(body: bytes) -> tuple[int, list[CandidateSpan]]:
         request.ParseFromString(body)
     except DecodeError as error:
         raise MalformedBody(f"not an ExportTraceServiceRequest protobuf message ({error})") from None
-    if not any(key in body for key in _MODEL_KEY_BYTES):
+    total = sum(len(scope.spans) for resources in request.resource_spans for scope in resources.scope_spans)
+    named = sum(body.count(key) for key in _MODEL_KEY_BYTES)
+    if not named:
         # No span of this export names a model (a batch of HTTP or database spans): none to look at, one memchr-
         # speed scan per key instead of a Python loop over every attribute of every span.
-        return sum(len(scope.spans) for resources in request.resource_spans for scope in resources.scope_spans), []
-    total, candidates, covered = 0, [], set()
+        return total, []
+    # A body that names a model at least once per span (a Collector sending GenAI spans only) has each span's
+    # attributes read straight away; otherwise the spans that name none are passed over first. Either way a span is
+    # an LLM call only if usage_of_span finds a model among its attribute keys: this choice is only about speed.
+    dense = named >= total
+    candidates, covered = [], set()
     for resource_spans in request.resource_spans:
         service: Any = _UNREAD
         for scope_spans in resource_spans.scope_spans:
             spans = scope_spans.spans
-            total += len(spans)
             if scope_spans.scope.name.startswith(OWN_SCOPE):
                 covered.update(_id_of_bytes(span.parent_span_id, _SPAN_ID_BYTES) for span in spans)
                 continue
@@ -86,13 +92,16 @@ def from_protobuf(body: bytes) -> tuple[int, list[CandidateSpan]]:
                 # The span's own bytes searched for a model key (C speed) cost a third less than a Python loop over
                 # its attributes; a key found elsewhere (in a value) only sends the span to usage_of_span, which
                 # reads keys.
-                data = span.SerializeToString()
-                if not any(key in data for key in _MODEL_KEY_BYTES):
+                if not dense and not _names_a_model(span.SerializeToString()):
                     continue
                 if service is _UNREAD:
                     service = service_name(_pb_attributes(resource_spans.resource.attributes))
                 candidates.append(_pb_candidate(span, span.attributes, service))
     return total, _not_covered(candidates, covered)
+
+
+def _names_a_model(data: bytes) -> bool:
+    return any(key in data for key in _MODEL_KEY_BYTES)
 
 
 def _not_covered(candidates: list[CandidateSpan], covered: set) -> list[CandidateSpan]:
@@ -113,13 +122,16 @@ def _pb_candidate(span, attributes, service: str | None) -> CandidateSpan:
         start_ns=span.start_time_unix_nano,
         end_ns=span.end_time_unix_nano,
         failed=span.status.code == _STATUS_ERROR,
-        attributes=_pb_attributes(attributes),
+        attributes=_pb_attributes(attributes, READ_KEYS),
         service=service,
     )
 
 
-def _pb_attributes(key_values) -> dict[str, Any]:
-    return {kv.key: _pb_value(kv.value) for kv in key_values}
+def _pb_attributes(key_values, keys: frozenset | None = None) -> dict[str, Any]:
+    """The attributes (those of ``keys`` only, if given: a value decoded costs more than a key looked at)."""
+    if keys is None:
+        return {kv.key: _pb_value(kv.value) for kv in key_values}
+    return {key: _pb_value(kv.value) for kv in key_values if (key := kv.key) in keys}
 
 
 def _pb_value(value) -> Any:
@@ -195,13 +207,14 @@ def _json_candidate(span: Mapping, attributes: list, service: str | None) -> Can
         start_ns=int(span.get("startTimeUnixNano") or 0),
         end_ns=int(span.get("endTimeUnixNano") or 0),
         failed=status.get("code") in (_STATUS_ERROR, "STATUS_CODE_ERROR"),
-        attributes=_json_attributes(attributes),
+        attributes=_json_attributes(attributes, READ_KEYS),
         service=service,
     )
 
 
-def _json_attributes(key_values: list) -> dict[str, Any]:
-    return {kv["key"]: _json_value(kv.get("value") or {}) for kv in key_values}
+def _json_attributes(key_values: list, keys: frozenset | None = None) -> dict[str, Any]:
+    """As :func:`_pb_attributes`."""
+    return {kv["key"]: _json_value(kv.get("value") or {}) for kv in key_values if keys is None or kv["key"] in keys}
 
 
 def _json_value(value: Mapping) -> Any:

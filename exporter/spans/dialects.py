@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MODEL_KEYS", "SpanUsage", "usage_of_span"]
+__all__ = ["MODEL_KEYS", "READ_KEYS", "SpanUsage", "usage_of_span"]
 
 # The attributes that name a model: a span with none of them is not an LLM call (the quick way out, also for the
 # OTLP intake, which looks at a span's attribute keys before it decodes any value).
@@ -106,6 +106,33 @@ _OUTPUT_AUDIO = (
 )
 _COST = ("gen_ai.usage.cost.amount", "gen_ai.usage.cost", "llm.cost.total")
 _SERVICE_TIER = ("openai.response.service_tier", "gen_ai.openai.response.service_tier")
+_SUBSET_COUNTS = (
+    ("cache_read_tokens", _CACHE_READ),
+    ("cache_write_tokens", _CACHE_WRITE),
+    ("reasoning_tokens", _REASONING),
+    ("input_audio_tokens", _INPUT_AUDIO),
+    ("output_audio_tokens", _OUTPUT_AUDIO),
+)
+_SUBSET_KEYS = frozenset(key for _, keys in _SUBSET_COUNTS for key in keys)
+_PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
+_OPERATION_KEYS = ("gen_ai.operation.name", "openinference.span.kind", "llm.request.type", "gen_ai.request.type")
+_COST_KEYS = frozenset((*_COST, "gen_ai.usage.cost.currency", "gen_ai.usage.cost.source"))
+# Every attribute key usage_of_span reads: the OTLP intake decodes the values of these only (tests check the list).
+READ_KEYS = frozenset(
+    (
+        *MODEL_KEYS,
+        *_PROVIDER_KEYS,
+        *_OPERATION_KEYS,
+        *_INPUT,
+        *_OUTPUT,
+        *_TOTAL,
+        *_SUBSET_KEYS,
+        *_COST_KEYS,
+        *_SERVICE_TIER,
+        "spendwatch.category",
+        "error.type",
+    )
+)
 
 
 @dataclass(slots=True)
@@ -145,8 +172,9 @@ def usage_of_span(attributes: Mapping[str, Any]) -> SpanUsage | None:
     response_model = get("gen_ai.response.model")
     if response_model:
         usage.response_model = str(response_model)
-    _read_tokens(usage, get)
-    _read_cost(usage, get)
+    _read_tokens(usage, attributes)
+    if not _COST_KEYS.isdisjoint(attributes):
+        _read_cost(usage, get)
     if not (usage.has_usage or usage.cost_usd is not None or get("error.type")):
         return None  # a span that names a model but says nothing billable (a request still in the air, a wrapper)
     tier = _first_text(get, _SERVICE_TIER)
@@ -173,14 +201,15 @@ def _operation(get) -> str | None:
 
 
 def _provider(get) -> str:
-    provider = get("gen_ai.provider.name") or get("gen_ai.system") or get("llm.provider") or get("llm.system")
+    provider = _first_text(get, _PROVIDER_KEYS)
     if not provider:
         return "unknown"
     name = str(provider).strip().lower()
     return _PROVIDERS.get(name, name)
 
 
-def _read_tokens(usage: SpanUsage, get) -> None:
+def _read_tokens(usage: SpanUsage, attributes: Mapping[str, Any]) -> None:
+    get = attributes.get
     input_tokens, output_tokens = _first_count(get, _INPUT), _first_count(get, _OUTPUT)
     has_usage = input_tokens is not None or output_tokens is not None
     if output_tokens is None:
@@ -192,17 +221,12 @@ def _read_tokens(usage: SpanUsage, get) -> None:
             # and flagged as estimated.
             output_tokens, has_usage, usage.estimated = total, True, True
     usage.input_tokens, usage.output_tokens = input_tokens or 0, output_tokens or 0
-    for name, keys in (
-        ("cache_read_tokens", _CACHE_READ),
-        ("cache_write_tokens", _CACHE_WRITE),
-        ("reasoning_tokens", _REASONING),
-        ("input_audio_tokens", _INPUT_AUDIO),
-        ("output_audio_tokens", _OUTPUT_AUDIO),
-    ):
-        count = _first_count(get, keys)
-        if count:
-            setattr(usage, name, count)
-            has_usage = True
+    if not _SUBSET_KEYS.isdisjoint(attributes):  # most spans give none of them: one look instead of fifteen
+        for name, keys in _SUBSET_COUNTS:
+            count = _first_count(get, keys)
+            if count:
+                setattr(usage, name, count)
+                has_usage = True
     usage.has_usage = has_usage
 
 
