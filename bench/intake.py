@@ -117,13 +117,16 @@ def _end_to_end(batches: int, directory: Path) -> tuple[float, float, float]:
     server = subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().strip().removeprefix("serving ").removesuffix("/metrics") + "/v1/traces"
-        bodies = [_batch(n * BATCH) for n in range(batches)]
+        bodies = [_batch(n * BATCH) for n in range(1, batches + 1)]
+        # One batch first, not measured: the first request loads the price list (once per process, ~0.5 s).
+        _send_all(url, [_batch(0)])
+        _wait_for_rows(ledger, BATCH)
         startup_cpu = _cpu_seconds(server.pid)
         start = time.perf_counter()
         _send_all(url, bodies)
         accepted = time.perf_counter() - start
         total = batches * BATCH
-        _wait_for_rows(ledger, total)
+        _wait_for_rows(ledger, BATCH + total)
         recorded = time.perf_counter() - start
         cpu = _cpu_seconds(server.pid) - startup_cpu
     finally:
@@ -180,6 +183,9 @@ def _parts(directory: Path, prices: PriceTable) -> dict[str, float]:
     sink = LedgerSink(ledger, journal_directory(settings.ledger), drain_interval=3600)
     body = _batch(0)
     try:
+        # A batch first, not measured: the first pricing loads the price list, the first ingest creates the tables.
+        _, candidates = from_protobuf(_batch(BATCH))
+        assert sink.journal_all(_records_of(candidates, prices)[0]) and sink.flush()
         clock = time.process_time
         t0 = clock()
         _, candidates = from_protobuf(body)
