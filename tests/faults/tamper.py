@@ -100,7 +100,11 @@ def _leave_a_lease(round_) -> None:
     """An app with the guard on makes a call or two and dies by kill -9: its lease is left to expire."""
     round_.start_worker(0)
     app = round_.workers[-1]
-    wait_until(lambda: app.acks_path.exists() and app.acks_path.stat().st_size, READY_TIMEOUT, "an app's first call")
+
+    def called_or_gone() -> bool:
+        return (app.acks_path.exists() and app.acks_path.stat().st_size > 0) or not app.running()
+
+    wait_until(called_or_gone, READY_TIMEOUT, "an app's first call")
     app.killed = True
     app.popen.send_signal(signal.SIGKILL)
     app.popen.wait()
