@@ -12,6 +12,7 @@ equalling that scan (see :mod:`spendwatch.exporter.ledger.audit`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 
 from spendwatch.exporter.ledger.schema import (
@@ -33,6 +34,7 @@ from spendwatch.instrumentation.errors import ConfigError
 __all__ = [
     "SCANNED_COLUMNS",
     "SCHEMA_VERSION",
+    "UNCHAINED_LEASES_KEY",
     "UNSEALED_LEASES_KEY",
     "UPGRADES",
     "VERSION_KEY",
@@ -138,8 +140,25 @@ def _lease_owner(backend, cursor) -> None:
     _add_columns(backend, cursor, "leases", [Column("owner", "text", "")])
 
 
+def _chained_leases(backend, cursor) -> None:
+    """Version 7: a lease's opening and closing are records of the audit chain (see lease_rows.py), so a deleted
+    lease is caught. The leases an earlier release opened have no such record: their ids are kept in
+    ``spendwatch_meta``, and the audit accepts a lease the chain never opened only if it is one of them."""
+    unchained = [str(lease_id) for (lease_id,) in backend.execute(cursor, "SELECT lease_id FROM leases")]
+    backend.set_meta(cursor, UNCHAINED_LEASES_KEY, json.dumps(sorted(unchained)))
+
+
+UNCHAINED_LEASES_KEY = "leases_unchained"
+
 # Version 1 is the first schema; UPGRADES[n - 1] takes version n to n + 1.
-UPGRADES: tuple[Step, ...] = (_every_billed_unit, _hourly_totals, _sealed_leases, _service, _lease_owner)
+UPGRADES: tuple[Step, ...] = (
+    _every_billed_unit,
+    _hourly_totals,
+    _sealed_leases,
+    _service,
+    _lease_owner,
+    _chained_leases,
+)
 SCHEMA_VERSION = str(len(UPGRADES) + 1)
 VERSION_KEY = "schema_version"
 VERSION_QUERY = "SELECT value FROM spendwatch_meta WHERE key = ?"
