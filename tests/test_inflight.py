@@ -134,7 +134,7 @@ def test_a_call_on_the_wire_when_its_process_is_killed_is_counted_once_as_an_est
     assert shown["cost_usd"] == interrupted(calls)[0]["cost_usd"]
 
 
-def test_a_mark_the_live_drainer_already_read_is_still_counted(tmp_path, stub, slow_stub):
+def test_a_call_on_the_wire_is_counted_when_the_drainer_had_read_everything_else(tmp_path, stub, slow_stub):
     app = start_app(tmp_path, stub, slow_stub, calls_after=3, flush=True)  # everything journaled is drained
     kill(app)
 
@@ -144,9 +144,9 @@ def test_a_mark_the_live_drainer_already_read_is_still_counted(tmp_path, stub, s
     assert_one_interrupted_estimate(calls)
 
 
-def test_a_mark_outlives_the_journal_files_retired_while_its_call_waits(tmp_path, stub, slow_stub):
+def test_a_call_waiting_while_journal_files_rotate_and_retire_is_counted_once(tmp_path, stub, slow_stub):
     app = start_app(tmp_path, stub, slow_stub, calls_after=40, file_size=4096, flush=True)
-    assert len(list((tmp_path / "journal").glob("*.journal"))) == 1  # the mark's own file was retired
+    assert len(list((tmp_path / "journal").glob("*.journal"))) == 1  # the files journaled before the call: retired
     kill(app)
 
     calls = recovered_calls(tmp_path)
