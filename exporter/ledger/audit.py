@@ -16,6 +16,8 @@ put back is not: keep the head that ``spendwatch audit verify`` prints somewhere
 
 The audit also checks what the chain does not hold row by row: every counter of the running totals against a scan of
 the chained calls, and each lease (a row that changes in place) against the HMAC written with it (``lease_rows.py``).
+A lease's life is in the chain, though: a ``lease_open`` and a ``lease_close`` record (kind, the lease id as call_id,
+MACed over the id), so every lease the chain holds open must have its row, and every row must have been opened.
 
 Appends serialise on the chain head: SQLite's ``BEGIN IMMEDIATE`` already admits one writer at a time, and on
 PostgreSQL every chained transaction first takes the advisory transaction lock :data:`AUDIT_LOCK`.
@@ -41,9 +43,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spendwatch.exporter.ledger.lease_rows import LEASE_COLUMNS, lease_mac
+from spendwatch.exporter.ledger.lease_rows import (
+    LEASE_CHAIN_KINDS,
+    LEASE_COLUMNS,
+    LEASE_OPEN,
+    lease_mac,
+    lease_record_content,
+)
 from spendwatch.exporter.ledger.locations import is_postgres_location, state_directory
-from spendwatch.exporter.ledger.migrations import SCANNED_COLUMNS, UNSEALED_LEASES_KEY, scanned_counters
+from spendwatch.exporter.ledger.migrations import (
+    SCANNED_COLUMNS,
+    UNCHAINED_LEASES_KEY,
+    UNSEALED_LEASES_KEY,
+    scanned_counters,
+)
 from spendwatch.exporter.ledger.schema import (
     CALL_COLUMNS,
     CALL_TYPES,
@@ -298,7 +311,8 @@ class _Walk:
     def __init__(self, key: AuditKey, rows, call_columns: Sequence[str]) -> None:
         self.key, self.rows, self.call_columns = key, rows, call_columns
         self.seq, self.mac = 0, ""
-        self.kinds = {kind: 0 for kind in _KIND_TABLES}
+        self.kinds = {kind: 0 for kind in _KIND_TABLES}  # lease_open and lease_close are added once seen
+        self.open_leases: dict[str, int] = {}  # lease id -> the record that opened it, for those not closed since
         calls_end = 5 + len(call_columns)
         events_end = calls_end + len(EVENT_COLUMNS)
         self._joined = {
@@ -327,6 +341,8 @@ class _Walk:
         name = f"call {call_id!r}" if kind == "call" else f"{'repricing' if kind == 'reprice' else kind} {row_id}"
         if seq != self.seq + 1:
             return f"record {self.seq + 1} was deleted (the trail jumps from record {self.seq} to {seq})", self.seq + 1
+        if kind in LEASE_CHAIN_KINDS:
+            return self._lease_record(seq, kind, str(call_id), mac)
         if kind not in _KIND_TABLES:
             return f"record {seq} has an unknown kind {kind!r}: it was altered or inserted", seq
         row = record[self._joined[kind]]
@@ -348,6 +364,19 @@ class _Walk:
             )
         self.seq, self.mac = seq, expected
         self.kinds[kind] += 1
+        return None
+
+    def _lease_record(self, seq: int, kind: str, lease_id: str, mac) -> _Problem | None:
+        """A lease opened or closed: no row to join (it changes in place, or is gone), only its id is MACed."""
+        expected = self.key.mac(seq, kind, self.mac, lease_record_content(lease_id))
+        if not hmac.compare_digest(expected, str(mac)):
+            return f"record {seq} ({kind} {lease_id!r}) does not match its MAC: it was altered or inserted", seq
+        if kind == LEASE_OPEN:
+            self.open_leases[lease_id] = seq
+        else:
+            self.open_leases.pop(lease_id, None)
+        self.seq, self.mac = seq, expected
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
         return None
 
     def _repricing_history(self) -> dict[str, tuple[tuple, tuple]]:
@@ -431,16 +460,26 @@ class _Walk:
 
     def leases(self) -> _Problem | None:
         """Every lease must carry the MAC of its values (see lease_rows.py), but those an earlier release wrote before
-        the upgrade, which expire by the time the upgrade recorded."""
-        found = list(self.rows("SELECT value FROM spendwatch_meta WHERE key = ?", (UNSEALED_LEASES_KEY,)))
-        unsealed_until = float(found[0][0]) if found else float("-inf")
+        the upgrade, which expire by the time the upgrade recorded; every lease row must be open in the chain, but
+        those an earlier release opened (listed by the upgrade to schema 7); every lease open in the chain must have
+        its row."""
+        unsealed_until = float(self._meta(UNSEALED_LEASES_KEY) or "-inf")
+        unchained = set(json.loads(self._meta(UNCHAINED_LEASES_KEY) or "[]"))
         for *row, mac in self.rows(f"SELECT {', '.join(LEASE_COLUMNS)}, mac FROM leases ORDER BY lease_id"):
+            shown = f"lease {row[0]!r} of budget {row[1]!r} ({row[4]} USD)"
             if mac is None and float(row[LEASE_COLUMNS.index("expires_at")]) <= unsealed_until:
-                continue
-            if mac is None or not hmac.compare_digest(lease_mac(self.key, row), str(mac)):
-                shown = f"lease {row[0]!r} of budget {row[1]!r} ({row[4]} USD)"
+                pass
+            elif mac is None or not hmac.compare_digest(lease_mac(self.key, row), str(mac)):
                 return f"{shown} does not match its MAC: it was forged or altered without the key", None
+            if self.open_leases.pop(str(row[0]), None) is None and str(row[0]) not in unchained:
+                return f"{shown} was never opened in the audit chain, or was closed: it was inserted by hand", None
+        for lease_id, seq in self.open_leases.items():
+            return f"lease {lease_id!r}, opened by record {seq} and never closed, was deleted", seq
         return None
+
+    def _meta(self, key: str) -> str | None:
+        found = list(self.rows("SELECT value FROM spendwatch_meta WHERE key = ?", (key,)))
+        return str(found[0][0]) if found else None
 
     def _compare(self, table: str, query: str, scanned: dict[tuple, list]) -> _Problem | None:
         width = len(TOTAL_COUNTERS)

@@ -2,16 +2,33 @@
 spendwatch wrote from one forged or altered in the database (a forged lease with a negative amount would hand out
 budget nobody has; one with a large amount would starve every process).
 
-A lease changes in place (renewed, drawn on as its calls are ingested), so it is not a link of the audit chain; its
-row carries the MAC of its own values, written with them, under the audit key (see :mod:`.audit`).
+A lease changes in place (renewed, drawn on as its calls are ingested), so its values are not a link of the audit chain:
+its row carries the MAC of its own values, written with them, under the audit key (see :mod:`.audit`). Its life is:
+:func:`open_lease` and :func:`close_leases` append a ``lease_open`` / ``lease_close`` record (MACed over the lease id)
+in the transaction that inserts or deletes the row, so ``audit verify`` finds a lease the chain opened and never closed
+deleted, and a lease row the chain never opened (or closed) inserted. Renewals and draws only rewrite the row: they
+happen many times a minute per process, and appending to the chain would serialise them on its head.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["LEASE_COLUMNS", "draw_from_leases", "lease_mac", "write_lease"]
+__all__ = [
+    "LEASE_CHAIN_KINDS",
+    "LEASE_CLOSE",
+    "LEASE_COLUMNS",
+    "LEASE_OPEN",
+    "close_leases",
+    "draw_from_leases",
+    "lease_mac",
+    "lease_record_content",
+    "open_lease",
+    "write_lease",
+]
 
+LEASE_OPEN, LEASE_CLOSE = "lease_open", "lease_close"  # the chain records' kinds; the lease id is their call_id
+LEASE_CHAIN_KINDS = (LEASE_OPEN, LEASE_CLOSE)
 LEASE_COLUMNS = ("lease_id", "budget", "period", "period_start", "outstanding_usd", "expires_at", "owner")
 _KIND = "lease"  # the MAC's kind: chain records are call, event and reprice, with seq from 1
 _UPSERT = (
@@ -35,6 +52,42 @@ def lease_mac(key, row: Sequence) -> str:
 def write_lease(backend, cursor, key, row: Sequence) -> None:
     """Insert or update a lease (:data:`LEASE_COLUMNS`) with its MAC, inside the caller's transaction."""
     backend.execute(cursor, _UPSERT, (*row, lease_mac(key, row)))
+
+
+def lease_record_content(lease_id: str) -> list:
+    """What a lease's chain record MACs: its id (the row itself changes in place and carries its own MAC)."""
+    return [str(lease_id)]
+
+
+def open_lease(backend, cursor, key, row: Sequence) -> None:
+    """Insert a new lease (:data:`LEASE_COLUMNS`) with its MAC and its ``lease_open`` chain record, inside the caller's
+    chained transaction (Ledger.chained_transaction: it holds the chain's head)."""
+    write_lease(backend, cursor, key, row)
+    _chain(backend, cursor, key, LEASE_OPEN, [row[0]])
+
+
+def close_leases(backend, cursor, key, lease_ids: Iterable[str], *, expired_only: bool = False) -> list[str]:
+    """Delete these leases (``expired_only``: those past their TTL by the database's clock, checked here) with a
+    ``lease_close`` chain record each, inside the caller's chained transaction. Returns the ids deleted. A lease an
+    earlier release opened has no opening record; its closing record is harmless."""
+    query = "DELETE FROM leases WHERE lease_id = ?"
+    if expired_only:
+        query += f" AND expires_at < {backend.now_sql}"
+    closed = []
+    for lease_id in lease_ids:
+        backend.execute(cursor, query, (lease_id,))
+        if cursor.rowcount > 0:
+            closed.append(lease_id)
+    _chain(backend, cursor, key, LEASE_CLOSE, closed)
+    return closed
+
+
+def _chain(backend, cursor, key, kind: str, lease_ids: Sequence[str]) -> None:
+    from spendwatch.exporter.ledger.audit import append  # audit imports this module for LEASE_COLUMNS and lease_mac
+
+    append(
+        backend, cursor, key, [(kind, str(lease_id), None, lease_record_content(lease_id)) for lease_id in lease_ids]
+    )
 
 
 def draw_from_leases(backend, cursor, key, costs: Mapping[str, float]) -> None:

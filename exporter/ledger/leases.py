@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
-from spendwatch.exporter.ledger.lease_rows import write_lease
+from spendwatch.exporter.ledger.lease_rows import close_leases, open_lease, write_lease
 from spendwatch.exporter.ledger.ledger import Ledger, budget_scope
 from spendwatch.exporter.settings import BudgetSpec
 
@@ -76,35 +76,64 @@ def renew_lease(
     owner: str | None = None,
 ) -> LeaseGrant:
     """Extend a lease by ``want_usd`` (or whatever is left, if at least ``need_usd``), atomically, and make it live
-    for ``ttl_s`` from now by the database's clock. ``owner``: the process whose journal will hold its calls."""
-    first, end = period
-    scope, scope_values = budget_scope(budget.category, budget.model)
+    for ``ttl_s`` from now by the database's clock. ``owner``: the process whose journal will hold its calls.
+
+    A renewal only rewrites the lease's row. Opening it, or closing others' unowned leases past their TTL, appends to
+    the audit chain (lease_rows.py), so when the first try finds either to do it is done again holding the chain's
+    head (taken first, as every chained transaction does, so no lock order is inverted)."""
+    renewal = _Renewal(lease_id, budget, limit_usd, period, need_usd, want_usd, ttl_s, owner)
     with ledger.transaction() as cursor:
-        backend = ledger.backend
+        grant = renewal.run(ledger, cursor, chained=False)
+    if grant is None:
+        with ledger.chained_transaction() as cursor:
+            grant = renewal.run(ledger, cursor, chained=True)
+    return grant
+
+
+@dataclass(frozen=True)
+class _Renewal:
+    lease_id: str
+    budget: BudgetSpec
+    limit_usd: float
+    period: tuple[date, date]
+    need_usd: float
+    want_usd: float
+    ttl_s: float
+    owner: str | None
+
+    def run(self, ledger: Ledger, cursor, *, chained: bool) -> LeaseGrant | None:
+        """The renewal in this transaction; None (having written nothing) when it needs the chain and has not it."""
+        backend, (first, end), budget, lease_id = ledger.backend, self.period, self.budget, self.lease_id
         backend.lock_budget(cursor, zlib.crc32(f"{budget.name}/{budget.period}".encode()))
         ((now,),) = backend.execute(cursor, f"SELECT {backend.now_sql}")  # after the lock: no stale read
         now = float(now)
         # Only a lease nobody owns ends at its TTL here: an owned one waits for its owner's journal (see above).
-        backend.execute(cursor, "DELETE FROM leases WHERE expires_at < ? AND owner IS NULL", (now,))
-        standing_query = _STANDING.format(scope=scope)
+        ended = [row[0] for row in backend.execute(cursor, _ENDED, (now,))]
+        if ended and not chained:
+            return None
+        close_leases(backend, cursor, ledger.audit_key, ended)
+        scope, scope_values = budget_scope(budget.category, budget.model)
         parameters = (first.isoformat(), end.isoformat(), *scope_values)
         parameters += (budget.name, budget.period, first.isoformat(), lease_id, lease_id)
-        ((spent, others, mine),) = backend.execute(cursor, standing_query, parameters)
-        spent, others = float(spent), float(others)
+        ((spent, others, mine),) = backend.execute(cursor, _STANDING.format(scope=scope), parameters)
         existed = mine is not None
-        mine = float(mine or 0.0)
-        available = limit_usd - spent - others - mine
-        granted = min(want_usd, available) if available >= need_usd else 0.0
+        if not existed and not chained:
+            return None
+        spent, others, mine = float(spent), float(others), float(mine or 0.0)
+        available = self.limit_usd - spent - others - mine
+        granted = min(self.want_usd, available) if available >= self.need_usd else 0.0
         outstanding = mine + granted
-        row = (lease_id, budget.name, budget.period, first.isoformat(), outstanding, now + ttl_s, owner)
-        write_lease(backend, cursor, ledger.audit_key, row)
-    return LeaseGrant(granted, outstanding, spent, others, existed)
+        row = (lease_id, budget.name, budget.period, first.isoformat(), outstanding, now + self.ttl_s, self.owner)
+        (write_lease if existed else open_lease)(backend, cursor, ledger.audit_key, row)
+        return LeaseGrant(granted, outstanding, spent, others, existed)
+
+
+_ENDED = "SELECT lease_id FROM leases WHERE expires_at < ? AND owner IS NULL"
 
 
 def release_lease(ledger: Ledger, lease_id: str) -> None:
     """Give a lease back (at exit, after the journal was drained: its costs are spend by then)."""
-    with ledger.transaction() as cursor:
-        ledger.backend.execute(cursor, "DELETE FROM leases WHERE lease_id = ?", (lease_id,))
+    release_leases(ledger, [lease_id])
 
 
 @dataclass(frozen=True)
@@ -138,15 +167,8 @@ def held_leases(ledger: Ledger) -> list[HeldLease]:
 def release_leases(ledger: Ledger, lease_ids: Iterable[str], *, expired_only: bool = False) -> int:
     """Delete these leases (``expired_only``: those of them past their TTL by the database's clock, checked in the
     deleting transaction, so one its owner renewed meanwhile stays). Returns how many were deleted."""
-    backend, deleted = ledger.backend, 0
-    query = "DELETE FROM leases WHERE lease_id = ?"
-    if expired_only:
-        query += f" AND expires_at < {backend.now_sql}"
-    with ledger.transaction() as cursor:
-        for lease_id in lease_ids:
-            backend.execute(cursor, query, (lease_id,))
-            deleted += max(cursor.rowcount, 0)
-    return deleted
+    with ledger.chained_transaction() as cursor:
+        return len(close_leases(ledger.backend, cursor, ledger.audit_key, lease_ids, expired_only=expired_only))
 
 
 def release_by_hand(ledger: Ledger, lease_ids: Iterable[str], *, by: str, reason: str) -> tuple[list[HeldLease], int]:
@@ -158,13 +180,9 @@ def release_by_hand(ledger: Ledger, lease_ids: Iterable[str], *, by: str, reason
     if not released:
         return [], 0
     with ledger.chained_transaction() as cursor:
-        backend = ledger.backend
-        query = f"DELETE FROM leases WHERE lease_id = ? AND expires_at < {backend.now_sql}"
-        gone = []
-        for lease in released:
-            backend.execute(cursor, query, (lease.lease_id,))
-            if cursor.rowcount > 0:
-                gone.append(lease)
+        ids = [lease.lease_id for lease in released]
+        closed = set(close_leases(ledger.backend, cursor, ledger.audit_key, ids, expired_only=True))
+        gone = [lease for lease in released if lease.lease_id in closed]
         leases = [{"lease": g.lease_id, "budget": g.budget, "owner": g.owner, "usd": g.outstanding_usd} for g in gone]
         detail = {"leases": leases, "by": by, "reason": reason}
         event_id = ledger.chained_event(cursor, "lease_released", detail, at=time.time()) if gone else 0

@@ -22,7 +22,13 @@ __all__ = ["add_commands"]
 EXIT_OK = 0
 EXIT_TAMPERED = 1
 
-_KIND_NAMES = {"call": "calls", "event": "events", "reprice": "repricings"}
+_KIND_NAMES = {
+    "call": "calls",
+    "event": "events",
+    "reprice": "repricings",
+    "lease_open": "leases opened",
+    "lease_close": "leases closed",
+}
 
 
 def add_commands(subcommands: argparse._SubParsersAction) -> None:
