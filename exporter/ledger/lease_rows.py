@@ -30,7 +30,7 @@ __all__ = [
 LEASE_OPEN, LEASE_CLOSE = "lease_open", "lease_close"  # the chain records' kinds; the lease id is their call_id
 LEASE_CHAIN_KINDS = (LEASE_OPEN, LEASE_CLOSE)
 LEASE_COLUMNS = ("lease_id", "budget", "period", "period_start", "outstanding_usd", "expires_at", "owner")
-_KIND = "lease"  # the MAC's kind: chain records are call, event and reprice, with seq from 1
+_KIND = "lease"  # the row MAC's kind, with seq 0: chain records (call, event, reprice, lease_open...) count from 1
 _UPSERT = (
     f"INSERT INTO leases ({', '.join(LEASE_COLUMNS)}, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (lease_id) DO UPDATE SET outstanding_usd = excluded.outstanding_usd,"
