@@ -216,9 +216,14 @@ def test_leases_the_earlier_release_wrote_verify_and_may_end(tmp_path):
     try:
         assert lease_ids(ledger) == {"old:a", "old:b"}
         assert verify(ledger).intact, verify(ledger).problem
+        columns = ", ".join((*LEASE_COLUMNS, "mac"))
+        ((*saved,),) = ledger.backend.select(f"SELECT {columns} FROM leases WHERE lease_id = 'old:a'")
         release_lease(ledger, "old:a")
         tamper(ledger, "DELETE FROM leases WHERE lease_id = 'old:b'")  # no chain record vouches for it: accepted
         verdict = verify(ledger)
         assert verdict.intact, verdict.problem
+        marks = ", ".join("?" * len(saved))
+        tamper(ledger, f"INSERT INTO leases ({columns}) VALUES ({marks})", tuple(saved))  # put back after its release
+        assert "lease 'old:a'" in verify(ledger).problem
     finally:
         ledger.close()

@@ -313,6 +313,7 @@ class _Walk:
         self.seq, self.mac = 0, ""
         self.kinds = {kind: 0 for kind in _KIND_TABLES}  # lease_open and lease_close are added once seen
         self.open_leases: dict[str, int] = {}  # lease id -> the record that opened it, for those not closed since
+        self.closed_leases: set[str] = set()  # closed and not opened again: a row of theirs was put back
         calls_end = 5 + len(call_columns)
         events_end = calls_end + len(EVENT_COLUMNS)
         self._joined = {
@@ -373,8 +374,10 @@ class _Walk:
             return f"record {seq} ({kind} {lease_id!r}) does not match its MAC: it was altered or inserted", seq
         if kind == LEASE_OPEN:
             self.open_leases[lease_id] = seq
+            self.closed_leases.discard(lease_id)
         else:
             self.open_leases.pop(lease_id, None)
+            self.closed_leases.add(lease_id)
         self.seq, self.mac = seq, expected
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         return None
@@ -464,16 +467,21 @@ class _Walk:
         those an earlier release opened (listed by the upgrade to schema 7); every lease open in the chain must have
         its row."""
         unsealed_until = float(self._meta(UNSEALED_LEASES_KEY) or "-inf")
-        unchained = set(json.loads(self._meta(UNCHAINED_LEASES_KEY) or "[]"))
+        try:
+            unchained = set(json.loads(self._meta(UNCHAINED_LEASES_KEY) or "[]"))
+        except (ValueError, TypeError):
+            return "the list of leases opened before the audit chain held leases is unreadable: it was altered", None
         for *row, mac in self.rows(f"SELECT {', '.join(LEASE_COLUMNS)}, mac FROM leases ORDER BY lease_id"):
             shown = f"lease {row[0]!r} of budget {row[1]!r} ({row[4]} USD)"
-            if mac is None and float(row[LEASE_COLUMNS.index("expires_at")]) <= unsealed_until:
-                pass
-            elif mac is None or not hmac.compare_digest(lease_mac(self.key, row), str(mac)):
+            unsealed = mac is None and float(row[LEASE_COLUMNS.index("expires_at")]) <= unsealed_until
+            if not unsealed and (mac is None or not hmac.compare_digest(lease_mac(self.key, row), str(mac))):
                 return f"{shown} does not match its MAC: it was forged or altered without the key", None
-            if self.open_leases.pop(str(row[0]), None) is None and str(row[0]) not in unchained:
+            lease_id = str(row[0])
+            opened = self.open_leases.pop(lease_id, None) is not None
+            if not opened and (lease_id not in unchained or lease_id in self.closed_leases):
                 return f"{shown} was never opened in the audit chain, or was closed: it was inserted by hand", None
-        for lease_id, seq in self.open_leases.items():
+        if self.open_leases:  # those with a row were taken out above
+            lease_id, seq = next(iter(self.open_leases.items()))
             return f"lease {lease_id!r}, opened by record {seq} and never closed, was deleted", seq
         return None
 
