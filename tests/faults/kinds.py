@@ -222,7 +222,7 @@ TITLES = {
     "kill": "kill -9 storms",
     "pg-restart": "PostgreSQL restarts",
     "disk-full": "full disk (journal and ledger directory)",
-    "unwritable": "unwritable directory (read-only remount)",
+    "unwritable": "unwritable directory (read-only mount)",
     "pg-disk-full": "PostgreSQL's disk full",
     "guard-block": "guard, on_ledger_error = block",
     "guard-admit": "guard, on_ledger_error = admit",

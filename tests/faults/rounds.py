@@ -254,6 +254,8 @@ class Round:
             outcome = Outcome(plan, result, broken_promises(plan, result))
             record = {"plan": asdict(plan), "result": result, "broken": outcome.broken}
             (self.dir / "outcome.json").write_text(json.dumps(record, indent=2))
+            if not outcome.passed:
+                self.keep_ledger()
             return outcome
         finally:
             self.teardown()
@@ -286,6 +288,18 @@ class Round:
         if done.returncode != 0:
             return {"check_failed": (done.stdout + done.stderr).strip()[-2000:]}
         return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def keep_ledger(self) -> None:
+        """The ledger's calls, for a round that broke a promise: its disk or database goes at teardown."""
+        from spendwatch.exporter import open_backend
+
+        with contextlib.suppress(Exception):
+            backend = open_backend(self.ledger)
+            try:
+                rows = backend.select("SELECT id, trace_id, outcome, error_type, estimated, cost_usd, day FROM calls")
+            finally:
+                backend.close()
+            (self.dir / "calls.json").write_text(json.dumps(rows))
 
     def teardown(self) -> None:
         for process in self.workers:

@@ -45,6 +45,8 @@ def run_rounds(
                 began, cpu = time.monotonic(), _cpu_seconds()
                 outcome = Round(plan, base, stub, postgres, spendwatch_path=spendwatch_path).run()
                 outcomes.append(outcome)
+                if outcome.passed and not keep:
+                    shutil.rmtree(base / f"round-{plan.seed}", ignore_errors=True)
                 verdict = "ok" if outcome.passed else "BROKEN: " + "; ".join(outcome.broken)
                 result = outcome.result
                 say(
@@ -55,10 +57,10 @@ def run_rounds(
     finally:
         if own_postgres and postgres is not None:
             postgres.close()
-        if not keep:
-            shutil.rmtree(base, ignore_errors=True)
+        if keep or not all(outcome.passed for outcome in outcomes):
+            say(f"rounds kept in {base} (logs, acknowledgements, outcome.json; calls.json of a broken round)")
         else:
-            say(f"rounds kept in {base}")
+            shutil.rmtree(base, ignore_errors=True)
     return outcomes
 
 
@@ -69,7 +71,7 @@ def figures(outcomes: list[Outcome]) -> str:
         "| tampering detected |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = [header]
-    for kind in dict.fromkeys(outcome.plan.kind for outcome in outcomes):
+    for kind in sorted({outcome.plan.kind for outcome in outcomes}, key=list(TITLES).index):
         mine = [outcome for outcome in outcomes if outcome.plan.kind == kind]
         results = [outcome.result for outcome in mine]
 
