@@ -125,6 +125,18 @@ def test_a_call_counts_on_the_local_day_of_the_configured_time_zone(tmp_path):
     assert tokyo.spend(date(2026, 11, 27), date(2026, 11, 28)) == 0
 
 
+def test_calls_either_side_of_local_midnight_count_on_their_own_days(tmp_path):
+    # Kathmandu is UTC+5:45: its midnight is 18:15 UTC. The day of a call is looked up once per minute.
+    kathmandu = Ledger(open_backend(str(tmp_path / "kathmandu.db")), ZoneInfo("Asia/Kathmandu"))
+    midnight = 1795803300.0  # 2026-11-27T18:15:00Z, 2026-11-28T00:00 in Kathmandu
+    first_batch = [usage(1.0, start_time=midnight - 0.25), usage(2.0, start_time=midnight)]
+    kathmandu.ingest(entries(*first_batch, usage(4.0, start_time=midnight - 61)))
+    kathmandu.ingest(entries(usage(8.0, start_time=midnight + 59.5), usage(16.0, start_time=midnight - 1), prefix="b"))
+
+    assert kathmandu.spend(date(2026, 11, 27), date(2026, 11, 28)) == pytest.approx(21.0)
+    assert kathmandu.spend(date(2026, 11, 28), date(2026, 11, 29)) == pytest.approx(10.0)
+
+
 def test_duration_buckets_count_each_call_in_its_bucket(ledger):
     ledger.ingest(entries(usage(duration_s=0.05), usage(duration_s=0.3), usage(duration_s=500.0)))
 
