@@ -233,7 +233,7 @@ TITLES = {
 
 
 def plan_round(seed: int, kinds: list[str]) -> Plan:
-    """The round of ``seed``: its kind drawn from ``kinds``, then its plan from the seed and the kind alone (so
-    ``--seed S --kinds K`` replays the round whatever list it was drawn from)."""
-    kind = random.Random(seed).choice(kinds)
+    """The round of ``seed``: its kind is ``kinds[seed % len(kinds)]`` (consecutive seeds take turns, so a run
+    covers every kind), its plan drawn from the seed and the kind alone (``--seed S --kinds K`` replays it)."""
+    kind = kinds[seed % len(kinds)]
     return KINDS[kind](seed, random.Random(f"{kind}-{seed}"))
