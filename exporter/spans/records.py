@@ -17,11 +17,14 @@ __all__ = ["PRODUCER_COST_ATTRIBUTE", "SOURCES", "entry_id_of", "record_of", "se
 SOURCES = ("sdk", "span", "otlp")
 # Where a record keeps the cost a span's producer computed from its own price list (spendwatch prices the call).
 PRODUCER_COST_ATTRIBUTE = "spendwatch.producer_cost_usd"
+_TRACE_ID_END, _SPAN_ID_END = 1 << 128, 1 << 64
 _MAX_TEXT = 200  # a span from another service can carry anything: names are cut before they reach the ledger
 
 
 def entry_id_of(trace_id: int, span_id: int) -> str:
     """The ledger id of the call a span describes: one per span, whoever hands it in."""
+    if 0 <= trace_id < _TRACE_ID_END and 0 <= span_id < _SPAN_ID_END:  # any ids OpenTelemetry makes
+        return f"span:{trace_id.to_bytes(16, 'big').hex()}:{span_id.to_bytes(8, 'big').hex()}"  # twice format's speed
     return f"span:{trace_id:032x}:{span_id:016x}"
 
 
