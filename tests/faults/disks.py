@@ -64,7 +64,9 @@ class SmallDisk:
 
     def make_writable(self) -> None:
         if self.read_only:
-            _run("umount", str(self.path))  # the read-only bind mount on top
+            # The read-only bind mount on top, lazily: an app may hold a file it opened through it (a SQLite ledger
+            # opened read-only when it could not be written), and keeps it; new opens see the writable disk.
+            _run("umount", "-l", str(self.path))
             self.read_only = False
 
     def restore(self) -> None:
