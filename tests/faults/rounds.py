@@ -51,7 +51,7 @@ class Plan:
     # On one small tmpfs, as on a host's one disk: the SQLite ledger's directory and the state directory (journals of a
     # PostgreSQL ledger, fallbacks); $XDG_RUNTIME_DIR (a tmpfs of its own on a real host) stays off it, or is unset.
     disk: bool = False
-    disk_mb: int = 32
+    disk_mb: int = 64  # room for several apps' 4 MiB journals and in-flight tables, until the ballast takes the rest
     runtime_dir: bool = True
     events: list[tuple[float, str, float]] = field(default_factory=list)  # (seconds in, action, a random draw)
     guard: dict | None = None  # {"on_ledger_error", "daily_limit_usd", "allowance_usd", "lease_ttl_s"}
