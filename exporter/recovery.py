@@ -93,6 +93,17 @@ def _journal_files(directories: list[Path]) -> dict[str, list[Path]]:
     return by_pid
 
 
+def journal_left(pid: str, directories: list[Path]) -> bool:
+    """Whether a journal file of dead process ``pid`` is still here: not replayed yet, or being replayed by another
+    process right now. Its calls on the wire wait for it, or an estimate would take the ledger id of a call whose
+    record is in that journal. Files a live process holds under the reused pid are its own."""
+    left = [path for directory in directories if directory.is_dir() for path in directory.glob(f"{pid}-*{SUFFIX}")]
+    if left and _start_ticks(int(pid)) is not None:
+        held = _open_by(int(pid))
+        left = [path for path in left if held is None or str(path.resolve()) not in held]
+    return bool(left)
+
+
 def owner_state(owner: str, files_by_pid: dict[str, list[Path]], me: str) -> str:
     """Where an owner's journal stands, seen from this process: ``self``, ``other host``, ``alive`` (it releases its
     own), ``waiting`` (dead, a journal file of it still here) or ``in`` (dead and its journal is in the ledger)."""

@@ -45,7 +45,7 @@ from spendwatch.exporter.ledger import (
 )
 from spendwatch.exporter.ledger.errors import is_poison
 from spendwatch.exporter.ledger.history import record_outage
-from spendwatch.exporter.recovery import DeadJournalWatch
+from spendwatch.exporter.recovery import DeadJournalWatch, journal_left
 from spendwatch.exporter.shared_counts import SharedCounts
 from spendwatch.exporter.spans.records import entry_id_of
 from spendwatch.instrumentation.records import UsageRecord
@@ -425,7 +425,8 @@ class LedgerSink:
         whose record was journaled is counted from that record (its estimate would add nothing: the same ledger id)."""
         recorded = 0
         for table in inflight.orphaned_tables(self.directories):
-            if inflight.writer_of(table.path) in waiting_writers:
+            writer = inflight.writer_of(table.path)
+            if writer in waiting_writers or journal_left(writer, self.directories):
                 table.close(delete=False)
                 continue
             try:

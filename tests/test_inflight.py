@@ -3,6 +3,7 @@ process's calls in flight not at all. A real app process calls a local stub thro
 
 from __future__ import annotations
 
+import fcntl
 import marshal
 import os
 import signal
@@ -180,6 +181,25 @@ def test_recovering_twice_counts_an_interrupted_call_once(tmp_path, stub, slow_s
     calls = recovered_calls(tmp_path)
 
     assert len(calls) == 2
+    assert_one_interrupted_estimate(calls)
+
+
+def test_a_dead_journal_another_process_is_replaying_holds_back_the_estimates_of_its_writer(tmp_path, stub, slow_stub):
+    app = start_app(tmp_path, stub, slow_stub, calls_after=3)  # completed calls' marks still taken: nothing drained
+    kill(app)
+    (journal,) = (tmp_path / "journal").glob("*.journal")
+    replaying = os.open(journal, os.O_RDWR)
+    fcntl.flock(replaying, fcntl.LOCK_EX)  # as another process replaying it does
+    try:
+        calls = recovered_calls(tmp_path)
+        assert calls == []  # the calls on the wire wait for their journal, whose records they may be
+    finally:
+        os.close(replaying)
+
+    calls = recovered_calls(tmp_path)
+
+    assert len(calls) == 5
+    assert len([call for call in calls if call["outcome"] == "success"]) == 4
     assert_one_interrupted_estimate(calls)
 
 
