@@ -48,7 +48,7 @@ from spendwatch.exporter.ledger.history import record_outage
 from spendwatch.exporter.recovery import DeadJournalWatch, journal_left
 from spendwatch.exporter.shared_counts import SharedCounts
 from spendwatch.exporter.spans.records import entry_id_of
-from spendwatch.instrumentation.records import UsageRecord
+from spendwatch.instrumentation.records import UsageRecord, sink_changed
 
 __all__ = [
     "LedgerSink",
@@ -200,6 +200,7 @@ class LedgerSink:
         """Drain everything journaled so far into the ledger now. False when the ledger could not be written."""
         with self._drain_lock:
             self._find_journal_place()
+            self._find_inflight_place()
             # Each step is tried whatever the one before did: a dead process's journal the ledger refuses must not
             # hold back this process's records.
             recovered = self._recover_once()
@@ -404,17 +405,26 @@ class LedgerSink:
         return recovered + self._record_interrupted(marks, waiting)
 
     # --- calls on the wire (inflight) ----------------------------------------------------------------------------
-    def _open_inflight(self) -> inflight.InflightTable | None:
+    def _open_inflight(self, *, quiet: bool = False) -> inflight.InflightTable | None:
         """This process's in-flight table; its ``begin`` is this sink's (``records.begin`` calls it before a request
-        leaves). None, and no ``begin``, when no directory takes one."""
+        leaves). None, and no ``begin``, when no directory takes one (tried again on each drain pass)."""
         self.__dict__.pop("begin", None)
         try:
             table = inflight.InflightTable(self.directories, self)
         except OSError as error:  # calls are still counted when they end; only a kill -9 mid-call goes unseen
-            _logger.warning("spendwatch: cannot create an in-flight table (%s); calls go unmarked", first_line(error))
+            if not quiet:
+                message = "spendwatch: cannot create an in-flight table (%s); calls go unmarked until one can be"
+                _logger.warning(message, first_line(error))
             return None
         self.begin = table.begin  # no hop through the sink on the caller's path
         return table
+
+    def _find_inflight_place(self) -> None:
+        """A table no place took at start-up (a full disk) is tried again, so calls are marked once one does."""
+        if self.inflight is None and not self._stopping:
+            self.inflight = self._open_inflight(quiet=True)
+            if self.inflight is not None:
+                sink_changed()
 
     def _marks_done(self, entries: list[LedgerEntry]) -> None:
         if self.inflight is not None:

@@ -20,7 +20,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["CallStart", "InflightSink", "UsageRecord", "UsageSink", "begin", "emit", "register_sink", "unregister_sink"]
+__all__ = [
+    "CallStart",
+    "InflightSink",
+    "UsageRecord",
+    "UsageSink",
+    "begin",
+    "emit",
+    "register_sink",
+    "sink_changed",
+    "unregister_sink",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -120,6 +130,11 @@ def register_sink(sink: UsageSink) -> None:
 def unregister_sink(sink: UsageSink) -> None:
     global _sinks
     _sinks = tuple(existing for existing in _sinks if existing is not sink)
+    _sinks_changed()
+
+
+def sink_changed() -> None:
+    """A registered sink took up ``begin`` (or gave it up) after it registered: mark calls for it from now on."""
     _sinks_changed()
 
 

@@ -20,10 +20,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from spendwatch.exporter import Ledger, LedgerSink
+from spendwatch.exporter import Ledger, LedgerSink, inflight
 from spendwatch.exporter.ledger import open_backend
 from spendwatch.exporter.ledger.dialects import SQLiteBackend
 from spendwatch.exporter.sink import journal_directories, waiting_records
+from spendwatch.instrumentation import records
 from spendwatch.instrumentation.records import UsageRecord, emit, register_sink, unregister_sink
 from tests.conftest import FAKE_API_KEY
 from tests.otlp_intake import Serve
@@ -226,6 +227,27 @@ def test_a_sink_started_with_nowhere_to_journal_keeps_records_in_memory_until_a_
     assert ledger.call_count() == 50
     assert sink.records_dropped == 0
     sink.close()
+
+
+def test_a_sink_started_with_nowhere_to_mark_calls_marks_them_once_a_place_takes_its_table(
+    tmp_path, small_disk, places
+):
+    disk = small_disk("1m")
+    disk.fill()
+    places.setenv("XDG_STATE_HOME", str(disk.path / "state"))
+    sink = LedgerSink(open_ledger_at(tmp_path / "ledger.db"), disk.path / "journal", drain_interval=3600)
+    register_sink(sink)
+    try:
+        assert sink not in records.beginners  # no in-flight table: a kill -9 mid-call would go unseen
+        disk.free()
+
+        assert sink.flush() is True
+
+        assert sink in records.beginners
+        assert list(sink.directory.glob(f"*{inflight.SUFFIX}"))
+    finally:
+        unregister_sink(sink)
+        sink.close()
 
 
 def test_records_in_memory_go_straight_into_the_ledger_when_no_place_takes_a_file(tmp_path, small_disk, places):
