@@ -20,7 +20,6 @@ openai 3.x adds on its own is listed in ``SDK_DEFAULTS`` (see ``expected_sent_bo
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import inspect
 import json
@@ -42,7 +41,7 @@ from openai.resources.completions import Completions
 from openai.resources.embeddings import Embeddings
 from openai.resources.responses import Responses
 
-from spendwatch.demo.stub import LocalHTTPServer
+from spendwatch.demo.local_http import LocalHTTPServer, StubHandler
 
 __all__ = [
     "CASSETTE_DIR",
@@ -253,18 +252,9 @@ class ReplayServer(LocalHTTPServer):
         return None
 
 
-class _ReplayHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def handle(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client hung up, e.g. mid-stream
-            super().handle()
-
+class _ReplayHandler(StubHandler):
     def _answer(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self.read_body()
         path = urlsplit(self.path).path
         interaction = self.server.owner._take(self.command, path, json.loads(raw) if raw else None)
         if interaction is None:

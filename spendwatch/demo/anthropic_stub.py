@@ -21,8 +21,6 @@ The request model picks a misbehaviour: see ``SPECIAL_MODELS``. Error responses 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import itertools
 import json
 import re
@@ -34,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from spendwatch.demo._stub_responses import lightrag_reply
-from spendwatch.demo.stub import LocalHTTPServer
+from spendwatch.demo.local_http import LocalHTTPServer, StubHandler, argument_parser, serve_in_foreground
 
 __all__ = ["DEFAULT_REPLY_WORDS", "MESSAGE_OVERHEAD", "SPECIAL_MODELS", "AnthropicStub", "ReportedUsage", "main"]
 
@@ -146,23 +144,14 @@ class AnthropicStub(LocalHTTPServer):
         return _message(model, "".join(words), usage.as_json()), usage
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def handle(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            super().handle()
-
+class _Handler(StubHandler):
     @property
     def stub(self) -> AnthropicStub:
         return self.server.owner
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self.read_body()
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
@@ -261,28 +250,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"type": "error", "error": {"type": kind, "message": message}}, status)
 
     def _send(self, status: int, content_type: str, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("request-id", f"req_stub{next(_ids):06d}")
+        headers = {"request-id": f"req_stub{next(_ids):06d}"}
         if status >= 400:
-            self.send_header("x-should-retry", "false")
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            headers["x-should-retry"] = "false"
+        self.send_body(status, content_type, data, headers)
 
     def _stream(self, events: list[tuple[str, dict[str, Any]]], cut: bool) -> None:
-        self.send_response(200)
-        self.send_header("request-id", f"req_stub{next(_ids):06d}")
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        for name, payload in events[: len(events) // 2] if cut else events:
-            event = f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
-        if cut:
-            self.close_connection = True  # the client sees the body end without its last chunk
-        else:
-            self.wfile.write(b"0\r\n\r\n")
+        sse = [f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode() for name, payload in events]
+        self.send_chunked("text/event-stream; charset=utf-8", sse, cut, {"request-id": f"req_stub{next(_ids):06d}"})
 
 
 _REFUSALS = {
@@ -376,11 +351,7 @@ def _events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m spendwatch.demo.anthropic_stub [--port N]``: serve in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(
-        prog="python -m spendwatch.demo.anthropic_stub", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (the default)")
+    parser = argument_parser("spendwatch.demo.anthropic_stub", __doc__)
     parser.add_argument("--cache-read-tokens", type=int, default=0)
     parser.add_argument("--cache-write-tokens", type=int, default=0)
     parser.add_argument("--cache-write-1h-tokens", type=int, default=0, help="of the cache writes, held an hour")
@@ -396,14 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         web_search_requests=args.web_search_requests,
         service_tier=args.service_tier,
     )
-    stub.start()
-    print(stub.origin, flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stub.stop()
+    serve_in_foreground(stub, print_origin=True)
 
 
 if __name__ == "__main__":

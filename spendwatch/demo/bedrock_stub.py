@@ -29,13 +29,10 @@ ends with a ``modelStreamErrorException`` event after two deltas; a non-streamed
 
 from __future__ import annotations
 
-import argparse
 import base64
-import contextlib
 import json
 import re
 import struct
-import threading
 import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -43,7 +40,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from spendwatch.demo._stub_responses import lightrag_reply
-from spendwatch.demo.stub import LocalHTTPServer
+from spendwatch.demo.local_http import LocalHTTPServer, StubHandler, argument_parser, serve_in_foreground
 
 __all__ = ["DEFAULT_REPLY_WORDS", "BedrockStub", "event_frame", "main"]
 
@@ -319,18 +316,9 @@ class BedrockStub(LocalHTTPServer):
         return self.origin  # boto3's endpoint_url: the service has no path prefix
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def handle(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client hung up, e.g. mid-stream
-            super().handle()
-
+class _Handler(StubHandler):
     def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self.read_body()
         route = _ROUTE.match(urlsplit(self.path).path)
         try:
             body = json.loads(raw) if raw else {}
@@ -364,34 +352,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, "application/json", data, {"x-amzn-ErrorType": f"{error_type}:http://internal.amazon.com/"})
 
     def _send(self, status: int, content_type: str, data: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("x-amzn-RequestId", "00000000-0000-0000-0000-000000000000")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        headers = {"x-amzn-RequestId": "00000000-0000-0000-0000-000000000000", **(headers or {})}
+        self.send_body(status, content_type, data, headers)
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m spendwatch.demo.bedrock_stub [--port N]``: serve in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m spendwatch.demo.bedrock_stub", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (the default)")
+    parser = argument_parser("spendwatch.demo.bedrock_stub", __doc__)
     parser.add_argument("--cache-read-tokens", type=int, default=0)
     parser.add_argument("--cache-write-tokens", type=int, default=0)
     args = parser.parse_args(argv)
     stub = BedrockStub(
         args.host, args.port, cache_read_tokens=args.cache_read_tokens, cache_write_tokens=args.cache_write_tokens
     )
-    print(stub.start(), flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stub.stop()
+    serve_in_foreground(stub)
 
 
 if __name__ == "__main__":

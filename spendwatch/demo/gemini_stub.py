@@ -25,8 +25,6 @@ The request model picks a misbehaviour: see ``SPECIAL_MODELS``. Runnable: ``pyth
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import re
 import threading
@@ -35,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from spendwatch.demo._stub_responses import lightrag_reply
-from spendwatch.demo.stub import LocalHTTPServer
+from spendwatch.demo.local_http import LocalHTTPServer, StubHandler, argument_parser, serve_in_foreground
 
 __all__ = ["AUDIO_TOKENS", "DEFAULT_REPLY_WORDS", "IMAGE_TOKENS", "SPECIAL_MODELS", "GeminiStubServer", "main"]
 
@@ -240,18 +238,9 @@ def _error(status: int, message: str) -> dict[str, Any]:
     return {"error": {"code": status, "message": message, "status": _ERROR_STATUS.get(status, "UNKNOWN")}}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def handle(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client hung up, e.g. mid-stream
-            super().handle()
-
+class _Handler(StubHandler):
     def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self.read_body()
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
@@ -269,48 +258,23 @@ class _Handler(BaseHTTPRequestHandler):
         if model == "stub-error-400":
             return self._json(400, _error(400, "Please use a valid role: user, model."))
         if method == "streamGenerateContent":
-            return self._stream(_stream_events(model, body, stub.cached_tokens), cut=model == "stub-stream-cut")
+            events = _stream_events(model, body, stub.cached_tokens)
+            return self.send_chunked("text/event-stream", events, cut=model == "stub-stream-cut")
         return self._json(200, _answer(method, model, body, stub.cached_tokens))
 
     def do_GET(self) -> None:
         self._json(404, _error(404, f"Invalid URL (GET {urlsplit(self.path).path})"))
 
     def _json(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _stream(self, events: list[bytes], cut: bool) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        for event in events[: len(events) // 2] if cut else events:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
-        if cut:
-            self.close_connection = True  # the client sees the body end without its last chunk
-        else:
-            self.wfile.write(b"0\r\n\r\n")
+        self.send_body(status, "application/json; charset=UTF-8", json.dumps(body).encode())
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m spendwatch.demo.gemini_stub [--port N]``: serve in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m spendwatch.demo.gemini_stub", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (the default)")
+    parser = argument_parser("spendwatch.demo.gemini_stub", __doc__)
     parser.add_argument("--cached-tokens", type=int, default=0)
     args = parser.parse_args(argv)
-    stub = GeminiStubServer(args.host, args.port, cached_tokens=args.cached_tokens)
-    print(stub.start(), flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stub.stop()
+    serve_in_foreground(GeminiStubServer(args.host, args.port, cached_tokens=args.cached_tokens))
 
 
 if __name__ == "__main__":

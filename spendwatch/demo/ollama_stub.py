@@ -16,7 +16,6 @@ the replies LightRAG parses (:func:`~spendwatch.demo._stub_responses.lightrag_re
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from spendwatch.demo._stub_responses import embedding_vector, lightrag_reply
-from spendwatch.demo.stub import LocalHTTPServer
+from spendwatch.demo.local_http import LocalHTTPServer, StubHandler
 
 __all__ = ["DEFAULT_REPLY_WORDS", "EMBEDDING_DIMENSIONS", "OllamaStub"]
 
@@ -83,27 +82,18 @@ def _chat_chunk(model: str, content: str, counts: dict[str, int] | None) -> dict
     return chunk
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def handle(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            super().handle()
-
+class _Handler(StubHandler):
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        body = json.loads(self.read_body() or b"{}")
         model = str(body.get("model") or "")
         if model == "stub-error-500":
-            return self._send(500, "application/json", json.dumps({"error": "model runner crashed"}).encode())
+            return self.send_body(500, "application/json", json.dumps({"error": "model runner crashed"}).encode())
         if path == "/api/chat":
             return self._chat(model, body)
         if path == "/api/embed":
             return self._embed(model, body)
-        self._send(404, "application/json", json.dumps({"error": f"not found: {path}"}).encode())
+        self.send_body(404, "application/json", json.dumps({"error": f"not found: {path}"}).encode())
 
     def _chat(self, model: str, body: dict[str, Any]) -> None:
         messages = body.get("messages") or []
@@ -113,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not body.get("stream", True):  # Ollama streams unless told not to; the client always says
             return self._json(_chat_chunk(model, "".join(pieces), counts))
         lines = [_chat_chunk(model, piece, None) for piece in pieces] + [_chat_chunk(model, "", counts)]
-        self._send(200, "application/x-ndjson", b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+        self.send_body(200, "application/x-ndjson", b"".join(json.dumps(line).encode() + b"\n" for line in lines))
 
     def _embed(self, model: str, body: dict[str, Any]) -> None:
         texts = body.get("input") or []
@@ -125,11 +115,4 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"model": model, "embeddings": vectors, "prompt_eval_count": prompt_eval_count})
 
     def _json(self, payload: dict[str, Any]) -> None:
-        self._send(200, "application/json; charset=utf-8", json.dumps(payload).encode())
-
-    def _send(self, status: int, content_type: str, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_body(200, "application/json; charset=utf-8", json.dumps(payload).encode())

@@ -40,16 +40,13 @@ The request model picks a misbehaviour: see ``SPECIAL_MODELS``. Every error resp
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import functools
 import json
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,8 +54,9 @@ from spendwatch.demo import _stub_background as background
 from spendwatch.demo import _stub_responses as shapes
 from spendwatch.demo._stub_media import MEDIA_ENDPOINTS, parse_multipart
 from spendwatch.demo._stub_responses import ReportedUsage
+from spendwatch.demo.local_http import LocalHTTPServer, StubHandler, argument_parser, serve_in_foreground
 
-__all__ = ["DEFAULT_REPLY_WORDS", "SPECIAL_MODELS", "LocalHTTPServer", "ReportedUsage", "StubServer", "main"]
+__all__ = ["DEFAULT_REPLY_WORDS", "SPECIAL_MODELS", "ReportedUsage", "StubServer", "main"]
 
 DEFAULT_REPLY_WORDS = 12
 SPECIAL_MODELS = {
@@ -74,7 +72,6 @@ IMAGE_TOKENS = 85  # a low-detail image, as OpenAI counts it
 AUDIO_CLIP_TOKENS = 50
 AUDIO_TOKENS_PER_WORD = 5
 _SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
-_POLL_SECONDS = 0.02  # stop() waits up to this long; serve_forever's default 0.5 s slows test suites
 _REPLY_TEXT = "This is a test reply from the spendwatch stub server and it counts one token for every word"
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 _LENGTH_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
@@ -97,52 +94,6 @@ class _Reply:
     cut: bool = False
     raw: bytes | None = None
     content_type: str = "application/json"
-
-
-class LocalHTTPServer:
-    """An HTTP server serving ``handler`` from a daemon thread (127.0.0.1 and an ephemeral port by default); the
-    handler reaches this object as ``self.server.owner``. The stub below and the tests' cassette replay server."""
-
-    thread_name = "spendwatch-local-http"
-
-    def handler_class(self) -> type[BaseHTTPRequestHandler]:
-        raise NotImplementedError
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host, self.port = host, port
-        self._httpd: _HTTPServer | None = None
-
-    def start(self) -> str:
-        """Bind and serve; returns ``base_url``."""
-        if self._httpd is None:
-            self._httpd = _HTTPServer((self.host, self.port), self.handler_class())
-            self._httpd.owner = self
-            self.port = self._httpd.server_address[1]
-            serve = functools.partial(self._httpd.serve_forever, poll_interval=_POLL_SECONDS)
-            threading.Thread(target=serve, name=self.thread_name, daemon=True).start()
-        return self.base_url
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def origin(self) -> str:
-        """``http://127.0.0.1:PORT``: the ``azure_endpoint`` of ``openai.AzureOpenAI``."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.origin}/v1"
 
 
 class StubServer(LocalHTTPServer):
@@ -211,26 +162,10 @@ class StubServer(LocalHTTPServer):
             self._usage.append(usage)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # idle keep-alive connections must not hold up stop()
-    owner: LocalHTTPServer
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _HTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def handle(self) -> None:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client hung up, e.g. mid-stream
-            super().handle()
-
+class _Handler(StubHandler):
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self.read_body()
         content_type = self.headers.get("Content-Type") or ""
         try:
             multipart = content_type.startswith("multipart/")  # images and audio sent as files
@@ -271,29 +206,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_Reply(events=background.events(response)) if stream else _Reply(body=response))
 
     def _send(self, reply: _Reply) -> None:
-        self.send_response(reply.status)
-        self.send_header("x-request-id", shapes.new_id("req_"))
+        headers = {"x-request-id": shapes.new_id("req_")}
         if reply.status >= 400:
-            self.send_header("x-should-retry", "false")
+            headers["x-should-retry"] = "false"
         elif self.server.owner.cost_header is not None:
-            self.send_header("x-litellm-response-cost", self.server.owner.cost_header)
+            headers["x-litellm-response-cost"] = self.server.owner.cost_header
         if reply.body is not None or reply.raw is not None:
             data = json.dumps(reply.body).encode() if reply.raw is None else reply.raw
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        events = reply.events[: len(reply.events) // 2] if reply.cut else reply.events
-        for event in events:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
-        if reply.cut:
-            self.close_connection = True  # the client sees the body end without its last chunk
+            self.send_body(reply.status, reply.content_type, data, headers)
         else:
-            self.wfile.write(b"0\r\n\r\n")
+            self.send_chunked("text/event-stream; charset=utf-8", reply.events, reply.cut, headers)
 
 
 @dataclass
@@ -507,20 +429,13 @@ def _misbehaviour(model: str) -> _Reply | None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m spendwatch.demo.stub [--port N]``: serve in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m spendwatch.demo.stub", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (the default)")
+    parser = argument_parser("spendwatch.demo.stub", __doc__)
     parser.add_argument("--cached-tokens", type=int, default=0)
     parser.add_argument("--reasoning-tokens", type=int, default=0)
     args = parser.parse_args(argv)
-    stub = StubServer(args.host, args.port, cached_tokens=args.cached_tokens, reasoning_tokens=args.reasoning_tokens)
-    print(stub.start(), flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stub.stop()
+    serve_in_foreground(
+        StubServer(args.host, args.port, cached_tokens=args.cached_tokens, reasoning_tokens=args.reasoning_tokens)
+    )
 
 
 if __name__ == "__main__":
