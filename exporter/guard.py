@@ -65,6 +65,7 @@ class _PeriodState:
     first_day: object
     end_day: object
     end_ts: float
+    start_ts: float = 0.0
     unspent_usd: float = 0.0  # granted to this process's lease and not yet settled as cost
     inflight_usd: float = 0.0  # worst cases of admitted calls not yet settled
     expires_at: float = 0.0  # monotonic; 0 until the lease was first asked for
@@ -175,13 +176,15 @@ class BudgetGuard:
     def _state(self, spec: BudgetSpec, now: float) -> _PeriodState:
         key = (spec.name, spec.period)
         state = self._states.get(key)
-        if state is None or now >= state.end_ts:  # first call, or the period rolled over: a new lease
+        # First call, or the period rolled over, or the clock was stepped back into an earlier period: a lease of
+        # the period the call is charged to (a later period's lease would admit it against the wrong day's spend).
+        if state is None or not state.start_ts <= now < state.end_ts:
             if state is not None and state.inflight_usd > 0:
                 self._ended.append(state)  # its calls in flight still hold their reservations: keep the lease live
             start, end = period_bounds(spec.period, now, self.settings.timezone)
             lease_id = f"{uuid.uuid4().hex}:{spec.name}:{spec.period}"
             limit = _ask(self.ledger.budget_limits).get(key, spec.limit_usd)
-            state = _PeriodState(spec, limit, lease_id, start.date(), end.date(), end.timestamp())
+            state = _PeriodState(spec, limit, lease_id, start.date(), end.date(), end.timestamp(), start.timestamp())
             self._states[key] = state
         return state
 

@@ -146,6 +146,28 @@ def test_a_call_starting_just_before_midnight_is_reserved_and_charged_on_the_sam
     assert ledger.spend(date(2026, 11, 28), date(2026, 11, 29)) == pytest.approx(WORST)  # where it was reserved
 
 
+def test_a_clock_stepped_back_into_a_full_day_is_refused_on_that_day(build, tmp_path):
+    midnight = datetime(2026, 11, 28, tzinfo=UTC).timestamp()
+    clock = {"now": midnight - 12 * 3600}
+    guard, sink = build(str(tmp_path / "ledger.db"), clock=lambda: clock["now"], daily_budget_usd=WORST * 2.5)
+
+    def call() -> None:
+        ticket = guard.admit(a_request())
+        ticket.settle(record := UsageRecord("openai", "chat", "gpt-4o-mini", cost_usd=WORST, start_time=clock["now"]))
+        sink.record(record)
+
+    call(), call()  # the 27th's two calls: it is full
+    clock["now"] = midnight + 60
+    call()  # the 28th has room
+    clock["now"] = midnight - 30  # the host's clock stepped back (NTP, a VM restored): the 27th again
+    with pytest.raises(spendwatch.BudgetExceededError):
+        call()
+    sink.flush()
+
+    assert guard.ledger.spend(date(2026, 11, 27), date(2026, 11, 28)) == pytest.approx(2 * WORST)
+    assert guard.ledger.spend(date(2026, 11, 28), date(2026, 11, 29)) == pytest.approx(WORST)
+
+
 # --- the ledger out of reach: block, admit within the allowance, told apart from budget refusals -------------------
 
 
