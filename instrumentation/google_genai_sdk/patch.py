@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
@@ -117,6 +118,16 @@ def _admitted(guard: admission.Guard, call: Call, operation: str, kwargs: dict) 
         raise
 
 
+def _opened(
+    recorder: CallRecorder, operation: str, models: Any, kwargs: dict, capture: bool
+) -> tuple[Call | None, dict]:
+    """The call started for this request (``None`` when it could not be) and the keyword arguments to send."""
+    call = _start(recorder, operation, models, kwargs, capture)
+    if call is not None and (guard := admission.current_guard()) is not None:
+        kwargs = _admitted(guard, call, operation, kwargs)
+    return call, kwargs
+
+
 def _usage(operation: str, result: Any, kwargs: dict) -> Usage:
     if operation == GENERATE:
         model = getattr(result, "model_version", None)
@@ -149,12 +160,9 @@ def sync_wrapper(recorder: CallRecorder, operation: str, capture: bool):
     def traced(wrapped, instance, args, kwargs):
         if not is_instrumentation_enabled() or not recorder.active:
             return wrapped(*args, **kwargs)
-        call = _start(recorder, operation, instance, kwargs, capture)
+        call, kwargs = _opened(recorder, operation, instance, kwargs, capture)
         if call is None:
             return wrapped(*args, **kwargs)
-        guard = admission.current_guard()
-        if guard is not None:
-            kwargs = _admitted(guard, call, operation, kwargs)
         call.activate()
         try:
             result = wrapped(*args, **kwargs)
@@ -168,38 +176,21 @@ def sync_wrapper(recorder: CallRecorder, operation: str, capture: bool):
 
 
 def async_wrapper(recorder: CallRecorder, operation: str, capture: bool):
-    async def traced(wrapped, instance, args, kwargs):
-        if not is_instrumentation_enabled() or not recorder.active:
-            return await wrapped(*args, **kwargs)
-        call = _start(recorder, operation, instance, kwargs, capture)
-        if call is None:
-            return await wrapped(*args, **kwargs)
-        guard = admission.current_guard()
-        if guard is not None:
-            kwargs = _admitted(guard, call, operation, kwargs)
-        call.activate()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as error:
-            end_failed(call, error, kwargs)
-            raise
+    def answered(call: Call, result: Any, kwargs: dict) -> Any:
         _finish(call, operation, result, kwargs, capture)
         return result
 
-    return traced
+    return _async_traced(recorder, operation, capture, answered)
 
 
 def stream_wrapper(recorder: CallRecorder, operation: str, capture: bool):
     """The SDK's streamed request is a generator: the call starts when the caller asks for its first chunk."""
 
     def traced_stream(wrapped, instance, args, kwargs):
-        call = _start(recorder, operation, instance, kwargs, capture)
+        call, kwargs = _opened(recorder, operation, instance, kwargs, capture)
         if call is None:
             yield from wrapped(*args, **kwargs)
             return
-        guard = admission.current_guard()
-        if guard is not None:
-            kwargs = _admitted(guard, call, operation, kwargs)
         try:
             stream = wrapped(*args, **kwargs)
         except BaseException as error:
@@ -218,22 +209,28 @@ def stream_wrapper(recorder: CallRecorder, operation: str, capture: bool):
 def async_stream_wrapper(recorder: CallRecorder, operation: str, capture: bool):
     """On ``client.aio`` the streamed request is sent when the coroutine is awaited; it returns the chunks."""
 
+    def streamed(call: Call, stream: Any, kwargs: dict) -> Any:
+        call.deactivate()
+        return iterate_async(call, StreamState(kwargs), stream)
+
+    return _async_traced(recorder, operation, capture, streamed)
+
+
+def _async_traced(recorder: CallRecorder, operation: str, capture: bool, answer: Callable[[Call, Any, dict], Any]):
+    """An async wrapper that sends the request inside its call and hands the SDK's result to ``answer``."""
+
     async def traced(wrapped, instance, args, kwargs):
         if not is_instrumentation_enabled() or not recorder.active:
             return await wrapped(*args, **kwargs)
-        call = _start(recorder, operation, instance, kwargs, capture)
+        call, kwargs = _opened(recorder, operation, instance, kwargs, capture)
         if call is None:
             return await wrapped(*args, **kwargs)
-        guard = admission.current_guard()
-        if guard is not None:
-            kwargs = _admitted(guard, call, operation, kwargs)
         call.activate()
         try:
-            stream = await wrapped(*args, **kwargs)
+            result = await wrapped(*args, **kwargs)
         except BaseException as error:
             end_failed(call, error, kwargs)
             raise
-        call.deactivate()
-        return iterate_async(call, StreamState(kwargs), stream)
+        return answer(call, result, kwargs)
 
     return traced
