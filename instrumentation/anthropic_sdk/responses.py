@@ -7,16 +7,15 @@ alone, flagged as estimated.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from anthropic import AsyncStream, Stream
-from wrapt import ObjectProxy
 
-from spendwatch.instrumentation.background import start_background_thread
 from spendwatch.instrumentation.calls import Call
-from spendwatch.instrumentation.openai_sdk.streams import queue_end
+from spendwatch.instrumentation.unparsed_responses import AsyncParses, ClosesUnparsed, UnparsedResponseProxy
 
 from .failures import end_failed
 from .streams import proxy_stream
@@ -27,14 +26,7 @@ __all__ = ["AsyncResponseProxy", "ResponseProxy", "end_unread"]
 _logger = logging.getLogger(__name__)
 
 
-class _ResponseProxyBase(ObjectProxy):
-    def __init__(self, response: Any, call: Call, kwargs: dict) -> None:
-        super().__init__(response)
-        start_background_thread()  # ends the call within a second should the caller drop this unparsed
-        self._self_call = call
-        self._self_kwargs = kwargs
-        self._self_stream = None
-
+class _ResponseProxyBase(UnparsedResponseProxy):
     def _self_adopt(self, parsed: Any) -> Any:
         call, self._self_call = self._self_call, None
         if call is not None:
@@ -48,54 +40,19 @@ class _ResponseProxyBase(ObjectProxy):
                 end_unread(call, self._self_kwargs)
         return self._self_stream if self._self_stream is not None else parsed
 
-    def _self_fail(self, error: BaseException) -> None:
-        call, self._self_call = self._self_call, None
-        if call is not None:
-            end_failed(call, error, self._self_kwargs, sent=True)
+    def _self_end_failed(self, call: Call, error: BaseException) -> None:
+        end_failed(call, error, self._self_kwargs, sent=True)
 
-    def _self_end_unparsed(self) -> None:
-        call, self._self_call = self._self_call, None
-        if call is not None:
-            end_unread(call, self._self_kwargs)
-
-    def __del__(self) -> None:
-        # Never parsed: all we know is what the request carried. Ended later: a finaliser must not end a call.
-        with contextlib.suppress(Exception):
-            call, self._self_call = self._self_call, None
-            if call is not None:
-                queue_end(lambda kwargs=self._self_kwargs: end_unread(call, kwargs))
+    def _self_unread_end(self, call: Call) -> Callable[[], None]:
+        return functools.partial(end_unread, call, self._self_kwargs)
 
 
-class ResponseProxy(_ResponseProxyBase):
-    def parse(self, *args, **kwargs):
-        try:
-            parsed = self.__wrapped__.parse(*args, **kwargs)
-        except Exception as error:
-            self._self_fail(error)
-            raise
-        return self._self_adopt(parsed)
-
-    def close(self) -> None:
-        try:
-            self.__wrapped__.close()
-        finally:
-            self._self_end_unparsed()
+class ResponseProxy(ClosesUnparsed, _ResponseProxyBase):
+    pass
 
 
-class AsyncResponseProxy(_ResponseProxyBase):
-    async def parse(self, *args, **kwargs):
-        try:
-            parsed = await self.__wrapped__.parse(*args, **kwargs)
-        except Exception as error:
-            self._self_fail(error)
-            raise
-        return self._self_adopt(parsed)
-
-    async def close(self) -> None:
-        try:
-            await self.__wrapped__.close()
-        finally:
-            self._self_end_unparsed()
+class AsyncResponseProxy(AsyncParses, _ResponseProxyBase):
+    pass
 
 
 def end_unread(call: Call, kwargs: dict) -> None:
