@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -32,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from spendwatch.demo._stub_responses import lightrag_reply
-from spendwatch.demo.local_http import LocalHTTPServer, StubHandler, argument_parser, serve_in_foreground
+from spendwatch.demo.local_http import RecordingServer, StubHandler, argument_parser, serve_in_foreground
 
 __all__ = ["DEFAULT_REPLY_WORDS", "MESSAGE_OVERHEAD", "SPECIAL_MODELS", "AnthropicStub", "ReportedUsage", "main"]
 
@@ -80,9 +79,10 @@ class ReportedUsage:
         }
 
 
-class AnthropicStub(LocalHTTPServer):
+class AnthropicStub(RecordingServer):
     """The stub, serving from a daemon thread; ``requests`` and ``usage_log`` record what happened."""
 
+    secret_headers = ("x-api-key", "authorization")
     thread_name = "spendwatch-anthropic-stub"
 
     def __init__(
@@ -104,43 +104,17 @@ class AnthropicStub(LocalHTTPServer):
             "web_search_requests": web_search_requests,
             "service_tier": service_tier,
         }
-        self._lock = threading.Lock()
-        self._requests: list[dict[str, Any]] = []
-        self._usage: list[ReportedUsage] = []
         self._batches: dict[str, list[dict[str, Any]]] = {}
 
     def handler_class(self) -> type[BaseHTTPRequestHandler]:
         return _Handler
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """Requests, oldest first: ``{"method", "path", "headers" (lower-case, no credentials), "body"}``."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def usage_log(self) -> list[ReportedUsage]:
-        with self._lock:
-            return list(self._usage)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._requests.clear()
-            self._usage.clear()
-
-    def _record_request(self, method: str, path: str, headers: Any, body: Any) -> None:
-        secret = ("x-api-key", "authorization")
-        kept = {k.lower(): v for k, v in headers.items() if k.lower() not in secret}
-        with self._lock:
-            self._requests.append({"method": method, "path": path, "headers": kept, "body": body})
 
     def answer(self, body: dict[str, Any], model: str, log: bool = True) -> tuple[dict[str, Any], ReportedUsage]:
         """The Message that answers ``body``, and its usage (logged unless told not to)."""
         words = _lightrag_words(body) or _reply_words(body.get("max_tokens"))
         usage = ReportedUsage(model, _input_tokens(body), len(words), **self.extras)
         if log:
-            with self._lock:
-                self._usage.append(usage)
+            self._record_usage(usage)
         return _message(model, "".join(words), usage.as_json()), usage
 
 
@@ -156,7 +130,7 @@ class _Handler(StubHandler):
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = None
-        self.stub._record_request("POST", path, self.headers, body)
+        self.stub._record_request(self.headers, body, method="POST", path=path)
         if not isinstance(body, dict):
             return self._error(400, "invalid_request_error", "The request body is not valid JSON.")
         vertex, bedrock = _VERTEX_ROUTE.search(path), _BEDROCK_ROUTE.match(path)
@@ -174,7 +148,7 @@ class _Handler(StubHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
-        self.stub._record_request("GET", path, self.headers, None)
+        self.stub._record_request(self.headers, None, method="GET", path=path)
         route = _BATCH_ROUTE.match(path)
         if route is None or route["id"] not in self.stub._batches:
             return self._error(404, "not_found_error", f"Not found: GET {path}")

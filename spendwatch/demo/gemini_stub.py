@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 from spendwatch.demo._stub_responses import lightrag_reply
-from spendwatch.demo.local_http import LocalHTTPServer, StubHandler, argument_parser, serve_in_foreground
+from spendwatch.demo.local_http import RecordingServer, StubHandler, argument_parser, serve_in_foreground
 
 __all__ = ["AUDIO_TOKENS", "DEFAULT_REPLY_WORDS", "IMAGE_TOKENS", "SPECIAL_MODELS", "GeminiStubServer", "main"]
 
@@ -58,16 +57,15 @@ _LIGHTRAG_TURN = re.compile(r"^\[(user|assistant|system)\] ", re.MULTILINE)
 _ERROR_STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 500: "INTERNAL"}
 
 
-class GeminiStubServer(LocalHTTPServer):
+class GeminiStubServer(RecordingServer):
     """The stub, serving from a daemon thread; ``requests`` records what it was sent (without credentials)."""
 
+    secret_headers = ("x-goog-api-key", "authorization")
     thread_name = "spendwatch-gemini-stub"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, cached_tokens: int = 0) -> None:
         super().__init__(host, port)
         self.cached_tokens = cached_tokens
-        self._lock = threading.Lock()
-        self._requests: list[dict[str, Any]] = []
 
     def handler_class(self) -> type[BaseHTTPRequestHandler]:
         return _Handler
@@ -75,17 +73,6 @@ class GeminiStubServer(LocalHTTPServer):
     @property
     def base_url(self) -> str:
         return f"{self.origin}/"  # the SDK adds the API version itself
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._requests)
-
-    def _record(self, path: str, headers: Any, body: Any) -> None:
-        secret = ("x-goog-api-key", "authorization")
-        kept = {name.lower(): value for name, value in headers.items() if name.lower() not in secret}
-        with self._lock:
-            self._requests.append({"path": path, "headers": kept, "body": body})
 
 
 # --- what a request is worth ---------------------------------------------------------------------------------------
@@ -246,7 +233,7 @@ class _Handler(StubHandler):
         except ValueError:
             body = None
         stub: GeminiStubServer = self.server.owner
-        stub._record(self.path, self.headers, body)
+        stub._record_request(self.headers, body, path=self.path)
         route = _ROUTE.match(urlsplit(self.path).path)
         if route is None:
             return self._json(404, _error(404, f"Invalid URL (POST {urlsplit(self.path).path})"))

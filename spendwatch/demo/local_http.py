@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["LocalHTTPServer", "StubHandler", "argument_parser", "serve_in_foreground"]
+__all__ = ["LocalHTTPServer", "RecordingServer", "StubHandler", "argument_parser", "serve_in_foreground"]
 
 _POLL_SECONDS = 0.02  # stop() waits up to this long; serve_forever's default 0.5 s slows test suites
 
@@ -64,6 +64,48 @@ class LocalHTTPServer:
     @property
     def base_url(self) -> str:
         return f"{self.origin}/v1"
+
+
+class RecordingServer(LocalHTTPServer):
+    """A :class:`LocalHTTPServer` that keeps the requests it was sent, without credentials, and the usage it reported.
+
+    Its handler calls ``_record_request`` and ``_record_usage``; ``secret_headers`` names the credentials left out.
+    """
+
+    secret_headers: tuple[str, ...] = ("authorization",)
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
+        self._lock = threading.Lock()
+        self._requests: list[dict[str, Any]] = []
+        self._usage: list[Any] = []
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Requests, oldest first: where each was sent (``path``, with ``method`` on some stubs), its ``headers``
+        (lower-case, no credentials) and ``body``."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def usage_log(self) -> list[Any]:
+        """The usage each response reported, oldest first (none for errors or usage-less replies)."""
+        with self._lock:
+            return list(self._usage)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._usage.clear()
+
+    def _record_request(self, headers: Mapping[str, str], body: Any, **where: str) -> None:
+        kept = {k.lower(): v for k, v in headers.items() if k.lower() not in self.secret_headers}
+        with self._lock:
+            self._requests.append({**where, "headers": kept, "body": body})
+
+    def _record_usage(self, usage: Any) -> None:
+        with self._lock:
+            self._usage.append(usage)
 
 
 class _HTTPServer(ThreadingHTTPServer):

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 from spendwatch.demo._stub_responses import embedding_vector, lightrag_reply
-from spendwatch.demo.local_http import LocalHTTPServer, StubHandler
+from spendwatch.demo.local_http import RecordingServer, StubHandler
 
 __all__ = ["DEFAULT_REPLY_WORDS", "EMBEDDING_DIMENSIONS", "OllamaStub"]
 
@@ -34,31 +33,13 @@ _REPLY = "This is a test reply from the spendwatch Ollama stub and it counts one
 _CREATED_AT = "2026-01-01T00:00:00.000000Z"
 
 
-class OllamaStub(LocalHTTPServer):
+class OllamaStub(RecordingServer):
     """The stub, serving from a daemon thread."""
 
     thread_name = "spendwatch-ollama-stub"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(host, port)
-        self._lock = threading.Lock()
-        self._usage: list[tuple[str, int, int]] = []
-
     def handler_class(self) -> type[BaseHTTPRequestHandler]:
         return _Handler
-
-    @property
-    def usage_log(self) -> list[tuple[str, int, int]]:
-        with self._lock:
-            return list(self._usage)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._usage.clear()
-
-    def log(self, model: str, prompt_eval_count: int, eval_count: int) -> None:
-        with self._lock:
-            self._usage.append((model, prompt_eval_count, eval_count))
 
 
 def _words(text: Any) -> int:
@@ -99,7 +80,7 @@ class _Handler(StubHandler):
         messages = body.get("messages") or []
         pieces = _reply_pieces(messages)
         counts = {"prompt_eval_count": sum(_words(m.get("content")) for m in messages), "eval_count": len(pieces)}
-        self.server.owner.log(model, counts["prompt_eval_count"], counts["eval_count"])
+        self.server.owner._record_usage((model, counts["prompt_eval_count"], counts["eval_count"]))
         if not body.get("stream", True):  # Ollama streams unless told not to; the client always says
             return self._json(_chat_chunk(model, "".join(pieces), counts))
         lines = [_chat_chunk(model, piece, None) for piece in pieces] + [_chat_chunk(model, "", counts)]
@@ -110,7 +91,7 @@ class _Handler(StubHandler):
         texts = [texts] if isinstance(texts, str) else list(texts)
         dimensions = int(body.get("dimensions") or EMBEDDING_DIMENSIONS)
         prompt_eval_count = sum(_words(text) for text in texts)
-        self.server.owner.log(model, prompt_eval_count, 0)
+        self.server.owner._record_usage((model, prompt_eval_count, 0))
         vectors = [embedding_vector(text, dimensions) for text in texts]
         self._json({"model": model, "embeddings": vectors, "prompt_eval_count": prompt_eval_count})
 

@@ -54,7 +54,7 @@ from spendwatch.demo import _stub_background as background
 from spendwatch.demo import _stub_responses as shapes
 from spendwatch.demo._stub_media import MEDIA_ENDPOINTS, parse_multipart
 from spendwatch.demo._stub_responses import ReportedUsage
-from spendwatch.demo.local_http import LocalHTTPServer, StubHandler, argument_parser, serve_in_foreground
+from spendwatch.demo.local_http import RecordingServer, StubHandler, argument_parser, serve_in_foreground
 
 __all__ = ["DEFAULT_REPLY_WORDS", "SPECIAL_MODELS", "ReportedUsage", "StubServer", "main"]
 
@@ -96,9 +96,10 @@ class _Reply:
     content_type: str = "application/json"
 
 
-class StubServer(LocalHTTPServer):
+class StubServer(RecordingServer):
     """The stub, serving from a daemon thread; ``requests`` and ``usage_log`` record what happened."""
 
+    secret_headers = ("authorization", "api-key")
     thread_name = "spendwatch-stub"
 
     def __init__(
@@ -128,38 +129,9 @@ class StubServer(LocalHTTPServer):
         self.reply_delay_s = reply_delay_s  # each answer waits this long first: for client timeouts, cancelled calls
         self.reasoning_tokens = reasoning_tokens
         self.response_models = dict(response_models or {})
-        self._lock = threading.Lock()
-        self._requests: list[dict[str, Any]] = []
-        self._usage: list[ReportedUsage] = []
 
     def handler_class(self) -> type[BaseHTTPRequestHandler]:
         return _Handler
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """Requests, oldest first: ``{"path" (with query), "headers" (lower-case, no credentials), "body"}``."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def usage_log(self) -> list[ReportedUsage]:
-        """The usage each response reported, oldest first (none for errors or usage-less replies)."""
-        with self._lock:
-            return list(self._usage)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._requests.clear()
-            self._usage.clear()
-
-    def _record_request(self, path: str, headers: Mapping[str, str], body: Any) -> None:
-        kept = {k.lower(): v for k, v in headers.items() if k.lower() not in ("authorization", "api-key")}
-        with self._lock:
-            self._requests.append({"path": path, "headers": kept, "body": body})
-
-    def _record_usage(self, usage: ReportedUsage) -> None:
-        with self._lock:
-            self._usage.append(usage)
 
 
 class _Handler(StubHandler):
@@ -173,7 +145,7 @@ class _Handler(StubHandler):
         except ValueError:
             body = None
         stub = self.server.owner
-        stub._record_request(self.path, self.headers, body)
+        stub._record_request(self.headers, body, path=self.path)
         if stub.refuse_after is not None and len(stub.requests) >= stub.refuse_after:
             threading.Thread(target=stub.stop, daemon=True).start()  # this request is answered, the next refused
         route = _ROUTE.match(path)
@@ -191,7 +163,7 @@ class _Handler(StubHandler):
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
-        self.server.owner._record_request(self.path, self.headers, None)
+        self.server.owner._record_request(self.headers, None, path=self.path)
         found = background.RESPONSE_ROUTE.match(url.path)
         if found is None or found["cancel"]:
             self._send(_error(404, f"Invalid URL (GET {url.path})", "invalid_request_error", None))
