@@ -18,10 +18,14 @@ a request costs 15 to 60 k instructions), so an interrupted call is estimated as
 provider, model and operation in the ledger (the dead process's own replayed calls included); with none it is
 counted unpriced.
 
-File layout: a 64-byte header (magic, slot count), the slots ``[u64 mark low][u64 mark high][f64 start][u32 kind]``
-(kind 0: free; the kind is written last), then the kinds ``[u32 length][marshal of the kind's fields]``. The writer
-holds an exclusive ``flock`` on its file for its lifetime, as a journal's: a file whose lock can be taken belongs to a
-dead process. A table that cannot be created anywhere leaves calls unmarked (they are still counted when they end).
+A call the budget guard admitted is marked after its admission, and its slot holds what the guard reserved for it:
+the estimate never exceeds that, so a call the guard let through cannot overshoot a limit by dying.
+
+File layout: a 64-byte header (magic, slot count), the slots ``[u64 mark low][u64 mark high][f64 start][f32 reserved
+USD, 0: none][u32 kind]`` (kind 0: free; the kind is written last), then the kinds ``[u32 length][marshal of the kind's
+fields]``. The writer holds an exclusive ``flock`` on its file for its lifetime, as a journal's: a file whose lock can
+be taken belongs to a dead process. A table that cannot be created anywhere leaves calls unmarked (they are still
+counted when they end).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import marshal
+import math
 import mmap
 import os
 import struct
@@ -60,10 +65,14 @@ _logger = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"  # the error type of a call whose process died while it was on the wire
 SUFFIX = ".inflight"
-_MAGIC = b"SWI1"
+_MAGIC = b"SWI2"
+_MAGIC_WITHOUT_RESERVATION = b"SWI1"  # a table written before slots held the reservation
 _HEADER = struct.Struct("<4sI")  # magic, slot count
 _HEADER_SIZE = 64
-_SLOT = struct.Struct("<QQdI")  # mark (low, high 64 bits), the call's start time, its kind's offset (0: free)
+_SLOT = struct.Struct("<QQdfI")  # mark (low, high 64 bits), start time, guard's reservation, kind's offset (0: free)
+_SLOT_WITHOUT_RESERVATION = struct.Struct("<QQdI")
+# A reservation is stored just below its value: a float32 rounded to nearest could exceed it by one part in 2**24.
+_BELOW = 1 - 2.0**-22
 _SLOT_SIZE = 32
 _FREE = struct.Struct("<I")
 _KIND_OFFSET = _SLOT.size - _FREE.size
@@ -90,6 +99,7 @@ class Mark:
     category: str | None
     service: str | None
     attributes: dict[str, str] | None
+    reserved_usd: float = 0.0  # what the budget guard reserved for it (0: not guarded); its estimate stays within
 
 
 class InflightTable:
@@ -128,7 +138,9 @@ class InflightTable:
             self.unmarked += 1
             return
         offset = free.pop()
-        self._pack(self._mm, offset, mark & _LOW, mark >> 64, call.start_time, kind)
+        ticket = call.ticket
+        reserved = ticket.worst_usd * _BELOW if ticket is not None else 0.0
+        self._pack(self._mm, offset, mark & _LOW, mark >> 64, call.start_time, reserved, kind)
         self._slots[mark] = offset
 
     def ended(self, entries: Iterable[LedgerEntry]) -> None:
@@ -200,9 +212,11 @@ class DeadTable:
     def __init__(self, path: Path, fd: int) -> None:
         self.path, self._fd = path, fd
         self._mm = mmap.mmap(fd, os.fstat(fd).st_size, access=mmap.ACCESS_READ)
-        if self._mm[: len(_MAGIC)] != _MAGIC:
+        magic = self._mm[: len(_MAGIC)]
+        if magic not in (_MAGIC, _MAGIC_WITHOUT_RESERVATION):
             self._mm.close()
             raise ValueError(f"{path} is not an in-flight table")
+        self._reserved = magic == _MAGIC
 
     def marks(self) -> list[Mark]:
         """The calls it had on the wire when it died."""
@@ -210,14 +224,20 @@ class DeadTable:
         kinds: dict[int, tuple | None] = {}
         found = []
         for slot in range(slots):
-            low, high, start_time, kind = _SLOT.unpack_from(self._mm, _HEADER_SIZE + slot * _SLOT_SIZE)
+            low, high, start_time, reserved, kind = self._slot(_HEADER_SIZE + slot * _SLOT_SIZE)
             if kind == 0:
                 continue
             if kind not in kinds:
                 kinds[kind] = self._kind(kind)
             if kinds[kind] is not None:
-                found.append(Mark(low | high << 64, start_time, *kinds[kind]))
+                found.append(Mark(low | high << 64, start_time, *kinds[kind], reserved_usd=reserved))
         return found
+
+    def _slot(self, offset: int) -> tuple[int, int, float, float, int]:
+        if self._reserved:
+            return _SLOT.unpack_from(self._mm, offset)
+        low, high, start_time, kind = _SLOT_WITHOUT_RESERVATION.unpack_from(self._mm, offset)
+        return low, high, start_time, 0.0, kind
 
     def _kind(self, offset: int) -> tuple | None:
         try:
@@ -293,7 +313,8 @@ def _estimate(mark: Mark, history: dict[tuple, list[float]]) -> UsageRecord:
     sums = history.get((mark.provider, mark.request_model, mark.operation))
     if sums:
         cost, input_tokens, output_tokens, calls = sums
-        record.cost_usd, record.pricing = cost / calls, _PRICING
+        reserved = mark.reserved_usd if mark.reserved_usd > 0 else math.inf  # the guard let it through for that much
+        record.cost_usd, record.pricing = min(cost / calls, reserved), _PRICING
         record.input_tokens, record.output_tokens = round(input_tokens / calls), round(output_tokens / calls)
     return record
 

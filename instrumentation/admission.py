@@ -44,6 +44,7 @@ class Ticket(Protocol):
     """An admitted call's reservation. ``request_changes`` are keyword arguments to replace (a degrade action)."""
 
     request_changes: dict | None
+    worst_usd: float  # what the guard reserved for the call: the most it may cost
 
     def settle(self, record: UsageRecord) -> None: ...
 

@@ -176,10 +176,12 @@ class CallRecorder:
         attributes: dict | None = None,
         price_provider: str | None = None,
         current: context.Context | None = None,
+        guarded: bool = False,
     ) -> Call:
         """Open the CLIENT span ``"{operation} {model}"``; ``activate()`` makes it current for the wrapped call.
         ``price_provider`` is whose price list prices the call when it is not ``provider``'s (see PriceTable);
-        ``current`` is the OpenTelemetry context in force, when the caller has already read it."""
+        ``current`` is the OpenTelemetry context in force, when the caller has already read it. A ``guarded`` call
+        is asked of the budget guard first: its caller calls :meth:`Call.leaving` once the request is let go."""
         request_model = storable(request_model)
         span_attributes = {
             "gen_ai.operation.name": operation,
@@ -204,7 +206,7 @@ class CallRecorder:
         call = Call(self, span, operation, provider, request_model, category, context_attributes, current)
         if price_provider is not None:
             call.price_provider = price_provider
-        if records.beginners:  # a sink counts calls on the wire when the process dies: mark this one before it leaves
+        if records.beginners and not guarded:  # a sink counts calls on the wire when the process dies: mark it now
             call.mark = records.begin(call)
         return call
 
@@ -255,6 +257,12 @@ class Call:
         self.attributes = attributes  # from the context: e.g. a LightRAG stage
         self.ticket: Ticket | None = None  # the budget guard's reservation, settled when the call ends
         self.mark = 0  # its in-flight mark (records.begin), completed by its record
+
+    def leaving(self) -> None:
+        """The guard admitted the call (or there is none): its request leaves now. Marked only now, so a process that
+        dies while the guard waits on its ledger leaves no estimate of a call it never sent."""
+        if records.beginners:
+            self.mark = records.begin(self)
 
     def activate(self) -> None:
         """Make the span current, so spans the library makes inside the call (HTTP, retries) are its children."""

@@ -18,7 +18,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from spendwatch.instrumentation.admission import Ticket
 
 __all__ = [
     "CallStart",
@@ -94,6 +97,7 @@ class CallStart(Protocol):
     category: str | None
     attributes: dict[str, str] | None
     start_time: float
+    ticket: Ticket | None  # the budget guard's admission (its ``worst_usd`` was reserved), None when unguarded
 
 
 class InflightSink(UsageSink, Protocol):

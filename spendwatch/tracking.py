@@ -117,10 +117,11 @@ class track:  # noqa: N801 - used like a function: `with spendwatch.track(...)`
         token = None
         if self.category is not None:
             token = attach_category(self.category)
-        call = _shared_recorder().start(self.operation, self.provider, self.model)
+        call = _shared_recorder().start(self.operation, self.provider, self.model, guarded=True)
         call.activate()
         op = TrackedCall(call)
         self._admit(call)
+        call.leaving()
         self._open.append((op, token))
         return op
 

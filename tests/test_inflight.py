@@ -7,6 +7,7 @@ import fcntl
 import marshal
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,14 +15,24 @@ import time
 import types
 from zoneinfo import ZoneInfo
 
+import anthropic
+import openai
 import pytest
 
+import spendwatch
+from spendwatch import runtime
+from spendwatch.demo.anthropic_stub import AnthropicStub
+from spendwatch.demo.bedrock_stub import BedrockStub
+from spendwatch.demo.gemini_stub import GeminiStubServer
 from spendwatch.demo.stub import StubServer
-from spendwatch.exporter import Ledger, LedgerSink, codec, inflight
+from spendwatch.exporter import Ledger, LedgerSink, codec, inflight, journal_directory
 from spendwatch.exporter.api.alerts import alerts
 from spendwatch.exporter.ledger import LedgerEntry, open_backend
 from spendwatch.instrumentation.records import UsageRecord
+from tests.bedrock import bedrock_client
 from tests.conftest import FAKE_API_KEY
+from tests.google_genai_fixtures import make_gemini
+from tests.test_anthropic_instrumentation import API_KEY as ANTHROPIC_KEY
 
 UTC = ZoneInfo("UTC")
 
@@ -223,6 +234,7 @@ class _Start:
     category = "extraction"
     attributes = {"lightrag.stage": "extract"}
     start_time = START
+    ticket = None
 
 
 def test_a_table_keeps_what_an_estimate_needs_until_the_drainer_read_the_record(tmp_path):
@@ -247,3 +259,148 @@ def test_a_table_keeps_what_an_estimate_needs_until_the_drainer_read_the_record(
     dead.close(delete=False)
     table.close()
     assert list(tmp_path.glob("*.inflight")) == []
+
+
+class _Admitted:
+    """A guard's ticket (exporter.guard.GuardTicket): what the in-flight table reads of it."""
+
+    request_changes = None
+
+    def __init__(self, worst_usd: float) -> None:
+        self.worst_usd = worst_usd
+
+
+def test_an_estimate_stays_within_what_the_guard_reserved_for_the_call(tmp_path):
+    ledger = Ledger(open_backend(str(tmp_path / "ledger.db")), UTC)
+    mean = 0.004
+    ledger.ingest(
+        [LedgerEntry(f"done-{n}", UsageRecord("openai", "chat", "gpt-4o-mini", cost_usd=mean)) for n in range(3)]
+    )
+    table = inflight.InflightTable([tmp_path], types.SimpleNamespace(service=None), slots=4)
+    small, large, unguarded = _Start(), _Start(), _Start()
+    small.ticket, large.ticket, unguarded.ticket = _Admitted(0.0012345), _Admitted(0.5), None
+    for mark, start in enumerate((small, large, unguarded), start=1):
+        table.begin(mark, start)
+    dead = inflight.DeadTable(table.path, os.open(table.path, os.O_RDWR))
+
+    reserved = {mark.mark: mark.reserved_usd for mark in dead.marks()}
+    estimates = {entry.record.mark: entry.record.cost_usd for entry in inflight.interrupted_entries(dead, ledger)}
+
+    assert reserved[1] <= 0.0012345 and reserved[1] == pytest.approx(0.0012345, rel=1e-6)
+    assert reserved[3] == 0.0  # not guarded: no reservation to stay within
+    assert estimates == {1: reserved[1], 2: pytest.approx(mean), 3: pytest.approx(mean)}
+    dead.close(delete=False)
+    table.close()
+
+
+def test_a_table_written_before_slots_held_reservations_still_reads(tmp_path):
+    table = inflight.InflightTable([tmp_path], types.SimpleNamespace(service=None), slots=2)
+    table.begin(9, _Start())
+    fd = os.open(table.path, os.O_RDWR)
+    slot = inflight._HEADER_SIZE
+    low, high, start, _, kind = inflight._SLOT.unpack_from(table._mm, slot)
+    os.pwrite(fd, inflight._HEADER.pack(b"SWI1", 2), 0)  # the earlier layout: no reservation, the kind at byte 24
+    os.pwrite(fd, inflight._SLOT_WITHOUT_RESERVATION.pack(low, high, start, kind) + b"\0" * 4, slot)
+
+    (mark,) = inflight.DeadTable(table.path, fd).marks()
+
+    assert (mark.mark, mark.start_time, mark.request_model, mark.reserved_usd) == (9, START, "gpt-4o-mini", 0.0)
+    table.forget()
+
+
+GUARDED_APP = textwrap.dedent(
+    """
+    import os, sys
+    import openai
+    import spendwatch
+    from spendwatch.instrumentation import admission
+
+    spendwatch.configure()
+    guard = admission.current_guard()
+    admit = guard.admit
+
+    def announced(request):  # tells the test the guard is deciding: the ledger it asks is locked, so it waits
+        print("admitting", flush=True)
+        return admit(request)
+
+    guard.admit = announced
+    client = openai.OpenAI(api_key=os.environ["OPENAI_API_KEY"], base_url=sys.argv[1], max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    """
+)
+
+
+def test_a_process_killed_while_the_guard_decides_leaves_no_estimate_of_a_call_it_never_sent(tmp_path, stub):
+    location = str(tmp_path / "ledger.db")
+    Ledger(open_backend(location), UTC).close()
+    locker = sqlite3.connect(location, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # the guard cannot read or take its lease until the test lets go
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": FAKE_API_KEY,
+        "SPENDWATCH_LEDGER": location,
+        "SPENDWATCH_ENFORCE": "block",
+        "SPENDWATCH_DAILY_BUDGET_USD": "10",
+        "SPENDWATCH_METRICS_ADDRESS": "off",
+    }
+    app = subprocess.Popen(
+        [sys.executable, "-c", GUARDED_APP, stub.base_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert app.stdout.readline() == "admitting\n", app.communicate()[1]
+    kill(app)
+    locker.execute("ROLLBACK")
+    locker.close()
+
+    ledger = Ledger(open_backend(location), UTC)
+    LedgerSink(ledger, journal_directory(location)).close()  # recovery, as the next process or spendwatch serve
+
+    assert stub.requests == []
+    assert ledger.table_rows("calls") == []  # the request never left: nothing was spent, nothing is estimated
+
+
+def _every_sdk_call(origin_of: dict[str, str]) -> list:
+    """One small call through each SDK spendwatch instruments, to its local stub."""
+    hi = [{"role": "user", "content": "hi"}]
+    openai_client = openai.OpenAI(api_key=FAKE_API_KEY, base_url=origin_of["openai"], max_retries=0)
+    claude = anthropic.Anthropic(base_url=origin_of["anthropic"], api_key=ANTHROPIC_KEY, max_retries=0)
+    gemini, bedrock = make_gemini(origin_of["gemini"]), bedrock_client(origin_of["bedrock"])
+    return [
+        lambda: openai_client.chat.completions.create(model="gpt-4o-mini", messages=hi, max_tokens=5),
+        lambda: claude.messages.create(model="claude-sonnet-4-20250514", max_tokens=5, messages=hi),
+        lambda: gemini.models.generate_content(
+            model="gemini-2.5-flash", contents="hi", config={"max_output_tokens": 5}
+        ),
+        lambda: bedrock.converse(
+            modelId="us.anthropic.claude-3-5-sonnet-20240620-v1:0",
+            messages=[{"role": "user", "content": [{"text": "hi"}]}],
+            inferenceConfig={"maxTokens": 5},
+        ),
+    ]
+
+
+@pytest.mark.parametrize("budget", [None, 0.0000001], ids=["unguarded", "guard-refuses"])
+def test_every_sdk_marks_a_call_it_sends_and_never_one_the_guard_refused(tmp_path, monkeypatch, stub, budget):
+    monkeypatch.delenv("SPENDWATCH_CONFIG", raising=False)
+    guarded = {"enforce": "block", "daily_budget_usd": budget} if budget else {}
+    attached = spendwatch.configure(ledger=str(tmp_path / "ledger.db"), metrics_address="off", **guarded)
+    try:
+        with AnthropicStub() as anthropic_stub, GeminiStubServer() as gemini, BedrockStub() as bedrock:
+            origins = {"openai": stub.base_url, "anthropic": anthropic_stub.origin, "gemini": gemini.base_url}
+            for sdk_call in _every_sdk_call(origins | {"bedrock": bedrock.origin}):
+                if budget:
+                    with pytest.raises(spendwatch.BudgetExceededError):
+                        sdk_call()
+                else:
+                    sdk_call()
+        assert attached.sink.flush()
+        calls = attached.ledger.table_rows("calls")
+    finally:
+        runtime.detach()
+
+    assert sorted(call["provider"] for call in calls) == ["anthropic", "aws.bedrock", "gcp.gemini", "openai"]
+    marked = {call["provider"]: call["id"].startswith("call:") for call in calls}
+    assert marked == dict.fromkeys(marked, not budget)  # a refused call never left: no mark, no estimate if killed

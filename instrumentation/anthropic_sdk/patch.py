@@ -69,7 +69,9 @@ def _request_attributes(kwargs: dict, capture: bool) -> dict:
 def _start(recorder: CallRecorder, resource: Any, kwargs: dict, capture: bool) -> Call | None:
     try:
         model = text(kwargs.get("model")) or "unknown"
-        call = recorder.start(OPERATION, provider_of(resource), model, _request_attributes(kwargs, capture))
+        call = recorder.start(
+            OPERATION, provider_of(resource), model, _request_attributes(kwargs, capture), guarded=True
+        )
         call.activate()
         return call
     except Exception:  # noqa: BLE001
@@ -108,13 +110,14 @@ def _begin(recorder: CallRecorder, resource: Any, kwargs: dict, capture: bool) -
     if call is None:
         return None, kwargs
     guard = admission.current_guard()
-    if guard is None:
-        return call, kwargs
-    try:
-        return call, _admit(guard, call, kwargs)
-    except BudgetExceededError as refusal:
-        end_failed(call, refusal, kwargs)
-        raise
+    if guard is not None:
+        try:
+            kwargs = _admit(guard, call, kwargs)
+        except BudgetExceededError as refusal:
+            end_failed(call, refusal, kwargs)
+            raise
+    call.leaving()
+    return call, kwargs
 
 
 def _output_content(message: Any) -> dict | None:

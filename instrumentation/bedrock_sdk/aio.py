@@ -130,6 +130,7 @@ def api_call_wrapper(recorder: CallRecorder, capture: bool):
             except BudgetExceededError as refusal:
                 patch.end_failed(call, refusal, api_params)
                 raise
+        call.leaving()
         try:
             result = await wrapped(kind, api_params, **kwargs)
         except BaseException as error:

@@ -120,7 +120,7 @@ def _start(recorder: CallRecorder, kind: str, client: Any, api_params: dict, cap
     try:
         model = request_model(api_params.get("modelId"))
         attributes = _request_attributes(client, api_params, capture)
-        call = recorder.start(_operation(kind, api_params), PROVIDER, model, attributes)
+        call = recorder.start(_operation(kind, api_params), PROVIDER, model, attributes, guarded=True)
         call.activate()
         return call
     except Exception:  # noqa: BLE001
@@ -275,6 +275,7 @@ def api_call_wrapper(recorder: CallRecorder, capture: bool):
             except BudgetExceededError as refusal:
                 end_failed(call, refusal, api_params)
                 raise
+        call.leaving()
         try:
             result = wrapped(kind, api_params, **kwargs)
         except BaseException as error:

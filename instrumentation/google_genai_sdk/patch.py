@@ -79,7 +79,7 @@ def _request_attributes(kwargs: dict, capture: bool) -> dict | None:
 def _start(recorder: CallRecorder, operation: str, models: Any, kwargs: dict, capture: bool) -> Call | None:
     try:
         model = request_model(kwargs.get("model"))
-        return recorder.start(operation, _provider(models), model, _request_attributes(kwargs, capture))
+        return recorder.start(operation, _provider(models), model, _request_attributes(kwargs, capture), guarded=True)
     except Exception:  # noqa: BLE001
         _logger.debug("spendwatch: could not start a call span", exc_info=True)
         return None
@@ -123,8 +123,11 @@ def _opened(
 ) -> tuple[Call | None, dict]:
     """The call started for this request (``None`` when it could not be) and the keyword arguments to send."""
     call = _start(recorder, operation, models, kwargs, capture)
-    if call is not None and (guard := admission.current_guard()) is not None:
+    if call is None:
+        return None, kwargs
+    if (guard := admission.current_guard()) is not None:
         kwargs = _admitted(guard, call, operation, kwargs)
+    call.leaving()
     return call, kwargs
 
 

@@ -132,7 +132,7 @@ def _start(
             requested = _request_attributes(kwargs, capture)
             if requested:
                 attributes = {**attributes, **requested}
-        call = recorder.start(operation, provider, model, attributes, price_provider, current)
+        call = recorder.start(operation, provider, model, attributes, price_provider, current, guarded=True)
         call.activate()
         return call
     except Exception:  # noqa: BLE001
@@ -243,6 +243,7 @@ def sync_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: boo
             except BudgetExceededError as refusal:
                 end_failed(call, refusal, kind, kwargs)
                 raise
+        call.leaving()
         in_flight = get_ident()  # each retried attempt that may have been billed is counted (attempts)
         IN_FLIGHT[in_flight] = (call, kind, kwargs)
         try:
@@ -272,6 +273,7 @@ def async_wrapper(recorder: CallRecorder, kind: str, operation: str, capture: bo
             except BudgetExceededError as refusal:
                 end_failed(call, refusal, kind, kwargs)
                 raise
+        call.leaving()
         try:
             in_flight = current_task()
         except RuntimeError:  # not in asyncio (trio): only the last attempt is counted
