@@ -229,6 +229,15 @@ def test_the_intake_is_served_over_tls_like_metrics(serve, ledger, self_signed_c
     assert len(ledger_calls(ledger)) == 1
 
 
+def test_while_the_ledger_is_up_spans_are_in_it_when_the_answer_comes_with_nothing_journaled(serve, ledger):
+    server = serve()
+    assert post(server.url, protobuf_body([chat_span(1), http_span(2), chat_span(3)])).status == 200
+
+    assert [call["span_id"] for call in ledger_calls(ledger)] == [f"{n:016x}" for n in (1, 3)]  # no drain waited for
+    assert waiting_records([Path(f"{ledger}.journal")]) == 0
+    server.stop()
+
+
 def test_spans_wait_in_the_journal_while_the_ledger_is_down_and_reach_it_after(serve, ledger):
     server = serve()
     assert post(server.url, protobuf_body([chat_span(1)])).status == 200
@@ -254,19 +263,28 @@ def test_spans_wait_in_the_journal_while_the_ledger_is_down_and_reach_it_after(s
     assert sum(call["cost_usd"] for call in calls) == pytest.approx(201 * cost_of("gpt-4o-mini", 1000, 200), rel=1e-9)
 
 
-def test_when_no_journal_can_be_written_the_intake_answers_503_with_retry_after(serve, ledger, tmp_path):
+def test_when_neither_the_ledger_nor_a_journal_can_be_written_the_intake_answers_503_with_retry_after(
+    serve, ledger, tmp_path
+):
     # Neither the journal's directory nor its fallback under the state directory can be created: both are files.
     Path(f"{ledger}.journal").write_text("in the way")
     state_home = tmp_path / "state"
     state_home.write_text("in the way")
     server = serve(XDG_STATE_HOME=str(state_home))
-    answer = post(server.url, protobuf_body([chat_span(1)]))
-    assert answer.status == 503
-    assert int(answer.headers["Retry-After"]) > 0
-    assert post(server.url, protobuf_body([http_span(2)])).status == 200  # nothing to keep: taken
+    assert post(server.url, protobuf_body([chat_span(1)])).status == 200  # the ledger takes it: no journal needed
+    blocker = sqlite3.connect(ledger, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # and now the ledger takes nothing either (after its 30 s busy wait)
+    try:
+        answer = post(server.url, protobuf_body([chat_span(3)]))
+        assert answer.status == 503
+        assert int(answer.headers["Retry-After"]) > 0
+        assert post(server.url, protobuf_body([http_span(2)])).status == 200  # nothing to keep: taken
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
     server.stop()
 
-    assert ledger_calls(ledger) == []
+    assert [call["span_id"] for call in ledger_calls(ledger)] == [f"{1:016x}"]
 
 
 def test_json_ids_in_upper_case_and_integers_as_numbers_are_read(serve, ledger):

@@ -4,8 +4,9 @@
     serve_as_configured(registry, settings, routes={INTAKE_PATH: app})
 
 GenAI spans are priced (:func:`~spendwatch.exporter.spans.records.record_of`, source ``otlp``, the resource's
-``service.name``) and journaled through the ledger sink before the answer is sent: a 200 means every span it did not
-reject is in the journal (or the ledger), where it survives this process and waits out a ledger outage. When not even
+``service.name``) and stored through the ledger sink before the answer is sent: a 200 means every span it did not
+reject is in the ledger, or (while the ledger cannot take them) in the journal, where it survives this process and
+waits out the outage. When not even
 the journal can take them the answer is 503 with ``Retry-After``, which OTLP exporters retry; a span journaled twice
 (a retry, two Collectors) is one ledger row, its id being its trace and span id. Other spans are passed over.
 
@@ -96,7 +97,7 @@ def _take(environ: dict, content_type: str, sink, prices, max_bytes: int, as_jso
     except MalformedBody as malformed:
         raise _Refused(400, str(malformed)) from None
     records, rejected = _records_of(candidates, prices)
-    if not sink.journal_all(records):
+    if not sink.record_spans(records):
         raise _Refused(503, "spendwatch cannot journal spans now; retry later")
     _logger.debug("spendwatch: OTLP export of %d spans: %d calls recorded", total, len(records))
     message = f"{rejected} GenAI span(s) without a valid trace and span id" if rejected else ""
