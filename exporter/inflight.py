@@ -44,6 +44,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from spendwatch.exporter.journal import dead_files
 from spendwatch.exporter.ledger import Ledger, LedgerEntry
 from spendwatch.exporter.ledger.history import record_interrupted_calls
 from spendwatch.instrumentation.records import CallStart, UsageRecord
@@ -262,24 +263,7 @@ def writer_of(path: Path) -> str:
 def orphaned_tables(directories: list[Path]) -> Iterator[DeadTable]:
     """In-flight tables whose writer is gone (their lock can be taken). The caller records, then closes."""
     for directory in directories:
-        for path in sorted(directory.glob(f"*{SUFFIX}")) if directory.is_dir() else ():
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                continue  # another process recovered it first
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if os.fstat(fd).st_ino != os.stat(path).st_ino:
-                    raise BlockingIOError  # removed and replaced since it was opened: not this file's writer
-                table = DeadTable(path, fd)
-            except (BlockingIOError, FileNotFoundError):
-                os.close(fd)
-                continue  # a live writer (or a recovery in progress) holds it
-            except (OSError, ValueError):
-                _logger.warning("spendwatch: %s is not an in-flight table; leaving it alone", path)
-                os.close(fd)
-                continue
-            yield table
+        yield from dead_files(directory, SUFFIX, DeadTable, "in-flight table")
 
 
 def interrupted_entries(table: DeadTable, ledger: Ledger, replayed: set[int] = frozenset()) -> list[LedgerEntry]:

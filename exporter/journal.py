@@ -22,10 +22,11 @@ import threading
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = [
     "DEFAULT_MEMORY_RECORDS",
@@ -33,9 +34,11 @@ __all__ = [
     "JournalFile",
     "JournalUnavailable",
     "JournalWriter",
+    "dead_files",
     "orphaned_journals",
 ]
 
+T = TypeVar("T")
 _logger = logging.getLogger(__name__)
 
 SUFFIX = ".journal"
@@ -293,10 +296,14 @@ def _still_named(path: Path, fd: int) -> bool:
 
 def orphaned_journals(directory: str | os.PathLike) -> Iterator[JournalFile]:
     """Journals whose writer is gone (their lock can be taken). The caller replays, then closes with delete."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return
-    for path in sorted(directory.glob(f"*{SUFFIX}")):
+    return dead_files(Path(directory), SUFFIX, JournalFile.open, "journal")
+
+
+def dead_files(directory: Path, suffix: str, open_as: Callable[[Path, int], T], what: str) -> Iterator[T]:
+    """The files ``*suffix`` in ``directory`` whose writer is gone (their lock can be taken), each opened, locked, by
+    ``open_as(path, fd)``. Journals and in-flight tables are named and locked alike (``<pid>-<id><suffix>``, an
+    exclusive ``flock`` held by their writer for its lifetime)."""
+    for path in sorted(directory.glob(f"*{suffix}")) if directory.is_dir() else ():
         try:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
@@ -310,9 +317,9 @@ def orphaned_journals(directory: str | os.PathLike) -> Iterator[JournalFile]:
             os.close(fd)
             continue  # deleted (retired or recovered) between our open and our lock
         try:
-            journal = JournalFile.open(path, fd)
-        except ValueError:
-            _logger.warning("spendwatch: %s is not a journal; leaving it alone", path)
+            opened = open_as(path, fd)
+        except (OSError, ValueError) as error:
+            _logger.warning("spendwatch: %s is not a readable %s (%s); leaving it alone", path, what, error)
             os.close(fd)
             continue
-        yield journal
+        yield opened

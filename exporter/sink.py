@@ -190,7 +190,8 @@ class LedgerSink:
     def record_spans(self, records: list[UsageRecord]) -> bool:
         """Store spans' records (the OTLP intake's) in the ledger now, else journal them all; False when neither
         took them. Written straight in, a batch skips the journal's encode, append, read and decode (the OTLP intake's
-        throughput); while the ledger is failing a batch goes to the journal at once instead of waiting on it. Either way a span is one ledger row, however many times it comes (its id is its trace and span id)."""
+        throughput); while the ledger is failing a batch goes to the journal at once instead of waiting on it. Either
+        way a span is one ledger row, however many times it comes (its id is its trace and span id)."""
         if records and not self._failing:
             with self._storing:  # one at a time: once a store found the ledger failing, those waiting journal at once
                 if not self._failing and self._ingest_counted(self._span_entries(records)) is not None:
@@ -493,8 +494,7 @@ class LedgerSink:
         self._drain_lock = threading.Lock()
         self._storing = threading.Lock()
         self._wake = threading.Event()
-        self._pending = []  # the parent runs its own start-up record
-        self.ledger.reopen()
+        self._pending = []  # the parent runs its own start-up record (the ledger reopened itself at the fork)
         self.ledger_errors = 0  # the parent's are the parent's to keep
         self.counts.after_fork()
         self._dropped_logged, self._dropping = 0, False
