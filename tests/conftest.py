@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from spendwatch.demo.stub import StubServer
 from spendwatch.instrumentation import UsageRecord, register_sink, unregister_sink
 from spendwatch.instrumentation.openai_sdk import OpenAIInstrumentor
+from tests.disks import *  # noqa: F403 - small_disk, a tmpfs a test fills or makes read-only
 from tests.servers import *  # noqa: F403 - the real PostgreSQL / Prometheus / Alertmanager fixtures
 
 FAKE_API_KEY = "sk-spendwatch-test-key-3f9c1a7e"

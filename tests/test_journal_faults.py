@@ -11,10 +11,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import textwrap
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -27,54 +25,14 @@ from spendwatch.exporter.sink import journal_directories, waiting_records
 from spendwatch.instrumentation import records
 from spendwatch.instrumentation.records import UsageRecord, emit, register_sink, unregister_sink
 from tests.conftest import FAKE_API_KEY
+from tests.disks import SmallDisk
 from tests.otlp_intake import Serve
-from tests.servers import in_ci, wait_until
+from tests.servers import wait_until
 
 UTC = ZoneInfo("UTC")
 BIN = Path(sys.executable).parent
 POLL_TIMEOUT = 120.0  # seconds: generous, for a loaded two-core machine
 SMALL_FILE = 64 * 1024  # journal files small enough to rotate after a few hundred records
-
-
-class SmallDisk:
-    """A tmpfs of ``size`` mounted at ``path``: ``fill()`` leaves no byte free, ``free()`` gives the space back."""
-
-    def __init__(self, path: Path, size: str) -> None:
-        self.path = path
-        self.filler = path / "filler"
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-        if done.returncode != 0:
-            reason = f"cannot mount a tmpfs here: {done.stderr.decode().strip()}"
-            pytest.fail(reason) if in_ci() else pytest.skip(reason)
-
-    def fill(self) -> None:
-        stats = os.statvfs(self.path)
-        with open(self.filler, "ab") as file:
-            os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size + stats.f_bavail * stats.f_frsize)
-        assert os.statvfs(self.path).f_bavail == 0
-
-    def free(self) -> None:
-        self.filler.unlink()
-
-    def read_only(self) -> None:
-        subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True)
-
-    def unmount(self) -> None:
-        subprocess.run(["umount", "-l", str(self.path)], check=True)
-
-
-@pytest.fixture
-def small_disk(tmp_path) -> Iterator[Callable[[str], SmallDisk]]:
-    disks: list[SmallDisk] = []
-
-    def mount(size: str) -> SmallDisk:
-        path = Path(tempfile.mkdtemp(prefix="disk-", dir=tmp_path))
-        disks.append(SmallDisk(path, size))
-        return disks[-1]
-
-    yield mount
-    for disk in disks:
-        disk.unmount()
 
 
 @pytest.fixture

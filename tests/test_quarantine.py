@@ -15,7 +15,6 @@ import secrets
 import sqlite3
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -32,7 +31,8 @@ from spendwatch.exporter.ledger.audit import AUDIT_KEY_ENV, verify
 from spendwatch.exporter.ledger.errors import is_poison
 from spendwatch.exporter.sink import journal_directory
 from spendwatch.instrumentation.records import UsageRecord
-from tests.servers import free_port, http_get, in_ci, start_process
+from tests.disks import SmallDisk
+from tests.servers import free_port, http_get, start_process
 
 UTC = ZoneInfo("UTC")
 SPENDWATCH = Path(sys.executable).parent / "spendwatch"
@@ -67,54 +67,6 @@ def ingest_one(ledger: Ledger, record: UsageRecord) -> BaseException:
 
 
 # --- a small disk the test fills ---------------------------------------------------------------------------------
-
-
-class SmallDisk:
-    """A tmpfs of its own, mounted for one test: ``fill()`` takes all its free space, ``free()`` gives it back."""
-
-    def __init__(self, path: Path, size: str) -> None:
-        self.path = path
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=False)
-        if done.returncode != 0:
-            reason = "cannot mount a tmpfs (needs root): no real full disk to test with"
-            pytest.fail(reason) if in_ci() else pytest.skip(reason)
-
-    def fill(self) -> None:
-        fd = os.open(self.path / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            while True:
-                os.write(fd, b"\0" * 65536)
-        except OSError:
-            pass  # ENOSPC: now take the last small blocks too
-        try:
-            while True:
-                os.write(fd, b"\0" * 512)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-    def free(self) -> None:
-        (self.path / "filler").unlink()
-
-    def unmount(self) -> None:
-        subprocess.run(["umount", "-l", str(self.path)], check=False)
-
-
-@pytest.fixture
-def small_disk() -> Iterator[Callable[[str], SmallDisk]]:
-    disks: list[SmallDisk] = []
-
-    def mount(size: str) -> SmallDisk:
-        # Not pytest's tmp_path: the postgres user cannot enter it.
-        disk = SmallDisk(Path(tempfile.mkdtemp(prefix="spendwatch-small-disk-")), size)
-        disks.append(disk)
-        return disk
-
-    yield mount
-    for disk in disks:
-        disk.unmount()
-        disk.path.rmdir()
 
 
 @pytest.fixture
