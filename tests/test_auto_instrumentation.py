@@ -46,6 +46,28 @@ def run_instrumented(tmp_path, stub, **env) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
+def start_instrumented(app_source: str, tmp_path, stub, ledger, **env) -> subprocess.Popen:
+    """``app_source`` run under opentelemetry-instrument with no exporters, calling ``stub`` through the openai SDK and
+    recording into ``ledger``; stdin, stdout and stderr are pipes (text), for a test that talks to it."""
+    app = tmp_path / "app.py"
+    app.write_text(app_source)
+    environment = {
+        **os.environ,
+        "OPENAI_API_KEY": FAKE_API_KEY,
+        "OPENAI_BASE_URL": stub.base_url,
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "SPENDWATCH_LEDGER": str(ledger),
+        "SPENDWATCH_METRICS_ADDRESS": "off",
+        **env,
+    }
+    command = [str(BIN / "opentelemetry-instrument"), sys.executable, str(app)]
+    return subprocess.Popen(
+        command, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def console_spans(stdout: str) -> list[dict]:
     """The console exporter prints each span as an indented JSON object."""
     spans, depth, current = [], 0, []

@@ -24,10 +24,10 @@ from spendwatch.exporter.ledger.dialects import SQLiteBackend
 from spendwatch.exporter.sink import journal_directories, waiting_records
 from spendwatch.instrumentation import records
 from spendwatch.instrumentation.records import UsageRecord, emit, register_sink, unregister_sink
-from tests.conftest import FAKE_API_KEY
 from tests.disks import SmallDisk
 from tests.otlp_intake import Serve
 from tests.servers import wait_until
+from tests.test_auto_instrumentation import start_instrumented
 
 UTC = ZoneInfo("UTC")
 BIN = Path(sys.executable).parent
@@ -297,23 +297,7 @@ def test_an_app_started_while_its_ledgers_disk_is_full_records_every_call_once_t
     ledger_path = disk.path / "ledger.db"
     open_ledger_at(ledger_path).close()
     disk.fill()  # the ledger, its journal directory and the state directory all on it
-    app = tmp_path / "app.py"
-    app.write_text(FULL_DISK_APP)
-    environment = {
-        **{key: value for key, value in os.environ.items() if key != "XDG_RUNTIME_DIR"},
-        "OPENAI_API_KEY": FAKE_API_KEY,
-        "OPENAI_BASE_URL": stub.base_url,
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-        "SPENDWATCH_LEDGER": str(ledger_path),
-        "SPENDWATCH_METRICS_ADDRESS": "off",
-        "XDG_STATE_HOME": str(disk.path / "state"),
-    }
-    command = [str(BIN / "opentelemetry-instrument"), sys.executable, str(app)]
-    process = subprocess.Popen(
-        command, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = start_instrumented(FULL_DISK_APP, tmp_path, stub, ledger_path, XDG_STATE_HOME=str(disk.path / "state"))
     try:
         lines = [process.stdout.readline() for _ in range(3)]
         assert [line.split()[0] for line in lines if line] == ["ANSWERED"] * 3

@@ -22,8 +22,8 @@ import spendwatch
 from spendwatch import runtime
 from spendwatch.exporter import Ledger
 from spendwatch.exporter.ledger import open_backend
-from tests.conftest import FAKE_API_KEY
 from tests.servers import in_ci, wait_until
+from tests.test_auto_instrumentation import start_instrumented
 
 UTC = ZoneInfo("UTC")
 BIN = Path(sys.executable).parent
@@ -192,29 +192,18 @@ def read_only_ledger(tmp_path, state_home):
 def test_an_app_with_a_read_only_sqlite_ledger_answers_its_calls_and_records_them_once_writable(
     read_only_ledger, state_home, stub, tmp_path
 ):
-    app = tmp_path / "app.py"
-    app.write_text(READ_ONLY_APP)
-    environment = {
-        **os.environ,
-        "OPENAI_API_KEY": FAKE_API_KEY,
-        "OPENAI_BASE_URL": stub.base_url,
-        "OTEL_TRACES_EXPORTER": "none",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-        "SPENDWATCH_LEDGER": str(read_only_ledger.path),
-        "SPENDWATCH_METRICS_ADDRESS": "off",
-    }
-    command = [str(BIN / "opentelemetry-instrument"), sys.executable, str(app)]
-    process = subprocess.Popen(
-        command, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = start_instrumented(READ_ONLY_APP, tmp_path, stub, read_only_ledger.path)
     try:
         lines = [process.stdout.readline() for _ in range(4)]
         assert [line.split()[0] for line in lines if line] == ["ANSWERED"] * 3 + ["LEDGER-ERRORS"], process.stderr
         assert int(lines[3].split()[1]) > 0
         assert lines[3].split()[3].startswith(str(state_home))  # beside the ledger could not be written either
         doctor = subprocess.run(
-            [str(BIN / "spendwatch"), "doctor"], env=environment, capture_output=True, text=True, timeout=120
+            [str(BIN / "spendwatch"), "doctor"],
+            env={**os.environ, "SPENDWATCH_LEDGER": str(read_only_ledger.path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert "3 calls wait in the journal" in doctor.stdout
 
