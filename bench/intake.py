@@ -22,6 +22,7 @@ Medians over rounds with the interquartile range; the table goes to stdout and `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import signal
@@ -33,6 +34,7 @@ import threading
 import time
 import tracemalloc
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -177,13 +179,23 @@ def _wait_for_rows(ledger: Path, expected: int) -> None:
 
 
 # --- in-process parts --------------------------------------------------------------------------------------------
-def _parts(directory: Path, prices: PriceTable) -> dict[str, float]:
-    """µs per span of each step, on one 512-span batch."""
-    settings = load_settings({"ledger": str(directory / "parts.db")}, {})
+@contextlib.contextmanager
+def _sink_on_new_ledger(location: Path) -> Iterator[LedgerSink]:
+    """A ledger sink, as serve's, over a new SQLite ledger at ``location``; its drainer runs only when flushed."""
+    settings = load_settings({"ledger": str(location)}, {})
     ledger = open_ledger(settings)
     sink = LedgerSink(ledger, journal_directory(settings.ledger), drain_interval=3600)
-    body = _batch(0)
     try:
+        yield sink
+    finally:
+        sink.close()
+        ledger.close()
+
+
+def _parts(directory: Path, prices: PriceTable) -> dict[str, float]:
+    """µs per span of each step, on one 512-span batch."""
+    body = _batch(0)
+    with _sink_on_new_ledger(directory / "parts.db") as sink:
         # A batch first, not measured: the first pricing loads the price list, the first ingest creates the tables.
         _, candidates = from_protobuf(_batch(BATCH))
         assert sink.journal_all(_records_of(candidates, prices)[0]) and sink.flush()
@@ -202,9 +214,6 @@ def _parts(directory: Path, prices: PriceTable) -> dict[str, float]:
         t5 = clock()
         assert sink.flush()
         t6 = clock()
-    finally:
-        sink.close()
-        ledger.close()
     per_span = 1e6 / BATCH
     return {
         "decode": (t1 - t0) * per_span,
@@ -236,20 +245,14 @@ def _per_span(body: bytes, repeat: int = 20) -> float:
 
 def _memory(directory: Path, prices: PriceTable) -> tuple[int, int]:
     """(body bytes, tracemalloc peak bytes) for one batch decoded, priced and stored."""
-    settings = load_settings({"ledger": str(directory / "memory.db")}, {})
-    ledger = open_ledger(settings)
-    sink = LedgerSink(ledger, journal_directory(settings.ledger), drain_interval=3600)
     body = _batch(0)
-    try:
+    with _sink_on_new_ledger(directory / "memory.db") as sink:
         tracemalloc.start()
         _, candidates = from_protobuf(body)
         records, _ = _records_of(candidates, prices)
         assert sink.record_spans(records)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    finally:
-        sink.close()
-        ledger.close()
     return len(body), peak
 
 
