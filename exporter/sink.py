@@ -62,6 +62,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 DRAIN_INTERVAL_S = 0.25
+STORE_WAIT_S = 1.0  # how long record_spans waits for another writer of the ledger before it journals instead
 _BATCH = 2000
 
 
@@ -190,12 +191,18 @@ class LedgerSink:
     def record_spans(self, records: list[UsageRecord]) -> bool:
         """Store spans' records (the OTLP intake's) in the ledger now, else journal them all; False when neither
         took them. Written straight in, a batch skips the journal's encode, append, read and decode (the OTLP intake's
-        throughput); while the ledger is failing a batch goes to the journal at once instead of waiting on it. Either
-        way a span is one ledger row, however many times it comes (its id is its trace and span id)."""
+        throughput). It waits at most ``STORE_WAIT_S`` for another writer, and not at all while the drainer finds the
+        ledger failing: a sender's export must not time out on a busy or absent ledger when the journal can keep its
+        spans. Anything that stops a batch going straight in (busy, down, a value the ledger refuses) leaves it to the
+        journal and the drainer, which tell those apart. Either way a span is one ledger row, however many times it
+        comes (its id is its trace and span id)."""
         if records and not self._failing:
-            with self._storing:  # one at a time: once a store found the ledger failing, those waiting journal at once
-                if not self._failing and self._ingest_counted(self._span_entries(records)) is not None:
+            with self._storing:  # one at a time, as the ledger takes one writer anyway
+                try:
+                    self.ledger.ingest(self._span_entries(records), wait_s=STORE_WAIT_S)
                     return True
+                except Exception:  # noqa: BLE001 - journaled below, and the drainer's pass says what went wrong
+                    _logger.debug("spendwatch: spans go to the journal: the ledger did not take them", exc_info=True)
         return self.journal_all(records)
 
     def _span_entries(self, records: list[UsageRecord]) -> list[LedgerEntry]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from datetime import date
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 
 from spendwatch.exporter import Ledger, LedgerEntry, load_settings, open_ledger
 from spendwatch.exporter.ledger import open_backend
-from spendwatch.exporter.ledger.audit import verify
+from spendwatch.exporter.ledger.audit import AUDIT_LOCK, verify
 from spendwatch.instrumentation.errors import ConfigError
 from spendwatch.instrumentation.records import UsageRecord
 
@@ -195,3 +197,39 @@ def test_another_programs_database_is_refused(tmp_path):
 def test_a_directory_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="is a directory"):
         open_backend(str(tmp_path))
+
+
+LOCK_WAITED_OUT = (sqlite3.OperationalError, psycopg.errors.LockNotAvailable)
+
+
+@contextlib.contextmanager
+def another_writer(location: str):
+    """Another process's writer holding the ledger's write lock (SQLite) or the audit chain's head (PostgreSQL)."""
+    if location.startswith("postgresql"):
+        with psycopg.connect(location) as holder, holder.transaction():
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+            yield
+    else:
+        holder = sqlite3.connect(location, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+
+def test_an_ingest_that_may_wait_only_briefly_gives_up_on_a_held_ledger_and_leaves_later_writes_patient(ledger):
+    ledger.ingest([LedgerEntry("first", UsageRecord("openai", "chat", "gpt-4o-mini", cost_usd=0.5))])
+    waiting = [LedgerEntry("waits", UsageRecord("openai", "chat", "gpt-4o-mini", cost_usd=0.25))]
+
+    with another_writer(ledger.location), pytest.raises(LOCK_WAITED_OUT) as gave_up:
+        ledger.ingest(waiting, wait_s=0.05)  # a default ingest would wait out the busy timeout (30 s) here
+
+    assert "lock" in str(gave_up.value)  # SQLite's "database is locked", PostgreSQL's lock timeout
+    assert ledger.ingest(waiting) == 1  # and then takes the batch, with the patience it had before
+    if ledger.location.startswith("postgresql"):
+        assert ledger.backend.select("SHOW lock_timeout") == [("0",)]
+    else:
+        assert ledger.backend.select("PRAGMA busy_timeout") == [(30_000,)]
+    assert [call["id"] for call in ledger.table_rows("calls")] == ["first", "waits"]

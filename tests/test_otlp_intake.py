@@ -273,7 +273,7 @@ def test_when_neither_the_ledger_nor_a_journal_can_be_written_the_intake_answers
     server = serve(XDG_STATE_HOME=str(state_home))
     assert post(server.url, protobuf_body([chat_span(1)])).status == 200  # the ledger takes it: no journal needed
     blocker = sqlite3.connect(ledger, isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")  # and now the ledger takes nothing either (after its 30 s busy wait)
+    blocker.execute("BEGIN EXCLUSIVE")  # and now the ledger takes nothing either
     try:
         answer = post(server.url, protobuf_body([chat_span(3)]))
         assert answer.status == 503

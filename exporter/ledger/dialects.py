@@ -162,9 +162,17 @@ class SQLiteBackend(_SqlBackend):
                 time.sleep(0.01)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
+    def transaction(self, wait_s: float | None = None) -> Iterator[sqlite3.Cursor]:
+        """A write transaction; ``wait_s`` bounds the wait for another writer's lock (else the busy timeout)."""
         cursor = self.connection.cursor()
-        cursor.execute("BEGIN IMMEDIATE")
+        if wait_s is None:
+            cursor.execute("BEGIN IMMEDIATE")
+        else:
+            self.connection.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+            try:
+                cursor.execute("BEGIN IMMEDIATE")  # the only statement that waits for the lock: BEGIN takes it
+            finally:
+                self.connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         try:
             yield cursor
         except BaseException:
@@ -192,6 +200,7 @@ class SQLiteBackend(_SqlBackend):
         return {row[0] for row in self.select("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     def set_busy_timeout(self, seconds: float) -> None:
+        self.busy_timeout_s = seconds
         self.connection.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     def close(self) -> None:
@@ -238,9 +247,12 @@ class PostgresBackend(_SqlBackend):
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self, wait_s: float | None = None):
+        """A write transaction; ``wait_s`` bounds each wait for a lock in it (the audit chain's head, a row)."""
         connection = self.connection
         with connection.transaction(), connection.cursor() as cursor:
+            if wait_s is not None:
+                cursor.execute(f"SET LOCAL lock_timeout = '{int(wait_s * 1000)}ms'")
             yield cursor
 
     @contextlib.contextmanager

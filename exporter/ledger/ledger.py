@@ -123,14 +123,15 @@ class Ledger:
             return backend
 
     # --- writing -----------------------------------------------------------------------------------------------
-    def ingest(self, entries: Iterable[LedgerEntry]) -> int:
-        """Add entries not already present; returns how many were new. One transaction."""
+    def ingest(self, entries: Iterable[LedgerEntry], *, wait_s: float | None = None) -> int:
+        """Add entries not already present; returns how many were new. One transaction; ``wait_s`` bounds how long it
+        waits for another writer (else the backend's own timeout), for a caller with somewhere else to put them."""
         entries = list(entries)
         if not entries:
             return 0
         rows = call_rows(entries, self.tz)
         records = {entry.entry_id: entry.record for entry in reversed(entries)}  # the first entry of an id is kept
-        with self.chained_transaction() as cursor:
+        with self.chained_transaction(wait_s) as cursor:
             inserted = self.backend.insert_calls(cursor, rows)
             # Typed by call_rows: MACed as is, less the version-2 columns when they hold their defaults.
             chained = [("call", row[0], None, audit.call_mac_content(row)) for row in inserted]
@@ -186,15 +187,15 @@ class Ledger:
             return self.chained_event(cursor, kind, detail, at=time.time())
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator:
+    def transaction(self, wait_s: float | None = None) -> Iterator:
         """A write transaction of this package's modules; one thread of this process at a time."""
-        with self._lock, self.backend.transaction() as cursor:
+        with self._lock, self.backend.transaction(wait_s) as cursor:
             yield cursor
 
     @contextlib.contextmanager
-    def chained_transaction(self) -> Iterator:
+    def chained_transaction(self, wait_s: float | None = None) -> Iterator:
         """A write transaction that holds the audit chain's head: for anything that appends to the chain."""
-        with self.transaction() as cursor:
+        with self.transaction(wait_s) as cursor:
             audit.lock(self.backend, cursor)
             yield cursor
 
