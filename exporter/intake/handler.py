@@ -4,11 +4,11 @@
     serve_as_configured(registry, settings, routes={INTAKE_PATH: app})
 
 GenAI spans are priced (:func:`~spendwatch.exporter.spans.records.record_of`, source ``otlp``, the resource's
-``service.name``) and stored through the ledger sink before the answer is sent: a 200 means every span it did not
-reject is in the ledger, or (while the ledger cannot take them) in the journal, where it survives this process and
-waits out the outage. When not even
-the journal can take them the answer is 503 with ``Retry-After``, which OTLP exporters retry; a span journaled twice
-(a retry, two Collectors) is one ledger row, its id being its trace and span id. Other spans are passed over.
+``service.name``) and stored through the ledger sink before the answer is sent: a 200 means every span it did not reject
+is in the ledger, or (while the ledger cannot take them) in the journal, where it survives this process and waits out
+the outage. When not even the journal can take them the answer is 503 with ``Retry-After``, which OTLP exporters retry;
+a span journaled twice (a retry, two Collectors) is one ledger row, its id being its trace and span id. Other spans are
+passed over.
 
 Answers follow the OTLP/HTTP spec: an ``ExportTraceServiceResponse`` (with ``partial_success`` naming how many spans
 were rejected and why), or a ``google.rpc.Status`` for a 4xx/5xx, in the request's encoding. A body over ``max_bytes``
