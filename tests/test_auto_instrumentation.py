@@ -28,30 +28,35 @@ APP = textwrap.dedent(
 
 
 def run_instrumented(tmp_path, stub, **env) -> subprocess.CompletedProcess:
-    app = tmp_path / "app.py"
-    app.write_text(APP)
-    environment = {
-        **os.environ,
-        "OPENAI_API_KEY": FAKE_API_KEY,
-        "OPENAI_BASE_URL": stub.base_url,
-        "OTEL_TRACES_EXPORTER": "console",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-        "OTEL_SERVICE_NAME": "spendwatch-test",
-        "SPENDWATCH_LEDGER": str(tmp_path / "ledger.db"),
-        "SPENDWATCH_METRICS_ADDRESS": "off",
-        **env,
-    }
-    command = [str(BIN / "opentelemetry-instrument"), sys.executable, str(app)]
+    command = _instrumented_command(APP, tmp_path)
+    traced = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "spendwatch-test"}
+    environment = _instrumented_environment(stub, tmp_path / "ledger.db", **{**traced, **env})
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
 def start_instrumented(app_source: str, tmp_path, stub, ledger, **env) -> subprocess.Popen:
     """``app_source`` run under opentelemetry-instrument with no exporters, calling ``stub`` through the openai SDK and
     recording into ``ledger``; stdin, stdout and stderr are pipes (text), for a test that talks to it."""
+    return subprocess.Popen(
+        _instrumented_command(app_source, tmp_path),
+        env=_instrumented_environment(stub, ledger, **env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _instrumented_command(app_source: str, tmp_path) -> list[str]:
     app = tmp_path / "app.py"
     app.write_text(app_source)
-    environment = {
+    return [str(BIN / "opentelemetry-instrument"), sys.executable, str(app)]
+
+
+def _instrumented_environment(stub, ledger, **env) -> dict[str, str]:
+    """An app's environment: the stub's URL and a key for it, no OpenTelemetry exporters unless ``env`` names one,
+    the ledger at ``ledger``, no /metrics port."""
+    return {
         **os.environ,
         "OPENAI_API_KEY": FAKE_API_KEY,
         "OPENAI_BASE_URL": stub.base_url,
@@ -62,10 +67,6 @@ def start_instrumented(app_source: str, tmp_path, stub, ledger, **env) -> subpro
         "SPENDWATCH_METRICS_ADDRESS": "off",
         **env,
     }
-    command = [str(BIN / "opentelemetry-instrument"), sys.executable, str(app)]
-    return subprocess.Popen(
-        command, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
 
 
 def console_spans(stdout: str) -> list[dict]:
