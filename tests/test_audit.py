@@ -387,3 +387,19 @@ def test_a_lease_an_earlier_release_left_unsealed_verifies_only_until_the_upgrad
     assert verify(ledger).intact
     tamper(ledger, "UPDATE leases SET expires_at = expires_at + 1")  # one living longer is not from before the upgrade
     assert "does not match its MAC" in verify(ledger).problem
+
+
+def test_a_record_is_maced_exactly_as_the_chain_format_documents_it():
+    """The documented formula, computed here with hmac and json alone: a faster encoder must give the same bytes, or
+    every chain written before it would stop verifying."""
+    import hashlib
+    import hmac
+    import json
+
+    from spendwatch.exporter.ledger.audit import AuditKey
+
+    content = ["span:01:02", 1795780800.0000002, None, 0.7000000000000001, 523, "modèle \"x\"\n", float("inf"), ""]
+    previous = "ab" * 32
+    text = f"spendwatch-audit-v1|7|call|{previous}|" + json.dumps(content, separators=(",", ":"))
+    expected = hmac.new(KEY.encode(), text.encode(), hashlib.sha256).hexdigest()
+    assert AuditKey(KEY.encode(), "test").mac(7, "call", previous, content) == expected

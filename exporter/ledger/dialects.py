@@ -139,6 +139,7 @@ class SQLiteBackend(_SqlBackend):
         self.location = path
         self.busy_timeout_s = busy_timeout_s
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _bind_none_directly()
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE takes the write lock up front, so two
         # processes never both read the totals and then race to write them).
         self.connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
@@ -209,6 +210,19 @@ class SQLiteBackend(_SqlBackend):
     def close_inherited(self) -> None:
         """Close, in a forked child, the connection it inherited (the parent was idle then: see ``Ledger``)."""
         self.connection.close()
+
+
+def _bind_none_directly() -> None:
+    """Have sqlite3 bind a None parameter (NULL) without first trying to adapt it. Unlike an int, float or str, a
+    None is looked up as an object to adapt, which raises and clears two AttributeErrors: a calls row holds about four
+    Nones, and that was 6 % of what storing a call cost. The adapter returns the None as it is, so nothing binds
+    differently in this process; one that someone else registered for None is kept."""
+    if (type(None), sqlite3.PrepareProtocol) not in sqlite3.adapters:
+        sqlite3.register_adapter(type(None), _same)
+
+
+def _same(value):
+    return value
 
 
 class PostgresBackend(_SqlBackend):

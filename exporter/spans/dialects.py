@@ -246,6 +246,8 @@ def _read_cost(usage: SpanUsage, get) -> None:
 def _first_count(get, keys: tuple[str, ...]) -> int | None:
     for key in keys:
         value = get(key)
+        if type(value) is int and value >= 0:  # as most spans give a count (a bool is not an int here)
+            return value
         if value is not None:
             number = _number(value)
             if number is not None and number >= 0:

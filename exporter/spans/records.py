@@ -90,4 +90,6 @@ def _call_usage(usage: SpanUsage, record: UsageRecord) -> Usage:
 
 
 def _text(value: str) -> str:
+    if type(value) is str and len(value) <= _MAX_TEXT and value.isascii() and "\x00" not in value:
+        return value  # the usual name, as storable would return it: one call instead of three
     return storable(str(value)[:_MAX_TEXT])
