@@ -9,7 +9,7 @@ from dataclasses import fields
 
 from spendwatch.instrumentation.records import UsageRecord
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "decode_batch", "encode", "encode_batch"]
 
 VERSION = 4
 _FIELDS = tuple(field.name for field in fields(UsageRecord))
@@ -46,3 +46,13 @@ def decode(payload: bytes) -> UsageRecord:
     if names is None:
         raise ValueError(f"journal record version {version} is not supported")
     return UsageRecord(**dict(zip(names, values, strict=True)))
+
+
+def encode_batch(records: list[UsageRecord]) -> bytes:
+    """Records as one payload for another process running this release (the OTLP intake's workers): no version, as
+    it is read at once and never kept."""
+    return marshal.dumps([_VALUES(record) for record in records])
+
+
+def decode_batch(payload: bytes) -> list[UsageRecord]:
+    return [UsageRecord(*values) for values in marshal.loads(payload)]

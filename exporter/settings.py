@@ -63,6 +63,7 @@ ENV = {
     "metrics_tls_keyfile": "SPENDWATCH_METRICS_TLS_KEYFILE",
     "ingest_spans": "SPENDWATCH_INGEST_SPANS",
     "intake_max_bytes": "SPENDWATCH_INTAKE_MAX_BYTES",
+    "intake_workers": "SPENDWATCH_INTAKE_WORKERS",
     "journal_memory_records": "SPENDWATCH_JOURNAL_MEMORY_RECORDS",
 }
 CONFIG_ENV = "SPENDWATCH_CONFIG"
@@ -104,6 +105,9 @@ class Settings:
     metrics_tls_keyfile: str | None = None
     ingest_spans: bool = False  # SPENDWATCH_INGEST_SPANS=on: price GenAI spans other instrumentations make here
     intake_max_bytes: int = DEFAULT_INTAKE_MAX_BYTES  # the largest OTLP body POST /v1/traces takes, decompressed
+    # Processes that read and price OTLP bodies beside spendwatch serve's own (0: serve does it all); None: one per
+    # spare CPU, at most two (see exporter/intake/workers.py).
+    intake_workers: int | None = None
     # Records a process keeps in memory while no journal file can be written anywhere; past it they are dropped.
     journal_memory_records: int = DEFAULT_MEMORY_RECORDS
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -167,6 +171,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         metrics_tls_keyfile=_optional_text(*pick("metrics_tls_keyfile")),
         ingest_spans=_on_off(*pick("ingest_spans")),
         intake_max_bytes=_byte_count(*pick("intake_max_bytes")),
+        intake_workers=_worker_count(*pick("intake_workers")),
         journal_memory_records=_record_count(*pick("journal_memory_records")),
         raw=from_file,
         config_path=config_path,
@@ -290,6 +295,15 @@ def _byte_count(value: Any, name: str) -> int:
     number = _number(value, name)
     if number < 1 or number != int(number):
         raise ConfigError(f"{_label(name, value)} must be a whole number of bytes, at least 1")
+    return int(number)
+
+
+def _worker_count(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    number = _number(value, name)
+    if number < 0 or number != int(number):
+        raise ConfigError(f"{_label(name, value)} must be a whole number of processes, 0 or more")
     return int(number)
 
 

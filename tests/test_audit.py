@@ -398,7 +398,7 @@ def test_a_record_is_maced_exactly_as_the_chain_format_documents_it():
 
     from spendwatch.exporter.ledger.audit import AuditKey
 
-    content = ["span:01:02", 1795780800.0000002, None, 0.7000000000000001, 523, "modèle \"x\"\n", float("inf"), ""]
+    content = ["span:01:02", 1795780800.0000002, None, 0.7000000000000001, 523, 'modèle "x"\n', float("inf"), ""]
     previous = "ab" * 32
     text = f"spendwatch-audit-v1|7|call|{previous}|" + json.dumps(content, separators=(",", ":"))
     expected = hmac.new(KEY.encode(), text.encode(), hashlib.sha256).hexdigest()

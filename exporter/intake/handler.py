@@ -33,7 +33,7 @@ from spendwatch.exporter.spans.dialects import usage_of_span
 from spendwatch.exporter.spans.records import record_of
 from spendwatch.instrumentation.records import UsageRecord
 
-__all__ = ["INTAKE_PATH", "RETRY_AFTER_S", "intake_app"]
+__all__ = ["INTAKE_PATH", "RETRY_AFTER_S", "intake_app", "read_export"]
 
 _logger = logging.getLogger(__name__)
 
@@ -61,16 +61,17 @@ class _Refused(Exception):
         self.status = status
 
 
-def intake_app(sink, prices, *, max_bytes: int) -> Callable:
+def intake_app(sink, prices, *, max_bytes: int, workers=None) -> Callable:
     """A WSGI app taking OTLP trace exports into ``sink`` (a :class:`~spendwatch.exporter.sink.LedgerSink`), pricing
-    with ``prices`` (a ``PriceTable``); bodies over ``max_bytes`` once decompressed are refused."""
+    with ``prices`` (a ``PriceTable``); bodies over ``max_bytes`` once decompressed are refused. ``workers`` (an
+    :class:`~spendwatch.exporter.intake.workers.IntakeWorkers`, or None) read bodies in processes of their own."""
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         content_type = _media_type(environ.get("CONTENT_TYPE", ""))
         as_json = content_type == JSON
         headers = [("Content-Type", content_type if content_type in _DECODERS else "text/plain; charset=utf-8")]
         try:
-            status, body = 200, _take(environ, content_type, sink, prices, max_bytes, as_json)
+            status, body = 200, _take(environ, content_type, sink, (prices, workers), max_bytes, as_json)
         except _Refused as refused:
             status, body = refused.status, error_body(refused.status, str(refused), as_json=as_json)
             if content_type not in _DECODERS:
@@ -85,18 +86,18 @@ def intake_app(sink, prices, *, max_bytes: int) -> Callable:
     return app
 
 
-def _take(environ: dict, content_type: str, sink, prices, max_bytes: int, as_json: bool) -> bytes:
+def _take(environ: dict, content_type: str, sink, readers: tuple, max_bytes: int, as_json: bool) -> bytes:
     if environ.get("REQUEST_METHOD") != "POST":
         raise _Refused(405, f"{INTAKE_PATH} takes POST only")
-    decode = _DECODERS.get(content_type)
-    if decode is None:
+    if content_type not in _DECODERS:
         raise _Refused(415, f"{INTAKE_PATH} takes {PROTOBUF} or {JSON}, not {content_type or 'no content type'!r}")
     body = _read_body(environ, max_bytes)
+    prices, workers = readers
     try:
-        total, candidates = decode(body)
+        read = workers.read_export(content_type, body) if workers is not None else None
+        total, records, rejected = read or read_export(content_type, body, prices)
     except MalformedBody as malformed:
         raise _Refused(400, str(malformed)) from None
-    records, rejected = _records_of(candidates, prices)
     if not sink.record_spans(records):
         raise _Refused(503, "spendwatch cannot journal spans now; retry later")
     _logger.debug("spendwatch: OTLP export of %d spans: %d calls recorded", total, len(records))
@@ -167,6 +168,14 @@ def _gunzip(raw: bytes, max_bytes: int) -> bytes:
     if not inflater.eof or inflater.unused_data:
         raise _Refused(400, "the gzip body is cut short or has data after its end")
     return body
+
+
+def read_export(content_type: str, body: bytes, prices) -> tuple[int, list[UsageRecord], int]:
+    """(how many spans the export holds, the priced records of its LLM calls, how many of those were rejected): what
+    serve's process or an intake worker makes of a body of ``content_type``. Raises :class:`MalformedBody`."""
+    total, candidates = _DECODERS[content_type](body)
+    records, rejected = _records_of(candidates, prices)
+    return total, records, rejected
 
 
 def _records_of(candidates: list[CandidateSpan], prices) -> tuple[list[UsageRecord], int]:

@@ -41,6 +41,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from spendwatch.exporter.budgets import LedgerConfiguration, budget_statuses
     from spendwatch.exporter.collector import SpendCollector
     from spendwatch.exporter.intake import INTAKE_PATH, intake_app
+    from spendwatch.exporter.intake.workers import IntakeWorkers, default_worker_count
     from spendwatch.exporter.page import page_app
     from spendwatch.exporter.server import serve_as_configured
     from spendwatch.exporter.sink import LedgerSink, journal_directory
@@ -69,10 +70,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         pricing_data_timestamp=prices_as_of,
         registry=registry,
     )
+    worker_count = default_worker_count() if settings.intake_workers is None else settings.intake_workers
+    workers = IntakeWorkers(worker_count, settings) if worker_count else None
+    intake = intake_app(sink, settings.price_table(), max_bytes=settings.intake_max_bytes, workers=workers)
     routes = {
         "/": page_app(ledger, known.settings, prices_as_of=prices_as_of),
         API_PREFIX: api_app(ledger, known.settings),
-        INTAKE_PATH: intake_app(sink, settings.price_table(), max_bytes=settings.intake_max_bytes),
+        INTAKE_PATH: intake,
     }
     server = serve_as_configured(registry, settings, routes=routes)
     print(f"serving {server.url}", flush=True)
@@ -80,6 +84,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         _wait_for_stop_signal()
     finally:
         server.stop()
+        if workers is not None:
+            workers.close()
         sink.close()
         ledger.close()
     return EXIT_OK
