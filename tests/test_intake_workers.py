@@ -133,3 +133,26 @@ def test_a_serve_that_takes_no_spans_starts_no_worker(started, tmp_path):
 def test_a_bad_worker_count_fails_at_start_up_naming_the_setting(tmp_path, value):
     with pytest.raises(AssertionError, match=f"SPENDWATCH_INTAKE_WORKERS='{value}'"):
         Serve(str(tmp_path / "ledger.db"), SPENDWATCH_INTAKE_WORKERS=value)
+
+
+def test_a_worker_prices_with_serves_prices_file_and_serve_reads_itself_when_no_worker_can_start(started, tmp_path):
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."house-model"]\ninput_per_mtok = 2\noutput_per_mtok = 10\n')
+    with_file = Serve(
+        str(tmp_path / "read-by-worker.db"), SPENDWATCH_INTAKE_WORKERS="1", SPENDWATCH_PRICES_FILE=str(prices)
+    )
+    started.append(with_file)
+    assert post(with_file.url, protobuf_body([chat_span(1, "house-model", 1000, 100)])).status == 200
+    assert len(intake_workers(with_file.process.pid)) == 1
+    assert "read in serve's process" not in with_file.stop()
+
+    # The file is gone when the first export comes: no worker can load the prices serve started with.
+    later = Serve(str(tmp_path / "read-by-serve.db"), SPENDWATCH_INTAKE_WORKERS="1", SPENDWATCH_PRICES_FILE=str(prices))
+    started.append(later)
+    prices.unlink()
+    assert post(later.url, protobuf_body([chat_span(1, "house-model", 1000, 100)])).status == 200
+    assert "OTLP intake workers could not start" in later.stop()
+
+    for ledger in ("read-by-worker.db", "read-by-serve.db"):
+        (call,) = ledger_calls(str(tmp_path / ledger))
+        assert call["cost_usd"] == pytest.approx(1000 * 2e-6 + 100 * 10e-6, rel=1e-12)

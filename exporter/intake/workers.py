@@ -54,6 +54,7 @@ class IntakeWorkers:
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._started: list[concurrent.futures.Future] = []
+        self._waited_until = 0.0  # exports wait for starting workers until then, and are read here after it
         self._retry_at = 0.0
         self._closed = False
 
@@ -90,10 +91,10 @@ class IntakeWorkers:
         with self._lock:
             if self._pool is None and not self._closed and time.monotonic() >= self._retry_at:
                 self._start()
-            pool, started = self._pool, self._started
+            pool, started, waited_until = self._pool, self._started, self._waited_until
         if pool is None:
             return None
-        done, waiting = concurrent.futures.wait(started, timeout=START_WAIT_S)
+        done, waiting = concurrent.futures.wait(started, timeout=max(0.0, waited_until - time.monotonic()))
         if waiting:
             return None
         failed = next((future.exception() for future in done if future.exception() is not None), None)
@@ -109,6 +110,7 @@ class IntakeWorkers:
             self.count, mp_context=context, initializer=_start_worker, initargs=(self._settings, os.getpid())
         )
         self._pool, self._started = pool, [pool.submit(_started) for _ in range(self.count)]
+        self._waited_until = time.monotonic() + START_WAIT_S
 
     def _discard(self, pool, *, retry_after: float) -> None:
         with self._lock:
