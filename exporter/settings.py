@@ -299,20 +299,17 @@ def _byte_count(value: Any, name: str) -> int:
 
 
 def _worker_count(value: Any, name: str) -> int | None:
-    if value is None:
-        return None
-    number = _number(value, name)
-    if number < 0 or number != int(number):
-        raise ConfigError(f"{_label(name, value)} must be a whole number of processes, 0 or more")
-    return int(number)
+    return None if value is None else _whole_number(value, name, "processes")
 
 
 def _record_count(value: Any, name: str) -> int:
-    if value is None:
-        return DEFAULT_MEMORY_RECORDS
+    return DEFAULT_MEMORY_RECORDS if value is None else _whole_number(value, name, "records")
+
+
+def _whole_number(value: Any, name: str, of: str) -> int:
     number = _number(value, name)
     if number < 0 or number != int(number):
-        raise ConfigError(f"{_label(name, value)} must be a whole number of records, 0 or more")
+        raise ConfigError(f"{_label(name, value)} must be a whole number of {of}, 0 or more")
     return int(number)
 
 
