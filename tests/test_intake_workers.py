@@ -151,8 +151,13 @@ def test_a_worker_prices_with_serves_prices_file_and_serve_reads_itself_when_no_
     started.append(later)
     prices.unlink()
     assert post(later.url, protobuf_body([chat_span(1, "house-model", 1000, 100)])).status == 200
+    # The next export finds the failed start out, however long the worker took to fail.
+    wait_until(lambda: not intake_workers(later.process.pid), 30, "the worker that could not start gone")
+    assert post(later.url, protobuf_body([chat_span(2, "house-model", 1000, 100)])).status == 200
     assert "OTLP intake workers could not start" in later.stop()
 
-    for ledger in ("read-by-worker.db", "read-by-serve.db"):
-        (call,) = ledger_calls(str(tmp_path / ledger))
-        assert call["cost_usd"] == pytest.approx(1000 * 2e-6 + 100 * 10e-6, rel=1e-12)
+    expected = 1000 * 2e-6 + 100 * 10e-6
+    (call,) = ledger_calls(str(tmp_path / "read-by-worker.db"))
+    assert call["cost_usd"] == pytest.approx(expected, rel=1e-12)
+    calls = ledger_calls(str(tmp_path / "read-by-serve.db"))
+    assert [call["cost_usd"] for call in calls] == pytest.approx([expected, expected], rel=1e-12)

@@ -8,7 +8,8 @@ GenAI spans are priced (:func:`~spendwatch.exporter.spans.records.record_of`, so
 is in the ledger, or (while the ledger cannot take them) in the journal, where it survives this process and waits out
 the outage. When not even the journal can take them the answer is 503 with ``Retry-After``, which OTLP exporters retry;
 a span journaled twice (a retry, two Collectors) is one ledger row, its id being its trace and span id. Other spans are
-passed over.
+passed over. Bodies are read and priced (:func:`read_export`) by serve's intake workers when it has them
+(:mod:`.workers`), else here.
 
 Answers follow the OTLP/HTTP spec: an ``ExportTraceServiceResponse`` (with ``partial_success`` naming how many spans
 were rejected and why), or a ``google.rpc.Status`` for a 4xx/5xx, in the request's encoding. A body over ``max_bytes``

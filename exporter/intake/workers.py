@@ -1,16 +1,16 @@
 """Intake workers: processes that read and price OTLP bodies beside ``spendwatch serve``'s own.
 
-One Python process does about one core's work (the interpreter lock), and reading and pricing a span cost about as
-much as storing it. So serve hands each body to a worker and stores the records it gets back, while the worker reads
+One Python process does about one core's work (the interpreter lock), and reading and pricing are over a third of
+what a span costs. So serve hands each body to a worker and stores the records it gets back, while the worker reads
 the next body: serve's own process only receives, stores and answers. Nothing else changes: the records are the ones
 serve would have made (the same function makes them, with the same prices), and serve alone writes the ledger.
 
-Workers start with the first export, not with serve: a serve that takes no spans runs none. Starting one (importing
-spendwatch and its price list) takes a second or two, which the first export waits, for at most
-:data:`START_WAIT_S`. A body is read in serve's own process, as before workers existed, whenever no worker can take it:
-still starting after that wait, died (its process is replaced on the next export), or failed to start (tried again
-after :data:`RETRY_S`). So an export is never refused, or lost, for want of a worker. A worker exits when serve does,
-even when serve is killed.
+Workers start with the first export, not with serve: a serve that takes no spans runs none. Starting one (a new
+Python importing spendwatch) takes a second or so, which the first export waits, for at most :data:`START_WAIT_S`. A
+body is read in serve's own process, as before workers existed, whenever no worker can take it: still starting after
+that wait, died (its process is replaced on the next export), or failed to start (tried again after :data:`RETRY_S`).
+So an export is never refused, or lost, for want of a worker. A worker exits when serve does, even when serve is
+killed.
 """
 
 from __future__ import annotations
