@@ -129,6 +129,7 @@ bench: $(BENCH_STAMP) test-servers
 	$(BENCH_BIN)/python -m bench.google_genai $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.bedrock $(BENCH_ARGS)
 	$(BENCH_BIN)/python -m bench.intake $(BENCH_ARGS)
+	$(BENCH_BIN)/python -m bench.intake --instructions
 	$(BENCH_BIN)/python -m bench.span_ingest $(BENCH_ARGS)
 
 # The working tree against spendwatch at a git revision, in one run (bench/baseline.py): make bench-against REV=main

@@ -18,12 +18,18 @@
 - **Memory per in-flight batch**: tracemalloc's peak while one 512-span body is decoded, priced and stored.
 
 Medians over rounds with the interquartile range; the table goes to stdout and ``bench/results/intake.md``.
+
+``--instructions`` counts instead the instructions per GenAI span of decode, pricing and store in-process, under
+valgrind's callgrind with ``bench.instructions``' marks (``bench/results/intake-instructions.md``): they repeat within
+about a hundred, where the CPU times above move by ±20 % with this host's neighbours, so they tell whether a change
+made a step cheaper.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import platform
 import signal
@@ -41,7 +47,8 @@ from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from bench import fill_defaults, publish, spread
+from bench import ROOT, fill_defaults, publish, spread
+from bench.instructions import _CALLGRIND, _no_address_randomisation, _total
 from spendwatch.exporter import load_settings, open_ledger
 from spendwatch.exporter.intake.handler import _records_of
 from spendwatch.exporter.intake.otlp import from_protobuf
@@ -271,6 +278,82 @@ def _memory(directory: Path, prices: PriceTable) -> tuple[int, int]:
     return len(body), peak
 
 
+# --- instructions (callgrind) -----------------------------------------------------------------------------------
+_COUNTED_STEPS = ("decode", "price", "store")
+_COUNTED_BATCHES = 4  # the counts repeat: more batches add time under valgrind, not precision
+
+
+def _instructions() -> dict[str, float]:
+    """Instructions per GenAI span of each in-process step: this module's ``--count`` worker under callgrind."""
+    with tempfile.TemporaryDirectory(prefix="bench-intake-instructions-") as name:
+        out = Path(name, "callgrind.out")
+        worker = [sys.executable, "-m", "bench.intake", "--count"]
+        finished = subprocess.run(
+            [*_no_address_randomisation(), *_CALLGRIND, f"--callgrind-out-file={out}", *worker],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # Dump k is the k-th step; the suffix -01 is the main thread's (the drainer's thread is not counted).
+        dumps = sorted(Path(name).glob("callgrind.out.*-01"), key=lambda dump: int(dump.name.split(".")[2][:-3]))
+        if finished.returncode != 0 or len(dumps) != len(_COUNTED_STEPS):
+            raise RuntimeError(f"the --count worker under callgrind failed: {finished.stderr[-2000:]}")
+        spans = _COUNTED_BATCHES * BATCH
+        return {step: _total(dump) / spans for step, dump in zip(_COUNTED_STEPS, dumps, strict=True)}
+
+
+def _count_steps() -> None:
+    """The worker, under callgrind: each step over every batch between the marks (``sched_yield`` zeroes the counters,
+    ``getppid`` dumps them), after two batches that load the price list and create the ledger's tables."""
+    prices = PriceTable()
+    bodies = [_batch(n * BATCH) for n in range(2 + _COUNTED_BATCHES)]
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-intake-count-") as name,
+        _sink_on_new_ledger(Path(name) / "count.db") as sink,
+    ):
+        for body in bodies[:2]:
+            assert sink.record_spans(_records_of(from_protobuf(body)[1], prices)[0])
+        gc.collect()
+        gc.disable()
+        os.sched_yield()
+        candidates = [from_protobuf(body)[1] for body in bodies[2:]]
+        os.getppid()
+        os.sched_yield()
+        batches = [_records_of(batch, prices)[0] for batch in candidates]
+        os.getppid()
+        os.sched_yield()
+        stored = [sink.record_spans(records) for records in batches]
+        os.getppid()
+        gc.enable()
+    assert all(stored)
+
+
+def _instructions_markdown(argv: list[str], counts: dict[str, float]) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}"
+    rows = [f"| {step} | {counts[step] / 1000:,.1f} k |" for step in _COUNTED_STEPS]
+    return "\n".join(
+        [
+            "# OTLP trace intake: instructions per GenAI span (callgrind)",
+            "",
+            f"`python -m bench.intake {' '.join(argv)}`; {when}; {machine}; {_COUNTED_BATCHES} batches of {BATCH} "
+            "GenAI spans (protobuf) after two uncounted ones, in one process, garbage collector paused; the main "
+            "thread's instructions per span. Not a time: the steps' CPU µs are in intake.md.",
+            "",
+            "| step | instructions per span |",
+            "|---|---:|",
+            *rows,
+            f"| total | {sum(counts.values()) / 1000:,.1f} k |",
+            "",
+            "Steps: decode is `intake.otlp.from_protobuf`, price is `usage_of_span` + `record_of` for each span, store "
+            "is `LedgerSink.record_spans` (SQLite, its audit chain and running totals included).",
+            "",
+        ]
+    )
+
+
 # --- report ------------------------------------------------------------------------------------------------------
 def _measure(args: argparse.Namespace) -> dict:
     prices = PriceTable()
@@ -352,8 +435,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--rounds", type=int, help=f"default {_FULL['rounds']}")
     parser.add_argument("--batches", type=int, help=f"batches of {BATCH} spans per round, default {_FULL['batches']}")
+    parser.add_argument("--instructions", action="store_true", help="count instructions per span of each step")
+    parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)  # the --instructions worker
+    parser.add_argument("--out", type=Path, help="where the report goes (default: under bench/results/)")
     args = fill_defaults(parser.parse_args(argv), _FULL, _QUICK)
-    path = publish("intake.md", _markdown(args, argv, _measure(args)))
+    if args.count:
+        _count_steps()
+        return 0
+    if args.instructions:
+        path = publish(args.out or "intake-instructions.md", _instructions_markdown(argv, _instructions()))
+    else:
+        path = publish(args.out or "intake.md", _markdown(args, argv, _measure(args)))
     print(f"(written to {path})", file=sys.stderr)
     return 0
 
