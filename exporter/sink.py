@@ -178,8 +178,6 @@ class LedgerSink:
             return not records
         try:
             for record in records:
-                if record.service is None:
-                    record.service = self.service
                 if not journal.append(codec.encode(record)):  # kept in memory: not durable, so not "taken"
                     _logger.warning("spendwatch: cannot journal in %s (%s)", journal.directory, journal.problem)
                     return False
@@ -196,6 +194,10 @@ class LedgerSink:
         spans. Anything that stops a batch going straight in (busy, down, a value the ledger refuses) leaves it to the
         journal and the drainer, which tell those apart. Either way a span is one ledger row, however many times it
         comes (its id is its trace and span id)."""
+        service = self.service
+        for record in records:
+            if record.service is None:  # a span whose resource named no service: this process's
+                record.service = service
         if records and not self._failing:
             with self._storing:  # one at a time, as the ledger takes one writer anyway
                 try:
@@ -206,13 +208,7 @@ class LedgerSink:
         return self.journal_all(records)
 
     def _span_entries(self, records: list[UsageRecord]) -> list[LedgerEntry]:
-        service = self.service
-        entries = []
-        for record in records:
-            if record.service is None:
-                record.service = service
-            entries.append(LedgerEntry(entry_id_of(record.trace_id, record.span_id), record))
-        return entries
+        return [LedgerEntry(entry_id_of(record.trace_id, record.span_id), record) for record in records]
 
     def count_ledger_error(self) -> None:
         """Count a failed ledger access made outside the drainer (the guard's), with the drainer's own."""
