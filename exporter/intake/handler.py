@@ -67,12 +67,16 @@ def intake_app(sink, prices, *, max_bytes: int, workers=None) -> Callable:
     with ``prices`` (a ``PriceTable``); bodies over ``max_bytes`` once decompressed are refused. ``workers`` (an
     :class:`~spendwatch.exporter.intake.workers.IntakeWorkers`, or None) read bodies in processes of their own."""
 
+    def read(content_type: str, body: bytes) -> tuple[int, list[UsageRecord], int]:
+        by_worker = workers.read_export(content_type, body) if workers is not None else None
+        return by_worker or read_export(content_type, body, prices)
+
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         content_type = _media_type(environ.get("CONTENT_TYPE", ""))
         as_json = content_type == JSON
         headers = [("Content-Type", content_type if content_type in _DECODERS else "text/plain; charset=utf-8")]
         try:
-            status, body = 200, _take(environ, content_type, sink, (prices, workers), max_bytes, as_json)
+            status, body = 200, _take(environ, content_type, sink, read, max_bytes, as_json)
         except _Refused as refused:
             status, body = refused.status, error_body(refused.status, str(refused), as_json=as_json)
             if content_type not in _DECODERS:
@@ -87,16 +91,14 @@ def intake_app(sink, prices, *, max_bytes: int, workers=None) -> Callable:
     return app
 
 
-def _take(environ: dict, content_type: str, sink, readers: tuple, max_bytes: int, as_json: bool) -> bytes:
+def _take(environ: dict, content_type: str, sink, read: Callable, max_bytes: int, as_json: bool) -> bytes:
     if environ.get("REQUEST_METHOD") != "POST":
         raise _Refused(405, f"{INTAKE_PATH} takes POST only")
     if content_type not in _DECODERS:
         raise _Refused(415, f"{INTAKE_PATH} takes {PROTOBUF} or {JSON}, not {content_type or 'no content type'!r}")
     body = _read_body(environ, max_bytes)
-    prices, workers = readers
     try:
-        read = workers.read_export(content_type, body) if workers is not None else None
-        total, records, rejected = read or read_export(content_type, body, prices)
+        total, records, rejected = read(content_type, body)
     except MalformedBody as malformed:
         raise _Refused(400, str(malformed)) from None
     if not sink.record_spans(records):
