@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench import baseline, fill_defaults, publish, report, variants, worker
 
-__all__ = ["main"]
+__all__ = ["caller_dumps", "main"]
 
 _FULL = {"calls": 100, "warmup": 30}
 _QUICK = {"calls": 20, "warmup": 10}
@@ -100,8 +100,7 @@ def _count(name: str, variant: str, cwd: Path, calls: int, warmup: int, prefix: 
             raise RuntimeError(f"{name} under callgrind exited with {finished.returncode}: {finished.stderr[-2000:]}")
         outcome = json.loads(result.read_text())
         if outcome["ok"]:
-            # Dump k is the k-th kind's batch; file suffix -01 is the main thread, the caller's.
-            dumps = sorted(Path(tmp).glob("callgrind.out.*-01"), key=lambda dump: int(dump.name.split(".")[2][:-3]))
+            dumps = caller_dumps(Path(tmp))  # dump k is the k-th kind's batch
             if len(dumps) != len(outcome["kinds"]):
                 raise RuntimeError(
                     f"{name}: {len(dumps)} callgrind dumps for {len(outcome['kinds'])} kinds: {finished.stderr[-2000:]}"
@@ -111,6 +110,12 @@ def _count(name: str, variant: str, cwd: Path, calls: int, warmup: int, prefix: 
                 kind: total / calls for kind, total in zip(outcome["kinds"], totals, strict=True)
             }
         return outcome
+
+
+def caller_dumps(directory: Path) -> list[Path]:
+    """The main thread's callgrind dumps in ``directory`` (``callgrind.out.<k>-01``), in the order they were made:
+    dump k is the k-th batch between a worker's marks."""
+    return sorted(directory.glob("callgrind.out.*-01"), key=lambda dump: int(dump.name.split(".")[2][:-3]))
 
 
 def _total(dump: Path) -> int:

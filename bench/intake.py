@@ -48,7 +48,7 @@ from pathlib import Path
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench import ROOT, fill_defaults, publish, spread
-from bench.instructions import _CALLGRIND, _no_address_randomisation, _total
+from bench.instructions import _CALLGRIND, _no_address_randomisation, _total, caller_dumps
 from spendwatch.exporter import load_settings, open_ledger
 from spendwatch.exporter.intake.handler import _records_of
 from spendwatch.exporter.intake.otlp import from_protobuf
@@ -122,9 +122,10 @@ def _set(key_value, key: str, value) -> None:
 
 
 # --- end to end --------------------------------------------------------------------------------------------------
-def _end_to_end(batches: int, directory: Path, workers: int | None) -> tuple[float, float, float]:
-    """(spans/s accepted, spans/s recorded, spans per CPU-second of serve and its workers) for serve with ``workers``
-    intake workers (None: its default)."""
+def _end_to_end(batches: int, directory: Path, workers: int | None) -> dict[str, float]:
+    """Spans/s accepted and recorded, spans per CPU-second of serve and its workers, the first export's seconds (it
+    starts the workers) and the megabytes a worker holds, for serve with ``workers`` intake workers (None: its
+    default)."""
     ledger = directory / f"ledger-{workers}.db"
     command = [sys.executable, "-m", "spendwatch.cli", "serve", "--address", "127.0.0.1:0"]
     environ = {"SPENDWATCH_LEDGER": str(ledger), "PATH": "/usr/bin:/bin"}
@@ -134,9 +135,11 @@ def _end_to_end(batches: int, directory: Path, workers: int | None) -> tuple[flo
     try:
         url = server.stdout.readline().strip().removeprefix("serving ").removesuffix("/metrics") + "/v1/traces"
         bodies = [_batch(n * BATCH) for n in range(1, batches + 1)]
-        # One batch first, not measured: the first request loads the price list (once per process, ~0.5 s) and
-        # starts the intake workers.
+        # One batch first, not counted in the throughput: the first request loads the price list (once per process,
+        # ~0.1 s) and starts the intake workers.
+        first = time.perf_counter()
         _send_all(url, [_batch(0)])
+        first = time.perf_counter() - first
         _wait_for_rows(ledger, BATCH)
         startup_cpu = _cpu_seconds(server.pid)
         start = time.perf_counter()
@@ -146,25 +149,46 @@ def _end_to_end(batches: int, directory: Path, workers: int | None) -> tuple[flo
         _wait_for_rows(ledger, BATCH + total)
         recorded = time.perf_counter() - start
         cpu = _cpu_seconds(server.pid) - startup_cpu
+        worker_mb = max((rss for command, rss in _resident_mb(server.pid) if b"spawn_main" in command), default=0.0)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
         server.stdout.close()
-    return total / accepted, total / recorded, total / cpu
+    return {
+        "accepted": total / accepted,
+        "recorded": total / recorded,
+        "per_cpu": total / cpu,
+        "first_s": first,
+        "worker_mb": worker_mb,
+    }
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a process (all its threads) and of its live children (serve's intake
-    workers), from /proc."""
-    ticks = 0
+def _family(pid: int) -> Iterator[tuple[Path, list[str]]]:
+    """``(its /proc directory, its stat fields after the command name)`` of a process and of each live child."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rpartition(")")[2].split()
         except OSError:  # exited meanwhile
             continue
         if stat.parent.name == str(pid) or int(fields[1]) == pid:
-            ticks += int(fields[11]) + int(fields[12])
+            yield stat.parent, fields
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process (all its threads) and of its live children (serve's intake
+    workers), from /proc."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in _family(pid))
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _resident_mb(pid: int) -> list[tuple[bytes, float]]:
+    """``(command line, resident megabytes)`` of a process and of each live child."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    found = []
+    for directory, fields in _family(pid):
+        with contextlib.suppress(OSError):
+            found.append(((directory / "cmdline").read_bytes(), int(fields[21]) * page / 1e6))
+    return found
 
 
 def _send_all(url: str, bodies: list[bytes]) -> None:
@@ -296,8 +320,7 @@ def _instructions() -> dict[str, float]:
             stderr=subprocess.PIPE,
             text=True,
         )
-        # Dump k is the k-th step; the suffix -01 is the main thread's (the drainer's thread is not counted).
-        dumps = sorted(Path(name).glob("callgrind.out.*-01"), key=lambda dump: int(dump.name.split(".")[2][:-3]))
+        dumps = caller_dumps(Path(name))  # dump k is the k-th step (the drainer's thread is not counted)
         if finished.returncode != 0 or len(dumps) != len(_COUNTED_STEPS):
             raise RuntimeError(f"the --count worker under callgrind failed: {finished.stderr[-2000:]}")
         spans = _COUNTED_BATCHES * BATCH
@@ -361,17 +384,16 @@ def _measure(args: argparse.Namespace) -> dict:
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="bench-intake-") as name:
             directory = Path(name)
-            accepted, recorded, per_cpu = _end_to_end(args.batches, directory, None)
-            _, alone, alone_per_cpu = _end_to_end(args.batches, directory, 0)
+            with_workers = _end_to_end(args.batches, directory, None)
+            alone = _end_to_end(args.batches, directory, 0)
             parts = _parts(directory, prices)
             skip_whole, skip_loop = _skip_cost()
             body, peak = _memory(directory, prices)
         for key, value in {
-            "accepted": accepted,
-            "recorded": recorded,
-            "per_cpu": per_cpu,
-            "alone": alone,
-            "alone_per_cpu": alone_per_cpu,
+            **with_workers,
+            "alone": alone["recorded"],
+            "alone_per_cpu": alone["per_cpu"],
+            "alone_first_s": alone["first_s"],
             **parts,
             "skip_whole": skip_whole,
             "skip_loop": skip_loop,
@@ -408,6 +430,9 @@ def _markdown(args: argparse.Namespace, argv: list[str], r: dict) -> str:
         _row("GenAI spans recorded per CPU-second of serve and its workers", r["per_cpu"], "{:,.0f}"),
         _row("GenAI spans/s recorded, serve alone (no intake worker)", r["alone"], "{:,.0f}"),
         _row("GenAI spans recorded per CPU-second, serve alone", r["alone_per_cpu"], "{:,.0f}"),
+        _row("seconds to the first export's answer (it starts the workers)", r["first_s"], "{:,.2f}"),
+        _row("seconds to the first export's answer, serve alone", r["alone_first_s"], "{:,.2f}"),
+        _row("resident MB of an intake worker after the run", r["worker_mb"], "{:,.0f}"),
         _row("CPU µs per GenAI span: protobuf decode + attributes", r["decode"]),
         _row("CPU µs per GenAI span: dialect + pricing (record_of)", r["price"]),
         _row("CPU µs per GenAI span: stored in the ledger (record_spans)", r["store"]),

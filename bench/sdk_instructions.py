@@ -26,7 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from bench import fill_defaults, publish, report, variants
-from bench.instructions import _CALLGRIND, _no_address_randomisation, _thousands, _total
+from bench.instructions import _CALLGRIND, _no_address_randomisation, _thousands, _total, caller_dumps
 
 __all__ = ["OURS", "SdkBench", "instrumentor_variant", "main", "markdown", "version_of"]
 
@@ -119,8 +119,7 @@ def _count(bench: SdkBench, variant: str, calls: int, warmup: int, prefix: tuple
             )
         outcome = json.loads(result.read_text())
         if outcome["ok"]:
-            # Dump k is the k-th kind's batch; file suffix -01 is the main thread, the caller's.
-            dumps = sorted(Path(tmp).glob("callgrind.out.*-01"), key=lambda dump: int(dump.name.split(".")[2][:-3]))
+            dumps = caller_dumps(Path(tmp))  # dump k is the k-th kind's batch
             if len(dumps) != len(outcome["kinds"]):
                 raise RuntimeError(f"{variant}: {len(dumps)} dumps for {len(outcome['kinds'])} kinds")
             outcome["instructions"] = {
